@@ -1,0 +1,206 @@
+//! Fixed-capacity batches of frames.
+//!
+//! Workers move frames in batches (default 64, at most [`MAX_BATCH`]) so that per-call costs —
+//! ring index updates, system calls, dispatch through `dyn Port` — are paid once per batch.
+//! A batch is an inline array: creating, filling and draining one never allocates.
+
+use crate::frame::Frame;
+
+/// Largest batch a port exchanges with a worker.
+pub const MAX_BATCH: usize = 256;
+/// Batch size used when none is configured.
+pub const DEFAULT_BATCH: usize = 64;
+
+/// Up to `cap` frames, in order.
+pub struct Batch {
+    frames: [Frame; MAX_BATCH],
+    len: usize,
+    cap: usize,
+}
+
+impl Batch {
+    /// A batch holding at most `cap` frames (clamped to `1..=MAX_BATCH`).
+    pub fn new(cap: usize) -> Batch {
+        Batch {
+            frames: [const { Frame::EMPTY }; MAX_BATCH],
+            len: 0,
+            cap: cap.clamp(1, MAX_BATCH),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Free slots left.
+    pub fn room(&self) -> usize {
+        self.cap - self.len
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len == self.cap
+    }
+
+    /// Appends a frame; a full batch hands it back.
+    #[inline]
+    pub fn push(&mut self, frame: Frame) -> Result<(), Frame> {
+        if self.len == self.cap {
+            return Err(frame);
+        }
+        self.frames[self.len] = frame;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Removes the last frame.
+    #[inline]
+    pub fn pop(&mut self) -> Option<Frame> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        Some(std::mem::replace(&mut self.frames[self.len], Frame::EMPTY))
+    }
+
+    /// Takes every frame out, front to back, leaving the batch empty.
+    #[inline]
+    pub fn drain(&mut self) -> Drain<'_> {
+        let len = self.len;
+        self.len = 0;
+        Drain {
+            frames: &mut self.frames[..len],
+            next: 0,
+        }
+    }
+
+    /// Removes the first `n` frames, shifting the rest to the front (used when a port accepted
+    /// only part of a batch). The removed frames are returned front to back.
+    pub fn drain_front(&mut self, n: usize) -> Drain<'_> {
+        let n = n.min(self.len);
+        // Rotate the taken frames to the tail so the remainder keeps its order at the front.
+        self.frames[..self.len].rotate_left(n);
+        let old = self.len;
+        self.len -= n;
+        Drain {
+            frames: &mut self.frames[old - n..old],
+            next: 0,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Frame] {
+        &self.frames[..self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [Frame] {
+        &mut self.frames[..self.len]
+    }
+
+    /// Swaps two frames in place (used to reorder in fault injection).
+    pub fn swap(&mut self, a: usize, b: usize) {
+        self.as_mut_slice().swap(a, b);
+    }
+
+    /// Replaces the frame at `i`, returning the previous one.
+    pub fn replace(&mut self, i: usize, frame: Frame) -> Frame {
+        std::mem::replace(&mut self.as_mut_slice()[i], frame)
+    }
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("len", &self.len)
+            .field("cap", &self.cap)
+            .finish()
+    }
+}
+
+/// Iterator returned by [`Batch::drain`]; frames not consumed are handed back to nobody, so
+/// callers must exhaust it (debug builds check).
+pub struct Drain<'a> {
+    frames: &'a mut [Frame],
+    next: usize,
+}
+
+impl Iterator for Drain<'_> {
+    type Item = Frame;
+
+    #[inline]
+    fn next(&mut self) -> Option<Frame> {
+        let slot = self.frames.get_mut(self.next)?;
+        self.next += 1;
+        Some(std::mem::replace(slot, Frame::EMPTY))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.frames.len() - self.next;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Drain<'_> {}
+
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        debug_assert!(
+            self.next == self.frames.len(),
+            "batch drain dropped with {} frames unconsumed",
+            self.frames.len() - self.next
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::BufferPool;
+
+    #[test]
+    fn push_until_full_hands_back() {
+        let mut pool = BufferPool::new(8, 64).unwrap();
+        let mut b = Batch::new(2);
+        b.push(pool.alloc().unwrap()).unwrap();
+        b.push(pool.alloc().unwrap()).unwrap();
+        let extra = b.push(pool.alloc().unwrap()).unwrap_err();
+        pool.free(extra);
+        for f in b.drain() {
+            pool.free(f);
+        }
+        assert_eq!(pool.available(), 8);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn drain_front_keeps_order_of_rest() {
+        let mut pool = BufferPool::new(8, 64).unwrap();
+        let mut b = Batch::new(8);
+        for _ in 0..5 {
+            b.push(pool.alloc().unwrap()).unwrap();
+        }
+        let addrs: Vec<u64> = b.as_slice().iter().map(Frame::addr).collect();
+        let taken: Vec<Frame> = b.drain_front(2).collect();
+        assert_eq!(taken.iter().map(Frame::addr).collect::<Vec<_>>(), addrs[..2]);
+        assert_eq!(
+            b.as_slice().iter().map(Frame::addr).collect::<Vec<_>>(),
+            addrs[2..]
+        );
+        for f in taken.into_iter().chain(b.drain()) {
+            pool.free(f);
+        }
+        assert_eq!(pool.available(), 8);
+    }
+
+    #[test]
+    fn capacity_is_clamped() {
+        assert_eq!(Batch::new(0).capacity(), 1);
+        assert_eq!(Batch::new(10_000).capacity(), MAX_BATCH);
+    }
+}

@@ -1,0 +1,231 @@
+//! Frames and the buffer pool they live in.
+//!
+//! A [`Frame`] is a descriptor — an address and a length — into one contiguous region owned by
+//! a [`BufferPool`], the same shape an AF_XDP UMEM has. Frames are move-only: whoever holds a
+//! `Frame` value owns that buffer until it hands it to a port, a ring, or back to the pool, so a
+//! buffer cannot be in two places at once. The pool never allocates after construction.
+
+use thiserror::Error;
+
+/// A buffer descriptor: `len` bytes starting at `addr` inside a [`BufferPool`]'s region.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a frame that is dropped on the floor leaks its buffer; give it back to the pool"]
+pub struct Frame {
+    addr: u64,
+    len: u32,
+}
+
+impl Frame {
+    /// Placeholder used to fill unused batch slots. It owns no buffer; the pool refuses it.
+    pub(crate) const EMPTY: Frame = Frame {
+        addr: u64::MAX,
+        len: 0,
+    };
+
+    /// Offset of the buffer inside the pool's region.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// Number of valid bytes in the buffer.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Builds a descriptor from raw parts. Only ports that receive descriptors from the kernel
+    /// (AF_XDP) need this; they vouch that `addr` is a frame of the pool they hand it to.
+    pub fn from_raw(addr: u64, len: u32) -> Frame {
+        Frame { addr, len }
+    }
+
+    /// Gives up the descriptor's raw parts, e.g. to write it into a kernel ring.
+    pub fn into_raw(self) -> (u64, u32) {
+        (self.addr, self.len)
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PoolError {
+    #[error("buffer pool: frame size {frame_size} must be a power of two between 64 and 65536")]
+    FrameSize { frame_size: usize },
+    #[error("buffer pool: frame count {frame_count} must be between 1 and {max}")]
+    FrameCount { frame_count: usize, max: usize },
+}
+
+/// A region of `frame_count` buffers of `frame_size` bytes each, with a LIFO free list (the
+/// most recently freed buffer is the one still warm in cache).
+pub struct BufferPool {
+    region: Box<[u8]>,
+    frame_size: usize,
+    shift: u32,
+    free: Vec<u64>,
+}
+
+impl BufferPool {
+    /// Largest pool we build: 4 Mi frames (8 GiB of 2 KiB frames) is past anything sensible.
+    pub const MAX_FRAMES: usize = 1 << 22;
+
+    pub fn new(frame_count: usize, frame_size: usize) -> Result<BufferPool, PoolError> {
+        if !frame_size.is_power_of_two() || !(64..=65536).contains(&frame_size) {
+            return Err(PoolError::FrameSize { frame_size });
+        }
+        if frame_count == 0 || frame_count > Self::MAX_FRAMES {
+            return Err(PoolError::FrameCount {
+                frame_count,
+                max: Self::MAX_FRAMES,
+            });
+        }
+        let region = vec![0u8; frame_count * frame_size].into_boxed_slice();
+        // Pop order is ascending so that fresh pools hand out low addresses first.
+        let free = (0..frame_count as u64)
+            .rev()
+            .map(|i| i * frame_size as u64)
+            .collect();
+        Ok(BufferPool {
+            region,
+            frame_size,
+            shift: frame_size.trailing_zeros(),
+            free,
+        })
+    }
+
+    pub fn frame_size(&self) -> usize {
+        self.frame_size
+    }
+
+    /// Total number of frames, free or not.
+    pub fn capacity(&self) -> usize {
+        self.region.len() >> self.shift
+    }
+
+    /// Number of frames currently in the free list.
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Takes a free buffer, with length zero.
+    #[inline]
+    pub fn alloc(&mut self) -> Option<Frame> {
+        self.free.pop().map(|addr| Frame { addr, len: 0 })
+    }
+
+    /// Returns a buffer to the free list.
+    ///
+    /// # Panics
+    /// In debug builds, if `frame` is not a frame of this pool: that is a bug in a port, never
+    /// a consequence of input.
+    #[inline]
+    pub fn free(&mut self, frame: Frame) {
+        debug_assert!(self.owns(&frame), "frame {:#x} is not from this pool", frame.addr);
+        debug_assert!(self.free.len() < self.capacity(), "pool over-freed");
+        self.free.push(frame.addr);
+    }
+
+    /// True if `frame` addresses a buffer of this pool (its start is frame-aligned and inside).
+    pub fn owns(&self, frame: &Frame) -> bool {
+        frame.addr < self.region.len() as u64 && frame.addr & (self.frame_size as u64 - 1) == 0
+    }
+
+    /// The frame's valid bytes.
+    #[inline]
+    pub fn data(&self, frame: &Frame) -> &[u8] {
+        let start = frame.addr as usize;
+        &self.region[start..start + frame.len as usize]
+    }
+
+    /// The frame's valid bytes, writable.
+    #[inline]
+    pub fn data_mut(&mut self, frame: &Frame) -> &mut [u8] {
+        let start = frame.addr as usize;
+        &mut self.region[start..start + frame.len as usize]
+    }
+
+    /// Copies `bytes` into the frame's buffer and sets its length. Bytes beyond the frame size
+    /// are cut off; the return value says how many were kept.
+    #[inline]
+    pub fn fill(&mut self, frame: &mut Frame, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.frame_size);
+        let start = frame.addr as usize;
+        self.region[start..start + n].copy_from_slice(&bytes[..n]);
+        frame.len = n as u32;
+        n
+    }
+
+    /// Sets the frame's length, clamped to the frame size.
+    #[inline]
+    pub fn set_len(&self, frame: &mut Frame, len: usize) {
+        frame.len = len.min(self.frame_size) as u32;
+    }
+
+    /// Copies `src`'s bytes into a newly allocated frame (used for broadcast and handoff).
+    #[inline]
+    pub fn clone_frame(&mut self, src: &Frame) -> Option<Frame> {
+        let mut dst = self.alloc()?;
+        let (s, d, n) = (src.addr as usize, dst.addr as usize, src.len as usize);
+        self.region.copy_within(s..s + n, d);
+        dst.len = src.len;
+        Some(dst)
+    }
+}
+
+impl std::fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferPool")
+            .field("frame_size", &self.frame_size)
+            .field("capacity", &self.capacity())
+            .field("available", &self.available())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_geometry() {
+        assert_eq!(
+            BufferPool::new(8, 100).unwrap_err(),
+            PoolError::FrameSize { frame_size: 100 }
+        );
+        assert!(BufferPool::new(0, 2048).is_err());
+    }
+
+    #[test]
+    fn alloc_fill_free_round_trip() {
+        let mut pool = BufferPool::new(4, 2048).unwrap();
+        let mut f = pool.alloc().unwrap();
+        assert_eq!(f.addr(), 0);
+        assert_eq!(pool.fill(&mut f, &[1, 2, 3]), 3);
+        assert_eq!(pool.data(&f), &[1, 2, 3]);
+        let g = pool.clone_frame(&f).unwrap();
+        assert_eq!(pool.data(&g), &[1, 2, 3]);
+        assert_ne!(f.addr(), g.addr());
+        pool.free(f);
+        pool.free(g);
+        assert_eq!(pool.available(), 4);
+    }
+
+    #[test]
+    fn exhaustion_is_none_not_panic() {
+        let mut pool = BufferPool::new(2, 64).unwrap();
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        assert!(pool.alloc().is_none());
+        pool.free(a);
+        pool.free(b);
+    }
+
+    #[test]
+    fn fill_truncates_to_frame_size() {
+        let mut pool = BufferPool::new(1, 64).unwrap();
+        let mut f = pool.alloc().unwrap();
+        assert_eq!(pool.fill(&mut f, &[7u8; 100]), 64);
+        assert_eq!(f.len(), 64);
+        pool.free(f);
+    }
+}
