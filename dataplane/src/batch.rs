@@ -40,6 +40,11 @@ impl Batch {
         self.cap
     }
 
+    /// Changes the capacity (clamped to `len()..=MAX_BATCH`, and at least 1).
+    pub fn set_capacity(&mut self, cap: usize) {
+        self.cap = cap.clamp(self.len.max(1), MAX_BATCH);
+    }
+
     /// Free slots left.
     pub fn room(&self) -> usize {
         self.cap - self.len
