@@ -108,6 +108,23 @@ impl Batch {
         &mut self.frames[..self.len]
     }
 
+    /// Takes the frame at `i`, leaving a placeholder; the fabric takes frames out of a received
+    /// batch in destination order, then calls [`Batch::forget_taken`].
+    #[inline]
+    pub(crate) fn take(&mut self, i: usize) -> Frame {
+        std::mem::replace(&mut self.frames[..self.len][i], Frame::EMPTY)
+    }
+
+    /// Empties a batch whose frames were all moved out with [`Batch::take`].
+    #[inline]
+    pub(crate) fn forget_taken(&mut self) {
+        debug_assert!(
+            self.as_slice().iter().all(|f| f.addr() == Frame::EMPTY.addr()),
+            "forget_taken on a batch that still owns frames"
+        );
+        self.len = 0;
+    }
+
     /// Swaps two frames in place (used to reorder in fault injection).
     pub fn swap(&mut self, a: usize, b: usize) {
         self.as_mut_slice().swap(a, b);
