@@ -1,2 +1,136 @@
-//! Test support: RAII guards for network namespaces and veth pairs.
-#![deny(unsafe_code)]
+//! Test support: the privileged-test gate and RAII guards for network namespaces and veth
+//! pairs.
+//!
+//! Privileged tests call [`privileged`] first. As root it records the test's name in the file
+//! named by `LINERATE_PRIVILEGED_LOG` (so the README's test command can prove that they ran)
+//! and returns true. Without root it prints one line saying the test was skipped — or, when
+//! `LINERATE_REQUIRE_PRIVILEGED=1` (CI), fails the test, because a run that should have
+//! exercised the kernel paths must not pass without them.
+//!
+//! Guards create objects with names unique to this process and remove them in `Drop`, so a
+//! failing (panicking) test cleans up too.
+
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// True when this process is root. Uses `id -u` to stay free of `unsafe`.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
+
+/// Gate for a privileged test named `test`; see the module docs.
+pub fn privileged(test: &str) -> bool {
+    if is_root() {
+        if let Ok(path) = std::env::var("LINERATE_PRIVILEGED_LOG") {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("cannot open LINERATE_PRIVILEGED_LOG {path}: {e}"));
+            // One write per line: O_APPEND keeps concurrent tests' lines whole.
+            f.write_all(format!("{test}\n").as_bytes())
+                .expect("write privileged log");
+        }
+        return true;
+    }
+    if std::env::var("LINERATE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("privileged test {test} must run here but this process is not root");
+    }
+    eprintln!("skipped (needs root): {test}");
+    false
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, at most 15 bytes (the interface name limit).
+pub fn unique_name(prefix: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{:x}{n:x}", std::process::id() & 0xfffff);
+    assert!(name.len() <= 15, "name {name} too long for an interface");
+    name
+}
+
+/// Runs a command, failing with its stderr if it exits non-zero.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("spawning {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace, deleted on drop.
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    pub fn new() -> Result<NetNs> {
+        let name = unique_name("lrns");
+        run("ip", &["netns", "add", &name])?;
+        let ns = NetNs { name };
+        ns.exec("ip", &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["netns", "exec", &self.name, cmd];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Deleting the namespace also deletes the veth ends inside it.
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A veth pair, deleted on drop (from wherever its ends are, if they still exist).
+pub struct VethPair {
+    pub a: String,
+    pub b: String,
+}
+
+impl VethPair {
+    pub fn new() -> Result<VethPair> {
+        let a = unique_name("lrva");
+        let b = unique_name("lrvb");
+        run("ip", &["link", "add", &a, "type", "veth", "peer", "name", &b])?;
+        Ok(VethPair { a, b })
+    }
+
+    /// Moves one end into a namespace, gives it an address and brings it up.
+    pub fn place(&self, end: &str, ns: &NetNs, cidr: &str) -> Result<()> {
+        run("ip", &["link", "set", end, "netns", ns.name()])?;
+        ns.exec("ip", &["addr", "add", cidr, "dev", end])?;
+        ns.exec("ip", &["link", "set", end, "up"])?;
+        Ok(())
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        // Fails harmlessly if the pair went away with a namespace.
+        let _ = run("ip", &["link", "del", &self.a]);
+    }
+}
