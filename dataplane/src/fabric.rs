@@ -46,7 +46,7 @@ impl Fabric {
     #[inline]
     pub fn push(&mut self, slot: usize, dest: usize) {
         let s = slot as u32;
-        self.next[slot] = NIL;
+        // A list ends at its tail, so the new slot's `next` need not be written now.
         let t = self.tail[dest];
         if t == NIL {
             self.head[dest] = s;
@@ -70,6 +70,7 @@ impl Fabric {
         Slots {
             next: &self.next,
             cur: self.head[dest],
+            last: self.tail[dest],
         }
     }
 
@@ -88,6 +89,7 @@ impl Fabric {
 pub struct Slots<'a> {
     next: &'a [u32],
     cur: u32,
+    last: u32,
 }
 
 impl Iterator for Slots<'_> {
@@ -99,7 +101,7 @@ impl Iterator for Slots<'_> {
             return None;
         }
         let s = self.cur as usize;
-        self.cur = self.next[s];
+        self.cur = if self.cur == self.last { NIL } else { self.next[s] };
         Some(s)
     }
 }

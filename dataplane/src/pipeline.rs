@@ -6,13 +6,334 @@
 //! NIC or kernel is involved, so the figure is the cost of the packet core itself.
 
 use crate::batch::Batch;
-use crate::counters::Counts;
-use crate::frame::BufferPool;
+use crate::counters::{Counts, WorkerCounters};
+use crate::frame::{BufferPool, PoolError};
+use crate::logic::{NextHop, Router, TtlDecrement};
 use crate::port::{Port, PortError};
-use crate::verdict::DropReason;
-use crate::worker::WorkerReport;
+use crate::shard::Mapping;
+use crate::verdict::{DropReason, PortId};
+use crate::wire::checksum;
+use crate::worker::{self, IdlePolicy, Worker, WorkerConfig, WorkerError, WorkerReport};
+use core::net::{IpAddr, Ipv4Addr};
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// The logic every pipeline worker runs.
+pub type PipelineLogic = TtlDecrement<Router>;
+
+/// What a pipeline run does; every field has a command-line flag of the same name.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub workers: usize,
+    /// Cores to pin workers to, one per worker; empty means "do not pin".
+    pub cores: Vec<usize>,
+    pub duration: Duration,
+    pub batch: usize,
+    /// Frame length in bytes without FCS (60 is a 64-byte Ethernet frame).
+    pub frame_len: usize,
+    /// Output ports per worker (the routes' next hops are spread over them).
+    pub out_ports: usize,
+    pub routes: usize,
+    pub flows: usize,
+    pub mapping: Mapping,
+    /// Share of generated frames, in parts per million, that are malformed on purpose.
+    pub malformed_ppm: u32,
+    pub seed: u64,
+    /// Buffers in each worker's pool.
+    pub pool_frames: usize,
+    /// Slots in each handoff ring.
+    pub handoff_slots: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            workers: 1,
+            cores: Vec::new(),
+            duration: Duration::from_secs(5),
+            batch: crate::batch::DEFAULT_BATCH,
+            frame_len: 60,
+            out_ports: 4,
+            routes: 16_000,
+            flows: 1024,
+            mapping: Mapping::Sequential,
+            malformed_ppm: 0,
+            seed: 1,
+            pool_frames: 4096,
+            handoff_slots: 1024,
+        }
+    }
+}
+
+/// Buffer size of pipeline pools.
+pub const FRAME_SIZE: usize = 2048;
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error("{field} = {value}: {why}")]
+    Config {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error("route table: {0}")]
+    Route(String),
+    #[error("worker {0} panicked")]
+    Panicked(usize),
+}
+
+impl PipelineConfig {
+    /// Checks every field; the error names the field and the value.
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        let bad = |field, value: &dyn std::fmt::Display, why| {
+            Err(PipelineError::Config {
+                field,
+                value: value.to_string(),
+                why,
+            })
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.workers == 0 || self.workers > 1024 {
+            return bad("workers", &self.workers, "must be between 1 and 1024");
+        }
+        if !self.cores.is_empty() && self.cores.len() != self.workers {
+            return bad("cores", &self.cores.len(), "needs exactly one core per worker");
+        }
+        if let Some(c) = self.cores.iter().find(|&&c| c >= cores) {
+            return bad("cores", c, "is not a core of this machine");
+        }
+        if !(1..=crate::batch::MAX_BATCH).contains(&self.batch) {
+            return bad("batch", &self.batch, "must be between 1 and 256");
+        }
+        if !(60..=FRAME_SIZE).contains(&self.frame_len) {
+            return bad("frame-len", &self.frame_len, "must be between 60 and 2048 bytes");
+        }
+        if self.out_ports == 0 || self.out_ports > 1000 {
+            return bad("out-ports", &self.out_ports, "must be between 1 and 1000");
+        }
+        if self.routes == 0 || self.routes > 1_000_000 {
+            return bad("routes", &self.routes, "must be between 1 and 1000000");
+        }
+        if self.flows == 0 || self.flows > 1_000_000 {
+            return bad("flows", &self.flows, "must be between 1 and 1000000");
+        }
+        if self.malformed_ppm > 1_000_000 {
+            return bad("malformed-ppm", &self.malformed_ppm, "is a share in parts per million (at most 1000000)");
+        }
+        if self.pool_frames < 2 * crate::batch::MAX_BATCH {
+            return bad("pool-frames", &self.pool_frames, "must be at least 512");
+        }
+        if self.duration.is_zero() {
+            return bad("duration", &"0s", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// MAC address of the pipeline's router (the destination MAC of generated frames).
+const ROUTER_MAC: [u8; 6] = [0x02, 0x6c, 0x72, 0x00, 0x00, 0x01];
+
+/// A router with `cfg.routes` seeded random IPv4 routes spread over ports `1..=out_ports`,
+/// behind a TTL decrement, and the destination address of each of `cfg.flows` flows (each
+/// inside one of the routes).
+pub fn build_logic(cfg: &PipelineConfig) -> Result<(PipelineLogic, Vec<Ipv4Addr>), PipelineError> {
+    let mut rng = cfg.seed ^ 0x726f_7574;
+    let mut router = Router::new();
+    for p in 0..cfg.out_ports {
+        let port = (p + 1) as PortId;
+        let nh = NextHop {
+            port,
+            dst_mac: [0x02, 0x6e, 0x68, 0x00, (p >> 8) as u8, p as u8],
+            src_mac: ROUTER_MAC,
+        };
+        router.set_next_hop(p as u16, nh);
+    }
+    let mut prefixes = Vec::with_capacity(cfg.routes);
+    let mut tries = 0usize;
+    while prefixes.len() < cfg.routes {
+        tries += 1;
+        if tries > cfg.routes * 20 {
+            return Err(PipelineError::Route(format!(
+                "could not draw {} distinct prefixes",
+                cfg.routes
+            )));
+        }
+        let r = splitmix64(&mut rng);
+        // Mostly /24s, as in real tables, the rest spread over /8../32.
+        let len = if r % 10 < 6 { 24 } else { 8 + (r >> 8) % 25 } as u8;
+        let addr = (r >> 32) as u32 & (u32::MAX << (32 - len as u32));
+        if router.lpm4().route(Ipv4Addr::from(addr), len).is_some() {
+            continue;
+        }
+        let nh = (prefixes.len() % cfg.out_ports) as u16;
+        router
+            .add_route(IpAddr::V4(Ipv4Addr::from(addr)), len, nh)
+            .map_err(|e| PipelineError::Route(e.to_string()))?;
+        prefixes.push((addr, len));
+    }
+    let dsts = (0..cfg.flows)
+        .map(|_| {
+            let (addr, len) = prefixes[(splitmix64(&mut rng) % prefixes.len() as u64) as usize];
+            let host = if len == 32 { 0 } else { splitmix64(&mut rng) as u32 >> len };
+            Ipv4Addr::from(addr | host)
+        })
+        .collect();
+    Ok((TtlDecrement::new(router), dsts))
+}
+
+/// One Ethernet + IPv4 + UDP frame of `len` bytes (at least 60), TTL 64, with valid IPv4 and
+/// UDP checksums. The payload carries the flow index.
+pub fn udp4_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, len: usize, flow: u32) -> Vec<u8> {
+    let len = len.max(60);
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&ROUTER_MAC);
+    f[6..12].copy_from_slice(&[0x02, 0x67, 0x65, 0x6e, 0x00, 0x01]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (len - 14) as u16;
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = checksum::checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let udp_len = ip_len - 20;
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    f[42..46].copy_from_slice(&flow.to_be_bytes());
+    // UDP checksum over the pseudo-header and the datagram.
+    let mut acc = checksum::sum_words(&src.octets(), 0);
+    acc = checksum::sum_words(&dst.octets(), acc);
+    acc += 17 + udp_len as u64;
+    acc = checksum::sum_words(&f[34..], acc);
+    let c = match !checksum::fold(acc) {
+        0 => 0xffff,
+        c => c,
+    };
+    f[40..42].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The frames a pipeline source cycles through: one per flow, some malformed on purpose.
+pub fn templates(cfg: &PipelineConfig, dsts: &[Ipv4Addr]) -> Vec<Vec<u8>> {
+    let mut rng = cfg.seed ^ 0x666c_6f77;
+    dsts.iter()
+        .enumerate()
+        .map(|(i, &dst)| {
+            let r = splitmix64(&mut rng);
+            let src = Ipv4Addr::new(198, 18 + (r >> 16 & 1) as u8, (r >> 8) as u8, r as u8);
+            let mut f = udp4_frame(src, dst, 1024 + (r >> 24) as u16 % 60_000, 9, cfg.frame_len, i as u32);
+            if (splitmix64(&mut rng) % 1_000_000) < cfg.malformed_ppm as u64 {
+                // An IPv4 header that claims more bytes than the frame has.
+                f[16..18].copy_from_slice(&u16::MAX.to_be_bytes());
+            }
+            f
+        })
+        .collect()
+}
+
+/// Builds worker `id` of a pipeline: a source on port 0, sinks on ports 1..=out_ports.
+pub fn build_worker(
+    cfg: &PipelineConfig,
+    id: usize,
+    logic: PipelineLogic,
+    templates: &[Vec<u8>],
+    handoff_tx: Vec<Option<crate::shard::HandoffTx>>,
+    handoff_rx: Vec<crate::shard::HandoffRx>,
+) -> Result<Worker<PipelineLogic>, PipelineError> {
+    let pool = BufferPool::new(cfg.pool_frames, FRAME_SIZE)?;
+    let mut ports: Vec<Box<dyn Port>> = Vec::with_capacity(cfg.out_ports + 1);
+    // Each worker starts at a different template so the workers' streams interleave flows.
+    let start = id * templates.len() / cfg.workers;
+    ports.push(Box::new(TemplateSource::new(format!("src{id}"), templates, start)));
+    for p in 0..cfg.out_ports {
+        ports.push(Box::new(CountingSink::new(format!("sink{id}.{p}"))));
+    }
+    let wcfg = WorkerConfig {
+        id,
+        workers: cfg.workers,
+        batch: cfg.batch,
+        mapping: cfg.mapping,
+        kernel_port: None,
+        idle: IdlePolicy::default(),
+    };
+    Ok(Worker::new(wcfg, pool, ports, logic, handoff_tx, handoff_rx)?)
+}
+
+/// Runs a pipeline for `cfg.duration` or until `stop` is set, calling `progress` about once a
+/// second with the workers' counters and the time since the start.
+pub fn run(
+    cfg: &PipelineConfig,
+    stop: Arc<AtomicBool>,
+    mut progress: impl FnMut(&[Arc<WorkerCounters>], Duration),
+) -> Result<PipelineReport, PipelineError> {
+    cfg.validate()?;
+    let (logic, dsts) = build_logic(cfg)?;
+    let templates = templates(cfg, &dsts);
+    let (mut txs, mut rxs) = worker::handoff_mesh(cfg.workers, cfg.handoff_slots, FRAME_SIZE);
+    let mut workers = Vec::with_capacity(cfg.workers);
+    for id in (0..cfg.workers).rev() {
+        // Every worker owns a copy of the tables, as the design requires.
+        let (tx, rx) = (txs.pop().unwrap_or_default(), rxs.pop().unwrap_or_default());
+        let w = build_worker(cfg, id, logic.clone(), &templates, tx, rx)?;
+        workers.push(w);
+    }
+    drop(logic);
+    workers.reverse();
+    let counters: Vec<Arc<WorkerCounters>> = workers.iter().map(Worker::counters).collect();
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(workers.len());
+    for (i, w) in workers.into_iter().enumerate() {
+        let core = cfg.cores.get(i).copied();
+        handles.push(worker::spawn(w, core, stop.clone())?);
+    }
+    let deadline = started + cfg.duration;
+    let mut next_tick = started + Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        if now >= next_tick {
+            progress(&counters, now - started);
+            next_tick += Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_millis(20).min(deadline - now));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let mut reports = Vec::with_capacity(handles.len());
+    let mut first_err = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(r)) => reports.push(r),
+            Ok(Err(e)) => {
+                first_err.get_or_insert(PipelineError::Worker(e));
+            }
+            Err(_) => {
+                first_err.get_or_insert(PipelineError::Panicked(i));
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(PipelineReport {
+            elapsed,
+            workers: reports,
+        }),
+    }
+}
 
 /// A port that receives an endless stream of copies of prebuilt frames, cycling through them.
 pub struct TemplateSource {

@@ -9,7 +9,7 @@
 
 use crate::batch::Batch;
 use crate::frame::{BufferPool, Frame};
-use std::collections::VecDeque;
+use crate::ring::{self, Consumer, Producer};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -68,69 +68,91 @@ impl<P: Port + ?Sized> Port for Box<P> {
     }
 }
 
-/// Why [`MemPort::inject`] refused a packet.
+/// Why [`MemWire::inject`] refused a packet.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum InjectError {
-    #[error("port {port}: receive queue full ({capacity} frames)")]
+    #[error("port {port}: receive ring full ({capacity} frames)")]
     QueueFull { port: String, capacity: usize },
     #[error("port {port}: buffer pool exhausted")]
     PoolExhausted { port: String },
 }
 
-/// A port whose "wire" is two bounded in-memory queues: frames injected by a test come out of
-/// `recv`, and frames the worker sends wait in the transmit queue until taken.
+/// A port whose "cable" is a pair of bounded SPSC rings of frame descriptors. The far end of
+/// the cable is a [`MemWire`]: what the wire injects comes out of `recv`, and what the port
+/// sends waits on the wire until taken. The two halves may live on different threads; the
+/// frames stay in the pool of the worker that owns the port.
 pub struct MemPort {
     name: String,
-    rx: VecDeque<Frame>,
-    tx: VecDeque<Frame>,
-    capacity: usize,
+    rx: Consumer<Frame>,
+    tx: Producer<Frame>,
+}
+
+/// The far end of a [`MemPort`]'s cable.
+pub struct MemWire {
+    name: String,
+    rx: Producer<Frame>,
+    tx: Consumer<Frame>,
 }
 
 impl MemPort {
-    /// A port whose queues hold at most `capacity` frames each (allocated now, never grown).
-    pub fn new(name: impl Into<String>, capacity: usize) -> MemPort {
-        MemPort {
-            name: name.into(),
-            rx: VecDeque::with_capacity(capacity),
-            tx: VecDeque::with_capacity(capacity),
-            capacity,
-        }
+    /// A port and its wire, each direction holding at most `capacity` frames (rounded up to a
+    /// power of two). All memory is allocated here.
+    pub fn new(name: impl Into<String>, capacity: usize) -> (MemPort, MemWire) {
+        let name = name.into();
+        let (rx_p, rx_c) = ring::channel(capacity, || Frame::EMPTY);
+        let (tx_p, tx_c) = ring::channel(capacity, || Frame::EMPTY);
+        (
+            MemPort {
+                name: name.clone(),
+                rx: rx_c,
+                tx: tx_p,
+            },
+            MemWire {
+                name,
+                rx: rx_p,
+                tx: tx_c,
+            },
+        )
     }
+}
 
-    /// Copies `bytes` into a frame of `pool` and queues it for `recv`.
+impl MemWire {
+    /// Copies `bytes` into a frame of `pool` (the pool of the worker that owns the port) and
+    /// queues it for the port's `recv`.
     pub fn inject(&mut self, pool: &mut BufferPool, bytes: &[u8]) -> Result<(), InjectError> {
-        if self.rx.len() == self.capacity {
+        if self.rx.free_slots() == 0 {
             return Err(InjectError::QueueFull {
                 port: self.name.clone(),
-                capacity: self.capacity,
+                capacity: self.rx.capacity(),
             });
         }
         let mut f = pool.alloc().ok_or_else(|| InjectError::PoolExhausted {
             port: self.name.clone(),
         })?;
         pool.fill(&mut f, bytes);
-        self.rx.push_back(f);
+        let wrote = self.rx.try_write(|slot| *slot = f);
+        debug_assert!(wrote, "free slot checked above and we are the only producer");
         Ok(())
     }
 
-    /// The oldest transmitted frame, if any; the caller owns it now.
+    /// The oldest frame the port sent, if any; the caller owns it now.
     pub fn take_sent(&mut self) -> Option<Frame> {
-        self.tx.pop_front()
+        self.tx.try_read(|slot| std::mem::replace(slot, Frame::EMPTY))
     }
 
-    /// Number of frames waiting in the transmit queue.
-    pub fn sent_len(&self) -> usize {
-        self.tx.len()
-    }
-
-    /// Copies out and frees every transmitted frame (test convenience).
+    /// Copies out and frees every frame the port sent (test convenience).
     pub fn drain_sent(&mut self, pool: &mut BufferPool) -> Vec<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.tx.len());
-        while let Some(f) = self.tx.pop_front() {
+        let mut out = Vec::new();
+        while let Some(f) = self.take_sent() {
             out.push(pool.data(&f).to_vec());
             pool.free(f);
         }
         out
+    }
+
+    /// Frames injected but not yet received by the port.
+    pub fn pending(&self) -> usize {
+        self.rx.len()
     }
 }
 
@@ -139,12 +161,15 @@ impl Port for MemPort {
         &self.name
     }
 
-    fn recv(&mut self, _pool: &mut BufferPool, batch: &mut Batch) -> Result<usize, PortError> {
+    fn recv(&mut self, pool: &mut BufferPool, batch: &mut Batch) -> Result<usize, PortError> {
         let mut n = 0;
         while !batch.is_full() {
-            let Some(f) = self.rx.pop_front() else { break };
+            let Some(f) = self.rx.try_read(|slot| std::mem::replace(slot, Frame::EMPTY)) else {
+                break;
+            };
+            // Cannot fail (we checked `is_full`); freeing keeps the frame accounted if it did.
             if let Err(f) = batch.push(f) {
-                self.rx.push_front(f);
+                pool.free(f);
                 break;
             }
             n += 1;
@@ -153,8 +178,13 @@ impl Port for MemPort {
     }
 
     fn send(&mut self, _pool: &mut BufferPool, batch: &mut Batch) -> Result<usize, PortError> {
-        let n = batch.len().min(self.capacity - self.tx.len());
-        self.tx.extend(batch.drain_front(n));
+        // Take only as many as there are free slots, so every `try_write` below succeeds and
+        // no frame is lost inside a closure that was not called.
+        let n = batch.len().min(self.tx.free_slots());
+        for f in batch.drain_front(n) {
+            let wrote = self.tx.try_write(|slot| *slot = f);
+            debug_assert!(wrote, "free slots counted above");
+        }
         Ok(n)
     }
 
@@ -163,7 +193,8 @@ impl Port for MemPort {
     }
 
     fn release(&mut self, pool: &mut BufferPool) {
-        for f in self.rx.drain(..).chain(self.tx.drain(..)) {
+        // Frames still on the transmit side belong to whoever holds the wire.
+        while let Some(f) = self.rx.try_read(|slot| std::mem::replace(slot, Frame::EMPTY)) {
             pool.free(f);
         }
     }
@@ -359,16 +390,16 @@ mod tests {
     #[test]
     fn mem_port_round_trip_and_full_queue() {
         let mut pool = pool();
-        let mut p = MemPort::new("m0", 2);
-        p.inject(&mut pool, &[1; 60]).unwrap();
-        p.inject(&mut pool, &[2; 60]).unwrap();
+        let (mut p, mut w) = MemPort::new("m0", 2);
+        w.inject(&mut pool, &[1; 60]).unwrap();
+        w.inject(&mut pool, &[2; 60]).unwrap();
         assert!(matches!(
-            p.inject(&mut pool, &[3; 60]),
+            w.inject(&mut pool, &[3; 60]),
             Err(InjectError::QueueFull { capacity: 2, .. })
         ));
         let mut b = Batch::new(64);
         assert_eq!(p.recv(&mut pool, &mut b).unwrap(), 2);
-        // Transmit queue holds 2: a third frame stays in the caller's batch.
+        // The transmit ring holds 2: a third frame stays in the caller's batch.
         let mut extra = pool.alloc().unwrap();
         pool.fill(&mut extra, &[9; 60]);
         b.push(extra).unwrap();
@@ -378,7 +409,7 @@ mod tests {
             pool.free(f);
         }
         check_all_home(&pool, &[&p]);
-        let sent = p.drain_sent(&mut pool);
+        let sent = w.drain_sent(&mut pool);
         assert_eq!(sent.iter().map(|v| v[0]).collect::<Vec<_>>(), [1, 2]);
         check_all_home(&pool, &[&p]);
     }
@@ -393,18 +424,19 @@ mod tests {
             reorder_ppm: 100_000,
             short_send_ppm: 300_000,
         };
-        let mut fp = FaultPort::new(MemPort::new("f0", 128), faults, 42);
+        let (mp, mut wire) = MemPort::new("f0", 128);
+        let mut fp = FaultPort::new(mp, faults, 42);
         let mut delivered = 0;
         let mut b = Batch::new(32);
         for round in 0..50u8 {
             for i in 0..32u8 {
-                fp.inner_mut().inject(&mut pool, &[round, i, 0, 0]).unwrap();
+                wire.inject(&mut pool, &[round, i, 0, 0]).unwrap();
             }
             delivered += fp.recv(&mut pool, &mut b).unwrap();
             // Send through the (short-writing) port until it took everything.
             while !b.is_empty() {
                 fp.send(&mut pool, &mut b).unwrap();
-                let _ = fp.inner_mut().drain_sent(&mut pool);
+                let _ = wire.drain_sent(&mut pool);
             }
             // Whatever the fault port did not deliver this round is still queued inside.
             fp.release(&mut pool);
@@ -426,9 +458,10 @@ mod tests {
                 reorder_ppm: 200_000,
                 ..Faults::default()
             };
-            let mut fp = FaultPort::new(MemPort::new("f", 64), faults, seed);
+            let (mp, mut wire) = MemPort::new("f", 64);
+            let mut fp = FaultPort::new(mp, faults, seed);
             for i in 0..64u8 {
-                fp.inner_mut().inject(&mut pool, &[i]).unwrap();
+                wire.inject(&mut pool, &[i]).unwrap();
             }
             let mut b = Batch::new(64);
             fp.recv(&mut pool, &mut b).unwrap();

@@ -108,6 +108,15 @@ impl<T: Send> Producer<T> {
         self.ring.mask + 1
     }
 
+    /// Items in the ring right now (fresh read of both indices).
+    pub fn len(&self) -> usize {
+        self.tail.wrapping_sub(self.ring.head.0.load(Ordering::Acquire))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Slots free right now (may grow as the consumer reads).
     pub fn free_slots(&mut self) -> usize {
         let cap = self.capacity();
@@ -138,6 +147,15 @@ impl<T: Send> Producer<T> {
 impl<T: Send> Consumer<T> {
     pub fn capacity(&self) -> usize {
         self.ring.mask + 1
+    }
+
+    /// Items in the ring right now (fresh read of both indices).
+    pub fn len(&self) -> usize {
+        self.ring.tail.0.load(Ordering::Acquire).wrapping_sub(self.head)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Items ready to read right now.
