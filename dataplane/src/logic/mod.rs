@@ -3,6 +3,15 @@
 //! Logic runs on the worker's hot path: `decide` never allocates, locks or makes a system
 //! call. It may rewrite the packet in place (TTL, checksum, MAC addresses). Control-plane
 //! operations (adding routes, rules) may allocate; they run between batches.
+//!
+//! The pieces: longest-prefix-match tables [`Lpm4`] and [`Lpm6`].
+
+pub mod lpm4;
+pub mod lpm6;
+mod multibit;
+
+pub use lpm4::Lpm4;
+pub use lpm6::Lpm6;
 
 use crate::verdict::{PortId, Verdict};
 use crate::wire::Headers;
@@ -19,4 +28,48 @@ pub trait Logic {
     fn tick(&mut self, now: Duration) {
         let _ = now;
     }
+}
+
+impl<L: Logic + ?Sized> Logic for &mut L {
+    #[inline]
+    fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, in_port: PortId) -> Verdict {
+        (**self).decide(pkt, hdr, in_port)
+    }
+
+    #[inline]
+    fn tick(&mut self, now: Duration) {
+        (**self).tick(now)
+    }
+}
+
+impl<L: Logic + ?Sized> Logic for Box<L> {
+    #[inline]
+    fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, in_port: PortId) -> Verdict {
+        (**self).decide(pkt, hdr, in_port)
+    }
+
+    #[inline]
+    fn tick(&mut self, now: Duration) {
+        (**self).tick(now)
+    }
+}
+
+/// Identifies a next hop in a [`Router`]'s next-hop table; the value an LPM table stores.
+pub type NextHopId = u16;
+
+/// Why a prefix could not be added to (or removed from) an LPM table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LpmError {
+    #[error("prefix length {len} is longer than the {max}-bit address")]
+    PrefixTooLong { len: u8, max: u8 },
+    #[error("prefix {prefix}/{len} has bits set past its length (did you mean {masked}/{len}?)")]
+    HostBitsSet {
+        prefix: core::net::IpAddr,
+        len: u8,
+        masked: core::net::IpAddr,
+    },
+    #[error("all {max_groups} tbl8 groups are in use; raise the table's tbl8 group limit")]
+    Tbl8Exhausted { max_groups: u32 },
+    #[error("a table can have at most {max} tbl8 groups, {requested} were asked for")]
+    Tbl8Limit { requested: u32, max: u32 },
 }
