@@ -88,12 +88,11 @@ impl Lpm6 {
         self.t.lookup(addr)
     }
 
-    /// Looks up `addrs` into `out`, pairwise; stops at the shorter slice.
+    /// Looks up `addrs` (as `u128`s) into `out`, pairwise; stops at the shorter slice. Walks
+    /// eight addresses a level at a time so that their cache misses overlap.
     #[inline]
     pub fn lookup_batch(&self, addrs: &[u128], out: &mut [Option<NextHopId>]) {
-        for (o, &a) in out.iter_mut().zip(addrs) {
-            *o = self.t.lookup(a);
-        }
+        self.t.lookup_batch(addrs, out)
     }
 
     /// All routes as (prefix, length, next hop), in no particular order.
@@ -249,9 +248,15 @@ mod tests {
             }
         }
         assert_eq!(t.len(), rules.len());
-        for _ in 0..20_000 {
-            let a = near(&mut rng, &rules);
-            assert_eq!(t.lookup_u128(a), naive(&rules, a), "lookup {a:#x}");
+        let addrs: Vec<u128> = (0..20_000).map(|_| near(&mut rng, &rules)).collect();
+        let mut batch = vec![None; addrs.len()];
+        t.lookup_batch(&addrs, &mut batch[..addrs.len() - 3]);
+        for (i, &a) in addrs.iter().enumerate() {
+            let want = naive(&rules, a);
+            assert_eq!(t.lookup_u128(a), want, "lookup {a:#x}");
+            if i < addrs.len() - 3 {
+                assert_eq!(batch[i], want, "batch lookup {a:#x}");
+            }
         }
         let mut listed: Vec<_> = t
             .routes()

@@ -149,6 +149,34 @@ impl<const FIRST: u32, const KEY_BITS: u8> Multibit<FIRST, KEY_BITS> {
         decode(e)
     }
 
+    /// [`Multibit::lookup`] for many keys, walked level by level in groups of eight: the reads
+    /// of one level are independent, so their cache misses overlap instead of queueing
+    /// behind one key's chain of dependent reads.
+    #[inline]
+    pub(super) fn lookup_batch(&self, keys: &[u128], out: &mut [Option<NextHopId>]) {
+        const LANES: usize = 8;
+        for (keys, out) in keys.chunks(LANES).zip(out.chunks_mut(LANES)) {
+            let mut lanes = [0u32; LANES];
+            let lanes = &mut lanes[..keys.len()];
+            let mut shift = 128 - FIRST;
+            for (e, &k) in lanes.iter_mut().zip(keys) {
+                *e = self.tbl0[(k >> shift) as usize];
+            }
+            while lanes.iter().any(|&e| e & EXT != 0) {
+                shift -= 8;
+                for (e, &k) in lanes.iter_mut().zip(keys) {
+                    if *e & EXT != 0 {
+                        *e = self.tbl8
+                            [((*e & IDX_MASK) as usize) << 8 | ((k >> shift) as usize & 0xff)];
+                    }
+                }
+            }
+            for (o, &e) in out.iter_mut().zip(lanes.iter()) {
+                *o = decode(e);
+            }
+        }
+    }
+
     /// The level whose entries a rule of `len` bits is expanded into.
     fn level_of(len: u8) -> usize {
         let len = len as u32;
