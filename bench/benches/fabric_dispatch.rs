@@ -7,7 +7,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use linerate_dataplane::fabric::Fabric;
-use linerate_dataplane::pipeline::splitmix64;
+use linerate_bench::splitmix64;
 use std::hint::black_box;
 
 const BATCH: usize = 1024;

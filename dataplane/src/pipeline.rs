@@ -598,6 +598,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn splitmix64_reference_values() {
+        // First outputs for seed 0 of the reference implementation (Vigna, splitmix64.c).
+        let mut s = 0;
+        assert_eq!(splitmix64(&mut s), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(splitmix64(&mut s), 0x6e78_9e6a_a1b9_65f4);
+    }
+
+    #[test]
     fn source_cycles_and_respects_limit() {
         let mut pool = BufferPool::new(64, 128).unwrap();
         let t = vec![vec![1u8; 60], vec![2u8; 70]];

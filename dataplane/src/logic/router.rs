@@ -1,0 +1,278 @@
+//! IPv4 + IPv6 router: longest-prefix match on the destination address, then the next hop's
+//! output port and MAC addresses.
+//!
+//! Owns the two LPM tables and the next-hop table. Never touches TTL or hop limit (wrap it in
+//! [`super::TtlDecrement`]), never answers ARP or neighbour discovery itself (ARP goes to the
+//! kernel when `arp_to_kernel` is set), and never allocates in `decide`.
+
+use super::{Logic, Lpm4, Lpm6, LpmError, NextHopId, set_macs};
+use crate::verdict::{DropReason, PortId, Verdict};
+use crate::wire::{Headers, L3};
+use core::net::IpAddr;
+
+/// Where a route leads: the output port and the Ethernet addresses to write on the way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHop {
+    pub port: PortId,
+    /// The next router's (or the destination host's) MAC address.
+    pub dst_mac: [u8; 6],
+    /// Our MAC address on `port`.
+    pub src_mac: [u8; 6],
+}
+
+/// Why a route could not be added or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouterError {
+    #[error("route {prefix}/{len}: next hop {id} is not defined; define it first")]
+    UnknownNextHop {
+        prefix: IpAddr,
+        len: u8,
+        id: NextHopId,
+    },
+    #[error("route {prefix}/{len}: {source}")]
+    Lpm {
+        prefix: IpAddr,
+        len: u8,
+        #[source]
+        source: LpmError,
+    },
+}
+
+/// Routes IPv4 and IPv6 packets by destination.
+///
+/// A route whose next hop was removed afterwards drops its packets as
+/// [`DropReason::NoRoute`] until the next hop is defined again.
+#[derive(Debug, Clone)]
+pub struct Router {
+    v4: Lpm4,
+    v6: Lpm6,
+    /// Indexed by [`NextHopId`].
+    next_hops: Vec<Option<NextHop>>,
+    arp_to_kernel: bool,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Router {
+    /// A router with no routes that hands ARP to the kernel.
+    pub fn new() -> Self {
+        Self::with_tables(Lpm4::new(), Lpm6::new())
+    }
+
+    /// A router over tables built elsewhere (e.g. with other tbl8 limits). Their routes are
+    /// kept; their next hops must be defined with [`Router::set_next_hop`] before they
+    /// forward.
+    pub fn with_tables(v4: Lpm4, v6: Lpm6) -> Self {
+        Router {
+            v4,
+            v6,
+            next_hops: Vec::new(),
+            arp_to_kernel: true,
+        }
+    }
+
+    /// Whether ARP frames go to the host stack (`true`, the default, keeps the machine's
+    /// own addresses reachable) or are dropped as [`DropReason::NotIp`].
+    pub fn set_arp_to_kernel(&mut self, on: bool) {
+        self.arp_to_kernel = on;
+    }
+
+    pub fn arp_to_kernel(&self) -> bool {
+        self.arp_to_kernel
+    }
+
+    /// Defines or replaces next hop `id`.
+    pub fn set_next_hop(&mut self, id: NextHopId, nh: NextHop) {
+        let i = id as usize;
+        if self.next_hops.len() <= i {
+            self.next_hops.resize(i + 1, None);
+        }
+        self.next_hops[i] = Some(nh);
+    }
+
+    /// Removes next hop `id`; routes through it drop packets until it is defined again.
+    pub fn remove_next_hop(&mut self, id: NextHopId) -> Option<NextHop> {
+        self.next_hops.get_mut(id as usize)?.take()
+    }
+
+    pub fn next_hop(&self, id: NextHopId) -> Option<&NextHop> {
+        self.next_hops.get(id as usize)?.as_ref()
+    }
+
+    /// Adds (or re-points) the route `prefix/len` through next hop `nh`, which must exist.
+    pub fn add_route(&mut self, prefix: IpAddr, len: u8, nh: NextHopId) -> Result<(), RouterError> {
+        if self.next_hop(nh).is_none() {
+            return Err(RouterError::UnknownNextHop {
+                prefix,
+                len,
+                id: nh,
+            });
+        }
+        let r = match prefix {
+            IpAddr::V4(p) => self.v4.insert(p, len, nh),
+            IpAddr::V6(p) => self.v6.insert(p, len, nh),
+        };
+        r.map_err(|source| RouterError::Lpm {
+            prefix,
+            len,
+            source,
+        })
+    }
+
+    /// Removes the route `prefix/len`; returns the next hop it used, `None` if there was none.
+    pub fn remove_route(
+        &mut self,
+        prefix: IpAddr,
+        len: u8,
+    ) -> Result<Option<NextHopId>, RouterError> {
+        let r = match prefix {
+            IpAddr::V4(p) => self.v4.remove(p, len),
+            IpAddr::V6(p) => self.v6.remove(p, len),
+        };
+        r.map_err(|source| RouterError::Lpm {
+            prefix,
+            len,
+            source,
+        })
+    }
+
+    /// The next hop for a destination, as `decide` would pick it.
+    #[inline]
+    pub fn route(&self, dst: IpAddr) -> Option<&NextHop> {
+        let id = match dst {
+            IpAddr::V4(a) => self.v4.lookup(a),
+            IpAddr::V6(a) => self.v6.lookup(a),
+        }?;
+        self.next_hop(id)
+    }
+
+    pub fn lpm4(&self) -> &Lpm4 {
+        &self.v4
+    }
+
+    pub fn lpm6(&self) -> &Lpm6 {
+        &self.v6
+    }
+}
+
+impl Logic for Router {
+    #[inline]
+    fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, _in_port: PortId) -> Verdict {
+        let id = match hdr.l3 {
+            L3::Ipv4 { dst, .. } => self.v4.lookup(dst),
+            L3::Ipv6 { dst, .. } => self.v6.lookup(dst),
+            L3::Arp if self.arp_to_kernel => return Verdict::ToKernel,
+            L3::Arp | L3::Other => return Verdict::Drop(DropReason::NotIp),
+        };
+        let Some(nh) = id.and_then(|id| self.next_hop(id)) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        if !set_macs(pkt, nh.dst_mac, nh.src_mac) {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        Verdict::Forward(nh.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logic::test_frames;
+
+    const NH1: NextHop = NextHop {
+        port: 1,
+        dst_mac: [0x02, 0, 0, 0, 1, 1],
+        src_mac: [0x02, 0, 0, 0, 1, 0],
+    };
+    const NH2: NextHop = NextHop {
+        port: 2,
+        dst_mac: [0x02, 0, 0, 0, 2, 2],
+        src_mac: [0x02, 0, 0, 0, 2, 0],
+    };
+
+    fn router() -> Router {
+        let mut r = Router::new();
+        r.set_next_hop(1, NH1);
+        r.set_next_hop(2, NH2);
+        r.add_route("10.0.0.0".parse().unwrap(), 8, 1).unwrap();
+        r.add_route("10.2.0.0".parse().unwrap(), 16, 2).unwrap();
+        r.add_route("2001:db8::".parse().unwrap(), 32, 2).unwrap();
+        r
+    }
+
+    #[test]
+    fn forwards_ipv4_by_longest_prefix_and_rewrites_macs() {
+        let mut r = router();
+        let (mut f, h) = test_frames::ipv4("192.0.2.1", "10.2.3.4", 64, 17, 1, 2);
+        let orig = f.clone();
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Forward(2));
+        assert_eq!(f[..6], NH2.dst_mac);
+        assert_eq!(f[6..12], NH2.src_mac);
+        assert_eq!(f[12..], orig[12..], "TTL and the rest untouched");
+
+        let (mut f, h) = test_frames::ipv4("192.0.2.1", "10.3.0.1", 64, 17, 1, 2);
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Forward(1));
+        assert_eq!(f[..6], NH1.dst_mac);
+    }
+
+    #[test]
+    fn forwards_ipv6() {
+        let mut r = router();
+        let (mut f, h) = test_frames::ipv6("2001:db8::1", "2001:db8:5::1", 64, 6, 1, 2);
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Forward(2));
+        assert_eq!(f[..6], NH2.dst_mac);
+        let (mut f, h) = test_frames::ipv6("2001:db8::1", "2001:db9::1", 64, 6, 1, 2);
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Drop(DropReason::NoRoute));
+    }
+
+    #[test]
+    fn no_route_leaves_the_frame_alone() {
+        let mut r = router();
+        let (mut f, h) = test_frames::ipv4("192.0.2.1", "11.0.0.1", 64, 17, 1, 2);
+        let orig = f.clone();
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Drop(DropReason::NoRoute));
+        assert_eq!(f, orig);
+    }
+
+    #[test]
+    fn arp_goes_to_the_kernel_unless_disabled_and_other_is_not_ip() {
+        let mut r = router();
+        let (mut f, h) = test_frames::arp();
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::ToKernel);
+        r.set_arp_to_kernel(false);
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Drop(DropReason::NotIp));
+        let (mut f, h) = test_frames::l2(test_frames::MAC_B, test_frames::MAC_A);
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Drop(DropReason::NotIp));
+    }
+
+    #[test]
+    fn next_hops_must_exist_and_can_be_withdrawn() {
+        let mut r = router();
+        let e = r
+            .add_route("192.168.0.0".parse().unwrap(), 16, 9)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "route 192.168.0.0/16: next hop 9 is not defined; define it first"
+        );
+        let e = r.add_route("10.0.0.1".parse().unwrap(), 8, 1).unwrap_err();
+        assert!(matches!(
+            e,
+            RouterError::Lpm {
+                source: LpmError::HostBitsSet { .. },
+                ..
+            }
+        ));
+        assert_eq!(r.remove_next_hop(2), Some(NH2));
+        let (mut f, h) = test_frames::ipv4("192.0.2.1", "10.2.3.4", 64, 17, 1, 2);
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Drop(DropReason::NoRoute));
+        r.set_next_hop(2, NH1);
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Forward(1));
+        assert_eq!(r.remove_route("10.2.0.0".parse().unwrap(), 16), Ok(Some(2)));
+        assert_eq!(r.route("10.2.3.4".parse().unwrap()), Some(&NH1));
+    }
+}
