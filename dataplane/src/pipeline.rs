@@ -104,7 +104,8 @@ impl PipelineConfig {
             return bad("workers", &self.workers, "must be between 1 and 1024");
         }
         if !self.cores.is_empty() && self.cores.len() != self.workers {
-            return bad("cores", &self.cores.len(), "needs exactly one core per worker");
+            let list = self.cores.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+            return bad("cores", &list, "needs exactly one core per worker (or \"none\")");
         }
         if let Some(c) = self.cores.iter().find(|&&c| c >= cores) {
             return bad("cores", c, "is not a core of this machine");
