@@ -31,11 +31,20 @@ pub fn sum_words(data: &[u8], mut acc: u64) -> u64 {
 
 /// Folds a wide accumulator to a 16-bit one's-complement sum.
 #[inline]
-pub fn fold(mut acc: u64) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
+pub fn fold(acc: u64) -> u16 {
+    // Fixed steps instead of a data-dependent loop: 64 -> 33 -> 18 -> 17 -> 16 bits.
+    let acc = (acc & 0xffff_ffff) + (acc >> 32);
+    let acc = (acc & 0xffff) + (acc >> 16);
+    let acc = (acc & 0xffff) + (acc >> 16);
+    let acc = (acc & 0xffff) + (acc >> 16);
     acc as u16
+}
+
+/// Whether an unfolded sum folds to 0xffff (what a buffer with a valid checksum sums to),
+/// without folding: the fold preserves the value mod 0xffff and yields 0 only for 0.
+#[inline(always)]
+pub fn folds_to_ones(acc: u64) -> bool {
+    acc != 0 && acc.is_multiple_of(0xffff)
 }
 
 /// The checksum field value for `data` (whose own checksum field must be zero).
@@ -124,6 +133,40 @@ mod tests {
         let mut h = HDR;
         h[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
         assert_eq!(sum(&h), 0xffff, "a valid header sums to all ones");
+    }
+
+    #[test]
+    fn fold_extremes() {
+        assert_eq!(fold(0), 0);
+        assert_eq!(fold(0xffff), 0xffff);
+        assert_eq!(fold(0x1_0000), 1);
+        assert_eq!(fold(u64::MAX), 0xffff);
+        assert_eq!(fold(0xffff_ffff_0000_0001), 1);
+    }
+
+    #[test]
+    fn folds_to_ones_agrees_with_fold() {
+        for acc in [
+            0,
+            1,
+            0xfffe,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0x2_fffd,
+            u64::MAX,
+            0xffff * 77,
+        ] {
+            assert_eq!(folds_to_ones(acc), fold(acc) == 0xffff, "{acc:#x}");
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let acc = x >> (x % 40);
+            assert_eq!(folds_to_ones(acc), fold(acc) == 0xffff, "{acc:#x}");
+        }
     }
 
     #[test]

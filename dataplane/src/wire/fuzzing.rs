@@ -325,7 +325,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn arbitrary_bytes_through_all_views(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        fn arbitrary_bytes_through_all_views(
+            data in proptest::collection::vec(any::<u8>(), 0..2000),
+        ) {
             super::views(&data);
         }
     }

@@ -8,11 +8,11 @@
 //! legitimately carry a length covering the whole datagram, and a switch forwards segments
 //! without reading their payload.
 
-use super::ethernet::EthernetFrame;
+use super::ethernet::{HEADER_LEN, TAG_LEN, is_tpid};
 use super::ipv4::Ipv4Packet;
 use super::ipv6::{self, Ipv6Packet};
 use super::tcp::TcpPacket;
-use super::{ArpPacket, Error, Result, ethertype, ip_proto, udp};
+use super::{ArpPacket, Error, Result, ethertype, ip_proto, tcp, udp};
 use core::net::{Ipv4Addr, Ipv6Addr};
 
 /// Where the headers are and the fields every consumer reads.
@@ -68,106 +68,172 @@ const SCTP_HEADER_LEN: usize = 12;
 /// [`ipv6::ext::MAX_HEADERS`] extension headers.
 #[inline]
 pub fn parse_headers(frame: &[u8]) -> Result<Headers> {
-    let eth = EthernetFrame::new_checked(frame)?;
-    let l3_offset = eth.header_len();
-    let mut h = Headers {
-        // At most 14 + 2 × 4 bytes.
+    let (l3_offset, ethertype, vlan) = ethernet(frame)?;
+    // `ethernet` checked the frame holds the L3 offset.
+    let l3 = frame.get(l3_offset..).unwrap_or_default();
+    let (l3_summary, l4) = match ethertype {
+        ethertype::IPV4 => ipv4(l3)?,
+        ethertype::IPV6 => ipv6(l3)?,
+        ethertype::ARP => {
+            ArpPacket::new_checked(l3)?;
+            (L3::Arp, L4::NONE)
+        }
+        _ => (L3::Other, L4::NONE),
+    };
+    // Offsets stay far below 2^16: at most 22 + 60 for IPv4, and the IPv6 walk is bounded
+    // to MAX_HEADERS headers of at most 2 KiB each.
+    Ok(Headers {
         l3_offset: l3_offset as u16,
-        l4_offset: l3_offset as u16,
-        ethertype: eth.inner_ethertype(),
-        vlan: eth.vlan_tag(0).map(|t| t.vid()),
-        l3: L3::Other,
+        l4_offset: (l3_offset + l4.offset) as u16,
+        ethertype,
+        vlan,
+        l3: l3_summary,
+        proto: l4.proto,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+    })
+}
+
+/// What the IP layer found: where L4 starts (from the L3 header) and its ports.
+#[derive(Clone, Copy)]
+struct L4 {
+    offset: usize,
+    proto: u8,
+    src_port: u16,
+    dst_port: u16,
+}
+
+impl L4 {
+    const NONE: L4 = L4 {
+        offset: 0,
         proto: 0,
         src_port: 0,
         dst_port: 0,
     };
-    let l3 = eth.payload();
-    match h.ethertype {
-        ethertype::IPV4 => ipv4(l3, &mut h)?,
-        ethertype::IPV6 => ipv6(l3, &mut h)?,
-        ethertype::ARP => {
-            ArpPacket::new_checked(l3)?;
-            h.l3 = L3::Arp;
-        }
-        _ => {}
+}
+
+/// The tag walk of [`EthernetFrame::check_len`](super::EthernetFrame::check_len) in one
+/// pass that also yields what the view's `header_len`, `inner_ethertype` and `vlan_tag`
+/// would: L3 offset, EtherType, outer VID.
+#[inline(always)]
+fn ethernet(frame: &[u8]) -> Result<(usize, u16, Option<u16>)> {
+    let be16 = |at: usize| match frame.get(at..at + 2) {
+        Some(&[a, b]) => Ok(u16::from_be_bytes([a, b])),
+        _ => Err(Error::Truncated),
+    };
+    let et = be16(HEADER_LEN - 2)?;
+    if !is_tpid(et) {
+        return Ok((HEADER_LEN, et, None));
     }
-    Ok(h)
+    let vid = be16(HEADER_LEN)? & 0x0fff;
+    let et = be16(HEADER_LEN + TAG_LEN - 2)?;
+    if !is_tpid(et) {
+        return Ok((HEADER_LEN + TAG_LEN, et, Some(vid)));
+    }
+    let et = be16(HEADER_LEN + 2 * TAG_LEN - 2)?;
+    if is_tpid(et) {
+        return Err(Error::Unsupported);
+    }
+    Ok((HEADER_LEN + 2 * TAG_LEN, et, Some(vid)))
 }
 
 #[inline(always)]
-fn ipv4(l3: &[u8], h: &mut Headers) -> Result<()> {
+fn ipv4(l3: &[u8]) -> Result<(L3, L4)> {
     let ip = Ipv4Packet::new_checked(l3)?;
     if !ip.verify_checksum() {
         return Err(Error::Checksum);
     }
-    h.l3 = L3::Ipv4 {
+    let summary = L3::Ipv4 {
         src: ip.src_addr(),
         dst: ip.dst_addr(),
         ttl: ip.ttl(),
     };
-    h.proto = ip.protocol();
-    h.l4_offset = h.l3_offset + ip.header_len() as u16;
-    if ip.frag_offset() != 0 {
-        // A later fragment: its payload is the middle of the datagram, with no L4 header.
-        return Ok(());
+    let header_len = ip.header_len() as usize;
+    let mut l4 = L4 {
+        offset: header_len,
+        proto: ip.protocol(),
+        src_port: 0,
+        dst_port: 0,
+    };
+    // A later fragment's payload is the middle of the datagram, with no L4 header.
+    if ip.frag_offset() == 0 {
+        // `ip.payload()` without its panic path: check_len ordered header_len <= total <= len.
+        let payload = l3
+            .get(header_len..ip.total_len() as usize)
+            .unwrap_or_default();
+        ports(payload, &mut l4)?;
     }
-    ports(ip.payload(), h)
+    Ok((summary, l4))
 }
 
 #[inline(always)]
-fn ipv6(l3: &[u8], h: &mut Headers) -> Result<()> {
+fn ipv6(l3: &[u8]) -> Result<(L3, L4)> {
     let ip = Ipv6Packet::new_checked(l3)?;
-    h.l3 = L3::Ipv6 {
+    let summary = L3::Ipv6 {
         src: ip.src_addr(),
         dst: ip.dst_addr(),
         hop_limit: ip.hop_limit(),
     };
     let payload = ip.payload();
-    let up = ipv6::ext::walk(ip.next_header(), payload)?;
-    h.proto = up.protocol;
-    // The walk is bounded to MAX_HEADERS × 2 KiB, so the offset fits in u16.
-    h.l4_offset = h.l3_offset + (ipv6::HEADER_LEN + up.offset) as u16;
-    if up.non_first_fragment {
-        return Ok(());
+    let next_header = ip.next_header();
+    let up = if ipv6::ext::is_extension(next_header) {
+        walk_extensions(next_header, payload)?
+    } else {
+        ipv6::ext::Upper {
+            protocol: next_header,
+            offset: 0,
+            non_first_fragment: false,
+        }
+    };
+    let mut l4 = L4 {
+        offset: ipv6::HEADER_LEN + up.offset,
+        proto: up.protocol,
+        src_port: 0,
+        dst_port: 0,
+    };
+    if !up.non_first_fragment {
+        // `walk` returns an offset within `payload`.
+        ports(payload.get(up.offset..).unwrap_or_default(), &mut l4)?;
     }
-    // `walk` returns an offset within `payload`.
-    ports(payload.get(up.offset..).unwrap_or_default(), h)
+    Ok((summary, l4))
+}
+
+/// Out of line: most IPv6 packets carry none, and inlining the walk's loop would cost every
+/// packet registers.
+#[inline(never)]
+fn walk_extensions(next_header: u8, payload: &[u8]) -> Result<ipv6::ext::Upper> {
+    ipv6::ext::walk(next_header, payload)
 }
 
 #[inline(always)]
-fn ports(l4: &[u8], h: &mut Headers) -> Result<()> {
-    let need = match h.proto {
+fn ports(l4: &[u8], out: &mut L4) -> Result<()> {
+    // TCP, UDP and SCTP all start with the two ports; each arm checks its whole header.
+    let p = match out.proto {
+        ip_proto::UDP => l4.first_chunk::<{ udp::HEADER_LEN }>().map(|h| &h[..4]),
         ip_proto::TCP => {
             TcpPacket::new_checked(l4)?;
-            0
+            l4.first_chunk::<{ tcp::HEADER_LEN }>().map(|h| &h[..4])
         }
-        ip_proto::UDP => udp::HEADER_LEN,
-        ip_proto::SCTP => SCTP_HEADER_LEN,
+        ip_proto::SCTP => l4.first_chunk::<SCTP_HEADER_LEN>().map(|h| &h[..4]),
         _ => return Ok(()),
     };
-    if l4.len() < need {
+    let Some(&[s0, s1, d0, d1]) = p else {
         return Err(Error::Truncated);
-    }
-    // TCP, UDP and SCTP all start with the two ports.
-    match l4.first_chunk::<4>() {
-        Some(p) => {
-            h.src_port = u16::from_be_bytes([p[0], p[1]]);
-            h.dst_port = u16::from_be_bytes([p[2], p[3]]);
-            Ok(())
-        }
-        None => Err(Error::Truncated),
-    }
+    };
+    out.src_port = u16::from_be_bytes([s0, s1]);
+    out.dst_port = u16::from_be_bytes([d0, d1]);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::ethernet::{MacAddr, VlanRepr, VlanTags};
+    use crate::wire::{EthernetFrame, Icmpv4Packet, Icmpv6Packet, UdpPacket};
     use crate::wire::{
         EthernetRepr, Icmpv4Repr, Icmpv6Repr, Ipv4Repr, Ipv6Repr, PseudoHeader, TcpFlags, TcpRepr,
         UdpRepr, frames,
     };
-    use crate::wire::{Icmpv4Packet, Icmpv6Packet, UdpPacket};
     use proptest::prelude::*;
 
     const A4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -308,21 +374,7 @@ mod tests {
 
     #[test]
     fn every_prefix_of_a_real_frame_is_truncated() {
-        let all: [&[u8]; 12] = [
-            &frames::DNS_QUERY_V4,
-            &frames::TCP_SYN_V4_VLAN,
-            &frames::TCP_SYN_V6,
-            &frames::ICMPV4_ECHO,
-            &frames::ICMPV6_ECHO,
-            &frames::ARP_REQUEST,
-            &frames::ICMPV6_NS,
-            &frames::MLD_REPORT_HBH,
-            &frames::IPV6_HBH_FRAG_LAST,
-            &frames::IPV4_FRAG_FIRST,
-            &frames::IPV4_FRAG_LAST,
-            frames::IPV6_HBH_FRAG_FIRST,
-        ];
-        for frame in all {
+        for frame in ALL_FRAMES {
             assert!(parse_headers(frame).is_ok());
             // IP length fields cover the whole frame, so every cut loses a header's bytes.
             for len in 0..frame.len() {
@@ -630,10 +682,123 @@ mod tests {
         ]
     }
 
+    /// `parse_headers` spelled out with the views only: the fast path must agree with it.
+    fn reference(frame: &[u8]) -> Result<Headers> {
+        let eth = EthernetFrame::new_checked(frame)?;
+        let (l3_offset, et) = (eth.header_len() as u16, eth.inner_ethertype());
+        let mut h = hdr(l3_offset, l3_offset, et, None, L3::Other, 0, 0, 0);
+        h.vlan = eth.vlan_tag(0).map(|t| t.vid());
+        // The L4 header's offset from L3, its bytes, and whether this fragment carries it.
+        let (l4_offset, l4, first): (usize, &[u8], bool) = match et {
+            ethertype::IPV4 => {
+                let ip = Ipv4Packet::new_checked(eth.payload())?;
+                if !ip.verify_checksum() {
+                    return Err(Error::Checksum);
+                }
+                h.l3 = v4_of(&ip);
+                h.proto = ip.protocol();
+                (
+                    ip.header_len() as usize,
+                    ip.payload(),
+                    ip.frag_offset() == 0,
+                )
+            }
+            ethertype::IPV6 => {
+                let ip = Ipv6Packet::new_checked(eth.payload())?;
+                h.l3 = v6(ip.src_addr(), ip.dst_addr(), ip.hop_limit());
+                let up = ipv6::ext::walk(ip.next_header(), ip.payload())?;
+                h.proto = up.protocol;
+                let l4 = &ip.payload()[up.offset..];
+                (40 + up.offset, l4, !up.non_first_fragment)
+            }
+            ethertype::ARP => {
+                ArpPacket::new_checked(eth.payload())?;
+                h.l3 = L3::Arp;
+                return Ok(h);
+            }
+            _ => return Ok(h),
+        };
+        h.l4_offset += l4_offset as u16;
+        if !first {
+            return Ok(h);
+        }
+        let need = match h.proto {
+            ip_proto::TCP => TcpPacket::new_checked(l4)?.header_len() as usize,
+            ip_proto::UDP => 8,
+            ip_proto::SCTP => 12,
+            _ => return Ok(h),
+        };
+        if l4.len() < need {
+            return Err(Error::Truncated);
+        }
+        let p = UdpPacket::new_unchecked(l4);
+        (h.src_port, h.dst_port) = (p.src_port(), p.dst_port());
+        Ok(h)
+    }
+
+    fn v4_of(ip: &Ipv4Packet<&[u8]>) -> L3 {
+        L3::Ipv4 {
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+            ttl: ip.ttl(),
+        }
+    }
+
+    const ALL_FRAMES: [&[u8]; 12] = [
+        &frames::DNS_QUERY_V4,
+        &frames::TCP_SYN_V4_VLAN,
+        &frames::TCP_SYN_V6,
+        &frames::ICMPV4_ECHO,
+        &frames::ICMPV6_ECHO,
+        &frames::ARP_REQUEST,
+        &frames::ICMPV6_NS,
+        &frames::MLD_REPORT_HBH,
+        &frames::IPV6_HBH_FRAG_LAST,
+        &frames::IPV4_FRAG_FIRST,
+        &frames::IPV4_FRAG_LAST,
+        frames::IPV6_HBH_FRAG_FIRST,
+    ];
+
+    #[test]
+    fn reference_agrees_on_real_frames() {
+        for f in ALL_FRAMES {
+            assert_eq!(parse_headers(f), reference(f));
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
             crate::wire::fuzzing::parse_headers(&data);
+            prop_assert_eq!(parse_headers(&data), reference(&data));
+        }
+
+        #[test]
+        fn mutated_real_frames_match_the_views(
+            which in 0..ALL_FRAMES.len(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+            refill_checksum in any::<bool>(),
+        ) {
+            let mut f = ALL_FRAMES[which].to_vec();
+            for (at, v) in edits {
+                let i = at.index(f.len());
+                f[i] = v;
+            }
+            // Without a refill nearly every IPv4 edit is a checksum error; with one the edit
+            // reaches the length and fragment checks behind it.
+            if refill_checksum
+                && let Ok(eth) = EthernetFrame::new_checked(&f[..])
+                && eth.inner_ethertype() == ethertype::IPV4
+            {
+                let at = eth.header_len();
+                if let Ok(mut ip) = Ipv4Packet::new_checked(&mut f[at..]) {
+                    ip.fill_checksum();
+                }
+            }
+            let f = &f[..cut.index(f.len() + 1)];
+            crate::wire::fuzzing::parse_headers(f);
+            prop_assert_eq!(parse_headers(f), reference(f));
         }
 
         #[test]

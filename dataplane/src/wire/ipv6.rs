@@ -29,7 +29,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         Ipv6Packet { buffer }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Ipv6Packet<T>> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
@@ -38,7 +38,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 
     /// `Truncated` if the buffer is shorter than 40 bytes plus payload length; `Malformed` if
     /// the version is not 6.
-    #[inline]
+    #[inline(always)]
     pub fn check_len(&self) -> Result<()> {
         let data = self.buffer.as_ref();
         if data.len() < HEADER_LEN {
@@ -57,7 +57,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         self.buffer
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[0] >> 4
     }
@@ -71,28 +71,28 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     }
 
     /// Bytes after the fixed header, extension headers included.
-    #[inline]
+    #[inline(always)]
     pub fn payload_len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::LENGTH.start)
     }
 
     /// The first next-header: an extension header or the upper-layer protocol.
-    #[inline]
+    #[inline(always)]
     pub fn next_header(&self) -> u8 {
         self.buffer.as_ref()[field::NXT_HDR]
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn hop_limit(&self) -> u8 {
         self.buffer.as_ref()[field::HOP_LIMIT]
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn src_addr(&self) -> Ipv6Addr {
         addr(&self.buffer.as_ref()[field::SRC_ADDR])
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn dst_addr(&self) -> Ipv6Addr {
         addr(&self.buffer.as_ref()[field::DST_ADDR])
     }
@@ -250,6 +250,19 @@ pub mod ext {
     /// Extension headers we skip before giving up with [`Error::Unsupported`]. Real traffic
     /// carries two or three.
     pub const MAX_HEADERS: usize = 8;
+
+    /// Whether `next_header` is one of the extension headers [`walk`] skips.
+    #[inline(always)]
+    pub const fn is_extension(next_header: u8) -> bool {
+        matches!(
+            next_header,
+            ip_proto::HOP_BY_HOP
+                | ip_proto::IPV6_ROUTING
+                | ip_proto::IPV6_FRAGMENT
+                | ip_proto::IPV6_DST_OPTS
+                | ip_proto::AH
+        )
+    }
 
     /// Where the walk ended.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -65,7 +65,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         TcpPacket { buffer }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<TcpPacket<T>> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
@@ -74,7 +74,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 
     /// `Truncated` if the buffer is shorter than 20 bytes or the data offset; `Malformed` if
     /// the data offset is under 5 words.
-    #[inline]
+    #[inline(always)]
     pub fn check_len(&self) -> Result<()> {
         let data = self.buffer.as_ref();
         if data.len() < HEADER_LEN {
@@ -94,12 +94,12 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         self.buffer
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SRC_PORT.start)
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::DST_PORT.start)
     }
@@ -113,7 +113,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Header length in bytes (data offset × 4), options included.
-    #[inline]
+    #[inline(always)]
     pub fn header_len(&self) -> u8 {
         (self.buffer.as_ref()[field::DATA_OFF] >> 4) * 4
     }

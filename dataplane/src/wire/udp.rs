@@ -25,7 +25,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         UdpPacket { buffer }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<UdpPacket<T>> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
@@ -34,7 +34,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 
     /// `Truncated` if the buffer is shorter than 8 bytes or the length field; `Malformed` if
     /// the length field is under 8 (jumbograms' zero length included: we do not take them).
-    #[inline]
+    #[inline(always)]
     pub fn check_len(&self) -> Result<()> {
         let data = self.buffer.as_ref();
         if data.len() < HEADER_LEN {
@@ -54,12 +54,12 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         self.buffer
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SRC_PORT.start)
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::DST_PORT.start)
     }
