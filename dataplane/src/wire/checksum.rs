@@ -1,4 +1,7 @@
-//! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+//! The Internet checksum (RFC 1071), its incremental update (RFC 1624), and the IPv4/IPv6
+//! pseudo-headers that transport checksums cover (RFC 768, RFC 9293, RFC 8200 §8.1).
+
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 /// One's-complement sum of `data` as big-endian 16-bit words (an odd last byte is padded
 /// with zero), folded to 16 bits. Not complemented.
@@ -28,11 +31,20 @@ pub fn sum_words(data: &[u8], mut acc: u64) -> u64 {
 
 /// Folds a wide accumulator to a 16-bit one's-complement sum.
 #[inline]
-pub fn fold(mut acc: u64) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
+pub fn fold(acc: u64) -> u16 {
+    // Fixed steps instead of a data-dependent loop: 64 -> 33 -> 18 -> 17 -> 16 bits.
+    let acc = (acc & 0xffff_ffff) + (acc >> 32);
+    let acc = (acc & 0xffff) + (acc >> 16);
+    let acc = (acc & 0xffff) + (acc >> 16);
+    let acc = (acc & 0xffff) + (acc >> 16);
     acc as u16
+}
+
+/// Whether an unfolded sum folds to 0xffff (what a buffer with a valid checksum sums to),
+/// without folding: the fold preserves the value mod 0xffff and yields 0 only for 0.
+#[inline(always)]
+pub fn folds_to_ones(acc: u64) -> bool {
+    acc != 0 && acc.is_multiple_of(0xffff)
 }
 
 /// The checksum field value for `data` (whose own checksum field must be zero).
@@ -47,6 +59,62 @@ pub fn checksum(data: &[u8]) -> u16 {
 pub fn update16(hc: u16, old: u16, new: u16) -> u16 {
     let acc = (!hc as u64) + (!old as u64) + new as u64;
     !fold(acc)
+}
+
+/// Sum of the IPv4 pseudo-header (source, destination, zero, protocol, L4 length), unfolded,
+/// to be continued with [`sum_words`] over the L4 bytes.
+#[inline]
+pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: u32) -> u64 {
+    let s = u32::from_be_bytes(src.octets()) as u64;
+    let d = u32::from_be_bytes(dst.octets()) as u64;
+    // Each address is two 16-bit words; the 32-bit length is too, and for any real IPv4
+    // length (< 2^16) its high word is zero, so v4 and v6 add lengths the same way.
+    (s >> 16)
+        + (s & 0xffff)
+        + (d >> 16)
+        + (d & 0xffff)
+        + proto as u64
+        + (len >> 16) as u64
+        + (len & 0xffff) as u64
+}
+
+/// Sum of the IPv6 pseudo-header (source, destination, 32-bit upper-layer length, next
+/// header), unfolded, to be continued with [`sum_words`] over the upper-layer bytes.
+#[inline]
+pub fn pseudo_header_v6(src: &Ipv6Addr, dst: &Ipv6Addr, next_header: u8, len: u32) -> u64 {
+    let acc = sum_words(&src.octets(), 0);
+    let acc = sum_words(&dst.octets(), acc);
+    acc + (len >> 16) as u64 + (len & 0xffff) as u64 + next_header as u64
+}
+
+/// The addresses a TCP, UDP or ICMPv6 checksum covers besides the segment itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PseudoHeader {
+    V4 { src: Ipv4Addr, dst: Ipv4Addr },
+    V6 { src: Ipv6Addr, dst: Ipv6Addr },
+}
+
+impl PseudoHeader {
+    /// The pseudo-header's unfolded sum for an L4 segment of `len` bytes of protocol `proto`.
+    #[inline]
+    pub fn sum(&self, proto: u8, len: u32) -> u64 {
+        match self {
+            PseudoHeader::V4 { src, dst } => pseudo_header_v4(*src, *dst, proto, len),
+            PseudoHeader::V6 { src, dst } => pseudo_header_v6(src, dst, proto, len),
+        }
+    }
+
+    /// Whether `segment` (checksum field included) verifies under this pseudo-header.
+    #[inline]
+    pub fn verify(&self, proto: u8, segment: &[u8]) -> bool {
+        fold(sum_words(segment, self.sum(proto, segment.len() as u32))) == 0xffff
+    }
+
+    /// The checksum field value for `segment`, whose checksum field must be zero.
+    #[inline]
+    pub fn checksum(&self, proto: u8, segment: &[u8]) -> u16 {
+        !fold(sum_words(segment, self.sum(proto, segment.len() as u32)))
+    }
 }
 
 #[cfg(test)]
@@ -68,6 +136,40 @@ mod tests {
     }
 
     #[test]
+    fn fold_extremes() {
+        assert_eq!(fold(0), 0);
+        assert_eq!(fold(0xffff), 0xffff);
+        assert_eq!(fold(0x1_0000), 1);
+        assert_eq!(fold(u64::MAX), 0xffff);
+        assert_eq!(fold(0xffff_ffff_0000_0001), 1);
+    }
+
+    #[test]
+    fn folds_to_ones_agrees_with_fold() {
+        for acc in [
+            0,
+            1,
+            0xfffe,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0x2_fffd,
+            u64::MAX,
+            0xffff * 77,
+        ] {
+            assert_eq!(folds_to_ones(acc), fold(acc) == 0xffff, "{acc:#x}");
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let acc = x >> (x % 40);
+            assert_eq!(folds_to_ones(acc), fold(acc) == 0xffff, "{acc:#x}");
+        }
+    }
+
+    #[test]
     fn odd_length_pads_with_zero() {
         assert_eq!(sum(&[0x12]), 0x1200);
         assert_eq!(sum(&[0x12, 0x34, 0x56]), 0x1234 + 0x5600);
@@ -81,5 +183,24 @@ mod tests {
         h[8] -= 1;
         let new = u16::from_be_bytes([h[8], h[9]]);
         assert_eq!(update16(hc, old, new), checksum(&h));
+    }
+
+    #[test]
+    fn pseudo_header_v4_matches_spelled_out_bytes() {
+        let (src, dst) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(198, 51, 100, 7));
+        let bytes = [192, 0, 2, 1, 198, 51, 100, 7, 0, 17, 0x01, 0x2c];
+        assert_eq!(fold(pseudo_header_v4(src, dst, 17, 300)), sum(&bytes));
+    }
+
+    #[test]
+    fn pseudo_header_v6_matches_spelled_out_bytes() {
+        let src: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let dst: Ipv6Addr = "fe80::1234:5678".parse().unwrap();
+        let mut bytes = [0u8; 40];
+        bytes[..16].copy_from_slice(&src.octets());
+        bytes[16..32].copy_from_slice(&dst.octets());
+        bytes[32..36].copy_from_slice(&70_000u32.to_be_bytes());
+        bytes[39] = 6;
+        assert_eq!(fold(pseudo_header_v6(&src, &dst, 6, 70_000)), sum(&bytes));
     }
 }
