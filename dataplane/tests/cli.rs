@@ -42,7 +42,7 @@ fn bad_arguments_name_the_field_and_exit_non_zero() {
         (vec!["pipeline", "--duration", "5h"], "unknown unit"),
         (vec!["pipeline", "--cores", "0,x"], "'x' is not a core"),
         (vec!["pipeline", "--workers", "2", "--cores", "0"], "cores"),
-        (vec!["pipeline", "--cores", "4096"], "not a core of this machine"),
+        (vec!["pipeline", "--workers", "1", "--cores", "4096"], "not a core of this machine"),
         (vec!["pipeline", "--workers", "0"], "workers"),
         (vec!["pipeline", "--mapping", "random"], "random"),
         (vec!["nonsense"], "nonsense"),
