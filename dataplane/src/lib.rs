@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod port;
 pub mod ring;
 pub mod shard;
+pub mod sys;
 pub mod verdict;
 pub mod wire;
 pub mod worker;

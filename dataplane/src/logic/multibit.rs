@@ -18,6 +18,7 @@
 
 use super::{LpmError, NextHopId};
 use hashbrown::HashMap;
+use crate::sys::HugeTable;
 
 /// Entry layout (u32): bits 0..22 next-hop id or tbl8 group index, bit 22 valid leaf, bit 23
 /// extended (points to a group), bits 24..32 depth. The all-zero entry is "no route", so a
@@ -71,7 +72,7 @@ enum Loc {
 /// `FIRST`: bits indexed by the first level. `KEY_BITS`: the address width (longest prefix).
 #[derive(Clone)]
 pub(super) struct Multibit<const FIRST: u32, const KEY_BITS: u8> {
-    pub(super) tbl0: Box<[u32]>,
+    pub(super) tbl0: HugeTable,
     pub(super) tbl8: Vec<u32>,
     /// Freed groups, reused before carving new ones out of `tbl8`.
     free: Vec<u32>,
@@ -91,8 +92,8 @@ impl<const FIRST: u32, const KEY_BITS: u8> Multibit<FIRST, KEY_BITS> {
             });
         }
         Ok(Multibit {
-            // `vec![0; n]` is a zeroed allocation: the OS hands pages in only when written.
-            tbl0: vec![0u32; 1 << FIRST].into_boxed_slice(),
+            // Zeroed and lazily backed; huge pages because lookups hit it at random.
+            tbl0: HugeTable::zeroed(1 << FIRST),
             tbl8: Vec::new(),
             free: Vec::new(),
             carved: 0,
