@@ -70,7 +70,7 @@ const SCTP_HEADER_LEN: usize = 12;
 pub fn parse_headers(frame: &[u8]) -> Result<Headers> {
     let (l3_offset, ethertype, vlan) = ethernet(frame)?;
     // `ethernet` checked the frame holds the L3 offset.
-    let l3 = frame.get(l3_offset..).unwrap_or_default();
+    let l3 = frame.get(l3_offset..).ok_or(Error::Truncated)?;
     let (l3_summary, l4) = match ethertype {
         ethertype::IPV4 => ipv4(l3)?,
         ethertype::IPV6 => ipv6(l3)?,
@@ -157,11 +157,9 @@ fn ipv4(l3: &[u8]) -> Result<(L3, L4)> {
     };
     // A later fragment's payload is the middle of the datagram, with no L4 header.
     if ip.frag_offset() == 0 {
-        // `ip.payload()` without its panic path: check_len ordered header_len <= total <= len.
-        let payload = l3
-            .get(header_len..ip.total_len() as usize)
-            .unwrap_or_default();
-        ports(payload, &mut l4)?;
+        // `ip.payload()` without its panic path (check_len ordered header_len <= total <= len).
+        let payload = l3.get(header_len..ip.total_len() as usize);
+        ports(payload.ok_or(Error::Truncated)?, &mut l4)?;
     }
     Ok((summary, l4))
 }
@@ -193,7 +191,7 @@ fn ipv6(l3: &[u8]) -> Result<(L3, L4)> {
     };
     if !up.non_first_fragment {
         // `walk` returns an offset within `payload`.
-        ports(payload.get(up.offset..).unwrap_or_default(), &mut l4)?;
+        ports(payload.get(up.offset..).ok_or(Error::Truncated)?, &mut l4)?;
     }
     Ok((summary, l4))
 }
