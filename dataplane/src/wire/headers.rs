@@ -7,6 +7,10 @@
 //! the offsets it returns. It does not verify L4 checksums or the UDP length field: fragments
 //! legitimately carry a length covering the whole datagram, and a switch forwards segments
 //! without reading their payload.
+//!
+//! It uses the IP and TCP views' own checks but walks the VLAN tags and reads the ports
+//! itself, to keep to one pass; the tests hold it to the answers of a version built from the
+//! views alone (`reference`), on real, mutated and random frames.
 
 use super::ethernet::{HEADER_LEN, TAG_LEN, is_tpid};
 use super::ipv4::Ipv4Packet;
