@@ -564,18 +564,27 @@ mod tests {
     }
 
     fn arb_tags() -> impl Strategy<Value = VlanTags> {
-        (0usize..3, any::<[u16; 2]>()).prop_map(|(n, vids)| match n {
-            0 => VlanTags::Untagged,
-            1 => VlanTags::Single(VlanRepr::dot1q(vids[0] & 0xfff)),
-            _ => VlanTags::Double {
-                outer: VlanRepr {
-                    tpid: ethertype::QINQ,
-                    pcp: 3,
-                    dei: false,
-                    vid: vids[0] & 0xfff,
+        // Random TCIs: priority and DEI bits must not leak into the VID.
+        (0usize..3, any::<[u16; 2]>(), any::<bool>()).prop_map(|(n, tcis, qinq)| {
+            let tag = |tpid, tci: u16| VlanRepr {
+                tpid,
+                pcp: (tci >> 13) as u8,
+                dei: tci & 0x1000 != 0,
+                vid: tci & 0x0fff,
+            };
+            let outer = if qinq {
+                ethertype::QINQ
+            } else {
+                ethertype::VLAN
+            };
+            match n {
+                0 => VlanTags::Untagged,
+                1 => VlanTags::Single(tag(outer, tcis[0])),
+                _ => VlanTags::Double {
+                    outer: tag(outer, tcis[0]),
+                    inner: tag(ethertype::VLAN, tcis[1]),
                 },
-                inner: VlanRepr::dot1q(vids[1] & 0xfff),
-            },
+            }
         })
     }
 
