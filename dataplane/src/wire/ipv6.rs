@@ -241,7 +241,7 @@ impl Ipv6Repr {
 /// The walk over extension headers from the fixed header to the upper-layer protocol.
 ///
 /// Skips hop-by-hop options (0, first only), routing (43), fragment (44), destination
-/// options (60) and AH (51), at most [`MAX_HEADERS`] of them, so a hostile chain costs a
+/// options (60) and AH (51), at most [`ext::MAX_HEADERS`] of them, so a hostile chain costs a
 /// bounded amount of work. Anything else (TCP, UDP, ICMPv6, ESP, no-next-header, unknown) is
 /// the upper layer.
 pub mod ext {
