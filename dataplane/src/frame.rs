@@ -155,6 +155,19 @@ impl BufferPool {
         n
     }
 
+    /// Copies a 64-byte block into the start of the frame's buffer and sets its length to
+    /// `len` (at most 64). A constant-size copy compiles to a few vector moves instead of a
+    /// `memcpy` call — what a generator writing minimum-size frames needs.
+    #[inline]
+    pub fn fill_block64(&mut self, frame: &mut Frame, block: &[u8; 64], len: usize) {
+        let start = frame.addr as usize;
+        let dst: &mut [u8; 64] = (&mut self.region[start..start + 64])
+            .try_into()
+            .expect("frames are at least 64 bytes");
+        *dst = *block;
+        frame.len = len.min(64) as u32;
+    }
+
     /// Sets the frame's length, clamped to the frame size.
     #[inline]
     pub fn set_len(&self, frame: &mut Frame, len: usize) {

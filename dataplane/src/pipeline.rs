@@ -339,8 +339,12 @@ pub fn run(
 /// A port that receives an endless stream of copies of prebuilt frames, cycling through them.
 pub struct TemplateSource {
     name: String,
-    /// All templates back to back; `spans[i]` is template `i`'s range.
+    /// Templates of at most 64 bytes, each padded to one block: copied with fixed-size moves.
+    blocks: Vec<[u8; 64]>,
+    /// All other templates back to back; `spans[i]` is template `i`'s range in `bytes`.
     bytes: Vec<u8>,
+    /// Per template: (index into `blocks` or `bytes` span, length, is_block).
+    order: Vec<(u32, u32, bool)>,
     spans: Vec<(usize, usize)>,
     next: usize,
     sent: u64,
@@ -351,16 +355,28 @@ pub struct TemplateSource {
 impl TemplateSource {
     /// A source cycling through `templates`, starting at `start`.
     pub fn new(name: impl Into<String>, templates: &[Vec<u8>], start: usize) -> TemplateSource {
+        let mut blocks = Vec::new();
         let mut bytes = Vec::new();
-        let mut spans = Vec::with_capacity(templates.len());
+        let mut spans = Vec::new();
+        let mut order = Vec::with_capacity(templates.len());
         for t in templates {
-            spans.push((bytes.len(), t.len()));
-            bytes.extend_from_slice(t);
+            if t.len() <= 64 {
+                let mut b = [0u8; 64];
+                b[..t.len()].copy_from_slice(t);
+                order.push((blocks.len() as u32, t.len() as u32, true));
+                blocks.push(b);
+            } else {
+                order.push((spans.len() as u32, t.len() as u32, false));
+                spans.push((bytes.len(), t.len()));
+                bytes.extend_from_slice(t);
+            }
         }
-        let next = if spans.is_empty() { 0 } else { start % spans.len() };
+        let next = if order.is_empty() { 0 } else { start % order.len() };
         TemplateSource {
             name: name.into(),
+            blocks,
             bytes,
+            order,
             spans,
             next,
             sent: 0,
@@ -381,17 +397,22 @@ impl Port for TemplateSource {
     }
 
     fn recv(&mut self, pool: &mut BufferPool, batch: &mut Batch) -> Result<usize, PortError> {
-        if self.spans.is_empty() {
+        if self.order.is_empty() {
             return Ok(0);
         }
         let want = (batch.room() as u64).min(self.limit - self.sent) as usize;
         let mut n = 0;
         while n < want {
             let Some(mut f) = pool.alloc() else { break };
-            let (off, len) = self.spans[self.next];
-            pool.fill(&mut f, &self.bytes[off..off + len]);
+            let (i, len, block) = self.order[self.next];
+            if block {
+                pool.fill_block64(&mut f, &self.blocks[i as usize], len as usize);
+            } else {
+                let (off, len) = self.spans[i as usize];
+                pool.fill(&mut f, &self.bytes[off..off + len]);
+            }
             self.next += 1;
-            if self.next == self.spans.len() {
+            if self.next == self.order.len() {
                 self.next = 0;
             }
             if let Err(f) = batch.push(f) {

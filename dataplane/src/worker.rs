@@ -20,7 +20,7 @@ use crate::logic::Logic;
 use crate::port::{Port, PortError};
 use crate::shard::{HandoffRx, HandoffTx, Mapping, flow_hash, jump_hash};
 use crate::verdict::{DropReason, PortId, Verdict};
-use crate::wire::parse_headers;
+use crate::wire::{self, Headers, parse_headers};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -114,6 +114,8 @@ pub struct Worker<L> {
     handoff_rx: Vec<HandoffRx>,
     counts: Counts,
     shared: Arc<WorkerCounters>,
+    /// Per-slot parse results of the batch being processed (capacity MAX_BATCH, reused).
+    parsed: Vec<Result<Headers, wire::Error>>,
     rx: Batch,
     tx: Batch,
     started: Instant,
@@ -209,6 +211,7 @@ impl<L: Logic> Worker<L> {
             handoff_rx,
             counts: Counts::default(),
             shared: Arc::new(WorkerCounters::default()),
+            parsed: Vec::with_capacity(MAX_BATCH),
             started: Instant::now(),
             idle_rounds: 0,
             sleep: Duration::ZERO,
@@ -346,6 +349,7 @@ impl<L: Logic> Worker<L> {
             fabric,
             handoff_tx,
             counts,
+            parsed,
             rx,
             tx,
             ..
@@ -354,26 +358,34 @@ impl<L: Logic> Worker<L> {
         let shard = cfg.mapping == Mapping::Sequential && cfg.workers > 1 && !from_handoff;
         let me = cfg.id;
 
-        // Phase 1: one verdict per packet, grouped by destination.
-        for i in 0..rx.len() {
-            let frame = &rx.as_slice()[i];
+        // Phase 1, in three passes over the batch so that memory stalls overlap: parse every
+        // packet, let the logic prefetch the table entries it will read, then decide and group
+        // by destination.
+        parsed.clear();
+        for frame in rx.as_slice() {
             counts.rx_bytes += frame.len() as u64;
-            let bytes = pool.data_mut(frame);
-            let dest = match parse_headers(bytes) {
+            parsed.push(parse_headers(pool.data(frame)));
+        }
+        for h in parsed.iter().flatten() {
+            logic.prefetch(h);
+        }
+        for (i, p) in parsed.iter().enumerate() {
+            let dest = match p {
                 Err(_) => {
                     counts.drop(DropReason::Malformed, 1);
                     dests.drop()
                 }
                 Ok(h) => {
+                    let bytes = pool.data_mut(&rx.as_slice()[i]);
                     let owner = if shard {
-                        jump_hash(flow_hash(&h, bytes), cfg.workers as u32) as usize
+                        jump_hash(flow_hash(h, bytes), cfg.workers as u32) as usize
                     } else {
                         me
                     };
                     if owner != me {
                         dests.handoff(owner)
                     } else {
-                        match logic.decide(bytes, &h, in_port) {
+                        match logic.decide(bytes, h, in_port) {
                             Verdict::Forward(p) if (p as usize) < dests.ports => p as usize,
                             Verdict::Forward(_) => {
                                 counts.drop(DropReason::NoRoute, 1);
@@ -483,12 +495,12 @@ fn send(
     let bytes: u64 = tx.as_slice().iter().map(|f| f.len() as u64).sum();
     let r = port.send(pool, tx);
     let left = tx.len();
-    let left_bytes: u64 = tx.as_slice().iter().map(|f| f.len() as u64).sum();
     counts.tx += (offered - left) as u64;
-    counts.tx_bytes += bytes - left_bytes;
+    counts.tx_bytes += bytes;
     if left > 0 {
         counts.drop(DropReason::TxFull, left as u64);
         for f in tx.drain() {
+            counts.tx_bytes -= f.len() as u64;
             pool.free(f);
         }
     }

@@ -40,6 +40,15 @@ impl From<Router> for Base {
 
 impl Logic for Base {
     #[inline]
+    fn prefetch(&self, hdr: &Headers) {
+        match self {
+            Base::Static(m) => m.prefetch(hdr),
+            Base::Bridge(b) => b.prefetch(hdr),
+            Base::Router(r) => r.prefetch(hdr),
+        }
+    }
+
+    #[inline]
     fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, in_port: PortId) -> Verdict {
         match self {
             Base::Static(m) => m.decide(pkt, hdr, in_port),
@@ -110,6 +119,11 @@ impl AnyLogic {
 }
 
 impl Logic for AnyLogic {
+    #[inline]
+    fn prefetch(&self, hdr: &Headers) {
+        self.base.prefetch(hdr)
+    }
+
     #[inline]
     fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, in_port: PortId) -> Verdict {
         if let Some(acl) = &self.acl {

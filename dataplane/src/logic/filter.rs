@@ -522,6 +522,11 @@ impl<L: Logic> Filter<L> {
 
 impl<L: Logic> Logic for Filter<L> {
     #[inline]
+    fn prefetch(&self, hdr: &Headers) {
+        self.inner.prefetch(hdr)
+    }
+
+    #[inline]
     fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, in_port: PortId) -> Verdict {
         match self.acl.evaluate(hdr) {
             Action::Permit => self.inner.decide(pkt, hdr, in_port),

@@ -82,6 +82,12 @@ impl Lpm6 {
         self.t.lookup(u128::from(addr))
     }
 
+    /// Prefetches the first-level entry `lookup(addr)` will read.
+    #[inline]
+    pub fn prefetch(&self, addr: Ipv6Addr) {
+        self.t.prefetch(u128::from(addr))
+    }
+
     /// [`Lpm6::lookup`] on an address as a `u128` (`u128::from(Ipv6Addr)`).
     #[inline]
     pub fn lookup_u128(&self, addr: u128) -> Option<NextHopId> {

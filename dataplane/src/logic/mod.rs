@@ -40,6 +40,14 @@ pub trait Logic {
     /// `hdr` its headers as parsed by [`crate::wire::parse_headers`].
     fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, in_port: PortId) -> Verdict;
 
+    /// Called for every packet of a batch before the first `decide` of that batch: logic that
+    /// reads large tables prefetches the entry the packet will need, so the batch's cache
+    /// misses overlap instead of stalling one after another. Must not change any state.
+    #[inline]
+    fn prefetch(&self, hdr: &Headers) {
+        let _ = hdr;
+    }
+
     /// Called once per batch with the time since the worker started, before any `decide`
     /// of that batch. Logic with timers (bridge aging) uses it; the rest ignore it.
     fn tick(&mut self, now: Duration) {
@@ -48,6 +56,10 @@ pub trait Logic {
 }
 
 impl<L: Logic + ?Sized> Logic for &mut L {
+    #[inline]
+    fn prefetch(&self, hdr: &Headers) {
+        (**self).prefetch(hdr)
+    }
     #[inline]
     fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, in_port: PortId) -> Verdict {
         (**self).decide(pkt, hdr, in_port)
@@ -60,6 +72,10 @@ impl<L: Logic + ?Sized> Logic for &mut L {
 }
 
 impl<L: Logic + ?Sized> Logic for Box<L> {
+    #[inline]
+    fn prefetch(&self, hdr: &Headers) {
+        (**self).prefetch(hdr)
+    }
     #[inline]
     fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, in_port: PortId) -> Verdict {
         (**self).decide(pkt, hdr, in_port)

@@ -137,6 +137,12 @@ impl<const FIRST: u32, const KEY_BITS: u8> Multibit<FIRST, KEY_BITS> {
             .flat_map(|(len, m)| m.iter().map(move |(&k, &nh)| (k, len as u8, nh)))
     }
 
+    /// Prefetches the first-level entry `lookup(key)` will read.
+    #[inline]
+    pub(super) fn prefetch(&self, key: u128) {
+        crate::sys::prefetch(&self.tbl0[(key >> (128 - FIRST)) as usize]);
+    }
+
     /// Longest-prefix match for a left-aligned key.
     #[inline]
     pub(super) fn lookup(&self, key: u128) -> Option<NextHopId> {

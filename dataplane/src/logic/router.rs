@@ -161,6 +161,15 @@ impl Router {
 
 impl Logic for Router {
     #[inline]
+    fn prefetch(&self, hdr: &Headers) {
+        match hdr.l3 {
+            L3::Ipv4 { dst, .. } => self.v4.prefetch(dst),
+            L3::Ipv6 { dst, .. } => self.v6.prefetch(dst),
+            L3::Arp | L3::Other => {}
+        }
+    }
+
+    #[inline]
     fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, _in_port: PortId) -> Verdict {
         let id = match hdr.l3 {
             L3::Ipv4 { dst, .. } => self.v4.lookup(dst),

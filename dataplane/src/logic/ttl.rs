@@ -97,6 +97,11 @@ impl<L: Logic> TtlDecrement<L> {
 
 impl<L: Logic> Logic for TtlDecrement<L> {
     #[inline]
+    fn prefetch(&self, hdr: &Headers) {
+        self.inner.prefetch(hdr)
+    }
+
+    #[inline]
     fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, in_port: PortId) -> Verdict {
         match decrement(pkt, hdr) {
             Ok(hdr) => self.inner.decide(pkt, &hdr, in_port),
