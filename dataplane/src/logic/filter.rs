@@ -542,6 +542,20 @@ impl<L: Logic> Logic for Filter<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fuzz target's seed corpus holds valid rules, so fuzzing starts from real syntax.
+    #[test]
+    fn fuzz_seeds_parse_and_round_trip() {
+        for seed in [
+            include_str!("../../fuzz/seeds/acl_rule/deny_dns.txt"),
+            include_str!("../../fuzz/seeds/acl_rule/permit_web.txt"),
+            include_str!("../../fuzz/seeds/acl_rule/deny_v6.txt"),
+            include_str!("../../fuzz/seeds/acl_rule/permit_all.txt"),
+        ] {
+            let rule: Rule = seed.parse().unwrap_or_else(|e| panic!("{seed}: {e}"));
+            assert_eq!(rule.to_string().parse::<Rule>().unwrap(), rule, "{seed}");
+        }
+    }
     use crate::logic::StaticMap;
     use crate::logic::test_frames;
     use proptest::prelude::*;
