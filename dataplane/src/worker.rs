@@ -264,7 +264,8 @@ impl<L: Logic> Worker<L> {
             }
         }
         for r in 0..self.handoff_rx.len() {
-            // Bounded: at most a ring's worth per round so ports are not starved.
+            // At most four batches per ring per round, so a busy neighbour cannot starve our
+            // own ports.
             for _ in 0..4 {
                 self.rx.set_capacity(self.cfg.batch);
                 let Some(in_port) = self.handoff_rx[r].pop_into(&mut self.pool, &mut self.rx) else {
@@ -538,5 +539,47 @@ pub fn pin(worker: usize, core: usize) -> Result<(), WorkerError> {
         Ok(())
     } else {
         Err(WorkerError::Pin { worker, core })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::port::MemPort;
+    use crate::verdict::Verdict;
+    use crate::wire::Headers;
+
+    struct Nothing;
+    impl Logic for Nothing {
+        fn decide(&mut self, _: &mut [u8], _: &Headers, _: PortId) -> Verdict {
+            Verdict::Drop(DropReason::NoRoute)
+        }
+    }
+
+    #[test]
+    fn idle_worker_spins_a_bounded_number_of_rounds_then_sleeps() {
+        let (port, _wire) = MemPort::new("idle", 8);
+        let cfg = WorkerConfig {
+            id: 0,
+            workers: 1,
+            batch: 8,
+            mapping: Mapping::Concurrent,
+            kernel_port: None,
+            idle: IdlePolicy {
+                spin_rounds: 3,
+                max_sleep: Duration::from_micros(20),
+            },
+        };
+        let pool = BufferPool::new(64, 256).unwrap();
+        let mut w = Worker::new(cfg, pool, vec![Box::new(port)], Nothing, vec![None], vec![]).unwrap();
+        for _ in 0..10 {
+            let moved = w.poll_once().unwrap();
+            w.idle(moved);
+        }
+        assert_eq!(w.counts().sleeps, 7, "3 spinning rounds, then a sleep per empty round");
+        // Work resets the back-off.
+        w.idle(1);
+        assert_eq!(w.idle_rounds, 0);
+        assert_eq!(w.sleep, Duration::ZERO);
     }
 }
