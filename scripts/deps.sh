@@ -22,3 +22,9 @@ need_rust() {
         rustup component list --installed 2>/dev/null | grep -q "^$comp" || rustup component add "$comp"
     done
 }
+
+# Everything any crate of the workspace needs to build: clang and libbpf's headers compile the
+# XDP program (ebpf/build.rs).
+need_build() {
+    need_apt clang llvm libbpf-dev linux-libc-dev
+}
