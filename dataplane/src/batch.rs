@@ -119,7 +119,9 @@ impl Batch {
     #[inline]
     pub(crate) fn forget_taken(&mut self) {
         debug_assert!(
-            self.as_slice().iter().all(|f| f.addr() == Frame::EMPTY.addr()),
+            self.as_slice()
+                .iter()
+                .all(|f| f.addr() == Frame::EMPTY.addr()),
             "forget_taken on a batch that still owns frames"
         );
         self.len = 0;
@@ -209,7 +211,10 @@ mod tests {
         }
         let addrs: Vec<u64> = b.as_slice().iter().map(Frame::addr).collect();
         let taken: Vec<Frame> = b.drain_front(2).collect();
-        assert_eq!(taken.iter().map(Frame::addr).collect::<Vec<_>>(), addrs[..2]);
+        assert_eq!(
+            taken.iter().map(Frame::addr).collect::<Vec<_>>(),
+            addrs[..2]
+        );
         assert_eq!(
             b.as_slice().iter().map(Frame::addr).collect::<Vec<_>>(),
             addrs[2..]

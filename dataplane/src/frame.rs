@@ -120,7 +120,11 @@ impl BufferPool {
     /// a consequence of input.
     #[inline]
     pub fn free(&mut self, frame: Frame) {
-        debug_assert!(self.owns(&frame), "frame {:#x} is not from this pool", frame.addr);
+        debug_assert!(
+            self.owns(&frame),
+            "frame {:#x} is not from this pool",
+            frame.addr
+        );
         debug_assert!(self.free.len() < self.capacity(), "pool over-freed");
         self.free.push(frame.addr);
     }

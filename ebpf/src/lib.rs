@@ -1,5 +1,13 @@
-//! linerate's XDP steering program and its loader.
+//! linerate's XDP steering program (`bpf/steer.bpf.c`, compiled by `build.rs`) and its loader.
 //!
-//! Nothing lives here yet: the XDP program (`bpf/steer.bpf.c`) and the aya loader arrive with
-//! the AF_XDP work (issue 3). The crate exists so the workspace has its final shape.
+//! The program decides per packet between the AF_XDP socket of its RX queue, the kernel and
+//! drop (first-match rules on protocol, destination prefix and ports), sends ARP and IPv6
+//! neighbour discovery to the kernel, counts every decision per CPU, and in max mode rewrites
+//! and redirects cached flows inside the kernel. `unsafe` lives only in `abi` (Pod impls).
 #![deny(unsafe_code)]
+
+pub mod abi;
+pub mod steer;
+
+pub use abi::{Action, FlowEntry, FlowKey, Rule};
+pub use steer::{AttachMode, Attached, SteerError, Steering};
