@@ -19,3 +19,4 @@ pub mod sys;
 pub mod verdict;
 pub mod wire;
 pub mod worker;
+pub mod xsk;
