@@ -53,6 +53,112 @@ pub fn prefetch<T>(value: &T) {
     let _ = value;
 }
 
+/// An anonymous, page-aligned, zero-filled mapping: the memory an AF_XDP UMEM is registered
+/// from. The kernel reads and writes it (frames on the FILL and TX rings), so it is only ever
+/// accessed through raw pointers and short-lived slices of single frames, never as one Rust
+/// reference to the whole region.
+pub struct Mmap {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; moving it to another thread moves
+// that ownership.
+unsafe impl Send for Mmap {}
+
+impl Mmap {
+    /// Maps `len` bytes (rounded up to a page), asking for huge pages when `len` allows.
+    pub fn anonymous(len: usize) -> std::io::Result<Mmap> {
+        let len = len.div_ceil(PAGE) * PAGE;
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr =
+            std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)?;
+        if len >= HUGE {
+            // SAFETY: the range is exactly our fresh mapping; the advice changes no contents.
+            unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+        }
+        Ok(Mmap { ptr, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_ptr(&self) -> std::ptr::NonNull<u8> {
+        self.ptr
+    }
+
+    /// The bytes `[start, start + len)`.
+    ///
+    /// # Panics
+    /// If the range is outside the mapping.
+    #[inline]
+    pub fn slice(&self, start: usize, len: usize) -> &[u8] {
+        assert!(
+            start <= self.len && len <= self.len - start,
+            "range outside mapping"
+        );
+        // SAFETY: in bounds (checked); the caller owns the frame this range belongs to, so the
+        // kernel is not writing it (frames on kernel rings are owned by no `Frame` value).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start), len) }
+    }
+
+    /// The bytes `[start, start + len)`, writable.
+    ///
+    /// # Panics
+    /// If the range is outside the mapping.
+    #[inline]
+    pub fn slice_mut(&mut self, start: usize, len: usize) -> &mut [u8] {
+        assert!(
+            start <= self.len && len <= self.len - start,
+            "range outside mapping"
+        );
+        // SAFETY: as in `slice`; `&mut self` keeps this the only slice we hand out.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), len) }
+    }
+
+    /// Copies `len` bytes from `src` to `dst` offsets (ranges may not overlap).
+    pub fn copy_within(&mut self, src: usize, dst: usize, len: usize) {
+        assert!(
+            src.max(dst) <= self.len && len <= self.len - src.max(dst),
+            "range outside mapping"
+        );
+        assert!(src + len <= dst || dst + len <= src, "overlapping copy");
+        // SAFETY: both ranges are in bounds and disjoint (checked above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(src),
+                self.ptr.as_ptr().add(dst),
+                len,
+            )
+        };
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping we created; nothing borrows it any more.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
 /// A zero-initialised table of `u32` that asks for huge pages, also when cloned.
 pub struct HugeTable(Box<[u32]>);
 
@@ -98,6 +204,18 @@ mod tests {
         let c = t.clone();
         assert_eq!(c[12345], 7);
         assert_eq!(c.len(), 1 << 20);
+    }
+
+    #[test]
+    fn mmap_is_zeroed_page_aligned_and_bounds_checked() {
+        let mut m = Mmap::anonymous(10_000).unwrap();
+        assert_eq!(m.len(), 12_288);
+        assert_eq!(m.as_ptr().as_ptr() as usize % 4096, 0);
+        assert!(m.slice(0, m.len()).iter().all(|&b| b == 0));
+        m.slice_mut(4096, 3).copy_from_slice(&[1, 2, 3]);
+        m.copy_within(4096, 8192, 3);
+        assert_eq!(m.slice(8192, 3), &[1, 2, 3]);
+        assert!(std::panic::catch_unwind(|| m.slice(12_000, 1000).len()).is_err());
     }
 
     #[test]

@@ -240,33 +240,68 @@ impl XskSocket {
                 flags: 0,
                 tx_metadata_len: 0,
             };
-            setsockopt(fdr, libc::XDP_UMEM_REG, &reg).map_err(|_| sys("setsockopt(XDP_UMEM_REG)"))?;
+            setsockopt(fdr, libc::XDP_UMEM_REG, &reg)
+                .map_err(|_| sys("setsockopt(XDP_UMEM_REG)"))?;
         }
         // Every socket here owns its FILL/COMPLETION pair: a shared socket always binds a
         // different (interface, queue) than the one that registered the UMEM.
-        setsockopt(fdr, libc::XDP_UMEM_FILL_RING, &cfg.fill_size).map_err(|_| sys("setsockopt(XDP_UMEM_FILL_RING)"))?;
+        setsockopt(fdr, libc::XDP_UMEM_FILL_RING, &cfg.fill_size)
+            .map_err(|_| sys("setsockopt(XDP_UMEM_FILL_RING)"))?;
         setsockopt(fdr, libc::XDP_UMEM_COMPLETION_RING, &cfg.comp_size)
             .map_err(|_| sys("setsockopt(XDP_UMEM_COMPLETION_RING)"))?;
-        setsockopt(fdr, libc::XDP_RX_RING, &cfg.rx_size).map_err(|_| sys("setsockopt(XDP_RX_RING)"))?;
-        setsockopt(fdr, libc::XDP_TX_RING, &cfg.tx_size).map_err(|_| sys("setsockopt(XDP_TX_RING)"))?;
+        setsockopt(fdr, libc::XDP_RX_RING, &cfg.rx_size)
+            .map_err(|_| sys("setsockopt(XDP_RX_RING)"))?;
+        setsockopt(fdr, libc::XDP_TX_RING, &cfg.tx_size)
+            .map_err(|_| sys("setsockopt(XDP_TX_RING)"))?;
 
         // SAFETY: zeroed is a valid `xdp_mmap_offsets` (plain integers); the kernel fills it.
         let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
         let mut len = size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
         // SAFETY: `off` is writable for `len` bytes.
         let r = unsafe {
-            libc::getsockopt(fdr, libc::SOL_XDP, libc::XDP_MMAP_OFFSETS, (&raw mut off).cast(), &mut len)
+            libc::getsockopt(
+                fdr,
+                libc::SOL_XDP,
+                libc::XDP_MMAP_OFFSETS,
+                (&raw mut off).cast(),
+                &mut len,
+            )
         };
         if r != 0 {
             return Err(sys("getsockopt(XDP_MMAP_OFFSETS)"));
         }
-        let map = |o: &libc::xdp_ring_offset, size: u32, desc: usize, pgoff: u64, what: &'static str| {
-            map_ring(fdr, o, size, desc, pgoff).map_err(|_| sys(what))
-        };
-        let rx = map(&off.rx, cfg.rx_size, size_of::<XdpDesc>(), libc::XDP_PGOFF_RX_RING as u64, "mmap(rx ring)")?;
-        let tx = map(&off.tx, cfg.tx_size, size_of::<XdpDesc>(), libc::XDP_PGOFF_TX_RING as u64, "mmap(tx ring)")?;
-        let fill = map(&off.fr, cfg.fill_size, 8, libc::XDP_UMEM_PGOFF_FILL_RING, "mmap(fill ring)")?;
-        let comp = map(&off.cr, cfg.comp_size, 8, libc::XDP_UMEM_PGOFF_COMPLETION_RING, "mmap(completion ring)")?;
+        let map =
+            |o: &libc::xdp_ring_offset, size: u32, desc: usize, pgoff: u64, what: &'static str| {
+                map_ring(fdr, o, size, desc, pgoff).map_err(|_| sys(what))
+            };
+        let rx = map(
+            &off.rx,
+            cfg.rx_size,
+            size_of::<XdpDesc>(),
+            libc::XDP_PGOFF_RX_RING as u64,
+            "mmap(rx ring)",
+        )?;
+        let tx = map(
+            &off.tx,
+            cfg.tx_size,
+            size_of::<XdpDesc>(),
+            libc::XDP_PGOFF_TX_RING as u64,
+            "mmap(tx ring)",
+        )?;
+        let fill = map(
+            &off.fr,
+            cfg.fill_size,
+            8,
+            libc::XDP_UMEM_PGOFF_FILL_RING,
+            "mmap(fill ring)",
+        )?;
+        let comp = map(
+            &off.cr,
+            cfg.comp_size,
+            8,
+            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+            "mmap(completion ring)",
+        )?;
 
         let mut zero_copy = false;
         let try_bind = |flags: u16, shared_fd: u32| {
@@ -279,52 +314,73 @@ impl XskSocket {
             };
             // SAFETY: `sa` is a valid sockaddr_xdp of the size we pass.
             let r = unsafe {
-                libc::bind(fdr, (&raw const sa).cast(), size_of::<libc::sockaddr_xdp>() as libc::socklen_t)
+                libc::bind(
+                    fdr,
+                    (&raw const sa).cast(),
+                    size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                )
             };
-            if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
         };
-        let wake = if cfg.need_wakeup { libc::XDP_USE_NEED_WAKEUP } else { 0 };
+        let wake = if cfg.need_wakeup {
+            libc::XDP_USE_NEED_WAKEUP
+        } else {
+            0
+        };
         match share {
             // Mode and need_wakeup are inherited from the registering socket.
             Some(first) => {
-                try_bind(libc::XDP_SHARED_UMEM, first.fd.as_raw_fd() as u32).map_err(|source| XskError::Sys {
-                    ifname: ifname.to_string(),
-                    queue,
-                    op: "bind(XDP_SHARED_UMEM)",
-                    source,
+                try_bind(libc::XDP_SHARED_UMEM, first.fd.as_raw_fd() as u32).map_err(|source| {
+                    XskError::Sys {
+                        ifname: ifname.to_string(),
+                        queue,
+                        op: "bind(XDP_SHARED_UMEM)",
+                        source,
+                    }
                 })?;
                 zero_copy = first.zero_copy;
             }
             None => match cfg.mode {
-                XskMode::Copy => try_bind(libc::XDP_COPY | wake, 0).map_err(|source| XskError::Sys {
-                    ifname: ifname.to_string(),
-                    queue,
-                    op: "bind(XDP_COPY)",
-                    source,
-                })?,
-                XskMode::ZeroCopy => {
-                    try_bind(libc::XDP_ZEROCOPY | wake, 0).map_err(|source| XskError::NoZeroCopy {
+                XskMode::Copy => {
+                    try_bind(libc::XDP_COPY | wake, 0).map_err(|source| XskError::Sys {
                         ifname: ifname.to_string(),
                         queue,
+                        op: "bind(XDP_COPY)",
                         source,
+                    })?
+                }
+                XskMode::ZeroCopy => {
+                    try_bind(libc::XDP_ZEROCOPY | wake, 0).map_err(|source| {
+                        XskError::NoZeroCopy {
+                            ifname: ifname.to_string(),
+                            queue,
+                            source,
+                        }
                     })?;
                     zero_copy = true;
                 }
                 XskMode::Auto => match try_bind(libc::XDP_ZEROCOPY | wake, 0) {
                     Ok(()) => zero_copy = true,
-                    Err(_) => try_bind(libc::XDP_COPY | wake, 0).map_err(|source| XskError::Sys {
-                        ifname: ifname.to_string(),
-                        queue,
-                        op: "bind(XDP_COPY)",
-                        source,
-                    })?,
+                    Err(_) => {
+                        try_bind(libc::XDP_COPY | wake, 0).map_err(|source| XskError::Sys {
+                            ifname: ifname.to_string(),
+                            queue,
+                            op: "bind(XDP_COPY)",
+                            source,
+                        })?
+                    }
                 },
             },
         }
         if let Some(us) = cfg.busy_poll_us {
             let one: i32 = 1;
             let us = us as i32;
-            sock_opt(fdr, libc::SO_PREFER_BUSY_POLL, &one).map_err(|_| sys("setsockopt(SO_PREFER_BUSY_POLL)"))?;
+            sock_opt(fdr, libc::SO_PREFER_BUSY_POLL, &one)
+                .map_err(|_| sys("setsockopt(SO_PREFER_BUSY_POLL)"))?;
             sock_opt(fdr, libc::SO_BUSY_POLL, &us).map_err(|_| sys("setsockopt(SO_BUSY_POLL)"))?;
         }
         Ok(XskSocket {
@@ -360,12 +416,18 @@ impl XskSocket {
         for a in addrs.into_iter().take(room as usize) {
             // SAFETY: slot `local + n` is free (fewer than `room` written) and ours until we
             // publish the producer index.
-            unsafe { self.fill.slot::<u64>(self.fill.local.wrapping_add(n)).write(a) };
+            unsafe {
+                self.fill
+                    .slot::<u64>(self.fill.local.wrapping_add(n))
+                    .write(a)
+            };
             n += 1;
         }
         if n > 0 {
             self.fill.local = self.fill.local.wrapping_add(n);
-            self.fill.producer().store(self.fill.local, Ordering::Release);
+            self.fill
+                .producer()
+                .store(self.fill.local, Ordering::Release);
         }
         n
     }
@@ -380,7 +442,11 @@ impl XskSocket {
         let n = self.rx.ready().min(max);
         for i in 0..n {
             // SAFETY: entries [local, local + ready) were published by the kernel (Acquire).
-            out(unsafe { self.rx.slot::<XdpDesc>(self.rx.local.wrapping_add(i)).read() });
+            out(unsafe {
+                self.rx
+                    .slot::<XdpDesc>(self.rx.local.wrapping_add(i))
+                    .read()
+            });
         }
         if n > 0 {
             self.rx.local = self.rx.local.wrapping_add(n);
@@ -401,7 +467,11 @@ impl XskSocket {
         let mut n = 0;
         for d in descs.into_iter().take(room as usize) {
             // SAFETY: as in `fill`.
-            unsafe { self.tx.slot::<XdpDesc>(self.tx.local.wrapping_add(n)).write(d) };
+            unsafe {
+                self.tx
+                    .slot::<XdpDesc>(self.tx.local.wrapping_add(n))
+                    .write(d)
+            };
             n += 1;
         }
         if n > 0 {
@@ -418,7 +488,14 @@ impl XskSocket {
         if !self.zero_copy || self.tx.needs_wakeup() {
             // SAFETY: sendto with no buffer is the documented AF_XDP TX kick.
             unsafe {
-                libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
             };
         }
     }
@@ -433,11 +510,17 @@ impl XskSocket {
         let n = self.comp.ready().min(max);
         for i in 0..n {
             // SAFETY: as in `recv`.
-            out(unsafe { self.comp.slot::<u64>(self.comp.local.wrapping_add(i)).read() });
+            out(unsafe {
+                self.comp
+                    .slot::<u64>(self.comp.local.wrapping_add(i))
+                    .read()
+            });
         }
         if n > 0 {
             self.comp.local = self.comp.local.wrapping_add(n);
-            self.comp.consumer().store(self.comp.local, Ordering::Release);
+            self.comp
+                .consumer()
+                .store(self.comp.local, Ordering::Release);
         }
         n
     }
@@ -452,7 +535,15 @@ impl XskSocket {
         let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
         let mut len = size_of::<libc::xdp_statistics>() as libc::socklen_t;
         // SAFETY: `st` is writable for `len` bytes.
-        let r = unsafe { libc::getsockopt(self.fd(), libc::SOL_XDP, libc::XDP_STATISTICS, (&raw mut st).cast(), &mut len) };
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                (&raw mut st).cast(),
+                &mut len,
+            )
+        };
         if r != 0 {
             return Err(XskError::Sys {
                 ifname: self.ifname.clone(),
@@ -513,17 +604,47 @@ impl Ring {
 
 fn setsockopt<T>(fd: RawFd, opt: libc::c_int, v: &T) -> io::Result<()> {
     // SAFETY: `v` is a valid `T` of the size we pass.
-    let r = unsafe { libc::setsockopt(fd, libc::SOL_XDP, opt, (v as *const T).cast(), size_of::<T>() as libc::socklen_t) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_XDP,
+            opt,
+            (v as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn sock_opt<T>(fd: RawFd, opt: libc::c_int, v: &T) -> io::Result<()> {
     // SAFETY: as in `setsockopt`.
-    let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (v as *const T).cast(), size_of::<T>() as libc::socklen_t) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (v as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
-fn map_ring(fd: RawFd, off: &libc::xdp_ring_offset, size: u32, desc: usize, pgoff: u64) -> io::Result<Ring> {
+fn map_ring(
+    fd: RawFd,
+    off: &libc::xdp_ring_offset,
+    size: u32,
+    desc: usize,
+    pgoff: u64,
+) -> io::Result<Ring> {
     let map_len = off.desc as usize + size as usize * desc;
     // SAFETY: mapping the kernel's ring at its documented page offset; the result is checked.
     let p = unsafe {

@@ -7,7 +7,7 @@
 use crate::abi::{self, Action, Config, Counter, FlowEntry, FlowKey, Rule, XdpMd};
 use aya::maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
-use aya::{Ebpf, TestRun, TestRunOptions};
+use aya::{Ebpf, TestRun, TestRunAttrs, TestRunOptions};
 use core::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use thiserror::Error;
@@ -287,6 +287,40 @@ impl Steering {
         })?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
+    }
+}
+
+impl Steering {
+    /// Runs the steering program `repeat` times on `frame` as if it had arrived on
+    /// `ifindex`'s RX queue `queue`, in live-frames mode: the kernel carries out each verdict
+    /// (redirects to AF_XDP sockets or out of devmap ports, passes to the stack). Used by
+    /// tests and by the kernel-side generator.
+    pub fn run_live(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+        queue: u32,
+        repeat: u32,
+    ) -> Result<(), SteerError> {
+        let prog = program(&self.ebpf, STEER)?;
+        let ctx = XdpMd {
+            data_end: frame.len() as u32,
+            ingress_ifindex: ifindex,
+            rx_queue_index: queue,
+            ..XdpMd::default()
+        };
+        prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(ctx.as_bytes()),
+            repeat,
+            attrs: TestRunAttrs::new().xdp_live_frames(0),
+            ..Default::default()
+        })
+        .map(|_| ())
+        .map_err(|source| SteerError::Program {
+            program: STEER,
+            source,
+        })
     }
 }
 
