@@ -8,7 +8,9 @@ fn main() -> Result<()> {
     let out = std::env::var("OUT_DIR").context("OUT_DIR")?;
     println!("cargo:rerun-if-env-changed=CLANG");
     println!("cargo:rerun-if-changed=bpf/steer.h");
-    compile("steer", Path::new(&out))
+    println!("cargo:rerun-if-changed=bpf/gen.h");
+    compile("steer", Path::new(&out))?;
+    compile("gen", Path::new(&out))
 }
 
 fn compile(name: &str, out: &Path) -> Result<()> {

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod counters;
 pub mod fabric;
 pub mod frame;
+pub mod generate;
 pub mod logic;
 pub mod pipeline;
 pub mod port;

@@ -122,6 +122,53 @@ pub struct FlowEntry {
     pub last_seen_ns: u64,
 }
 
+/// `struct gen_stamp`: written by the generator right after the UDP header of every frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GenStamp {
+    /// Bits 56..63: stream (the generating CPU); bits 0..55: per-flow sequence number.
+    pub seq: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds when the frame was sent.
+    pub tx_ns: u64,
+}
+
+impl GenStamp {
+    pub const LEN: usize = size_of::<GenStamp>();
+    pub const STREAM_SHIFT: u32 = 56;
+
+    /// Reads a stamp from the first `LEN` bytes of `bytes`.
+    pub fn read(bytes: &[u8]) -> Option<GenStamp> {
+        let b = bytes.get(..Self::LEN)?;
+        Some(GenStamp {
+            seq: u64::from_le_bytes(b[..8].try_into().ok()?),
+            tx_ns: u64::from_le_bytes(b[8..].try_into().ok()?),
+        })
+    }
+
+    pub fn stream(&self) -> u8 {
+        (self.seq >> Self::STREAM_SHIFT) as u8
+    }
+
+    pub fn sequence(&self) -> u64 {
+        self.seq & ((1 << Self::STREAM_SHIFT) - 1)
+    }
+}
+
+/// `struct gen_config`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GenConfig {
+    pub nflows: u32,
+    pub stamp_off: u32,
+    pub l4_off: u32,
+    /// One's-complement sum (16 bits, raw memory words) of the UDP pseudo-header and datagram
+    /// with source port, checksum and stamp zeroed.
+    pub base_sum: u32,
+    pub base_sport: u16,
+    pub pad: u16,
+    pub pad2: u32,
+}
+
 /// uapi `struct xdp_md`, the context of `BPF_PROG_TEST_RUN` for XDP.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -140,8 +187,10 @@ const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowEntry>() == 48);
 const _: () = assert!(size_of::<XdpMd>() == 24);
+const _: () = assert!(size_of::<GenStamp>() == 16);
+const _: () = assert!(size_of::<GenConfig>() == 24);
 
-// SAFETY (all six): #[repr(C)] structs of integers and byte arrays whose sizes (asserted above)
+// SAFETY (all eight): #[repr(C)] structs of integers and byte arrays whose sizes (asserted above)
 // equal the sum of their fields, so there are no implicit padding bytes; every bit pattern is a
 // valid value.
 unsafe impl aya::Pod for Config {}
@@ -155,6 +204,10 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowEntry {}
 // SAFETY: see above.
 unsafe impl aya::Pod for XdpMd {}
+// SAFETY: see above.
+unsafe impl aya::Pod for GenStamp {}
+// SAFETY: see above.
+unsafe impl aya::Pod for GenConfig {}
 
 impl XdpMd {
     /// The context bytes for `TestRunOptions::ctx_in`.

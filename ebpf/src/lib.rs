@@ -1,4 +1,5 @@
-//! linerate's XDP steering program (`bpf/steer.bpf.c`, compiled by `build.rs`) and its loader.
+//! linerate's XDP programs (`bpf/*.bpf.c`, compiled by `build.rs`) and their loaders: the
+//! steering program and the kernel-side traffic generator.
 //!
 //! The program decides per packet between the AF_XDP socket of its RX queue, the kernel and
 //! drop (first-match rules on protocol, destination prefix and ports), sends ARP and IPv6
@@ -7,7 +8,9 @@
 #![deny(unsafe_code)]
 
 pub mod abi;
+pub mod generator;
 pub mod steer;
 
 pub use abi::{Action, FlowEntry, FlowKey, Rule};
-pub use steer::{AttachMode, Attached, SteerError, Steering};
+pub use generator::Generator;
+pub use steer::{AttachMode, Attached, Steering, XdpError};

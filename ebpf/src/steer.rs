@@ -18,7 +18,7 @@ const STEER: &str = "linerate_steer";
 const PASS: &str = "linerate_pass";
 
 #[derive(Debug, Error)]
-pub enum SteerError {
+pub enum XdpError {
     #[error("loading the XDP object: {source}")]
     Load {
         #[source]
@@ -82,23 +82,23 @@ pub struct Steering {
     cfg: Config,
 }
 
-fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, SteerError>
+pub(crate) fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, XdpError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let m = ebpf.take_map(map).ok_or(SteerError::MissingMap { map })?;
-    T::try_from(m).map_err(|source| SteerError::Map { map, source })
+    let m = ebpf.take_map(map).ok_or(XdpError::MissingMap { map })?;
+    T::try_from(m).map_err(|source| XdpError::Map { map, source })
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> SteerError {
-    move |source| SteerError::Map { map, source }
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> XdpError {
+    move |source| XdpError::Map { map, source }
 }
 
 impl Steering {
     /// Loads both programs into the kernel (not attached yet). Default policy: ARP and IPv6
     /// neighbour discovery to the kernel, everything else to the AF_XDP socket of its queue.
-    pub fn load() -> Result<Steering, SteerError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|source| SteerError::Load { source })?;
+    pub fn load() -> Result<Steering, XdpError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|source| XdpError::Load { source })?;
         // Maps first: `program_mut` keeps `ebpf` borrowed.
         let config = take(&mut ebpf, "config")?;
         let rules = take(&mut ebpf, "rules")?;
@@ -109,7 +109,7 @@ impl Steering {
         for program in [STEER, PASS] {
             program_mut(&mut ebpf, program)?
                 .load()
-                .map_err(|source| SteerError::Program { program, source })?;
+                .map_err(|source| XdpError::Program { program, source })?;
         }
         let mut s = Steering {
             ebpf,
@@ -130,25 +130,25 @@ impl Steering {
         Ok(s)
     }
 
-    fn write_config(&mut self) -> Result<(), SteerError> {
+    fn write_config(&mut self) -> Result<(), XdpError> {
         self.config.set(0, self.cfg, 0).map_err(map_err("config"))
     }
 
     /// Attaches the steering program to `ifname`.
-    pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> Result<Attached, SteerError> {
+    pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> Result<Attached, XdpError> {
         attach(&mut self.ebpf, STEER, ifname, mode)
     }
 
     /// Attaches the pass-through program: a veth whose peer receives XDP_REDIRECT frames needs
     /// an XDP program, and this one does nothing else.
-    pub fn attach_pass(&mut self, ifname: &str, mode: AttachMode) -> Result<Attached, SteerError> {
+    pub fn attach_pass(&mut self, ifname: &str, mode: AttachMode) -> Result<Attached, XdpError> {
         attach(&mut self.ebpf, PASS, ifname, mode)
     }
 
     /// Replaces the rule list (first match wins) and the action for packets no rule matches.
-    pub fn set_rules(&mut self, rules: &[Rule], default: Action) -> Result<(), SteerError> {
+    pub fn set_rules(&mut self, rules: &[Rule], default: Action) -> Result<(), XdpError> {
         if rules.len() > abi::MAX_RULES as usize {
-            return Err(SteerError::TooManyRules {
+            return Err(XdpError::TooManyRules {
                 n: rules.len(),
                 max: abi::MAX_RULES,
             });
@@ -165,16 +165,16 @@ impl Steering {
     }
 
     /// Whether ARP and IPv6 neighbour discovery always pass to the kernel (default: yes).
-    pub fn set_neighbour_to_kernel(&mut self, on: bool) -> Result<(), SteerError> {
+    pub fn set_neighbour_to_kernel(&mut self, on: bool) -> Result<(), XdpError> {
         self.set_flag(abi::F_NEIGH_TO_KERNEL, on)
     }
 
     /// Turns the max-mode flow cache on or off.
-    pub fn set_fastpath(&mut self, on: bool) -> Result<(), SteerError> {
+    pub fn set_fastpath(&mut self, on: bool) -> Result<(), XdpError> {
         self.set_flag(abi::F_FASTPATH, on)
     }
 
-    fn set_flag(&mut self, flag: u32, on: bool) -> Result<(), SteerError> {
+    fn set_flag(&mut self, flag: u32, on: bool) -> Result<(), XdpError> {
         if on {
             self.cfg.flags |= flag;
         } else {
@@ -184,7 +184,7 @@ impl Steering {
     }
 
     /// Per-action packet and byte counts, summed over CPUs.
-    pub fn counters(&self) -> Result<[Counter; Action::COUNT], SteerError> {
+    pub fn counters(&self) -> Result<[Counter; Action::COUNT], XdpError> {
         let mut out = [Counter::default(); Action::COUNT];
         for a in Action::ALL {
             let per_cpu = self
@@ -200,28 +200,28 @@ impl Steering {
     }
 
     /// Steers RX queue `queue`'s AF_XDP traffic to socket `fd`.
-    pub fn bind_xsk(&mut self, queue: u32, fd: impl AsRawFd) -> Result<(), SteerError> {
+    pub fn bind_xsk(&mut self, queue: u32, fd: impl AsRawFd) -> Result<(), XdpError> {
         self.xsks.set(queue, fd, 0).map_err(map_err("xsks"))
     }
 
     /// Makes `ifindex` a max-mode egress port.
-    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), SteerError> {
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), XdpError> {
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
-            .map_err(|e| SteerError::DevMap(e.to_string()))
+            .map_err(|e| XdpError::DevMap(e.to_string()))
     }
 
     /// Max mode: from now on `key`'s packets are rewritten and redirected in the kernel.
-    pub fn cache_flow(&mut self, key: FlowKey, mut entry: FlowEntry) -> Result<(), SteerError> {
+    pub fn cache_flow(&mut self, key: FlowKey, mut entry: FlowEntry) -> Result<(), XdpError> {
         entry.generation = self.cfg.generation;
         self.flows.insert(key, entry, 0).map_err(map_err("flows"))
     }
 
     /// Removes a cached flow; absent flows are not an error.
-    pub fn forget_flow(&mut self, key: &FlowKey) -> Result<(), SteerError> {
+    pub fn forget_flow(&mut self, key: &FlowKey) -> Result<(), XdpError> {
         match self.flows.remove(key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(SteerError::Map {
+            Err(source) => Err(XdpError::Map {
                 map: "flows",
                 source,
             }),
@@ -229,11 +229,11 @@ impl Steering {
     }
 
     /// A cached flow's entry (with the program's packet and byte counts), if cached.
-    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>, SteerError> {
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>, XdpError> {
         match self.flows.get(key, 0) {
             Ok(e) => Ok(Some(e)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(SteerError::Map {
+            Err(source) => Err(XdpError::Map {
                 map: "flows",
                 source,
             }),
@@ -242,14 +242,14 @@ impl Steering {
 
     /// Invalidates every cached flow at once (after a route change): entries of older
     /// generations are ignored and deleted by the program on their next packet.
-    pub fn invalidate_flows(&mut self) -> Result<(), SteerError> {
+    pub fn invalidate_flows(&mut self) -> Result<(), XdpError> {
         self.cfg.generation = self.cfg.generation.wrapping_add(1).max(1);
         self.write_config()
     }
 
     /// Deletes cached flows not seen for `max_age_ns` (by the kernel's monotonic clock, `now_ns`)
     /// and those of an old generation; returns how many went.
-    pub fn age_flows(&mut self, now_ns: u64, max_age_ns: u64) -> Result<usize, SteerError> {
+    pub fn age_flows(&mut self, now_ns: u64, max_age_ns: u64) -> Result<usize, XdpError> {
         let stale: Vec<FlowKey> = self
             .flows
             .iter()
@@ -268,7 +268,7 @@ impl Steering {
 
     /// Runs the steering program once on `frame` with `BPF_PROG_TEST_RUN` (nothing is sent);
     /// returns the XDP verdict and the frame as the program left it.
-    pub fn test_run(&self, frame: &[u8], ctx: Option<XdpMd>) -> Result<(u32, Vec<u8>), SteerError> {
+    pub fn test_run(&self, frame: &[u8], ctx: Option<XdpMd>) -> Result<(u32, Vec<u8>), XdpError> {
         let prog = program(&self.ebpf, STEER)?;
         let mut out = vec![0u8; frame.len() + 256];
         let ctx_bytes;
@@ -281,7 +281,7 @@ impl Steering {
             ctx_bytes = c;
             opts.ctx_in = Some(ctx_bytes.as_bytes());
         }
-        let r = prog.test_run(opts).map_err(|source| SteerError::Program {
+        let r = prog.test_run(opts).map_err(|source| XdpError::Program {
             program: STEER,
             source,
         })?;
@@ -301,7 +301,7 @@ impl Steering {
         ifindex: u32,
         queue: u32,
         repeat: u32,
-    ) -> Result<(), SteerError> {
+    ) -> Result<(), XdpError> {
         let prog = program(&self.ebpf, STEER)?;
         let ctx = XdpMd {
             data_end: frame.len() as u32,
@@ -317,30 +317,33 @@ impl Steering {
             ..Default::default()
         })
         .map(|_| ())
-        .map_err(|source| SteerError::Program {
+        .map_err(|source| XdpError::Program {
             program: STEER,
             source,
         })
     }
 }
 
-fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, SteerError> {
-    let p = ebpf.program(name).ok_or(SteerError::Program {
+pub(crate) fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, XdpError> {
+    let p = ebpf.program(name).ok_or(XdpError::Program {
         program: name,
         source: aya::programs::ProgramError::NotLoaded,
     })?;
-    p.try_into().map_err(|source| SteerError::Program {
+    p.try_into().map_err(|source| XdpError::Program {
         program: name,
         source,
     })
 }
 
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, SteerError> {
-    let p = ebpf.program_mut(name).ok_or(SteerError::Program {
+pub(crate) fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Xdp, XdpError> {
+    let p = ebpf.program_mut(name).ok_or(XdpError::Program {
         program: name,
         source: aya::programs::ProgramError::NotLoaded,
     })?;
-    p.try_into().map_err(|source| SteerError::Program {
+    p.try_into().map_err(|source| XdpError::Program {
         program: name,
         source,
     })
@@ -351,9 +354,9 @@ fn attach(
     name: &'static str,
     ifname: &str,
     mode: AttachMode,
-) -> Result<Attached, SteerError> {
+) -> Result<Attached, XdpError> {
     let prog = program_mut(ebpf, name)?;
-    let err = |mode, source| SteerError::Attach {
+    let err = |mode, source| XdpError::Attach {
         ifname: ifname.to_string(),
         mode,
         source,
