@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod port;
 pub mod ring;
 pub mod shard;
+pub mod sink;
 pub mod sys;
 pub mod verdict;
 pub mod wire;
