@@ -409,9 +409,7 @@ impl<L: Logic> Worker<L> {
         for &d in fabric.active() {
             let d = d as usize;
             if d < dests.ports {
-                for s in fabric.slots(d) {
-                    push_or_free(tx, pool, rx.take(s));
-                }
+                tx.take_from(rx, fabric.slots(d), pool);
                 if let Err(e) = send(&mut ports[d], pool, tx, counts) {
                     result = Err(WorkerError::Port { worker: me, source: e });
                 }
