@@ -134,6 +134,20 @@ impl Batch {
         self.len = 0;
     }
 
+    /// Appends a fresh, empty frame for each of `addrs`, last address first (the order a LIFO
+    /// pool hands them out), as many as fit; returns how many. For the pool only: the caller
+    /// must own those buffers and give up the first `returned` addresses from the end.
+    #[inline]
+    pub(crate) fn push_fresh_rev(&mut self, addrs: &[u64]) -> usize {
+        let to = &mut self.frames[self.len..self.cap];
+        let n = to.len().min(addrs.len());
+        for (slot, &addr) in to.iter_mut().zip(addrs.iter().rev()) {
+            *slot = Frame::from_raw(addr, 0);
+        }
+        self.len += n;
+        n
+    }
+
     /// Moves the frames at `slots` of `src` (each taken with [`Batch::take`]) to the end of
     /// this batch, in order; the frames that do not fit go back to `pool`.
     #[inline]
