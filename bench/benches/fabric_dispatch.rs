@@ -6,8 +6,8 @@
 //! destinations are found. Destinations are uniform random (seeded).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use linerate_dataplane::fabric::Fabric;
 use linerate_bench::splitmix64;
+use linerate_dataplane::fabric::Fabric;
 use std::hint::black_box;
 
 const BATCH: usize = 1024;
@@ -42,7 +42,9 @@ impl Ring {
 fn inputs(ports: usize) -> (Vec<u64>, Vec<u32>) {
     let mut seed = 0x5eed ^ ports as u64;
     let descs = (0..BATCH as u64).map(|i| i * 2048).collect();
-    let dests = (0..BATCH).map(|_| (splitmix64(&mut seed) % ports as u64) as u32).collect();
+    let dests = (0..BATCH)
+        .map(|_| (splitmix64(&mut seed) % ports as u64) as u32)
+        .collect();
     (descs, dests)
 }
 
@@ -83,7 +85,14 @@ fn bench(c: &mut Criterion) {
         let mut rings: Vec<Ring> = (0..ports).map(|_| Ring::new()).collect();
         let mut fabric = Fabric::new(ports, BATCH);
         g.bench_function(BenchmarkId::new("mswitch", format!("ports={ports}")), |b| {
-            b.iter(|| mswitch(&mut fabric, &mut rings, black_box(&descs), black_box(&dests)))
+            b.iter(|| {
+                mswitch(
+                    &mut fabric,
+                    &mut rings,
+                    black_box(&descs),
+                    black_box(&dests),
+                )
+            })
         });
         g.bench_function(BenchmarkId::new("vale", format!("ports={ports}")), |b| {
             b.iter(|| vale(&mut rings, black_box(&descs), black_box(&dests)))

@@ -19,7 +19,8 @@ fn bench(c: &mut Criterion) {
         };
         let (logic, dsts) = pipeline::build_logic(&cfg).expect("routes");
         let templates = pipeline::templates(&cfg, &dsts);
-        let mut w = pipeline::build_worker(&cfg, 0, logic, &templates, vec![None], vec![]).expect("worker");
+        let mut w =
+            pipeline::build_worker(&cfg, 0, logic, &templates, vec![None], vec![]).expect("worker");
         g.throughput(Throughput::Elements(batch as u64));
         let id = BenchmarkId::new("one_core", format!("len={},batch={batch}", frame_len + 4));
         g.bench_function(id, |b| {

@@ -119,7 +119,9 @@ impl Batch {
     #[inline]
     pub(crate) fn forget_taken(&mut self) {
         debug_assert!(
-            self.as_slice().iter().all(|f| f.addr() == Frame::EMPTY.addr()),
+            self.as_slice()
+                .iter()
+                .all(|f| f.addr() == Frame::EMPTY.addr()),
             "forget_taken on a batch that still owns frames"
         );
         self.len = 0;
@@ -259,7 +261,10 @@ mod tests {
         }
         let addrs: Vec<u64> = b.as_slice().iter().map(Frame::addr).collect();
         let taken: Vec<Frame> = b.drain_front(2).collect();
-        assert_eq!(taken.iter().map(Frame::addr).collect::<Vec<_>>(), addrs[..2]);
+        assert_eq!(
+            taken.iter().map(Frame::addr).collect::<Vec<_>>(),
+            addrs[..2]
+        );
         assert_eq!(
             b.as_slice().iter().map(Frame::addr).collect::<Vec<_>>(),
             addrs[2..]
@@ -280,7 +285,10 @@ mod tests {
         let addrs: Vec<u64> = src.as_slice().iter().map(Frame::addr).collect();
         let mut dst = Batch::new(2);
         dst.take_from(&mut src, [4, 1, 3].into_iter(), &mut pool);
-        assert_eq!(dst.as_slice().iter().map(Frame::addr).collect::<Vec<_>>(), [addrs[4], addrs[1]]);
+        assert_eq!(
+            dst.as_slice().iter().map(Frame::addr).collect::<Vec<_>>(),
+            [addrs[4], addrs[1]]
+        );
         assert_eq!(pool.available(), 4, "the third did not fit and went home");
         dst.take_from(&mut src, [0, 2].into_iter(), &mut pool);
         src.forget_taken();

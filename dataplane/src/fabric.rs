@@ -101,7 +101,11 @@ impl Iterator for Slots<'_> {
             return None;
         }
         let s = self.cur as usize;
-        self.cur = if self.cur == self.last { NIL } else { self.next[s] };
+        self.cur = if self.cur == self.last {
+            NIL
+        } else {
+            self.next[s]
+        };
         Some(s)
     }
 }

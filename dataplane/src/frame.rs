@@ -131,7 +131,11 @@ impl BufferPool {
     /// a consequence of input.
     #[inline]
     pub fn free(&mut self, frame: Frame) {
-        debug_assert!(self.owns(&frame), "frame {:#x} is not from this pool", frame.addr);
+        debug_assert!(
+            self.owns(&frame),
+            "frame {:#x} is not from this pool",
+            frame.addr
+        );
         debug_assert!(self.free.len() < self.capacity(), "pool over-freed");
         self.free.push(frame.addr);
     }
@@ -141,8 +145,14 @@ impl BufferPool {
     #[inline]
     pub fn free_batch(&mut self, batch: &mut crate::batch::Batch) {
         let frames = batch.as_slice();
-        debug_assert!(frames.iter().all(|f| self.owns(f)), "a frame is not from this pool");
-        debug_assert!(self.free.len() + frames.len() <= self.capacity(), "pool over-freed");
+        debug_assert!(
+            frames.iter().all(|f| self.owns(f)),
+            "a frame is not from this pool"
+        );
+        debug_assert!(
+            self.free.len() + frames.len() <= self.capacity(),
+            "pool over-freed"
+        );
         self.free.extend(frames.iter().map(|f| f.addr));
         batch.forget_freed();
     }
@@ -250,9 +260,16 @@ mod tests {
         let mut pool = BufferPool::new(6, 64).unwrap();
         let mut one_by_one = BufferPool::new(6, 64).unwrap();
         let mut b = crate::batch::Batch::new(4);
-        assert_eq!(pool.alloc_batch(&mut b, 9), 4, "no more than the batch holds");
+        assert_eq!(
+            pool.alloc_batch(&mut b, 9),
+            4,
+            "no more than the batch holds"
+        );
         let want: Vec<u64> = (0..4).map(|_| one_by_one.alloc().unwrap().addr()).collect();
-        assert_eq!(b.as_slice().iter().map(Frame::addr).collect::<Vec<_>>(), want);
+        assert_eq!(
+            b.as_slice().iter().map(Frame::addr).collect::<Vec<_>>(),
+            want
+        );
         assert_eq!(pool.available(), 2);
         pool.free_batch(&mut b);
         assert_eq!(pool.available(), 6);

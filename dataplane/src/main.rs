@@ -11,7 +11,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "linerate", version, about = "A kernel-bypass dataplane and network experimentation system")]
+#[command(
+    name = "linerate",
+    version,
+    about = "A kernel-bypass dataplane and network experimentation system"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -104,8 +104,17 @@ impl PipelineConfig {
             return bad("workers", &self.workers, "must be between 1 and 1024");
         }
         if !self.cores.is_empty() && self.cores.len() != self.workers {
-            let list = self.cores.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
-            return bad("cores", &list, "needs exactly one core per worker (or \"none\")");
+            let list = self
+                .cores
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            return bad(
+                "cores",
+                &list,
+                "needs exactly one core per worker (or \"none\")",
+            );
         }
         if let Some(c) = self.cores.iter().find(|&&c| c >= cores) {
             return bad("cores", c, "is not a core of this machine");
@@ -114,7 +123,11 @@ impl PipelineConfig {
             return bad("batch", &self.batch, "must be between 1 and 256");
         }
         if !(60..=FRAME_SIZE).contains(&self.frame_len) {
-            return bad("frame-len", &self.frame_len, "must be between 60 and 2048 bytes");
+            return bad(
+                "frame-len",
+                &self.frame_len,
+                "must be between 60 and 2048 bytes",
+            );
         }
         if self.out_ports == 0 || self.out_ports > 1000 {
             return bad("out-ports", &self.out_ports, "must be between 1 and 1000");
@@ -126,7 +139,11 @@ impl PipelineConfig {
             return bad("flows", &self.flows, "must be between 1 and 1000000");
         }
         if self.malformed_ppm > 1_000_000 {
-            return bad("malformed-ppm", &self.malformed_ppm, "is a share in parts per million (at most 1000000)");
+            return bad(
+                "malformed-ppm",
+                &self.malformed_ppm,
+                "is a share in parts per million (at most 1000000)",
+            );
         }
         if self.pool_frames < 2 * crate::batch::MAX_BATCH {
             return bad("pool-frames", &self.pool_frames, "must be at least 512");
@@ -182,7 +199,11 @@ pub fn build_logic(cfg: &PipelineConfig) -> Result<(PipelineLogic, Vec<Ipv4Addr>
     let dsts = (0..cfg.flows)
         .map(|_| {
             let (addr, len) = prefixes[(splitmix64(&mut rng) % prefixes.len() as u64) as usize];
-            let host = if len == 32 { 0 } else { splitmix64(&mut rng) as u32 >> len };
+            let host = if len == 32 {
+                0
+            } else {
+                splitmix64(&mut rng) as u32 >> len
+            };
             Ipv4Addr::from(addr | host)
         })
         .collect();
@@ -191,7 +212,14 @@ pub fn build_logic(cfg: &PipelineConfig) -> Result<(PipelineLogic, Vec<Ipv4Addr>
 
 /// One Ethernet + IPv4 + UDP frame of `len` bytes (at least 60), TTL 64, with valid IPv4 and
 /// UDP checksums. The payload carries the flow index.
-pub fn udp4_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, len: usize, flow: u32) -> Vec<u8> {
+pub fn udp4_frame(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    len: usize,
+    flow: u32,
+) -> Vec<u8> {
     let len = len.max(60);
     let mut f = vec![0u8; len];
     f[0..6].copy_from_slice(&ROUTER_MAC);
@@ -234,7 +262,14 @@ pub fn templates(cfg: &PipelineConfig, dsts: &[Ipv4Addr]) -> Vec<Vec<u8>> {
         .map(|(i, &dst)| {
             let r = splitmix64(&mut rng);
             let src = Ipv4Addr::new(198, 18 + (r >> 16 & 1) as u8, (r >> 8) as u8, r as u8);
-            let mut f = udp4_frame(src, dst, 1024 + (r >> 24) as u16 % 60_000, 9, cfg.frame_len, i as u32);
+            let mut f = udp4_frame(
+                src,
+                dst,
+                1024 + (r >> 24) as u16 % 60_000,
+                9,
+                cfg.frame_len,
+                i as u32,
+            );
             if (splitmix64(&mut rng) % 1_000_000) < cfg.malformed_ppm as u64 {
                 // An IPv4 header that claims more bytes than the frame has.
                 f[16..18].copy_from_slice(&u16::MAX.to_be_bytes());
@@ -257,7 +292,11 @@ pub fn build_worker(
     let mut ports: Vec<Box<dyn Port>> = Vec::with_capacity(cfg.out_ports + 1);
     // Each worker starts at a different template so the workers' streams interleave flows.
     let start = id * templates.len() / cfg.workers;
-    ports.push(Box::new(TemplateSource::new(format!("src{id}"), templates, start)));
+    ports.push(Box::new(TemplateSource::new(
+        format!("src{id}"),
+        templates,
+        start,
+    )));
     for p in 0..cfg.out_ports {
         ports.push(Box::new(CountingSink::new(format!("sink{id}.{p}"))));
     }
@@ -269,7 +308,9 @@ pub fn build_worker(
         kernel_port: None,
         idle: IdlePolicy::default(),
     };
-    Ok(Worker::new(wcfg, pool, ports, logic, handoff_tx, handoff_rx)?)
+    Ok(Worker::new(
+        wcfg, pool, ports, logic, handoff_tx, handoff_rx,
+    )?)
 }
 
 /// Runs a pipeline for `cfg.duration` or until `stop` is set, calling `progress` about once a
@@ -371,7 +412,11 @@ impl TemplateSource {
                 bytes.extend_from_slice(t);
             }
         }
-        let next = if order.is_empty() { 0 } else { start % order.len() };
+        let next = if order.is_empty() {
+            0
+        } else {
+            start % order.len()
+        };
         TemplateSource {
             name: name.into(),
             blocks,
@@ -552,7 +597,13 @@ impl PipelineReport {
         let counts = |c: &Counts| {
             let mut d = String::from("{");
             for (i, r) in DropReason::ALL.iter().enumerate() {
-                let _ = write!(d, "{}\"{}\":{}", if i > 0 { "," } else { "" }, r.name(), c.drops_of(*r));
+                let _ = write!(
+                    d,
+                    "{}\"{}\":{}",
+                    if i > 0 { "," } else { "" },
+                    r.name(),
+                    c.drops_of(*r)
+                );
             }
             d.push('}');
             format!(
@@ -630,7 +681,11 @@ mod tests {
         let mut src = TemplateSource::new("src", &t, 1).with_limit(5);
         let mut b = Batch::new(4);
         assert_eq!(src.recv(&mut pool, &mut b).unwrap(), 4);
-        let firsts: Vec<(u8, usize)> = b.as_slice().iter().map(|f| (pool.data(f)[0], f.len())).collect();
+        let firsts: Vec<(u8, usize)> = b
+            .as_slice()
+            .iter()
+            .map(|f| (pool.data(f)[0], f.len()))
+            .collect();
         assert_eq!(firsts, [(2, 70), (1, 60), (2, 70), (1, 60)]);
         let mut sink = CountingSink::new("sink");
         assert_eq!(sink.send(&mut pool, &mut b).unwrap(), 4);

@@ -131,13 +131,17 @@ impl MemWire {
         })?;
         pool.fill(&mut f, bytes);
         let wrote = self.rx.try_write(|slot| *slot = f);
-        debug_assert!(wrote, "free slot checked above and we are the only producer");
+        debug_assert!(
+            wrote,
+            "free slot checked above and we are the only producer"
+        );
         Ok(())
     }
 
     /// The oldest frame the port sent, if any; the caller owns it now.
     pub fn take_sent(&mut self) -> Option<Frame> {
-        self.tx.try_read(|slot| std::mem::replace(slot, Frame::EMPTY))
+        self.tx
+            .try_read(|slot| std::mem::replace(slot, Frame::EMPTY))
     }
 
     /// Copies out and frees every frame the port sent (test convenience).
@@ -164,7 +168,10 @@ impl Port for MemPort {
     fn recv(&mut self, pool: &mut BufferPool, batch: &mut Batch) -> Result<usize, PortError> {
         let mut n = 0;
         while !batch.is_full() {
-            let Some(f) = self.rx.try_read(|slot| std::mem::replace(slot, Frame::EMPTY)) else {
+            let Some(f) = self
+                .rx
+                .try_read(|slot| std::mem::replace(slot, Frame::EMPTY))
+            else {
                 break;
             };
             // Cannot fail (we checked `is_full`); freeing keeps the frame accounted if it did.
@@ -194,7 +201,10 @@ impl Port for MemPort {
 
     fn release(&mut self, pool: &mut BufferPool) {
         // Frames still on the transmit side belong to whoever holds the wire.
-        while let Some(f) = self.rx.try_read(|slot| std::mem::replace(slot, Frame::EMPTY)) {
+        while let Some(f) = self
+            .rx
+            .try_read(|slot| std::mem::replace(slot, Frame::EMPTY))
+        {
             pool.free(f);
         }
     }

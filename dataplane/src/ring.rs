@@ -80,7 +80,10 @@ pub struct Consumer<T> {
 
 /// A ring of `capacity` slots (rounded up to a power of two, at least 2), each initialised by
 /// `init`.
-pub fn channel<T: Send>(capacity: usize, mut init: impl FnMut() -> T) -> (Producer<T>, Consumer<T>) {
+pub fn channel<T: Send>(
+    capacity: usize,
+    mut init: impl FnMut() -> T,
+) -> (Producer<T>, Consumer<T>) {
     let cap = capacity.max(2).next_power_of_two();
     let slots = (0..cap).map(|_| UnsafeCell::new(init())).collect();
     let ring = Arc::new(Shared {
@@ -110,7 +113,8 @@ impl<T: Send> Producer<T> {
 
     /// Items in the ring right now (fresh read of both indices).
     pub fn len(&self) -> usize {
-        self.tail.wrapping_sub(self.ring.head.0.load(Ordering::Acquire))
+        self.tail
+            .wrapping_sub(self.ring.head.0.load(Ordering::Acquire))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -151,7 +155,11 @@ impl<T: Send> Consumer<T> {
 
     /// Items in the ring right now (fresh read of both indices).
     pub fn len(&self) -> usize {
-        self.ring.tail.0.load(Ordering::Acquire).wrapping_sub(self.head)
+        self.ring
+            .tail
+            .0
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.head)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -39,7 +39,9 @@ impl FlowKey {
     /// The key of an IP packet; `None` for ARP and other non-IP frames.
     pub fn from_headers(h: &Headers) -> Option<FlowKey> {
         let (src, dst) = match h.l3 {
-            L3::Ipv4 { src, dst, .. } => (src.to_ipv6_mapped().octets(), dst.to_ipv6_mapped().octets()),
+            L3::Ipv4 { src, dst, .. } => {
+                (src.to_ipv6_mapped().octets(), dst.to_ipv6_mapped().octets())
+            }
             L3::Ipv6 { src, dst, .. } => (src.octets(), dst.octets()),
             L3::Arp | L3::Other => return None,
         };
@@ -67,7 +69,11 @@ impl FlowKey {
     pub fn hash64(&self) -> u64 {
         let w = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8-byte chunk"));
         let ports = (self.src_port as u64) << 24 | (self.dst_port as u64) << 8 | self.proto as u64;
-        hash_words(w(&self.src[..8]) ^ w(&self.src[8..]), w(&self.dst[..8]) ^ w(&self.dst[8..]), ports)
+        hash_words(
+            w(&self.src[..8]) ^ w(&self.src[8..]),
+            w(&self.dst[..8]) ^ w(&self.dst[8..]),
+            ports,
+        )
     }
 }
 
@@ -158,7 +164,12 @@ impl HandoffTx {
     /// Copies `frame` into the ring and frees it into `pool`. A full ring hands the frame back
     /// untouched.
     #[inline]
-    pub fn push(&mut self, pool: &mut BufferPool, frame: Frame, in_port: PortId) -> Result<(), Frame> {
+    pub fn push(
+        &mut self,
+        pool: &mut BufferPool,
+        frame: Frame,
+        in_port: PortId,
+    ) -> Result<(), Frame> {
         let bytes = pool.data(&frame);
         let copied = self.0.try_write(|slot| {
             let n = bytes.len().min(slot.data.len());
@@ -227,7 +238,10 @@ mod tests {
     #[test]
     fn flow_hash_agrees_with_flow_key() {
         let h = v4([10, 0, 0, 1], [10, 0, 0, 2], 1000, 53);
-        assert_eq!(flow_hash(&h, &[]), FlowKey::from_headers(&h).unwrap().hash64());
+        assert_eq!(
+            flow_hash(&h, &[]),
+            FlowKey::from_headers(&h).unwrap().hash64()
+        );
     }
 
     #[test]
@@ -249,9 +263,15 @@ mod tests {
     #[test]
     fn jump_hash_moves_only_a_fair_share_when_growing() {
         let keys: Vec<u64> = (0..20_000u64).map(mix).collect();
-        let moved = keys.iter().filter(|&&k| jump_hash(k, 8) != jump_hash(k, 9)).count();
+        let moved = keys
+            .iter()
+            .filter(|&&k| jump_hash(k, 8) != jump_hash(k, 9))
+            .count();
         // Expected 1/9 of the keys; every key that moved must have moved to the new bucket.
-        assert!(keys.iter().all(|&k| jump_hash(k, 8) == jump_hash(k, 9) || jump_hash(k, 9) == 8));
+        assert!(
+            keys.iter()
+                .all(|&k| jump_hash(k, 8) == jump_hash(k, 9) || jump_hash(k, 9) == 8)
+        );
         let share = moved as f64 / keys.len() as f64;
         assert!((share - 1.0 / 9.0).abs() < 0.01, "moved share {share}");
     }
@@ -281,7 +301,11 @@ mod tests {
         let back = tx.push(&mut pool, f, 3).unwrap_err();
         assert_eq!(pool.data(&back)[0], 9);
         pool.free(back);
-        assert_eq!(pool.available(), 8, "copied frames were freed, the refused one returned");
+        assert_eq!(
+            pool.available(),
+            8,
+            "copied frames were freed, the refused one returned"
+        );
 
         let mut batch = Batch::new(64);
         assert_eq!(rx.pop_into(&mut pool, &mut batch), Some(3));

@@ -29,7 +29,13 @@ pub fn advise_hugepages(mem: &mut [u32]) -> bool {
     // SAFETY: [aligned, end) is page-aligned and lies inside `mem`, which we hold mutably.
     // MADV_HUGEPAGE only changes how the kernel backs those pages, never their contents, so no
     // reference into `mem` can observe it.
-    unsafe { libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE) == 0 }
+    unsafe {
+        libc::madvise(
+            aligned as *mut libc::c_void,
+            end - aligned,
+            libc::MADV_HUGEPAGE,
+        ) == 0
+    }
 }
 
 /// Hints the CPU to bring the cache line holding `value` into cache, without waiting for it.

@@ -29,7 +29,9 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum WorkerError {
-    #[error("worker {worker}: cannot pin to core {core} (sched_setaffinity failed or no such core)")]
+    #[error(
+        "worker {worker}: cannot pin to core {core} (sched_setaffinity failed or no such core)"
+    )]
     Pin { worker: usize, core: usize },
     #[error("worker {worker}: {source}")]
     Port {
@@ -178,17 +180,28 @@ impl<L: Logic> Worker<L> {
         handoff_tx: Vec<Option<HandoffTx>>,
         handoff_rx: Vec<HandoffRx>,
     ) -> Result<Worker<L>, WorkerError> {
-        let bad = |what: String| WorkerError::Config { worker: cfg.id, what };
+        let bad = |what: String| WorkerError::Config {
+            worker: cfg.id,
+            what,
+        };
         if ports.is_empty() || ports.len() > PortId::MAX as usize {
-            return Err(bad(format!("needs 1 to {} ports, got {}", PortId::MAX, ports.len())));
+            return Err(bad(format!(
+                "needs 1 to {} ports, got {}",
+                PortId::MAX,
+                ports.len()
+            )));
         }
         if cfg.workers == 0 || cfg.id >= cfg.workers {
-            return Err(bad(format!("id {} out of range for {} workers", cfg.id, cfg.workers)));
+            return Err(bad(format!(
+                "id {} out of range for {} workers",
+                cfg.id, cfg.workers
+            )));
         }
         if !(1..=MAX_BATCH).contains(&cfg.batch) {
             return Err(bad(format!("batch {} not in 1..={MAX_BATCH}", cfg.batch)));
         }
-        if cfg.mapping == Mapping::Sequential && cfg.workers > 1 && handoff_tx.len() != cfg.workers {
+        if cfg.mapping == Mapping::Sequential && cfg.workers > 1 && handoff_tx.len() != cfg.workers
+        {
             return Err(bad(format!(
                 "sequential mapping over {} workers needs a handoff ring to each, got {}",
                 cfg.workers,
@@ -267,7 +280,8 @@ impl<L: Logic> Worker<L> {
             // Bounded: at most a ring's worth per round so ports are not starved.
             for _ in 0..4 {
                 self.rx.set_capacity(self.cfg.batch);
-                let Some(in_port) = self.handoff_rx[r].pop_into(&mut self.pool, &mut self.rx) else {
+                let Some(in_port) = self.handoff_rx[r].pop_into(&mut self.pool, &mut self.rx)
+                else {
                     break;
                 };
                 let n = self.rx.len();
@@ -411,7 +425,10 @@ impl<L: Logic> Worker<L> {
             if d < dests.ports {
                 tx.take_from(rx, fabric.slots(d), pool);
                 if let Err(e) = send(&mut ports[d], pool, tx, counts) {
-                    result = Err(WorkerError::Port { worker: me, source: e });
+                    result = Err(WorkerError::Port {
+                        worker: me,
+                        source: e,
+                    });
                 }
             } else if d == dests.broadcast() {
                 for (q, port) in ports.iter_mut().enumerate() {
@@ -425,7 +442,10 @@ impl<L: Logic> Worker<L> {
                         }
                     }
                     if let Err(e) = send(port, pool, tx, counts) {
-                        result = Err(WorkerError::Port { worker: me, source: e });
+                        result = Err(WorkerError::Port {
+                            worker: me,
+                            source: e,
+                        });
                     }
                 }
                 for s in fabric.slots(d) {
@@ -438,7 +458,10 @@ impl<L: Logic> Worker<L> {
                             push_or_free(tx, pool, rx.take(s));
                         }
                         if let Err(e) = send(&mut ports[k as usize], pool, tx, counts) {
-                            result = Err(WorkerError::Port { worker: me, source: e });
+                            result = Err(WorkerError::Port {
+                                worker: me,
+                                source: e,
+                            });
                         }
                     }
                     None => {
@@ -454,7 +477,9 @@ impl<L: Logic> Worker<L> {
                 }
             } else {
                 let w = d - dests.handoff(0);
-                let ring = handoff_tx[w].as_mut().expect("handoff ring to every other worker");
+                let ring = handoff_tx[w]
+                    .as_mut()
+                    .expect("handoff ring to every other worker");
                 for s in fabric.slots(d) {
                     match ring.push(pool, rx.take(s), in_port) {
                         Ok(()) => counts.handoff_out += 1,

@@ -13,23 +13,61 @@ fn linerate(args: &[&str]) -> std::process::Output {
 #[test]
 fn pipeline_runs_and_reports_json() {
     let out = linerate(&[
-        "pipeline", "--workers", "2", "--cores", "none", "--duration", "300ms", "--routes", "1000",
-        "--malformed-ppm", "50000", "--json",
+        "pipeline",
+        "--workers",
+        "2",
+        "--cores",
+        "none",
+        "--duration",
+        "300ms",
+        "--routes",
+        "1000",
+        "--malformed-ppm",
+        "50000",
+        "--json",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.starts_with("{\"elapsed_s\":"), "{stdout}");
-    assert_eq!(stdout.matches("\"frames_accounted\":true").count(), 2, "{stdout}");
-    assert!(!stdout.contains("\"malformed\":0,"), "malformed frames must be counted: {stdout}");
+    assert_eq!(
+        stdout.matches("\"frames_accounted\":true").count(),
+        2,
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("\"malformed\":0,"),
+        "malformed frames must be counted: {stdout}"
+    );
 }
 
 #[test]
 fn pipeline_prints_a_table() {
-    let out = linerate(&["pipeline", "--workers", "1", "--duration", "200ms", "--routes", "100"]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = linerate(&[
+        "pipeline",
+        "--workers",
+        "1",
+        "--duration",
+        "200ms",
+        "--routes",
+        "100",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("rx Mpps"), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("total") && l.trim_end().ends_with("yes")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("total") && l.trim_end().ends_with("yes")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -42,7 +80,10 @@ fn bad_arguments_name_the_field_and_exit_non_zero() {
         (vec!["pipeline", "--duration", "5h"], "unknown unit"),
         (vec!["pipeline", "--cores", "0,x"], "'x' is not a core"),
         (vec!["pipeline", "--workers", "2", "--cores", "0"], "cores"),
-        (vec!["pipeline", "--workers", "1", "--cores", "4096"], "not a core of this machine"),
+        (
+            vec!["pipeline", "--workers", "1", "--cores", "4096"],
+            "not a core of this machine",
+        ),
         (vec!["pipeline", "--workers", "0"], "workers"),
         (vec!["pipeline", "--mapping", "random"], "random"),
         (vec!["nonsense"], "nonsense"),

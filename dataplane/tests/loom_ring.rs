@@ -33,7 +33,11 @@ fn every_value_once_in_order() {
             got.push(v);
         }
         assert_eq!(sent + refused, 3);
-        assert_eq!(got.len() as u32, sent, "every accepted value arrives exactly once");
+        assert_eq!(
+            got.len() as u32,
+            sent,
+            "every accepted value arrives exactly once"
+        );
         assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
     });
 }
@@ -50,7 +54,11 @@ fn slot_contents_visible_to_consumer() {
             seen = c.try_read(|s| *s);
             loom::thread::yield_now();
         }
-        assert_eq!(seen, Some([7, 7]), "a published slot is never seen half-written");
+        assert_eq!(
+            seen,
+            Some([7, 7]),
+            "a published slot is never seen half-written"
+        );
         t.join().unwrap();
     });
 }

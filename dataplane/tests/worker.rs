@@ -7,7 +7,7 @@ use core::net::Ipv4Addr;
 use linerate_dataplane::frame::BufferPool;
 use linerate_dataplane::logic::Logic;
 use linerate_dataplane::pipeline::udp4_frame;
-use linerate_dataplane::port::{Faults, FaultPort, MemPort, MemWire, Port};
+use linerate_dataplane::port::{FaultPort, Faults, MemPort, MemWire, Port};
 use linerate_dataplane::shard::{Mapping, flow_hash, jump_hash};
 use linerate_dataplane::verdict::{DropReason, PortId, Verdict};
 use linerate_dataplane::wire::{Headers, L3, parse_headers};
@@ -77,7 +77,10 @@ fn worker(n_ports: usize, cap: usize, kernel: Option<PortId>) -> (Worker<ByOctet
     let mut c = cfg(0, 1, Mapping::Concurrent);
     c.kernel_port = kernel;
     let pool = BufferPool::new(1024, 2048).unwrap();
-    (Worker::new(c, pool, ports, ByOctet, vec![None], vec![]).unwrap(), wires)
+    (
+        Worker::new(c, pool, ports, ByOctet, vec![None], vec![]).unwrap(),
+        wires,
+    )
 }
 
 /// Frees whatever the wires hold and checks the pool got everything back.
@@ -94,7 +97,9 @@ fn assert_all_home(mut w: Worker<ByOctet>, wires: &mut [MemWire]) {
 fn forwards_each_verdict_to_its_destination() {
     let (mut w, mut wires) = worker(3, 64, None);
     for last in [2u8, 3, 2, 100, 200, 250, 77] {
-        wires[0].inject(w.pool_mut(), &frame_to(last, 1, 0)).unwrap();
+        wires[0]
+            .inject(w.pool_mut(), &frame_to(last, 1, 0))
+            .unwrap();
     }
     assert_eq!(w.poll_once().unwrap(), 7);
     let on1 = wires[1].drain_sent(w.pool_mut());
@@ -103,12 +108,19 @@ fn forwards_each_verdict_to_its_destination() {
     // Port 1 got the two ".2" frames and a broadcast copy; port 2 the ".3" and a copy.
     assert_eq!(last(&on1), [2, 2, 100]);
     assert_eq!(last(&on2), [3, 100]);
-    assert!(wires[0].drain_sent(w.pool_mut()).is_empty(), "broadcast skips the ingress port");
+    assert!(
+        wires[0].drain_sent(w.pool_mut()).is_empty(),
+        "broadcast skips the ingress port"
+    );
     let c = *w.counts();
     assert_eq!(c.rx, 7);
     assert_eq!(c.tx, 5);
     assert_eq!(c.drops_of(DropReason::NoKernelPath), 1);
-    assert_eq!(c.drops_of(DropReason::NoRoute), 2, "unknown port 999 and .77");
+    assert_eq!(
+        c.drops_of(DropReason::NoRoute),
+        2,
+        "unknown port 999 and .77"
+    );
     assert_all_home(w, &mut wires);
 }
 
@@ -152,7 +164,9 @@ fn full_transmit_ring_drops_as_tx_full_and_keeps_accounting() {
     // Port 0's receive ring holds 4; port 1's transmit ring holds 4 as well.
     for round in 0..3 {
         for s in 0..4 {
-            wires[0].inject(w.pool_mut(), &frame_to(2, 1, round * 4 + s)).unwrap();
+            wires[0]
+                .inject(w.pool_mut(), &frame_to(2, 1, round * 4 + s))
+                .unwrap();
         }
         w.poll_once().unwrap();
     }
@@ -178,7 +192,15 @@ fn fault_injected_input_never_breaks_accounting() {
         Box::new(FaultPort::new(mp1, faults, 2)),
     ];
     let pool = BufferPool::new(1024, 2048).unwrap();
-    let mut w = Worker::new(cfg(0, 1, Mapping::Concurrent), pool, ports, ByOctet, vec![None], vec![]).unwrap();
+    let mut w = Worker::new(
+        cfg(0, 1, Mapping::Concurrent),
+        pool,
+        ports,
+        ByOctet,
+        vec![None],
+        vec![],
+    )
+    .unwrap();
     for round in 0..100u32 {
         for s in 0..32 {
             wire0.inject(w.pool_mut(), &frame_to(2, s, round)).unwrap();
@@ -188,7 +210,10 @@ fn fault_injected_input_never_breaks_accounting() {
     }
     let c = *w.counts();
     assert!(c.tx > 0);
-    assert!(c.drops_of(DropReason::Malformed) > 0, "corruption should break some checksums");
+    assert!(
+        c.drops_of(DropReason::Malformed) > 0,
+        "corruption should break some checksums"
+    );
     assert_all_home(w, &mut [wire0, wire1]);
 }
 
@@ -203,8 +228,15 @@ fn sequential_mapping_hands_off_and_keeps_flow_order() {
         let (ports, w) = mem_ports(2, 512);
         let pool = BufferPool::new(2048, 2048).unwrap();
         workers.push(
-            Worker::new(cfg(id, 2, Mapping::Sequential), pool, ports, ByOctet, txs.pop().unwrap(), rxs.pop().unwrap())
-                .unwrap(),
+            Worker::new(
+                cfg(id, 2, Mapping::Sequential),
+                pool,
+                ports,
+                ByOctet,
+                txs.pop().unwrap(),
+                rxs.pop().unwrap(),
+            )
+            .unwrap(),
         );
         wires.push(w);
     }
@@ -223,7 +255,10 @@ fn sequential_mapping_hands_off_and_keeps_flow_order() {
             wires[0][0].inject(workers[0].pool_mut(), &f).unwrap();
         }
     }
-    assert!(owners[0] > 0 && owners[1] > 0, "test needs flows on both workers: {owners:?}");
+    assert!(
+        owners[0] > 0 && owners[1] > 0,
+        "test needs flows on both workers: {owners:?}"
+    );
     let mut out: Vec<Vec<u8>> = Vec::new();
     for _ in 0..40 {
         for (w, ws) in workers.iter_mut().zip(wires.iter_mut()) {
@@ -240,7 +275,11 @@ fn sequential_mapping_hands_off_and_keeps_flow_order() {
         next[flow] += 1;
     }
     let handed: u64 = workers.iter().map(|w| w.counts().handoff_out).sum();
-    assert_eq!(handed, owners[1] as u64 * 20, "exactly the packets of worker 1's flows crossed");
+    assert_eq!(
+        handed,
+        owners[1] as u64 * 20,
+        "exactly the packets of worker 1's flows crossed"
+    );
     for (w, mut ws) in workers.into_iter().zip(wires) {
         assert_all_home(w, &mut ws);
     }
@@ -253,8 +292,15 @@ fn full_handoff_ring_hands_frames_back_as_handoff_full() {
     let pool = BufferPool::new(1024, 2048).unwrap();
     // Worker 1 exists only as the far end of the ring: nobody drains it.
     let _w1_rx = rxs.pop().unwrap();
-    let mut w0 = Worker::new(cfg(0, 2, Mapping::Sequential), pool, ports, ByOctet, txs.remove(0), rxs.pop().unwrap())
-        .unwrap();
+    let mut w0 = Worker::new(
+        cfg(0, 2, Mapping::Sequential),
+        pool,
+        ports,
+        ByOctet,
+        txs.remove(0),
+        rxs.pop().unwrap(),
+    )
+    .unwrap();
     let foreign: Vec<u32> = (0..64u32)
         .filter(|&flow| {
             let f = frame_to(2, flow, 0);
@@ -263,7 +309,9 @@ fn full_handoff_ring_hands_frames_back_as_handoff_full() {
         .take(5)
         .collect();
     for &flow in &foreign {
-        wires[0].inject(w0.pool_mut(), &frame_to(2, flow, 0)).unwrap();
+        wires[0]
+            .inject(w0.pool_mut(), &frame_to(2, flow, 0))
+            .unwrap();
     }
     w0.poll_once().unwrap();
     let c = *w0.counts();
@@ -297,6 +345,13 @@ fn threads_run_and_stop_cleanly() {
     let t = report.total();
     assert!(t.tx > 0);
     assert!(t.drops_of(DropReason::Malformed) > 0);
-    assert_eq!(t.drops_of(DropReason::NoRoute), 0, "every generated flow is routed");
-    assert!(t.handoff_out > 0, "sequential mapping over two workers hands off");
+    assert_eq!(
+        t.drops_of(DropReason::NoRoute),
+        0,
+        "every generated flow is routed"
+    );
+    assert!(
+        t.handoff_out > 0,
+        "sequential mapping over two workers hands off"
+    );
 }

@@ -115,7 +115,10 @@ impl VethPair {
     pub fn new() -> Result<VethPair> {
         let a = unique_name("lrva");
         let b = unique_name("lrvb");
-        run("ip", &["link", "add", &a, "type", "veth", "peer", "name", &b])?;
+        run(
+            "ip",
+            &["link", "add", &a, "type", "veth", "peer", "name", &b],
+        )?;
         Ok(VethPair { a, b })
     }
 

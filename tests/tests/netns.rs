@@ -15,12 +15,16 @@ fn veth_between_namespaces_carries_ping_and_cleans_up() {
         let pair = VethPair::new().unwrap();
         pair.place(&pair.a, &left, "10.231.0.1/30").unwrap();
         pair.place(&pair.b, &right, "10.231.0.2/30").unwrap();
-        left.exec("ping", &["-c", "1", "-W", "2", "10.231.0.2"]).unwrap();
+        left.exec("ping", &["-c", "1", "-W", "2", "10.231.0.2"])
+            .unwrap();
         left_name = left.name().to_string();
         pair_name = pair.a.clone();
     }
     let netns = run("ip", &["netns", "list"]).unwrap();
-    assert!(!netns.contains(&left_name), "namespace {left_name} left behind");
+    assert!(
+        !netns.contains(&left_name),
+        "namespace {left_name} left behind"
+    );
     let links = run("ip", &["-o", "link"]).unwrap();
     assert!(!links.contains(&pair_name), "veth {pair_name} left behind");
 }
@@ -39,5 +43,8 @@ fn guards_clean_up_when_a_test_panics() {
     .downcast::<String>()
     .unwrap();
     let netns = run("ip", &["netns", "list"]).unwrap();
-    assert!(!netns.contains(name.as_str()), "namespace {name} left behind after panic");
+    assert!(
+        !netns.contains(name.as_str()),
+        "namespace {name} left behind after panic"
+    );
 }

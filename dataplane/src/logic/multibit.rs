@@ -17,8 +17,8 @@
 //! implementation serves both families.
 
 use super::{LpmError, NextHopId};
-use hashbrown::HashMap;
 use crate::sys::HugeTable;
+use hashbrown::HashMap;
 
 /// Entry layout (u32): bits 0..22 next-hop id or tbl8 group index, bit 22 valid leaf, bit 23
 /// extended (points to a group), bits 24..32 depth. The all-zero entry is "no route", so a

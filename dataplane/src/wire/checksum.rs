@@ -202,7 +202,11 @@ mod tests {
             for (hi, lo) in [(1u8, 0u8), (2, 17), (64, 6), (255, 255), (128, 0)] {
                 let old = u16::from_be_bytes([hi, lo]);
                 let new = u16::from_be_bytes([hi - 1, lo]);
-                assert_eq!(update_high_byte_decrement(hc), update16(hc, old, new), "{hc:#x}");
+                assert_eq!(
+                    update_high_byte_decrement(hc),
+                    update16(hc, old, new),
+                    "{hc:#x}"
+                );
             }
         }
     }
