@@ -127,6 +127,56 @@ impl Batch {
         self.len = 0;
     }
 
+    /// Empties a batch whose every frame the pool has just taken back by address
+    /// ([`crate::frame::BufferPool::free_batch`]). The descriptors stay behind past `len`,
+    /// where nothing reads them (every accessor stops at `len`, `push` overwrites), so no
+    /// placeholder needs writing.
+    #[inline]
+    pub(crate) fn forget_freed(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends a fresh, empty frame for each of `addrs`, last address first (the order a LIFO
+    /// pool hands them out), as many as fit; returns how many. For the pool only: the caller
+    /// must own those buffers and give up the first `returned` addresses from the end.
+    #[inline]
+    pub(crate) fn push_fresh_rev(&mut self, addrs: &[u64]) -> usize {
+        let to = &mut self.frames[self.len..self.cap];
+        let n = to.len().min(addrs.len());
+        for (slot, &addr) in to.iter_mut().zip(addrs.iter().rev()) {
+            *slot = Frame::from_raw(addr, 0);
+        }
+        self.len += n;
+        n
+    }
+
+    /// Moves the frames at `slots` of `src` (each taken with [`Batch::take`]) to the end of
+    /// this batch, in order; the frames that do not fit go back to `pool`.
+    #[inline]
+    pub(crate) fn take_from(
+        &mut self,
+        src: &mut Batch,
+        slots: impl Iterator<Item = usize>,
+        pool: &mut crate::frame::BufferPool,
+    ) {
+        // Local slices and length: the placeholder stores cannot make the compiler reload
+        // either batch's bounds per frame.
+        let from = &mut src.frames[..src.len];
+        let to = &mut self.frames[..self.cap];
+        let mut len = self.len;
+        for s in slots {
+            let f = std::mem::replace(&mut from[s], Frame::EMPTY);
+            match to.get_mut(len) {
+                Some(slot) => {
+                    *slot = f;
+                    len += 1;
+                }
+                None => pool.free(f),
+            }
+        }
+        self.len = len;
+    }
+
     /// Swaps two frames in place (used to reorder in fault injection).
     pub fn swap(&mut self, a: usize, b: usize) {
         self.as_mut_slice().swap(a, b);
@@ -222,6 +272,28 @@ mod tests {
         for f in taken.into_iter().chain(b.drain()) {
             pool.free(f);
         }
+        assert_eq!(pool.available(), 8);
+    }
+
+    #[test]
+    fn take_from_moves_in_order_and_frees_what_does_not_fit() {
+        let mut pool = BufferPool::new(8, 64).unwrap();
+        let mut src = Batch::new(8);
+        for _ in 0..5 {
+            src.push(pool.alloc().unwrap()).unwrap();
+        }
+        let addrs: Vec<u64> = src.as_slice().iter().map(Frame::addr).collect();
+        let mut dst = Batch::new(2);
+        dst.take_from(&mut src, [4, 1, 3].into_iter(), &mut pool);
+        assert_eq!(
+            dst.as_slice().iter().map(Frame::addr).collect::<Vec<_>>(),
+            [addrs[4], addrs[1]]
+        );
+        assert_eq!(pool.available(), 4, "the third did not fit and went home");
+        dst.take_from(&mut src, [0, 2].into_iter(), &mut pool);
+        src.forget_taken();
+        pool.free_batch(&mut dst);
+        assert!(dst.is_empty());
         assert_eq!(pool.available(), 8);
     }
 

@@ -113,6 +113,17 @@ impl BufferPool {
         self.free.pop().map(|addr| Frame { addr, len: 0 })
     }
 
+    /// Appends up to `n` free buffers (length zero) to `batch`, as many as it has room for,
+    /// in the order [`BufferPool::alloc`] would hand them out; returns how many.
+    #[inline]
+    pub fn alloc_batch(&mut self, batch: &mut crate::batch::Batch, n: usize) -> usize {
+        let n = n.min(self.free.len());
+        let taken = batch.push_fresh_rev(&self.free[self.free.len() - n..]);
+        // The addresses handed out are the last `taken`; the rest stay free.
+        self.free.truncate(self.free.len() - taken);
+        taken
+    }
+
     /// Returns a buffer to the free list.
     ///
     /// # Panics
@@ -127,6 +138,23 @@ impl BufferPool {
         );
         debug_assert!(self.free.len() < self.capacity(), "pool over-freed");
         self.free.push(frame.addr);
+    }
+
+    /// Returns every frame of `batch` to the free list, front to back, and empties it: one
+    /// reservation and a straight copy of addresses instead of a push per frame.
+    #[inline]
+    pub fn free_batch(&mut self, batch: &mut crate::batch::Batch) {
+        let frames = batch.as_slice();
+        debug_assert!(
+            frames.iter().all(|f| self.owns(f)),
+            "a frame is not from this pool"
+        );
+        debug_assert!(
+            self.free.len() + frames.len() <= self.capacity(),
+            "pool over-freed"
+        );
+        self.free.extend(frames.iter().map(|f| f.addr));
+        batch.forget_freed();
     }
 
     /// True if `frame` addresses a buffer of this pool (its start is frame-aligned and inside).
@@ -225,6 +253,26 @@ mod tests {
         pool.free(f);
         pool.free(g);
         assert_eq!(pool.available(), 4);
+    }
+
+    #[test]
+    fn alloc_batch_hands_out_what_alloc_would() {
+        let mut pool = BufferPool::new(6, 64).unwrap();
+        let mut one_by_one = BufferPool::new(6, 64).unwrap();
+        let mut b = crate::batch::Batch::new(4);
+        assert_eq!(
+            pool.alloc_batch(&mut b, 9),
+            4,
+            "no more than the batch holds"
+        );
+        let want: Vec<u64> = (0..4).map(|_| one_by_one.alloc().unwrap().addr()).collect();
+        assert_eq!(
+            b.as_slice().iter().map(Frame::addr).collect::<Vec<_>>(),
+            want
+        );
+        assert_eq!(pool.available(), 2);
+        pool.free_batch(&mut b);
+        assert_eq!(pool.available(), 6);
     }
 
     #[test]

@@ -446,26 +446,24 @@ impl Port for TemplateSource {
             return Ok(0);
         }
         let want = (batch.room() as u64).min(self.limit - self.sent) as usize;
-        let mut n = 0;
-        while n < want {
-            let Some(mut f) = pool.alloc() else { break };
-            let (i, len, block) = self.order[self.next];
+        // Buffers first, as a NIC's fill ring hands them over, then the copies.
+        let start = batch.len();
+        let n = pool.alloc_batch(batch, want);
+        let mut next = self.next;
+        for f in &mut batch.as_mut_slice()[start..] {
+            let (i, len, block) = self.order[next];
             if block {
-                pool.fill_block64(&mut f, &self.blocks[i as usize], len as usize);
+                pool.fill_block64(f, &self.blocks[i as usize], len as usize);
             } else {
                 let (off, len) = self.spans[i as usize];
-                pool.fill(&mut f, &self.bytes[off..off + len]);
+                pool.fill(f, &self.bytes[off..off + len]);
             }
-            self.next += 1;
-            if self.next == self.order.len() {
-                self.next = 0;
+            next += 1;
+            if next == self.order.len() {
+                next = 0;
             }
-            if let Err(f) = batch.push(f) {
-                pool.free(f);
-                break;
-            }
-            n += 1;
         }
+        self.next = next;
         self.sent += n as u64;
         Ok(n)
     }
@@ -510,10 +508,8 @@ impl Port for CountingSink {
 
     fn send(&mut self, pool: &mut BufferPool, batch: &mut Batch) -> Result<usize, PortError> {
         let n = batch.len();
-        for f in batch.drain() {
-            self.bytes += f.len() as u64;
-            pool.free(f);
-        }
+        self.bytes += batch.as_slice().iter().map(|f| f.len() as u64).sum::<u64>();
+        pool.free_batch(batch);
         self.frames += n as u64;
         Ok(n)
     }

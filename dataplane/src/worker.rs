@@ -20,7 +20,7 @@ use crate::logic::Logic;
 use crate::port::{Port, PortError};
 use crate::shard::{HandoffRx, HandoffTx, Mapping, flow_hash, jump_hash};
 use crate::verdict::{DropReason, PortId, Verdict};
-use crate::wire::{self, Headers, parse_headers};
+use crate::wire::{self, Headers, parse_headers_into};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -116,8 +116,8 @@ pub struct Worker<L> {
     handoff_rx: Vec<HandoffRx>,
     counts: Counts,
     shared: Arc<WorkerCounters>,
-    /// Per-slot parse results of the batch being processed (capacity MAX_BATCH, reused).
-    parsed: Vec<Result<Headers, wire::Error>>,
+    /// Per-slot parse results of the batch being processed (slot `i` for `rx[i]`).
+    parsed: Box<[Result<Headers, wire::Error>; MAX_BATCH]>,
     rx: Batch,
     tx: Batch,
     started: Instant,
@@ -224,7 +224,7 @@ impl<L: Logic> Worker<L> {
             handoff_rx,
             counts: Counts::default(),
             shared: Arc::new(WorkerCounters::default()),
-            parsed: Vec::with_capacity(MAX_BATCH),
+            parsed: Box::new([Err(wire::Error::Truncated); MAX_BATCH]),
             started: Instant::now(),
             idle_rounds: 0,
             sleep: Duration::ZERO,
@@ -376,22 +376,22 @@ impl<L: Logic> Worker<L> {
         // Phase 1, in three passes over the batch so that memory stalls overlap: parse every
         // packet, let the logic prefetch the table entries it will read, then decide and group
         // by destination.
-        parsed.clear();
-        for frame in rx.as_slice() {
+        for (p, frame) in parsed.iter_mut().zip(rx.as_slice()) {
             counts.rx_bytes += frame.len() as u64;
-            parsed.push(parse_headers(pool.data(frame)));
+            parse_headers_into(pool.data(frame), p);
         }
+        let parsed = &parsed[..rx.len()];
         for h in parsed.iter().flatten() {
             logic.prefetch(h);
         }
-        for (i, p) in parsed.iter().enumerate() {
+        for (i, (p, frame)) in parsed.iter().zip(rx.as_slice()).enumerate() {
             let dest = match p {
                 Err(_) => {
                     counts.drop(DropReason::Malformed, 1);
                     dests.drop()
                 }
                 Ok(h) => {
-                    let bytes = pool.data_mut(&rx.as_slice()[i]);
+                    let bytes = pool.data_mut(frame);
                     let owner = if shard {
                         jump_hash(flow_hash(h, bytes), cfg.workers as u32) as usize
                     } else {
@@ -424,9 +424,7 @@ impl<L: Logic> Worker<L> {
         for &d in fabric.active() {
             let d = d as usize;
             if d < dests.ports {
-                for s in fabric.slots(d) {
-                    push_or_free(tx, pool, rx.take(s));
-                }
+                tx.take_from(rx, fabric.slots(d), pool);
                 if let Err(e) = send(&mut ports[d], pool, tx, counts) {
                     result = Err(WorkerError::Port {
                         worker: me,

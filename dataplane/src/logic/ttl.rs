@@ -29,11 +29,9 @@ pub fn decrement(pkt: &mut [u8], hdr: &Headers) -> Result<Headers, DropReason> {
             if ttl <= 1 {
                 return Err(DropReason::TtlExpired);
             }
-            // The TTL shares its 16-bit checksum word with the protocol byte.
-            let old = u16::from_be_bytes([ttl, ip[9]]);
-            let new = u16::from_be_bytes([ttl - 1, ip[9]]);
+            // The TTL is the high byte of its 16-bit checksum word (the protocol the low one).
             let hc = u16::from_be_bytes([ip[10], ip[11]]);
-            let [c0, c1] = checksum::update16(hc, old, new).to_be_bytes();
+            let [c0, c1] = checksum::update_high_byte_decrement(hc).to_be_bytes();
             ip[8] = ttl - 1;
             ip[10] = c0;
             ip[11] = c1;

@@ -61,6 +61,17 @@ pub fn update16(hc: u16, old: u16, new: u16) -> u16 {
     !fold(acc)
 }
 
+/// [`update16`] for the one change a router makes per packet: the high byte of a word (the
+/// IPv4 TTL) decremented by one, which lowers the word by exactly 0x0100 (no borrow, since
+/// the byte was at least 1). Then `~old + new` is the constant 0xfeff whatever the low byte,
+/// so the update is one add and one fold (the sum is at most 0x1fefe), with the same result
+/// as eqn. 3 for every input.
+#[inline]
+pub fn update_high_byte_decrement(hc: u16) -> u16 {
+    let acc = (!hc) as u32 + 0xfeff;
+    !((acc & 0xffff) + (acc >> 16)) as u16
+}
+
 /// Sum of the IPv4 pseudo-header (source, destination, zero, protocol, L4 length), unfolded,
 /// to be continued with [`sum_words`] over the L4 bytes.
 #[inline]
@@ -183,6 +194,21 @@ mod tests {
         h[8] -= 1;
         let new = u16::from_be_bytes([h[8], h[9]]);
         assert_eq!(update16(hc, old, new), checksum(&h));
+    }
+
+    #[test]
+    fn high_byte_decrement_matches_update16() {
+        for hc in 0..=0xffffu16 {
+            for (hi, lo) in [(1u8, 0u8), (2, 17), (64, 6), (255, 255), (128, 0)] {
+                let old = u16::from_be_bytes([hi, lo]);
+                let new = u16::from_be_bytes([hi - 1, lo]);
+                assert_eq!(
+                    update_high_byte_decrement(hc),
+                    update16(hc, old, new),
+                    "{hc:#x}"
+                );
+            }
+        }
     }
 
     #[test]

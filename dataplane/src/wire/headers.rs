@@ -13,10 +13,10 @@
 //! views alone (`reference`), on real, mutated and random frames.
 
 use super::ethernet::{HEADER_LEN, TAG_LEN, is_tpid};
-use super::ipv4::Ipv4Packet;
+use super::ipv4::{self, Ipv4Packet};
 use super::ipv6::{self, Ipv6Packet};
 use super::tcp::TcpPacket;
-use super::{ArpPacket, Error, Result, ethertype, ip_proto, tcp, udp};
+use super::{ArpPacket, Error, Result, checksum, ethertype, ip_proto, tcp, udp};
 use core::net::{Ipv4Addr, Ipv6Addr};
 
 /// Where the headers are and the fields every consumer reads.
@@ -72,6 +72,82 @@ const SCTP_HEADER_LEN: usize = 12;
 /// [`ipv6::ext::MAX_HEADERS`] extension headers.
 #[inline]
 pub fn parse_headers(frame: &[u8]) -> Result<Headers> {
+    match ipv4_fast(frame) {
+        Some(h) => Ok(h),
+        None => parse_general(frame),
+    }
+}
+
+/// [`parse_headers`] writing its result into `out`: a caller filling a table of results gets
+/// the common case stored in place, not built in a temporary and copied.
+#[inline]
+pub fn parse_headers_into(frame: &[u8], out: &mut Result<Headers>) {
+    match ipv4_fast(frame) {
+        Some(h) => *out = Ok(h),
+        None => *out = parse_general(frame),
+    }
+}
+
+/// The common case in straight-line code: untagged Ethernet, IPv4 without options, not a
+/// later fragment, UDP or TCP. `None` when the frame is anything else *or fails any check*:
+/// the general path then parses it again and names the error, so wherever this returns a
+/// summary it is the one the general path would return (the tests hold it to that).
+#[inline(always)]
+fn ipv4_fast(frame: &[u8]) -> Option<Headers> {
+    let (eth, l3) = frame.split_first_chunk::<HEADER_LEN>()?;
+    let ip = l3.first_chunk::<{ ipv4::HEADER_LEN }>()?;
+    // EtherType IPv4, version 4 with IHL 5.
+    if [eth[12], eth[13], ip[0]] != [0x08, 0x00, 0x45] {
+        return None;
+    }
+    let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    // Not a later fragment (offset 0; MF alone is fine, as in `ipv4`).
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+        return None;
+    }
+    let l4 = l3.get(ipv4::HEADER_LEN..total_len)?;
+    // The header checksum, summed as `Ipv4Packet::verify_checksum` does.
+    let w = |b: &[u8; 4]| u32::from_ne_bytes(*b) as u64;
+    let acc: u64 = ip.as_chunks::<4>().0.iter().map(w).sum();
+    if !checksum::folds_to_ones(acc) {
+        return None;
+    }
+    let proto = ip[9];
+    let ports = match proto {
+        ip_proto::UDP => l4.first_chunk::<{ udp::HEADER_LEN }>().map(|h| &h[..4]),
+        ip_proto::TCP => {
+            // `TcpPacket::check_len`: data offset >= 5 words and within the segment.
+            let h = l4.first_chunk::<{ tcp::HEADER_LEN }>()?;
+            let header_len = (h[12] >> 4) as usize * 4;
+            if header_len < tcp::HEADER_LEN || header_len > l4.len() {
+                return None;
+            }
+            Some(&h[..4])
+        }
+        _ => return None,
+    };
+    let &[s0, s1, d0, d1] = ports? else {
+        return None;
+    };
+    Some(Headers {
+        l3_offset: HEADER_LEN as u16,
+        l4_offset: (HEADER_LEN + ipv4::HEADER_LEN) as u16,
+        ethertype: ethertype::IPV4,
+        vlan: None,
+        l3: L3::Ipv4 {
+            src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            ttl: ip[8],
+        },
+        proto,
+        src_port: u16::from_be_bytes([s0, s1]),
+        dst_port: u16::from_be_bytes([d0, d1]),
+    })
+}
+
+/// Every frame: tags, both IP versions, options, fragments, extension headers, ARP.
+#[inline(never)]
+fn parse_general(frame: &[u8]) -> Result<Headers> {
     let (l3_offset, ethertype, vlan) = ethernet(frame)?;
     // `ethernet` checked the frame holds the L3 offset.
     let l3 = frame.get(l3_offset..).ok_or(Error::Truncated)?;
@@ -771,6 +847,26 @@ mod tests {
     ];
 
     #[test]
+    fn fast_path_takes_the_common_frames_only() {
+        for f in [&frames::DNS_QUERY_V4[..], &frames::IPV4_FRAG_FIRST] {
+            assert_eq!(ipv4_fast(f).map(Ok), Some(parse_general(f)));
+        }
+        // Tagged, another protocol, a later fragment, IPv6: the general path's business.
+        for f in [
+            &frames::TCP_SYN_V4_VLAN[..],
+            &frames::ICMPV4_ECHO,
+            &frames::IPV4_FRAG_LAST,
+            &frames::TCP_SYN_V6,
+        ] {
+            assert_eq!(ipv4_fast(f), None);
+        }
+        let mut f = frames::DNS_QUERY_V4;
+        f[14 + 8] = 63; // TTL changed, checksum not
+        assert_eq!(ipv4_fast(&f), None);
+        assert_eq!(parse_headers(&f), Err(Error::Checksum));
+    }
+
+    #[test]
     fn reference_agrees_on_real_frames() {
         for f in ALL_FRAMES {
             assert_eq!(parse_headers(f), reference(f));
@@ -810,6 +906,9 @@ mod tests {
             let f = &f[..cut.index(f.len() + 1)];
             crate::wire::fuzzing::parse_headers(f);
             prop_assert_eq!(parse_headers(f), reference(f));
+            if let Some(h) = ipv4_fast(f) {
+                prop_assert_eq!(Ok(h), parse_general(f));
+            }
         }
 
         #[test]

@@ -268,10 +268,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     #[inline]
     pub fn dec_ttl_update_checksum(&mut self) -> Option<u8> {
         let ttl = self.ttl().checked_sub(1)?;
-        // TTL shares its 16-bit checksum word with the protocol byte.
-        let old = read_u16(self.buffer.as_ref(), field::TTL);
-        let new = u16::from_be_bytes([ttl, self.protocol()]);
-        let hc = checksum::update16(self.checksum(), old, new);
+        // TTL is the high byte of its 16-bit checksum word.
+        let hc = checksum::update_high_byte_decrement(self.checksum());
         self.set_ttl(ttl);
         self.set_checksum(hc);
         Some(ttl)

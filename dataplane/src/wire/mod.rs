@@ -37,7 +37,7 @@ mod frames;
 pub use arp::{ArpOperation, ArpPacket, ArpRepr};
 pub use checksum::PseudoHeader;
 pub use ethernet::{EthernetFrame, EthernetRepr, MacAddr, VlanRepr, VlanTag, VlanTags};
-pub use headers::{Headers, L3, parse_headers};
+pub use headers::{Headers, L3, parse_headers, parse_headers_into};
 pub use icmpv4::{Icmpv4Packet, Icmpv4Repr};
 pub use icmpv6::{Icmpv6Packet, Icmpv6Repr};
 pub use ipv4::{Ipv4Packet, Ipv4Repr};
