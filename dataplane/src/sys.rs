@@ -38,6 +38,18 @@ pub fn advise_hugepages(mem: &mut [u32]) -> bool {
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads, so the sink can
+/// subtract a generator's send time from its receive time.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Hints the CPU to bring the cache line holding `value` into cache, without waiting for it.
 /// Workers call this for a whole batch before deciding, so the lookups' cache misses overlap.
 #[inline(always)]
@@ -216,6 +228,13 @@ mod tests {
         m.copy_within(4096, 8192, 3);
         assert_eq!(m.slice(8192, 3), &[1, 2, 3]);
         assert!(std::panic::catch_unwind(|| m.slice(12_000, 1000).len()).is_err());
+    }
+
+    #[test]
+    fn monotonic_clock_advances() {
+        let a = monotonic_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(monotonic_ns() >= a + 1_000_000);
     }
 
     #[test]

@@ -102,7 +102,7 @@ struct Ring {
     size: u32,
     /// Our side's index (producer for FILL/TX, consumer for RX/COMP), not yet published.
     local: u32,
-    /// Last seen index of the kernel's side.
+    /// Last seen index of the kernel's side (consumer rings refresh it when they run dry).
     cached: u32,
 }
 
@@ -121,12 +121,11 @@ impl Ring {
         unsafe { self.flags.as_ref() }
     }
 
-    /// Producer side: slots free for us to write.
+    /// Producer side: slots free for us to write. Always re-reads the kernel's index (once
+    /// per batch): a stale one would report less room than there is, and callers size their
+    /// writes by it.
     fn free(&mut self) -> u32 {
-        let used = self.local.wrapping_sub(self.cached);
-        if used == self.size {
-            self.cached = self.consumer().load(Ordering::Acquire);
-        }
+        self.cached = self.consumer().load(Ordering::Acquire);
         self.size - self.local.wrapping_sub(self.cached)
     }
 
@@ -599,6 +598,32 @@ impl Ring {
         self.local = self.local.wrapping_add(n);
         self.consumer().store(self.local, Ordering::Release);
         out
+    }
+}
+
+/// Sleeps until one of `sockets` has received something, or `timeout_ms` passes; returns
+/// whether one is readable.
+pub fn wait_readable(sockets: &[XskSocket], timeout_ms: i32) -> io::Result<bool> {
+    let mut fds: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call's duration.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    match r {
+        -1 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        n => Ok(n > 0),
     }
 }
 

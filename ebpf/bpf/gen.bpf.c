@@ -3,7 +3,9 @@
  * prebuilt Ethernet + IP + UDP frame. Each run stamps the frame with its flow, a per-flow
  * sequence number and the send time, moves it to its flow's source port, updates the UDP
  * checksum from a precomputed constant part (constant time, any frame size, IPv4 and IPv6)
- * and sends it out of the interface with XDP_TX. The kernel recycles pages, so every
+ * and sends it out of the interface with XDP_TX. Pacing happens here too: every live-frames
+ * call has a large fixed cost, so user space makes long calls and iterations that are ahead
+ * of the schedule (or past the frame limit) return XDP_DROP without sending. The kernel recycles pages, so every
  * field we vary is rewritten every time. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -30,6 +32,18 @@ struct {
 	__type(value, __u64);
 } gen_count SEC(".maps");
 
+/* Pacing: when this CPU's next frame is due (ktime ns). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} gen_next SEC(".maps");
+
+/* How far behind schedule the sender may fall and still catch up: the time between two
+ * calls from user space (milliseconds each) must not be lost, or the average rate sags. */
+#define MAX_LAG_NS (50 * 1000 * 1000ULL)
+
 /* Headers and the stamp sit at the start of the frame; bounding their offsets keeps every
  * packet pointer's range provable to the verifier. */
 #define MAX_OFF 256
@@ -43,13 +57,25 @@ int linerate_gen(struct xdp_md *ctx)
 	struct gen_stamp *st;
 	struct udphdr *udp;
 	__u32 zero = 0, off, l4, sum;
-	__u64 *count, n;
+	__u64 *count, *next, n, now;
 	__s64 s;
 
 	cfg = bpf_map_lookup_elem(&gen_config, &zero);
 	count = bpf_map_lookup_elem(&gen_count, &zero);
-	if (!cfg || !count || cfg->nflows == 0)
+	next = bpf_map_lookup_elem(&gen_next, &zero);
+	if (!cfg || !count || !next || cfg->nflows == 0)
 		return XDP_ABORTED;
+	/* Past the limit, or ahead of the schedule: this iteration sends nothing. */
+	if (*count >= cfg->limit)
+		return XDP_DROP;
+	now = bpf_ktime_get_ns();
+	if (cfg->gap_ns) {
+		__u64 floor = now > MAX_LAG_NS ? now - MAX_LAG_NS : 0;
+
+		if (*next > now)
+			return XDP_DROP;
+		*next = (*next > floor ? *next : floor) + cfg->gap_ns;
+	}
 	off = cfg->stamp_off;
 	l4 = cfg->l4_off;
 	if (off > MAX_OFF || l4 > MAX_OFF)
@@ -60,8 +86,8 @@ int linerate_gen(struct xdp_md *ctx)
 		return XDP_ABORTED;
 
 	n = (*count)++;
-	st->seq = (__u64)bpf_get_smp_processor_id() << GEN_STREAM_SHIFT | n / cfg->nflows;
-	st->tx_ns = bpf_ktime_get_ns();
+	st->seq = (__u64)cfg->stream << GEN_STREAM_SHIFT | n / cfg->nflows;
+	st->tx_ns = now;
 	udp->source = bpf_htons(cfg->base_sport + n % cfg->nflows);
 
 	/* The checksum is the template's constant part plus what we just wrote, summed as raw

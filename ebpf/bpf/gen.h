@@ -8,7 +8,7 @@
  * 16 bytes, so a minimum-size (60-byte) IPv4 frame carries it. Both fields little-endian.
  * The flow is the source port minus gen_config.base_sport. */
 struct gen_stamp {
-	__u64 seq;   /* bits 56..63: stream (generating CPU); bits 0..55: per-flow sequence */
+	__u64 seq;   /* bits 56..63: stream (gen_config.stream); bits 0..55: per-flow sequence */
 	__u64 tx_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) when the frame was sent */
 };
 
@@ -22,8 +22,11 @@ struct gen_config {
 			   * pseudo-header and datagram with source port, checksum and stamp
 			   * zeroed: the part of the checksum that never changes */
 	__u16 base_sport; /* flow f uses source port base_sport + f (host order) */
-	__u16 pad;
+	__u8 stream;      /* this sender's stream id (distinct per run and thread) */
+	__u8 pad;
 	__u32 pad2;
+	__u64 gap_ns;     /* pacing: at least this long between frames; 0 = as fast as possible */
+	__u64 limit;      /* stop after this many frames (runs past it drop, uncounted) */
 };
 
 #endif

@@ -126,7 +126,7 @@ pub struct FlowEntry {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct GenStamp {
-    /// Bits 56..63: stream (the generating CPU); bits 0..55: per-flow sequence number.
+    /// Bits 56..63: stream (the sender's id); bits 0..55: per-flow sequence number.
     pub seq: u64,
     /// `CLOCK_MONOTONIC` nanoseconds when the frame was sent.
     pub tx_ns: u64,
@@ -165,8 +165,14 @@ pub struct GenConfig {
     /// with source port, checksum and stamp zeroed.
     pub base_sum: u32,
     pub base_sport: u16,
-    pub pad: u16,
+    /// This sender's stream id, written into every stamp (distinct per run and thread).
+    pub stream: u8,
+    pub pad: u8,
     pub pad2: u32,
+    /// Pacing: at least this many ns between frames; 0 = as fast as possible.
+    pub gap_ns: u64,
+    /// Send at most this many frames in all (later iterations drop, uncounted).
+    pub limit: u64,
 }
 
 /// uapi `struct xdp_md`, the context of `BPF_PROG_TEST_RUN` for XDP.
@@ -188,7 +194,7 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowEntry>() == 48);
 const _: () = assert!(size_of::<XdpMd>() == 24);
 const _: () = assert!(size_of::<GenStamp>() == 16);
-const _: () = assert!(size_of::<GenConfig>() == 24);
+const _: () = assert!(size_of::<GenConfig>() == 40);
 
 // SAFETY (all eight): #[repr(C)] structs of integers and byte arrays whose sizes (asserted above)
 // equal the sum of their fields, so there are no implicit padding bytes; every bit pattern is a

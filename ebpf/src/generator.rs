@@ -43,10 +43,19 @@ impl Generator {
         })
     }
 
-    /// Sends `count` copies of `frame` out of `ifindex` from this CPU, in batches of `batch`
-    /// (at most 256; 0 means the kernel's default of 64). Returns when all were handed to
-    /// the driver. The interface's peer must have an XDP program if it is a veth.
-    pub fn send(&self, frame: &[u8], ifindex: u32, count: u32, batch: u32) -> Result<(), XdpError> {
+    /// Runs the program `iterations` times on `frame` as received on `ifindex`, in batches of
+    /// `batch` (at most 256; 0 means the kernel's default of 64). Each iteration sends one
+    /// frame out of `ifindex`, unless pacing or the limit says not yet / no more (see
+    /// `GenConfig`); [`Generator::generated`] tells how many were sent. Every call has a
+    /// fixed cost of milliseconds, so make few long calls. The interface's peer must have an
+    /// XDP program if it is a veth.
+    pub fn run(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+        iterations: u32,
+        batch: u32,
+    ) -> Result<(), XdpError> {
         let prog = crate::steer::program(&self.ebpf, GEN)?;
         let ctx = crate::abi::XdpMd {
             data_end: frame.len() as u32,
@@ -56,7 +65,7 @@ impl Generator {
         prog.test_run(TestRunOptions {
             data_in: Some(frame),
             ctx_in: Some(ctx.as_bytes()),
-            repeat: count,
+            repeat: iterations,
             attrs: TestRunAttrs::new().xdp_live_frames(batch.min(256)),
             ..Default::default()
         })

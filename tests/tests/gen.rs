@@ -56,10 +56,12 @@ fn run_gen(src: &str, dst: &str, len: usize, flows: u32, count: u32) {
         l4_off: t.l4_off,
         base_sum: t.base_sum,
         base_sport: t.base_sport,
+        limit: count as u64,
         ..GenConfig::default()
     })
     .unwrap();
-    g.send(&t.frame, ifindex(&pair.a), count, 64).unwrap();
+    // Twice the iterations: the limit must stop it at exactly `count`.
+    g.run(&t.frame, ifindex(&pair.a), 2 * count, 64).unwrap();
     assert_eq!(g.generated().unwrap(), count as u64);
 
     // The link also carries the kernel's own chatter (IPv6 MLD reports after link-up): keep

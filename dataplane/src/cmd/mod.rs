@@ -1,0 +1,138 @@
+//! The `linerate` subcommands. Each module is one job: its arguments and how it runs.
+
+pub mod generate;
+pub mod pipeline;
+pub mod sink;
+
+use anyhow::{Context, Result};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+/// `5s`, `500ms`, `1m` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 5s, 500ms or 1m"))?;
+    let secs = match unit {
+        "ms" => v / 1e3,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s or m)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        return Err(format!("'{s}' must be between 1ms and 24h"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A count per second with an optional SI suffix: `1500`, `100k`, `2.5M`, `10G`.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&s[..i], 1e6),
+        Some((i, 'g' | 'G')) => (&s[..i], 1e9),
+        _ => (s, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a rate like 1500, 100k, 2.5M or 10G"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("rate '{s}' must be positive"));
+    }
+    Ok(v * mult)
+}
+
+/// `02:00:5e:10:00:01`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || format!("'{s}' is not a MAC address like 02:00:5e:10:00:01");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(mac)
+}
+
+/// A flag set by SIGINT or SIGTERM, so every job stops cleanly and still reports.
+pub fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, std::sync::atomic::Ordering::Relaxed))
+        .context("installing the SIGINT/SIGTERM handler")?;
+    Ok(stop)
+}
+
+/// The once-a-second progress line: rewritten in place on a terminal, one line each
+/// otherwise (logs, CI).
+pub struct Live {
+    tty: bool,
+}
+
+impl Live {
+    pub fn new() -> Live {
+        Live {
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn line(&self, t: Duration, text: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            write!(err, "\r\x1b[2K[{:>4.0}s] {text}", t.as_secs_f64())
+        } else {
+            writeln!(err, "[{:>4.0}s] {text}", t.as_secs_f64())
+        };
+        let _ = err.flush();
+    }
+
+    pub fn done(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+/// The interface index of `dev`, or a clear error.
+pub fn ifindex(dev: &str) -> Result<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{dev}/ifindex"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .with_context(|| format!("--dev {dev}: no such network interface"))
+}
+
+/// The MAC address of `dev`.
+pub fn mac_of(dev: &str) -> Result<[u8; 6]> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{dev}/address"))
+        .with_context(|| format!("--dev {dev}: no such network interface"))?;
+    parse_mac(s.trim()).map_err(|e| anyhow::anyhow!("{dev}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_durations_macs() {
+        assert_eq!(parse_rate("2.5M"), Ok(2.5e6));
+        assert_eq!(parse_rate("100k"), Ok(1e5));
+        assert_eq!(parse_rate("10G"), Ok(1e10));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("-1").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_mac("02:00:5e:10:00:01"), Ok([2, 0, 0x5e, 0x10, 0, 1]));
+        assert!(parse_mac("02:00:5e:10:00").is_err());
+        assert!(parse_mac("02:00:5e:10:00:zz").is_err());
+    }
+}

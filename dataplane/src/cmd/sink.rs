@@ -1,0 +1,241 @@
+//! `linerate sink`: receives through AF_XDP and reports rate, loss, reordering and one-way
+//! latency of `linerate gen` traffic.
+//!
+//! Our steering program on the interface sends everything but ARP and neighbour discovery to
+//! one AF_XDP socket per RX queue; the sockets share one UMEM. Frames that are not UDP to
+//! `--dport` are counted as foreign and recycled. Latency is receive time minus the stamp's
+//! send time, both `CLOCK_MONOTONIC`, so generator and sink must run on the same host.
+
+use super::{Live, parse_duration};
+use anyhow::{Context, Result, bail};
+use linerate_dataplane::sink::SinkStats;
+use linerate_dataplane::sys::{Mmap, monotonic_ns};
+use linerate_dataplane::wire::parse_headers;
+use linerate_dataplane::xsk::{UmemArea, XskConfig, XskSocket, wait_readable};
+use linerate_ebpf::abi::GenStamp;
+use linerate_ebpf::{Action, AttachMode, Attached, Steering};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const CHUNK: u32 = 2048;
+const CHUNKS_PER_QUEUE: u64 = 4096;
+
+#[derive(clap::Args)]
+pub struct SinkArgs {
+    /// Interface to receive on.
+    #[arg(long)]
+    dev: String,
+    /// RX queues to bind, 0..N (default: all of the interface's).
+    #[arg(long)]
+    queues: Option<u32>,
+    /// UDP destination port of the traffic to analyse.
+    #[arg(long, default_value_t = 9)]
+    dport: u16,
+    /// The generator's first source port (flow = source port - this).
+    #[arg(long, default_value_t = 1024)]
+    sport: u16,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: XdpModeArg,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum XdpModeArg {
+    Auto,
+    Driver,
+    Skb,
+}
+
+fn rx_queues(dev: &str) -> Result<u32> {
+    let n = std::fs::read_dir(format!("/sys/class/net/{dev}/queues"))
+        .with_context(|| format!("--dev {dev}: no such network interface"))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    Ok(n.max(1) as u32)
+}
+
+pub fn run(a: SinkArgs) -> Result<()> {
+    let queues = match a.queues {
+        Some(0) => bail!("--queues 0: need at least one queue"),
+        Some(q) => q,
+        None => rx_queues(&a.dev)?,
+    };
+    let stop = super::stop_flag()?;
+    let mut steer = Steering::load().context("loading the steering program")?;
+    steer.set_rules(&[], Action::Xsk)?;
+    let mode = match a.xdp_mode {
+        XdpModeArg::Auto => AttachMode::Auto,
+        XdpModeArg::Driver => AttachMode::Driver,
+        XdpModeArg::Skb => AttachMode::Skb,
+    };
+    match steer.attach(&a.dev, mode)? {
+        Attached::Driver => eprintln!("sink: XDP attached to {} in driver mode", a.dev),
+        Attached::Skb { why: Some(why) } => {
+            eprintln!(
+                "sink: driver-mode XDP refused on {} ({why}); using skb (generic) mode",
+                a.dev
+            )
+        }
+        Attached::Skb { why: None } => eprintln!("sink: XDP attached to {} in skb mode", a.dev),
+    }
+    let chunks = CHUNKS_PER_QUEUE * queues as u64;
+    let umem = Mmap::anonymous((chunks * CHUNK as u64) as usize).context("allocating the UMEM")?;
+    let area = UmemArea {
+        base: umem.as_ptr(),
+        len: umem.len(),
+        chunk: CHUNK,
+    };
+    let cfg = XskConfig::default();
+    let mut socks: Vec<XskSocket> = Vec::new();
+    for q in 0..queues {
+        let s = XskSocket::bind(area, socks.first(), &a.dev, q, &cfg)?;
+        steer.bind_xsk(q, s.fd())?;
+        socks.push(s);
+    }
+    eprintln!(
+        "sink: {} queue(s) on {}, {} mode; analysing UDP to port {}",
+        queues,
+        a.dev,
+        if socks[0].is_zero_copy() {
+            "zero-copy"
+        } else {
+            "copy"
+        },
+        a.dport
+    );
+    // Each socket gets its own share of chunks on its FILL ring; a received chunk goes back
+    // to the FILL ring of the socket it arrived on.
+    for (q, s) in socks.iter_mut().enumerate() {
+        let base = q as u64 * CHUNKS_PER_QUEUE;
+        s.fill((base..base + CHUNKS_PER_QUEUE).map(|i| i * CHUNK as u64));
+    }
+    let mut stats = SinkStats::with_flows(1024);
+    let live = Live::new();
+    let start = Instant::now();
+    let mut last = (Instant::now(), 0u64, 0u64);
+    let mut recycled: Vec<u64> = Vec::with_capacity(256);
+    while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| start.elapsed() < d) {
+        let mut got = 0;
+        for s in socks.iter_mut() {
+            let rx_ns = monotonic_ns();
+            s.recv(256, |d| {
+                let f = umem.slice(d.addr as usize, d.len as usize);
+                match parse_headers(f) {
+                    Ok(h) if h.proto == 17 && h.dst_port == a.dport => {
+                        let l4 = h.l4_offset as usize;
+                        match GenStamp::read(&f[(l4 + 8).min(f.len())..]) {
+                            Some(st) => stats.record(
+                                st.stream(),
+                                h.src_port.wrapping_sub(a.sport),
+                                st.sequence(),
+                                st.tx_ns,
+                                rx_ns,
+                                f.len(),
+                            ),
+                            None => stats.foreign += 1,
+                        }
+                    }
+                    _ => stats.foreign += 1,
+                }
+                recycled.push(d.addr & !(CHUNK as u64 - 1));
+            });
+            got += recycled.len();
+            // The FILL ring always has room for what RX took from it; if it ever had not, the
+            // chunks wait here rather than leak.
+            let back = s.fill(recycled.iter().copied()) as usize;
+            recycled.drain(..back);
+        }
+        if got == 0 {
+            wait_readable(&socks, 10).context("poll on the AF_XDP sockets")?;
+        }
+        if last.0.elapsed() >= Duration::from_secs(1) {
+            let t = stats.totals();
+            let dt = last.0.elapsed().as_secs_f64();
+            live.line(
+                start.elapsed(),
+                &format!(
+                    "{:>8.3} Mpps  {:>7.3} Gbps  lost {}  reordered {}  p99 {:.1} us",
+                    (t.received - last.1) as f64 / dt / 1e6,
+                    (stats.bytes - last.2) as f64 * 8.0 / dt / 1e9,
+                    t.lost,
+                    t.reordered,
+                    stats.latency.quantile(0.99).unwrap_or(0) as f64 / 1e3
+                ),
+            );
+            last = (Instant::now(), t.received, stats.bytes);
+        }
+    }
+    live.done();
+    let mut kernel = KernelDrops::default();
+    for s in &socks {
+        let st = s.statistics()?;
+        kernel.rx_dropped += st.rx_dropped;
+        kernel.rx_ring_full += st.rx_ring_full;
+        kernel.fill_ring_empty += st.rx_fill_ring_empty_descs;
+    }
+    report(&stats, &kernel, start.elapsed(), a.json);
+    Ok(())
+}
+
+/// Where the kernel dropped frames before they reached us (`XDP_STATISTICS`).
+#[derive(Default)]
+struct KernelDrops {
+    rx_dropped: u64,
+    rx_ring_full: u64,
+    fill_ring_empty: u64,
+}
+
+fn report(s: &SinkStats, k: &KernelDrops, elapsed: Duration, json: bool) {
+    let t = s.totals();
+    let secs = elapsed.as_secs_f64();
+    let q = |p| s.latency.quantile(p).unwrap_or(0);
+    if json {
+        println!(
+            "{{\"elapsed_s\":{secs:.3},\"received\":{},\"bytes\":{},\"mpps\":{:.3},\"flows\":{},\"lost\":{},\"reordered\":{},\"duplicates\":{},\"foreign\":{},\"kernel\":{{\"rx_dropped\":{},\"rx_ring_full\":{},\"fill_ring_empty\":{}}},\"latency_ns\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}",
+            t.received,
+            s.bytes,
+            t.received as f64 / secs / 1e6,
+            t.flows,
+            t.lost,
+            t.reordered,
+            t.duplicates,
+            s.foreign,
+            k.rx_dropped,
+            k.rx_ring_full,
+            k.fill_ring_empty,
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            s.latency.max()
+        );
+        return;
+    }
+    println!(
+        "received   {} frames, {} bytes in {secs:.2} s ({:.3} Mpps)",
+        t.received,
+        s.bytes,
+        t.received as f64 / secs / 1e6
+    );
+    println!("flows      {}", t.flows);
+    println!("lost       {}", t.lost);
+    println!("reordered  {}", t.reordered);
+    println!("duplicates {}", t.duplicates);
+    println!("foreign    {}", s.foreign);
+    println!(
+        "kernel     rx_dropped {}  rx_ring_full {}  fill_ring_empty {}",
+        k.rx_dropped, k.rx_ring_full, k.fill_ring_empty
+    );
+    println!(
+        "latency    p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us",
+        q(0.5) as f64 / 1e3,
+        q(0.99) as f64 / 1e3,
+        q(0.999) as f64 / 1e3,
+        s.latency.max() as f64 / 1e3
+    );
+}
