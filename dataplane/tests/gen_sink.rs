@@ -1,0 +1,185 @@
+//! `linerate gen` into `linerate sink` across a veth pair (no addresses: nothing leaves the
+//! pair): at a modest rate every frame arrives, in order, and the sink's report says so.
+
+use linerate_tests::{VethPair, privileged, run};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn linerate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_linerate"))
+}
+
+fn field(json: &str, key: &str) -> u64 {
+    let at = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} in {json}"));
+    json[at + key.len() + 3..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn generated_frames_all_arrive_at_the_sink() {
+    if !privileged("gen_sink::generated_frames_all_arrive_at_the_sink") {
+        return;
+    }
+    let pair = VethPair::new().unwrap();
+    for end in [&pair.a, &pair.b] {
+        run("ip", &["link", "set", end, "up"]).unwrap();
+    }
+    let mut sink = linerate()
+        .args(["sink", "--dev", &pair.b, "--duration", "4s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Traffic starts once the sink says its sockets are bound.
+    let mut err = BufReader::new(sink.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("analysing") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "sink exited before binding"
+        );
+    }
+    let drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let generator = linerate()
+        .args([
+            "gen",
+            "--dev",
+            &pair.a,
+            "--src",
+            "192.0.2.1",
+            "--dst",
+            "198.51.100.1",
+        ])
+        .args(["--flows", "8", "--pps", "20k", "--count", "20000", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        generator.status.success(),
+        "gen: {}",
+        String::from_utf8_lossy(&generator.stderr)
+    );
+    let g = String::from_utf8_lossy(&generator.stdout);
+    assert_eq!(field(&g, "sent"), 20000, "{g}");
+    let out = sink.wait_with_output().unwrap();
+    drain.join().unwrap().unwrap();
+    assert!(out.status.success(), "sink failed");
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(field(&s, "received"), 20000, "{s}");
+    assert_eq!(field(&s, "lost"), 0, "{s}");
+    assert_eq!(field(&s, "reordered"), 0, "{s}");
+    assert_eq!(field(&s, "duplicates"), 0, "{s}");
+    assert_eq!(field(&s, "flows"), 8, "{s}");
+    assert!(field(&s, "p50") > 0, "{s}");
+    let link = run("ip", &["-d", "link", "show", &pair.b]).unwrap();
+    assert!(
+        !link.contains("prog/xdp"),
+        "the sink detached its program on exit: {link}"
+    );
+}
+
+#[test]
+fn gen_and_sink_refuse_bad_arguments_clearly() {
+    for (args, needle) in [
+        (
+            vec![
+                "gen",
+                "--dev",
+                "lr-none",
+                "--src",
+                "192.0.2.1",
+                "--dst",
+                "192.0.2.2",
+            ],
+            "no such network interface",
+        ),
+        (
+            vec![
+                "gen",
+                "--dev",
+                "lo",
+                "--src",
+                "192.0.2.1",
+                "--dst",
+                "2001:db8::1",
+            ],
+            "same IP family",
+        ),
+        (
+            vec![
+                "gen",
+                "--dev",
+                "lo",
+                "--src",
+                "192.0.2.1",
+                "--dst",
+                "192.0.2.2",
+                "--len",
+                "20",
+            ],
+            "frame length 20",
+        ),
+        (
+            vec![
+                "gen",
+                "--dev",
+                "lo",
+                "--src",
+                "192.0.2.1",
+                "--dst",
+                "192.0.2.2",
+                "--pps",
+                "fast",
+            ],
+            "not a rate",
+        ),
+        (
+            vec![
+                "gen",
+                "--dev",
+                "lo",
+                "--src",
+                "192.0.2.1",
+                "--dst",
+                "192.0.2.2",
+                "--dst-mac",
+                "zz",
+            ],
+            "not a MAC",
+        ),
+        (
+            vec![
+                "gen",
+                "--dev",
+                "lo",
+                "--src",
+                "192.0.2.1",
+                "--dst",
+                "192.0.2.2",
+                "--count",
+                "0",
+            ],
+            "nothing to send",
+        ),
+        (
+            vec!["sink", "--dev", "lr-none"],
+            "no such network interface",
+        ),
+        (
+            vec!["sink", "--dev", "lo", "--queues", "0"],
+            "at least one queue",
+        ),
+    ] {
+        let out = linerate().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
