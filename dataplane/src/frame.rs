@@ -5,6 +5,7 @@
 //! `Frame` value owns that buffer until it hands it to a port, a ring, or back to the pool, so a
 //! buffer cannot be in two places at once. The pool never allocates after construction.
 
+use crate::sys::Mmap;
 use thiserror::Error;
 
 /// A buffer descriptor: `len` bytes starting at `addr` inside a [`BufferPool`]'s region.
@@ -54,14 +55,21 @@ pub enum PoolError {
     FrameSize { frame_size: usize },
     #[error("buffer pool: frame count {frame_count} must be between 1 and {max}")]
     FrameCount { frame_count: usize, max: usize },
+    #[error("buffer pool: mapping {bytes} bytes failed: {reason}")]
+    Map { bytes: usize, reason: String },
 }
 
 /// A region of `frame_count` buffers of `frame_size` bytes each, with a LIFO free list (the
 /// most recently freed buffer is the one still warm in cache).
+///
+/// The region is an anonymous mapping ([`Mmap`]), so any pool can be registered as an AF_XDP
+/// UMEM. A frame's address may point past the start of its buffer (AF_XDP delivers received
+/// frames behind 256 bytes of headroom); freeing returns the whole buffer.
 pub struct BufferPool {
-    region: Box<[u8]>,
+    region: Mmap,
     frame_size: usize,
     shift: u32,
+    frames: usize,
     free: Vec<u64>,
 }
 
@@ -79,7 +87,11 @@ impl BufferPool {
                 max: Self::MAX_FRAMES,
             });
         }
-        let region = vec![0u8; frame_count * frame_size].into_boxed_slice();
+        let region =
+            Mmap::anonymous(frame_count * frame_size).map_err(|source| PoolError::Map {
+                bytes: frame_count * frame_size,
+                reason: source.to_string(),
+            })?;
         // Pop order is ascending so that fresh pools hand out low addresses first.
         let free = (0..frame_count as u64)
             .rev()
@@ -89,6 +101,7 @@ impl BufferPool {
             region,
             frame_size,
             shift: frame_size.trailing_zeros(),
+            frames: frame_count,
             free,
         })
     }
@@ -99,7 +112,22 @@ impl BufferPool {
 
     /// Total number of frames, free or not.
     pub fn capacity(&self) -> usize {
-        self.region.len() >> self.shift
+        self.frames
+    }
+
+    /// The region, for registering it as an AF_XDP UMEM.
+    pub fn umem_area(&self) -> crate::xsk::UmemArea {
+        crate::xsk::UmemArea {
+            base: self.region.as_ptr(),
+            len: self.frames << self.shift,
+            chunk: self.frame_size as u32,
+        }
+    }
+
+    /// The buffer (chunk) a frame address lies in.
+    #[inline]
+    fn chunk(&self, addr: u64) -> u64 {
+        addr & !(self.frame_size as u64 - 1)
     }
 
     /// Number of frames currently in the free list.
@@ -137,7 +165,7 @@ impl BufferPool {
             frame.addr
         );
         debug_assert!(self.free.len() < self.capacity(), "pool over-freed");
-        self.free.push(frame.addr);
+        self.free.push(self.chunk(frame.addr));
     }
 
     /// Returns every frame of `batch` to the free list, front to back, and empties it: one
@@ -153,36 +181,45 @@ impl BufferPool {
             self.free.len() + frames.len() <= self.capacity(),
             "pool over-freed"
         );
-        self.free.extend(frames.iter().map(|f| f.addr));
+        let mask = !(self.frame_size as u64 - 1);
+        self.free.extend(frames.iter().map(|f| f.addr & mask));
         batch.forget_freed();
     }
 
-    /// True if `frame` addresses a buffer of this pool (its start is frame-aligned and inside).
+    /// True if `frame` lies inside one buffer of this pool.
     pub fn owns(&self, frame: &Frame) -> bool {
-        frame.addr < self.region.len() as u64 && frame.addr & (self.frame_size as u64 - 1) == 0
+        let off = frame.addr - self.chunk(frame.addr);
+        (frame.addr >> self.shift) < self.frames as u64
+            && off + frame.len as u64 <= self.frame_size as u64
+    }
+
+    /// Room in the frame's buffer from its address to the end of the buffer.
+    #[inline]
+    fn room(&self, frame: &Frame) -> usize {
+        self.frame_size - (frame.addr - self.chunk(frame.addr)) as usize
     }
 
     /// The frame's valid bytes.
     #[inline]
     pub fn data(&self, frame: &Frame) -> &[u8] {
-        let start = frame.addr as usize;
-        &self.region[start..start + frame.len as usize]
+        self.region.slice(frame.addr as usize, frame.len as usize)
     }
 
     /// The frame's valid bytes, writable.
     #[inline]
     pub fn data_mut(&mut self, frame: &Frame) -> &mut [u8] {
-        let start = frame.addr as usize;
-        &mut self.region[start..start + frame.len as usize]
+        self.region
+            .slice_mut(frame.addr as usize, frame.len as usize)
     }
 
-    /// Copies `bytes` into the frame's buffer and sets its length. Bytes beyond the frame size
-    /// are cut off; the return value says how many were kept.
+    /// Copies `bytes` into the frame's buffer and sets its length. Bytes beyond the buffer are
+    /// cut off; the return value says how many were kept.
     #[inline]
     pub fn fill(&mut self, frame: &mut Frame, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(self.frame_size);
-        let start = frame.addr as usize;
-        self.region[start..start + n].copy_from_slice(&bytes[..n]);
+        let n = bytes.len().min(self.room(frame));
+        self.region
+            .slice_mut(frame.addr as usize, n)
+            .copy_from_slice(&bytes[..n]);
         frame.len = n as u32;
         n
     }
@@ -192,18 +229,23 @@ impl BufferPool {
     /// `memcpy` call — what a generator writing minimum-size frames needs.
     #[inline]
     pub fn fill_block64(&mut self, frame: &mut Frame, block: &[u8; 64], len: usize) {
-        let start = frame.addr as usize;
-        let dst: &mut [u8; 64] = (&mut self.region[start..start + 64])
+        debug_assert!(
+            self.room(frame) >= 64,
+            "fill_block64 needs 64 bytes of room"
+        );
+        let dst: &mut [u8; 64] = self
+            .region
+            .slice_mut(frame.addr as usize, 64)
             .try_into()
-            .expect("frames are at least 64 bytes");
+            .expect("a 64-byte slice");
         *dst = *block;
         frame.len = len.min(64) as u32;
     }
 
-    /// Sets the frame's length, clamped to the frame size.
+    /// Sets the frame's length, clamped to the room in its buffer.
     #[inline]
     pub fn set_len(&self, frame: &mut Frame, len: usize) {
-        frame.len = len.min(self.frame_size) as u32;
+        frame.len = len.min(self.room(frame)) as u32;
     }
 
     /// Copies `src`'s bytes into a newly allocated frame (used for broadcast and handoff).
@@ -211,7 +253,7 @@ impl BufferPool {
     pub fn clone_frame(&mut self, src: &Frame) -> Option<Frame> {
         let mut dst = self.alloc()?;
         let (s, d, n) = (src.addr as usize, dst.addr as usize, src.len as usize);
-        self.region.copy_within(s..s + n, d);
+        self.region.copy_within(s, d, n);
         dst.len = src.len;
         Some(dst)
     }
@@ -273,6 +315,33 @@ mod tests {
         assert_eq!(pool.available(), 2);
         pool.free_batch(&mut b);
         assert_eq!(pool.available(), 6);
+    }
+
+    #[test]
+    fn frames_behind_headroom_free_their_whole_buffer() {
+        let mut pool = BufferPool::new(2, 2048).unwrap();
+        let f = pool.alloc().unwrap();
+        let base = f.addr();
+        let _ = f.into_raw();
+        // As AF_XDP delivers it: 256 bytes into the buffer.
+        let mut g = Frame::from_raw(base + 256, 100);
+        assert!(pool.owns(&g));
+        assert!(
+            !pool.owns(&Frame::from_raw(base + 2000, 100)),
+            "runs past its buffer"
+        );
+        assert_eq!(
+            pool.fill(&mut g, &[7u8; 4000]),
+            2048 - 256,
+            "room ends at the buffer's end"
+        );
+        pool.free(g);
+        assert_eq!(pool.available(), 2);
+        assert_eq!(
+            pool.alloc().unwrap().into_raw().0,
+            base,
+            "the whole buffer came back"
+        );
     }
 
     #[test]
