@@ -95,6 +95,9 @@ pub struct WorkerReport {
     pub pool_capacity: usize,
     /// Packets still waiting in this worker's incoming handoff rings (copies, not frames).
     pub handoff_pending: usize,
+    /// Frames in the free list after every port gave back what it held: the whole pool,
+    /// unless a port lost track of a frame.
+    pub free_after_release: usize,
 }
 
 impl WorkerReport {
@@ -342,6 +345,7 @@ impl<L: Logic> Worker<L> {
         for port in &mut self.ports {
             port.release(&mut self.pool);
         }
+        let free_after_release = self.pool.available();
         let handoff_pending = self.handoff_rx.iter_mut().map(|r| r.ready()).sum();
         self.shared.publish(&self.counts);
         WorkerReport {
@@ -351,6 +355,7 @@ impl<L: Logic> Worker<L> {
             port_held,
             pool_capacity: self.pool.capacity(),
             handoff_pending,
+            free_after_release,
         }
     }
 

@@ -91,6 +91,10 @@ fn assert_all_home(mut w: Worker<ByOctet>, wires: &mut [MemWire]) {
     let report = w.finish();
     assert!(report.frames_accounted(), "{report:?}");
     assert_eq!(report.pool_free, report.pool_capacity, "{report:?}");
+    assert_eq!(
+        report.free_after_release, report.pool_capacity,
+        "{report:?}"
+    );
 }
 
 #[test]

@@ -27,6 +27,7 @@ struct gen_config {
 	__u32 pad2;
 	__u64 gap_ns;     /* pacing: at least this long between frames; 0 = as fast as possible */
 	__u64 limit;      /* stop after this many frames (runs past it drop, uncounted) */
+	__u64 max_lag_ns; /* how far behind schedule catching up may reach (bounds bursts) */
 };
 
 #endif

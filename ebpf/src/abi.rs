@@ -173,6 +173,8 @@ pub struct GenConfig {
     pub gap_ns: u64,
     /// Send at most this many frames in all (later iterations drop, uncounted).
     pub limit: u64,
+    /// How far behind its schedule the sender may catch up, in ns: bounds bursts.
+    pub max_lag_ns: u64,
 }
 
 /// uapi `struct xdp_md`, the context of `BPF_PROG_TEST_RUN` for XDP.
@@ -194,7 +196,7 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowEntry>() == 48);
 const _: () = assert!(size_of::<XdpMd>() == 24);
 const _: () = assert!(size_of::<GenStamp>() == 16);
-const _: () = assert!(size_of::<GenConfig>() == 40);
+const _: () = assert!(size_of::<GenConfig>() == 48);
 
 // SAFETY (all eight): #[repr(C)] structs of integers and byte arrays whose sizes (asserted above)
 // equal the sum of their fields, so there are no implicit padding bytes; every bit pattern is a

@@ -4,7 +4,7 @@
 
 use crate::abi::GenConfig;
 use crate::steer::XdpError;
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::{Array, MapData};
 use aya::{Ebpf, TestRun, TestRunAttrs, TestRunOptions};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gen.bpf.o"));
@@ -14,7 +14,7 @@ const GEN: &str = "linerate_gen";
 pub struct Generator {
     ebpf: Ebpf,
     config: Array<MapData, GenConfig>,
-    count: PerCpuArray<MapData, u64>,
+    count: Array<MapData, u64>,
 }
 
 impl Generator {
@@ -76,12 +76,11 @@ impl Generator {
         })
     }
 
-    /// Frames generated so far, over all CPUs.
+    /// Frames generated so far by this instance.
     pub fn generated(&self) -> Result<u64, XdpError> {
-        let v = self.count.get(&0, 0).map_err(|source| XdpError::Map {
+        self.count.get(&0, 0).map_err(|source| XdpError::Map {
             map: "gen_count",
             source,
-        })?;
-        Ok(v.iter().sum())
+        })
     }
 }

@@ -57,6 +57,7 @@ fn run_gen(src: &str, dst: &str, len: usize, flows: u32, count: u32) {
         base_sum: t.base_sum,
         base_sport: t.base_sport,
         limit: count as u64,
+        max_lag_ns: 0,
         ..GenConfig::default()
     })
     .unwrap();

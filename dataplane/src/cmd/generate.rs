@@ -141,21 +141,23 @@ pub fn run(a: GenArgs) -> Result<()> {
             .map(|c| c / a.threads as u64 + u64::from((th as u64) < c % a.threads as u64));
         let rate = pps.map(|p| p / a.threads as f64);
         handles.push(std::thread::spawn(move || -> Result<()> {
-            let setup = (|| -> Result<Generator> {
+            let setup = (|| -> Result<(Generator, GenConfig)> {
                 pin(th, th).context("pinning the sending thread")?;
                 let mut g = Generator::load().context("loading the generator program")?;
-                g.configure(GenConfig {
+                let gcfg = GenConfig {
                     stream: stream_base.wrapping_add(th as u8),
-                    gap_ns: rate.map_or(0, |r| (1e9 / r).max(1.0) as u64),
                     limit: share.unwrap_or(u64::MAX),
                     ..cfg
-                })?;
-                Ok(g)
+                };
+                g.configure(gcfg)?;
+                Ok((g, gcfg))
             })();
             ready.wait();
-            let g = setup?;
+            let (mut g, gcfg) = setup?;
             let deadline = duration.map(|d| Instant::now() + d);
-            send_loop(&g, &frame, ifindex, share, deadline, &stop, &sent[th])
+            send_loop(
+                &mut g, gcfg, rate, &frame, ifindex, share, deadline, &stop, &sent[th],
+            )
         }));
     }
     ready.wait();
@@ -208,8 +210,16 @@ pub fn run(a: GenArgs) -> Result<()> {
 /// last about 200 ms so that cost stays small while stop, deadline and progress are still
 /// checked often; pacing and the frame limit are enforced inside the program, which catches
 /// up on the time between calls.
+///
+/// Paced runs: the program sends one frame per `gap_ns` while a call runs and may catch up
+/// only 64 gaps after a pause, so the pause between calls would lower the average rate. After
+/// each call the gap is recomputed from how far the stream is behind its schedule, so the
+/// average comes out right without bursts.
+#[allow(clippy::too_many_arguments)]
 fn send_loop(
-    g: &Generator,
+    g: &mut Generator,
+    mut cfg: GenConfig,
+    rate: Option<f64>,
     frame: &[u8],
     ifindex: u32,
     count: Option<u64>,
@@ -217,7 +227,14 @@ fn send_loop(
     stop: &AtomicBool,
     sent: &AtomicU64,
 ) -> Result<()> {
+    const CALL: f64 = 0.2;
+    let start = Instant::now();
     let mut iterations: u32 = 1 << 16;
+    if let Some(r) = rate {
+        cfg.gap_ns = (1e9 / r).max(1.0) as u64;
+        cfg.max_lag_ns = cfg.gap_ns * 64;
+        g.configure(cfg)?;
+    }
     loop {
         if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -230,7 +247,15 @@ fn send_loop(
         if count.is_some_and(|c| done >= c) {
             break;
         }
-        iterations = (iterations as f64 * 0.2 / took).clamp(4096.0, (1u32 << 24) as f64) as u32;
+        iterations = (iterations as f64 * CALL / took).clamp(4096.0, (1u32 << 24) as f64) as u32;
+        if let Some(r) = rate {
+            // Frames due by the end of the next call, spread over that call.
+            let due = r * (start.elapsed().as_secs_f64() + CALL);
+            let want = (due - done as f64).max(r * CALL * 0.5);
+            cfg.gap_ns = (CALL * 1e9 / want).clamp(1.0, 1e9 / r * 2.0) as u64;
+            cfg.max_lag_ns = cfg.gap_ns * 64;
+            g.configure(cfg)?;
+        }
     }
     Ok(())
 }

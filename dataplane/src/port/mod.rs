@@ -7,6 +7,9 @@
 //! back in [`Port::release`], so a worker can prove after any run that every frame is in
 //! exactly one place.
 
+mod xsk;
+pub use xsk::XskPort;
+
 use crate::batch::Batch;
 use crate::frame::{BufferPool, Frame};
 use crate::ring::{self, Consumer, Producer};
