@@ -20,6 +20,9 @@ enum Cmd {
     /// Forward generated frames through parse, TTL decrement, LPM routing and the fabric on N
     /// pinned workers, entirely in memory, and report the rate per worker and drops by reason.
     Pipeline(cmd::pipeline::PipelineArgs),
+    /// Forward among interfaces through AF_XDP sockets owned by pinned workers, with static,
+    /// bridge or router logic, optional TTL decrement and filter.
+    Fwd(cmd::fwd::FwdArgs),
     /// Generate UDP test traffic out of an interface: prebuilt frames stamped with flow,
     /// per-flow sequence number and send time, at a fixed rate or as fast as possible.
     Gen(cmd::generate::GenArgs),
@@ -32,6 +35,7 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Pipeline(a) => cmd::pipeline::run(a),
+        Cmd::Fwd(a) => cmd::fwd::run(a),
         Cmd::Gen(a) => cmd::generate::run(a),
         Cmd::Sink(a) => cmd::sink::run(a),
     };
