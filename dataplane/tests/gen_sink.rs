@@ -1,5 +1,6 @@
-//! `linerate gen` into `linerate sink` across a veth pair (no addresses: nothing leaves the
-//! pair): at a modest rate every frame arrives, in order, and the sink's report says so.
+//! `linerate gen`, `fwd` and `sink` across veth pairs (no addresses: nothing leaves the
+//! pairs): at a modest rate every frame arrives, in order, and the reports say so; after the
+//! commands exit no XDP program is left on any interface.
 
 use linerate_tests::{VethPair, privileged, run};
 use std::io::{BufRead, BufReader};
@@ -30,23 +31,7 @@ fn generated_frames_all_arrive_at_the_sink() {
     for end in [&pair.a, &pair.b] {
         run("ip", &["link", "set", end, "up"]).unwrap();
     }
-    let mut sink = linerate()
-        .args(["sink", "--dev", &pair.b, "--duration", "4s", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Traffic starts once the sink says its sockets are bound.
-    let mut err = BufReader::new(sink.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("analysing") {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "sink exited before binding"
-        );
-    }
-    let drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let (sink, drain) = start_sink(&pair.b, "4s");
     let generator = linerate()
         .args([
             "gen",
@@ -82,6 +67,107 @@ fn generated_frames_all_arrive_at_the_sink() {
         !link.contains("prog/xdp"),
         "the sink detached its program on exit: {link}"
     );
+}
+
+/// Starts `linerate sink` on `dev` and returns once its sockets are bound.
+fn start_sink(
+    dev: &str,
+    secs: &str,
+) -> (
+    std::process::Child,
+    std::thread::JoinHandle<std::io::Result<u64>>,
+) {
+    let mut sink = linerate()
+        .args(["sink", "--dev", dev, "--duration", secs, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(sink.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("analysing") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "sink exited before binding"
+        );
+    }
+    (
+        sink,
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink())),
+    )
+}
+
+#[test]
+fn gen_through_fwd_to_sink_loses_nothing_and_leaves_no_program() {
+    if !privileged("gen_sink::gen_through_fwd_to_sink_loses_nothing_and_leaves_no_program") {
+        return;
+    }
+    let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
+    for end in [&left.a, &left.b, &right.a, &right.b] {
+        run("ip", &["link", "set", end, "up"]).unwrap();
+    }
+    let (sink, drain) = start_sink(&right.b, "6s");
+    let mut fwd = linerate()
+        .args(["fwd", "--port", &left.b, "--port", &right.a, "--map", "0:1"])
+        .args([
+            "--rewrite",
+            "1=02:00:00:00:00:99",
+            "--ttl",
+            "--duration",
+            "5s",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(fwd.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("AF_XDP in") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "fwd exited before binding"
+        );
+    }
+    let fwd_drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let generator = linerate()
+        .args([
+            "gen",
+            "--dev",
+            &left.a,
+            "--src",
+            "192.0.2.1",
+            "--dst",
+            "198.51.100.1",
+        ])
+        .args(["--flows", "8", "--pps", "20k", "--count", "20000", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        generator.status.success(),
+        "gen: {}",
+        String::from_utf8_lossy(&generator.stderr)
+    );
+    let f = fwd.wait_with_output().unwrap();
+    fwd_drain.join().unwrap().unwrap();
+    assert!(f.status.success(), "fwd failed");
+    let fj = String::from_utf8_lossy(&f.stdout);
+    assert!(fj.contains("\"frames_accounted\":true"), "{fj}");
+    let out = sink.wait_with_output().unwrap();
+    drain.join().unwrap().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(field(&s, "received"), 20000, "{s}\nfwd: {fj}");
+    assert_eq!(field(&s, "lost"), 0, "{s}");
+    assert_eq!(field(&s, "reordered"), 0, "{s}");
+    for dev in [&left.b, &right.a, &right.b] {
+        let link = run("ip", &["-d", "link", "show", dev]).unwrap();
+        assert!(
+            !link.contains("prog/xdp"),
+            "XDP program left on {dev}: {link}"
+        );
+    }
 }
 
 #[test]
