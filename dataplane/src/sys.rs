@@ -50,6 +50,25 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Sleeps until one of `fds` is readable or `timeout` passes (an interrupted wait counts as a
+/// timeout); returns whether one is readable.
+pub fn poll_readable(fds: &mut [libc::pollfd], timeout: std::time::Duration) -> std::io::Result<bool> {
+    for p in fds.iter_mut() {
+        p.events = libc::POLLIN;
+        p.revents = 0;
+    }
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: `fds` is a valid, writable array of `fds.len()` pollfd for the call's duration.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    match r {
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted { Ok(false) } else { Err(e) }
+        }
+        n => Ok(n > 0),
+    }
+}
+
 /// Hints the CPU to bring the cache line holding `value` into cache, without waiting for it.
 /// Workers call this for a whole batch before deciding, so the lookups' cache misses overlap.
 #[inline(always)]

@@ -46,6 +46,12 @@ pub trait Port: Send {
     /// Frames of the pool this port holds right now.
     fn held(&self) -> usize;
 
+    /// A descriptor that polls readable when the port has something to receive, so an idle
+    /// worker can sleep in `poll(2)` instead of sleeping blind; `None` for ports without one.
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
     /// Gives every held frame back to `pool` (at shutdown).
     fn release(&mut self, pool: &mut BufferPool);
 }
@@ -68,6 +74,9 @@ impl<P: Port + ?Sized> Port for Box<P> {
     }
     fn release(&mut self, pool: &mut BufferPool) {
         (**self).release(pool)
+    }
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        (**self).wait_fd()
     }
 }
 
@@ -380,6 +389,10 @@ impl<P: Port> Port for FaultPort<P> {
 
     fn held(&self) -> usize {
         self.inner.held()
+    }
+
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inner.wait_fd()
     }
 
     fn release(&mut self, pool: &mut BufferPool) {

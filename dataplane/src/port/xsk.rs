@@ -148,6 +148,10 @@ impl Port for XskPort {
         (self.in_fill + self.in_tx) as usize
     }
 
+    fn wait_fd(&self) -> Option<RawFd> {
+        self.fd()
+    }
+
     fn release(&mut self, pool: &mut BufferPool) {
         let Some(mut sock) = self.sock.take() else {
             return;
