@@ -400,13 +400,15 @@ impl<L: Logic> Worker<L> {
         // Phase 1, in two passes over the batch so that memory stalls overlap: parse every
         // packet and let the logic prefetch the table entries it will read, then decide. The
         // destinations go to a dense array the fabric groups in one tight loop.
+        let mut rx_bytes = 0;
         for (p, frame) in parsed.iter_mut().zip(rx.as_slice()) {
-            counts.rx_bytes += frame.len() as u64;
+            rx_bytes += frame.len() as u64;
             parse_headers_into(pool.data(frame), p);
             if let Ok(h) = p {
                 logic.prefetch(h);
             }
         }
+        counts.rx_bytes += rx_bytes;
         let parsed = &parsed[..rx.len()];
         for ((p, frame), dest) in parsed.iter().zip(rx.as_slice()).zip(dest_of.iter_mut()) {
             *dest = match p {
