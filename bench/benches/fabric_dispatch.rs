@@ -49,9 +49,7 @@ fn inputs(ports: usize) -> (Vec<u64>, Vec<u32>) {
 }
 
 fn mswitch(fabric: &mut Fabric, rings: &mut [Ring], descs: &[u64], dests: &[u32]) {
-    for (slot, &d) in dests.iter().enumerate() {
-        fabric.push(slot, d as usize);
-    }
+    fabric.push_batch(dests);
     for &d in fabric.active() {
         let ring = &mut rings[d as usize];
         for s in fabric.slots(d as usize) {

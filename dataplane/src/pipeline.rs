@@ -386,6 +386,10 @@ pub struct TemplateSource {
     bytes: Vec<u8>,
     /// Per template: (index into `blocks` or `bytes` span, length, is_block).
     order: Vec<(u32, u32, bool)>,
+    /// When every template is a block (the usual case), their lengths in order: `recv` then
+    /// walks `blocks` and `block_lens` in runs, with no per-frame lookup in `order`. Empty
+    /// otherwise.
+    block_lens: Vec<u32>,
     spans: Vec<(usize, usize)>,
     next: usize,
     sent: u64,
@@ -417,8 +421,14 @@ impl TemplateSource {
         } else {
             start % order.len()
         };
+        let block_lens = if spans.is_empty() {
+            order.iter().map(|&(_, len, _)| len).collect()
+        } else {
+            Vec::new()
+        };
         TemplateSource {
             name: name.into(),
+            block_lens,
             blocks,
             bytes,
             order,
@@ -450,7 +460,25 @@ impl Port for TemplateSource {
         let start = batch.len();
         let n = pool.alloc_batch(batch, want);
         let mut next = self.next;
-        for f in &mut batch.as_mut_slice()[start..] {
+        let mut frames = &mut batch.as_mut_slice()[start..];
+        if !self.block_lens.is_empty() {
+            // Runs up to the end of the template list: zipped slices, no index to check.
+            while !frames.is_empty() {
+                let blocks = self.blocks.get(next..).unwrap_or_default();
+                let lens = self.block_lens.get(next..).unwrap_or_default();
+                let run = frames.len().min(blocks.len()).min(lens.len());
+                let (now, later) = frames.split_at_mut(run);
+                for ((f, block), &len) in now.iter_mut().zip(blocks).zip(lens) {
+                    pool.fill_block64(f, block, len as usize);
+                }
+                frames = later;
+                next += run;
+                if next >= self.block_lens.len() {
+                    next = 0;
+                }
+            }
+        }
+        for f in frames {
             let (i, len, block) = self.order[next];
             if block {
                 pool.fill_block64(f, &self.blocks[i as usize], len as usize);
@@ -693,6 +721,30 @@ mod tests {
         assert_eq!(src.recv(&mut pool, &mut b).unwrap(), 0, "limit reached");
         sink.send(&mut pool, &mut b).unwrap();
         assert_eq!((sink.frames, sink.bytes), (5, 4 * 65 + 70));
+        assert_eq!(pool.available(), 64);
+    }
+
+    #[test]
+    fn source_of_short_templates_cycles_in_runs() {
+        let mut pool = BufferPool::new(64, 128).unwrap();
+        let t = vec![vec![1u8; 60], vec![2u8; 64], vec![3u8; 14]];
+        let mut src = TemplateSource::new("src", &t, 2);
+        let mut sink = CountingSink::new("sink");
+        let mut seen = Vec::new();
+        for cap in [7, 1, 5] {
+            let mut b = Batch::new(cap);
+            assert_eq!(src.recv(&mut pool, &mut b).unwrap(), cap);
+            for f in b.as_slice() {
+                let d = pool.data(f);
+                assert!(d.iter().all(|&x| x == d[0]), "a whole template per frame");
+                seen.push((d[0], f.len()));
+            }
+            sink.send(&mut pool, &mut b).unwrap();
+        }
+        let want: Vec<(u8, usize)> = (0..13)
+            .map(|i| [(1, 60), (2, 64), (3, 14)][(2 + i) % 3])
+            .collect();
+        assert_eq!(seen, want);
         assert_eq!(pool.available(), 64);
     }
 }

@@ -121,6 +121,8 @@ pub struct Worker<L> {
     shared: Arc<WorkerCounters>,
     /// Per-slot parse results of the batch being processed (slot `i` for `rx[i]`).
     parsed: Box<[Result<Headers, wire::Error>; MAX_BATCH]>,
+    /// Per-slot destination of the batch being processed, for [`Fabric::push_batch`].
+    dest_of: Box<[u32; MAX_BATCH]>,
     rx: Batch,
     tx: Batch,
     started: Instant,
@@ -148,6 +150,26 @@ impl Dests {
     }
     fn total(&self, workers: usize) -> usize {
         self.ports + 3 + workers
+    }
+
+    /// The destination of any verdict but a forward to an existing port (kept out of the
+    /// per-packet loop, which tests only for that common case).
+    #[cold]
+    #[inline(never)]
+    fn other(&self, verdict: Verdict, counts: &mut Counts) -> usize {
+        match verdict {
+            Verdict::Forward(p) if (p as usize) < self.ports => p as usize,
+            Verdict::Forward(_) => {
+                counts.drop(DropReason::NoRoute, 1);
+                self.drop()
+            }
+            Verdict::Broadcast => self.broadcast(),
+            Verdict::ToKernel => self.kernel(),
+            Verdict::Drop(reason) => {
+                counts.drop(reason, 1);
+                self.drop()
+            }
+        }
     }
 }
 
@@ -228,6 +250,7 @@ impl<L: Logic> Worker<L> {
             counts: Counts::default(),
             shared: Arc::new(WorkerCounters::default()),
             parsed: Box::new([Err(wire::Error::Truncated); MAX_BATCH]),
+            dest_of: Box::new([0; MAX_BATCH]),
             started: Instant::now(),
             idle_rounds: 0,
             sleep: Duration::ZERO,
@@ -370,6 +393,7 @@ impl<L: Logic> Worker<L> {
             handoff_tx,
             counts,
             parsed,
+            dest_of,
             rx,
             tx,
             ..
@@ -378,19 +402,21 @@ impl<L: Logic> Worker<L> {
         let shard = cfg.mapping == Mapping::Sequential && cfg.workers > 1 && !from_handoff;
         let me = cfg.id;
 
-        // Phase 1, in three passes over the batch so that memory stalls overlap: parse every
-        // packet, let the logic prefetch the table entries it will read, then decide and group
-        // by destination.
+        // Phase 1, in two passes over the batch so that memory stalls overlap: parse every
+        // packet and let the logic prefetch the table entries it will read, then decide. The
+        // destinations go to a dense array the fabric groups in one tight loop.
+        let mut rx_bytes = 0;
         for (p, frame) in parsed.iter_mut().zip(rx.as_slice()) {
-            counts.rx_bytes += frame.len() as u64;
+            rx_bytes += frame.len() as u64;
             parse_headers_into(pool.data(frame), p);
+            if let Ok(h) = p {
+                logic.prefetch(h);
+            }
         }
+        counts.rx_bytes += rx_bytes;
         let parsed = &parsed[..rx.len()];
-        for h in parsed.iter().flatten() {
-            logic.prefetch(h);
-        }
-        for (i, (p, frame)) in parsed.iter().zip(rx.as_slice()).enumerate() {
-            let dest = match p {
+        for ((p, frame), dest) in parsed.iter().zip(rx.as_slice()).zip(dest_of.iter_mut()) {
+            *dest = match p {
                 Err(_) => {
                     counts.drop(DropReason::Malformed, 1);
                     dests.drop()
@@ -407,22 +433,13 @@ impl<L: Logic> Worker<L> {
                     } else {
                         match logic.decide(bytes, h, in_port) {
                             Verdict::Forward(p) if (p as usize) < dests.ports => p as usize,
-                            Verdict::Forward(_) => {
-                                counts.drop(DropReason::NoRoute, 1);
-                                dests.drop()
-                            }
-                            Verdict::Broadcast => dests.broadcast(),
-                            Verdict::ToKernel => dests.kernel(),
-                            Verdict::Drop(reason) => {
-                                counts.drop(reason, 1);
-                                dests.drop()
-                            }
+                            v => dests.other(v, counts),
                         }
                     }
                 }
-            };
-            fabric.push(i, dest);
+            } as u32;
         }
+        fabric.push_batch(&dest_of[..rx.len()]);
 
         // Phase 2: visit only the destinations that received something.
         let mut result = Ok(());

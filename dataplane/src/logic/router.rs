@@ -5,7 +5,7 @@
 //! [`super::TtlDecrement`]), never answers ARP or neighbour discovery itself (ARP goes to the
 //! kernel when `arp_to_kernel` is set), and never allocates in `decide`.
 
-use super::{Logic, Lpm4, Lpm6, LpmError, NextHopId, set_macs};
+use super::{Logic, Lpm4, Lpm6, LpmError, NextHopId};
 use crate::verdict::{DropReason, PortId, Verdict};
 use crate::wire::{Headers, L3};
 use core::net::IpAddr;
@@ -19,6 +19,27 @@ pub struct NextHop {
     /// Our MAC address on `port`.
     pub src_mac: [u8; 6],
 }
+
+/// A next hop as `decide` reads it: both MAC addresses in frame order, ready to copy.
+#[derive(Debug, Clone, Copy)]
+#[repr(align(16))]
+struct Hop {
+    /// Destination then source MAC, the first 12 bytes of the rewritten frame.
+    macs: [u8; 12],
+    port: PortId,
+    defined: bool,
+}
+
+impl Hop {
+    const UNDEFINED: Hop = Hop {
+        macs: [0; 12],
+        port: 0,
+        defined: false,
+    };
+}
+
+/// Every [`NextHopId`] indexes the dense table, so a lookup has no length to check.
+const HOPS: usize = 1 << NextHopId::BITS;
 
 /// Why a route could not be added or removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +69,9 @@ pub struct Router {
     v6: Lpm6,
     /// Indexed by [`NextHopId`].
     next_hops: Vec<Option<NextHop>>,
+    /// `next_hops` as `decide` reads it: an entry for every possible id (1 MiB, so a lookup
+    /// needs neither a length check nor an `Option`; only the entries in use get cached).
+    hops: Box<[Hop; HOPS]>,
     arp_to_kernel: bool,
 }
 
@@ -71,6 +95,10 @@ impl Router {
             v4,
             v6,
             next_hops: Vec::new(),
+            hops: match vec![Hop::UNDEFINED; HOPS].into_boxed_slice().try_into() {
+                Ok(t) => t,
+                Err(_) => unreachable!("the vector has HOPS entries"),
+            },
             arp_to_kernel: true,
         }
     }
@@ -92,10 +120,19 @@ impl Router {
             self.next_hops.resize(i + 1, None);
         }
         self.next_hops[i] = Some(nh);
+        let mut macs = [0; 12];
+        macs[..6].copy_from_slice(&nh.dst_mac);
+        macs[6..].copy_from_slice(&nh.src_mac);
+        self.hops[i] = Hop {
+            macs,
+            port: nh.port,
+            defined: true,
+        };
     }
 
     /// Removes next hop `id`; routes through it drop packets until it is defined again.
     pub fn remove_next_hop(&mut self, id: NextHopId) -> Option<NextHop> {
+        self.hops[id as usize] = Hop::UNDEFINED;
         self.next_hops.get_mut(id as usize)?.take()
     }
 
@@ -177,13 +214,18 @@ impl Logic for Router {
             L3::Arp if self.arp_to_kernel => return Verdict::ToKernel,
             L3::Arp | L3::Other => return Verdict::Drop(DropReason::NotIp),
         };
-        let Some(nh) = id.and_then(|id| self.next_hop(id)) else {
+        let Some(id) = id else {
             return Verdict::Drop(DropReason::NoRoute);
         };
-        if !set_macs(pkt, nh.dst_mac, nh.src_mac) {
-            return Verdict::Drop(DropReason::Malformed);
+        let hop = &self.hops[id as usize];
+        if !hop.defined {
+            return Verdict::Drop(DropReason::NoRoute);
         }
-        Verdict::Forward(nh.port)
+        let Some(eth) = pkt.first_chunk_mut::<12>() else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        *eth = hop.macs;
+        Verdict::Forward(hop.port)
     }
 }
 

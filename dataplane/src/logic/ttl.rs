@@ -19,10 +19,14 @@ use std::time::Duration;
 /// [`DropReason::Malformed`] if the frame is shorter than `hdr` says.
 #[inline]
 pub fn decrement(pkt: &mut [u8], hdr: &Headers) -> Result<Headers, DropReason> {
-    let l3 = pkt.get_mut(hdr.l3_offset as usize..).unwrap_or_default();
+    let l3 = hdr.l3_offset as usize;
     match hdr.l3 {
         L3::Ipv4 { src, dst, .. } => {
-            let Some(ip) = l3.first_chunk_mut::<12>() else {
+            // One range check for the bytes written (`l3` is a `u16`: no overflow).
+            let Some(ip) = pkt
+                .get_mut(l3..l3 + 12)
+                .and_then(|b| b.first_chunk_mut::<12>())
+            else {
                 return Err(DropReason::Malformed);
             };
             let ttl = ip[8];
@@ -45,7 +49,10 @@ pub fn decrement(pkt: &mut [u8], hdr: &Headers) -> Result<Headers, DropReason> {
             })
         }
         L3::Ipv6 { src, dst, .. } => {
-            let Some(ip) = l3.first_chunk_mut::<8>() else {
+            let Some(ip) = pkt
+                .get_mut(l3..l3 + 8)
+                .and_then(|b| b.first_chunk_mut::<8>())
+            else {
                 return Err(DropReason::Malformed);
             };
             let hop_limit = ip[7];
