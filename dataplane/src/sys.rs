@@ -52,7 +52,10 @@ pub fn monotonic_ns() -> u64 {
 
 /// Sleeps until one of `fds` is readable or `timeout` passes (an interrupted wait counts as a
 /// timeout); returns whether one is readable.
-pub fn poll_readable(fds: &mut [libc::pollfd], timeout: std::time::Duration) -> std::io::Result<bool> {
+pub fn poll_readable(
+    fds: &mut [libc::pollfd],
+    timeout: std::time::Duration,
+) -> std::io::Result<bool> {
     for p in fds.iter_mut() {
         p.events = libc::POLLIN;
         p.revents = 0;
@@ -63,7 +66,11 @@ pub fn poll_readable(fds: &mut [libc::pollfd], timeout: std::time::Duration) -> 
     match r {
         -1 => {
             let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted { Ok(false) } else { Err(e) }
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
         }
         n => Ok(n > 0),
     }

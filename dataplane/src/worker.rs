@@ -49,7 +49,10 @@ pub enum WorkerError {
     Config { worker: usize, what: String },
 }
 
-/// When a worker with nothing to do stops spinning and starts sleeping.
+/// When a worker with nothing to do stops spinning and starts sleeping. Workers whose ports can
+/// all be waited on (AF_XDP sockets) sleep in `poll(2)` on them, so the sleep ends as soon as
+/// traffic arrives; `max_sleep` then only bounds how long a packet handed over from another
+/// worker can wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdlePolicy {
     /// Empty rounds spent spinning before the first sleep.
@@ -128,6 +131,9 @@ pub struct Worker<L> {
     started: Instant,
     idle_rounds: u32,
     sleep: Duration,
+    /// One entry per port when every port has a descriptor to wait on (AF_XDP sockets): the
+    /// idle worker then sleeps in `poll(2)` and wakes when traffic arrives.
+    wait: Vec<libc::pollfd>,
 }
 
 /// Destination numbering in the fabric: ports first, then the pseudo-destinations.
@@ -236,6 +242,19 @@ impl<L: Logic> Worker<L> {
         if let Some(k) = cfg.kernel_port.filter(|&k| k as usize >= ports.len()) {
             return Err(bad(format!("kernel port {k} does not exist")));
         }
+        let fds: Vec<_> = ports.iter().map(|p| p.wait_fd()).collect();
+        let wait = if fds.iter().all(Option::is_some) {
+            fds.into_iter()
+                .flatten()
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let dests = Dests { ports: ports.len() };
         Ok(Worker {
             fabric: Fabric::new(dests.total(cfg.workers), MAX_BATCH),
@@ -254,6 +273,7 @@ impl<L: Logic> Worker<L> {
             started: Instant::now(),
             idle_rounds: 0,
             sleep: Duration::ZERO,
+            wait,
         })
     }
 
@@ -354,7 +374,12 @@ impl<L: Logic> Worker<L> {
             .max(Duration::from_micros(4))
             .min(self.cfg.idle.max_sleep);
         self.counts.sleeps += 1;
-        std::thread::sleep(self.sleep);
+        if self.wait.is_empty() {
+            std::thread::sleep(self.sleep);
+        } else if crate::sys::poll_readable(&mut self.wait, self.sleep).is_err() {
+            // poll(2) on our own sockets failing is not worth stopping for: sleep instead.
+            std::thread::sleep(self.sleep);
+        }
     }
 
     /// Stops the worker for good: returns every frame ports hold to the pool and reports where
