@@ -410,25 +410,7 @@ impl XskSocket {
     /// Puts chunk addresses on the FILL ring for the kernel to receive into; returns how many
     /// it took (never more than there is room for).
     pub fn fill(&mut self, addrs: impl IntoIterator<Item = u64>) -> u32 {
-        let room = self.fill.free();
-        let mut n = 0;
-        for a in addrs.into_iter().take(room as usize) {
-            // SAFETY: slot `local + n` is free (fewer than `room` written) and ours until we
-            // publish the producer index.
-            unsafe {
-                self.fill
-                    .slot::<u64>(self.fill.local.wrapping_add(n))
-                    .write(a)
-            };
-            n += 1;
-        }
-        if n > 0 {
-            self.fill.local = self.fill.local.wrapping_add(n);
-            self.fill
-                .producer()
-                .store(self.fill.local, Ordering::Release);
-        }
-        n
+        self.fill.produce(addrs)
     }
 
     /// Room on the FILL ring.
@@ -437,21 +419,8 @@ impl XskSocket {
     }
 
     /// Reads up to `max` received descriptors into `out`.
-    pub fn recv(&mut self, max: u32, mut out: impl FnMut(XdpDesc)) -> u32 {
-        let n = self.rx.ready().min(max);
-        for i in 0..n {
-            // SAFETY: entries [local, local + ready) were published by the kernel (Acquire).
-            out(unsafe {
-                self.rx
-                    .slot::<XdpDesc>(self.rx.local.wrapping_add(i))
-                    .read()
-            });
-        }
-        if n > 0 {
-            self.rx.local = self.rx.local.wrapping_add(n);
-            self.rx.consumer().store(self.rx.local, Ordering::Release);
-        }
-        n
+    pub fn recv(&mut self, max: u32, out: impl FnMut(XdpDesc)) -> u32 {
+        self.rx.consume(max, out)
     }
 
     /// Room on the TX ring.
@@ -462,21 +431,7 @@ impl XskSocket {
     /// Queues descriptors for transmission (at most `tx_room()` of them are taken) and kicks
     /// the kernel if it asked for it; returns how many were queued.
     pub fn send(&mut self, descs: impl IntoIterator<Item = XdpDesc>) -> u32 {
-        let room = self.tx.free();
-        let mut n = 0;
-        for d in descs.into_iter().take(room as usize) {
-            // SAFETY: as in `fill`.
-            unsafe {
-                self.tx
-                    .slot::<XdpDesc>(self.tx.local.wrapping_add(n))
-                    .write(d)
-            };
-            n += 1;
-        }
-        if n > 0 {
-            self.tx.local = self.tx.local.wrapping_add(n);
-            self.tx.producer().store(self.tx.local, Ordering::Release);
-        }
+        let n = self.tx.produce(descs);
         self.kick_tx();
         n
     }
@@ -505,23 +460,8 @@ impl XskSocket {
     }
 
     /// Takes completed transmissions' addresses off the COMPLETION ring.
-    pub fn complete(&mut self, max: u32, mut out: impl FnMut(u64)) -> u32 {
-        let n = self.comp.ready().min(max);
-        for i in 0..n {
-            // SAFETY: as in `recv`.
-            out(unsafe {
-                self.comp
-                    .slot::<u64>(self.comp.local.wrapping_add(i))
-                    .read()
-            });
-        }
-        if n > 0 {
-            self.comp.local = self.comp.local.wrapping_add(n);
-            self.comp
-                .consumer()
-                .store(self.comp.local, Ordering::Release);
-        }
-        n
+    pub fn complete(&mut self, max: u32, out: impl FnMut(u64)) -> u32 {
+        self.comp.consume(max, out)
     }
 
     pub fn fd(&self) -> RawFd {
@@ -590,14 +530,42 @@ impl Ring {
 
     /// Consumer side: every entry the kernel published that we have not read, consumed.
     fn drain_ready<T: Copy>(&mut self) -> Vec<T> {
-        let n = self.ready();
-        let out = (0..n)
-            // SAFETY: [local, local + ready) were published by the kernel (Acquire in `ready`).
-            .map(|i| unsafe { self.slot::<T>(self.local.wrapping_add(i)).read() })
-            .collect();
-        self.local = self.local.wrapping_add(n);
-        self.consumer().store(self.local, Ordering::Release);
+        let mut out = Vec::new();
+        self.consume(u32::MAX, |v| out.push(v));
         out
+    }
+
+    /// Producer side: writes as many of `items` as there is room for and publishes them;
+    /// returns how many were written (the rest of the iterator is not touched).
+    fn produce<T>(&mut self, items: impl IntoIterator<Item = T>) -> u32 {
+        let room = self.free();
+        let mut n = 0;
+        for v in items.into_iter().take(room as usize) {
+            // SAFETY: slot `local + n` is free (fewer than `room` written) and ours until we
+            // publish the producer index below.
+            unsafe { self.slot::<T>(self.local.wrapping_add(n)).write(v) };
+            n += 1;
+        }
+        if n > 0 {
+            self.local = self.local.wrapping_add(n);
+            self.producer().store(self.local, Ordering::Release);
+        }
+        n
+    }
+
+    /// Consumer side: hands up to `max` published entries to `out` and consumes them.
+    fn consume<T: Copy>(&mut self, max: u32, mut out: impl FnMut(T)) -> u32 {
+        let n = self.ready().min(max);
+        for i in 0..n {
+            // SAFETY: entries [local, local + ready) were published by the kernel (Acquire in
+            // `ready`) and are not rewritten until we move the consumer index past them.
+            out(unsafe { self.slot::<T>(self.local.wrapping_add(i)).read() });
+        }
+        if n > 0 {
+            self.local = self.local.wrapping_add(n);
+            self.consumer().store(self.local, Ordering::Release);
+        }
+        n
     }
 }
 
@@ -612,19 +580,10 @@ pub fn wait_readable(sockets: &[XskSocket], timeout_ms: i32) -> io::Result<bool>
             revents: 0,
         })
         .collect();
-    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call's duration.
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    match r {
-        -1 => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
-        n => Ok(n > 0),
-    }
+    crate::sys::poll_readable(
+        &mut fds,
+        std::time::Duration::from_millis(timeout_ms.max(1) as u64),
+    )
 }
 
 fn setsockopt<T>(fd: RawFd, opt: libc::c_int, v: &T) -> io::Result<()> {

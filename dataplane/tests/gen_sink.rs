@@ -69,6 +69,36 @@ fn generated_frames_all_arrive_at_the_sink() {
     );
 }
 
+/// Spawns `linerate ARGS` and returns once it printed a stderr line containing `ready`; the
+/// thread returned keeps draining its stderr.
+fn start_until(
+    args: &[&str],
+    ready: &str,
+) -> (
+    std::process::Child,
+    std::thread::JoinHandle<std::io::Result<u64>>,
+) {
+    let mut child = linerate()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains(ready) {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "{args:?} exited before '{ready}'"
+        );
+    }
+    (
+        child,
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink())),
+    )
+}
+
 /// Starts `linerate sink` on `dev` and returns once its sockets are bound.
 fn start_sink(
     dev: &str,
@@ -77,24 +107,9 @@ fn start_sink(
     std::process::Child,
     std::thread::JoinHandle<std::io::Result<u64>>,
 ) {
-    let mut sink = linerate()
-        .args(["sink", "--dev", dev, "--duration", secs, "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(sink.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("analysing") {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "sink exited before binding"
-        );
-    }
-    (
-        sink,
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink())),
+    start_until(
+        &["sink", "--dev", dev, "--duration", secs, "--json"],
+        "analysing",
     )
 }
 
@@ -108,30 +123,24 @@ fn gen_through_fwd_to_sink_loses_nothing_and_leaves_no_program() {
         run("ip", &["link", "set", end, "up"]).unwrap();
     }
     let (sink, drain) = start_sink(&right.b, "6s");
-    let mut fwd = linerate()
-        .args(["fwd", "--port", &left.b, "--port", &right.a, "--map", "0:1"])
-        .args([
+    let (fwd, fwd_drain) = start_until(
+        &[
+            "fwd",
+            "--port",
+            &left.b,
+            "--port",
+            &right.a,
+            "--map",
+            "0:1",
             "--rewrite",
             "1=02:00:00:00:00:99",
             "--ttl",
             "--duration",
             "5s",
             "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(fwd.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("AF_XDP in") {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "fwd exited before binding"
-        );
-    }
-    let fwd_drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        ],
+        "AF_XDP in",
+    );
     let generator = linerate()
         .args([
             "gen",

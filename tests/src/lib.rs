@@ -72,6 +72,15 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The interface index of `name` (in this process's namespace).
+pub fn ifindex(name: &str) -> u32 {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .unwrap_or_else(|e| panic!("interface {name}: {e}"))
+        .trim()
+        .parse()
+        .expect("ifindex is a number")
+}
+
 /// A network namespace, deleted on drop.
 pub struct NetNs {
     name: String,

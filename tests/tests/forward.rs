@@ -20,21 +20,13 @@ use linerate_dataplane::worker::{IdlePolicy, Worker, WorkerConfig, spawn};
 use linerate_dataplane::xsk::{UmemArea, XskConfig, XskSocket};
 use linerate_ebpf::abi::{GenConfig, GenStamp};
 use linerate_ebpf::{Action, AttachMode, Generator, Steering};
-use linerate_tests::{VethPair, privileged, run};
+use linerate_tests::{VethPair, ifindex, privileged, run};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 const NEXT_HOP: [u8; 6] = [0x02, 0x4e, 0x48, 0, 0, 1];
 const OUR_MAC: [u8; 6] = [0x02, 0x4c, 0x52, 0, 0, 1];
-
-fn ifindex(name: &str) -> u32 {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn worker_forwards_between_af_xdp_ports() {

@@ -9,16 +9,8 @@ use linerate_dataplane::wire::{L3, checksum::PseudoHeader, parse_headers};
 use linerate_dataplane::xsk::{UmemArea, XskConfig, XskSocket};
 use linerate_ebpf::abi::{GenConfig, GenStamp};
 use linerate_ebpf::{Action, AttachMode, Generator, Steering};
-use linerate_tests::{VethPair, privileged, run};
+use linerate_tests::{VethPair, ifindex, privileged, run};
 use std::collections::HashMap;
-
-fn ifindex(name: &str) -> u32 {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 fn run_gen(src: &str, dst: &str, len: usize, flows: u32, count: u32) {
     let pair = VethPair::new().unwrap();

@@ -8,19 +8,11 @@ use linerate_dataplane::pipeline::udp4_frame;
 use linerate_dataplane::sys::Mmap;
 use linerate_dataplane::xsk::{UmemArea, XdpDesc, XskConfig, XskMode, XskSocket};
 use linerate_ebpf::{Action, AttachMode, Attached, Steering};
-use linerate_tests::{VethPair, privileged, run};
+use linerate_tests::{VethPair, ifindex, privileged, run};
 use std::collections::HashSet;
 
 const CHUNK: u32 = 2048;
 const CHUNKS: u64 = 1024;
-
-fn ifindex(name: &str) -> u32 {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 fn rx_packets(name: &str) -> u64 {
     std::fs::read_to_string(format!("/sys/class/net/{name}/statistics/rx_packets"))
