@@ -278,3 +278,46 @@ fn gen_and_sink_refuse_bad_arguments_clearly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn fwd_and_gen_refuse_bad_arguments_clearly() {
+    for (args, needle) in [
+        ("fwd --port lo", "at least two interfaces"),
+        ("fwd --port lo --port lo --map 0:7", "port 7 does not exist"),
+        ("fwd --port lo --port lo --map 0-1", "is not IN:OUT"),
+        (
+            "fwd --port lo --port lo --logic router",
+            "needs at least one --route",
+        ),
+        (
+            "fwd --port lo --port lo --logic router --route 10.0.0.0/33=1,02:00:00:00:00:01",
+            "--route",
+        ),
+        (
+            "fwd --port lo --port lo --logic router --route 10.0.0.0/8",
+            "PREFIX/LEN=PORT,NEXTHOP_MAC",
+        ),
+        ("fwd --port lo --port lo --filter udpp", "udpp"),
+        ("fwd --port lo --port lo --ring 100", "--ring 100"),
+        ("fwd --port lo --port lo --batch 0", "--batch 0"),
+        (
+            "fwd --port lo --port lo --cores 9999",
+            "not a core of this machine",
+        ),
+        (
+            "fwd --port lo --port lr-none",
+            "--port lr-none: no such network interface",
+        ),
+        (
+            "gen --dev lo --src 192.0.2.1 --dst 192.0.2.2 --cores 0,1",
+            "give one per thread",
+        ),
+    ] {
+        let argv: Vec<&str> = args.split_whitespace().collect();
+        let out = linerate().args(&argv).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args} should fail");
+        assert!(err.contains(needle), "{args}: {err}");
+        assert!(!err.contains("panicked"), "{args}: {err}");
+    }
+}

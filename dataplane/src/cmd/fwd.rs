@@ -64,6 +64,9 @@ pub struct FwdArgs {
     /// Workers; worker w owns queue w of every port (default 1).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Cores to pin the workers to, one per worker, e.g. 1 (default: 0..workers).
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
     #[arg(long, value_enum, default_value = "static")]
     logic: LogicArg,
     /// Static map pairs IN:OUT (port numbers), e.g. 0:1,1:0 (default: 0<->1).
@@ -219,6 +222,12 @@ pub fn run(a: FwdArgs) -> Result<()> {
             a.ring
         );
     }
+    let cores = super::cores_for(&a.cores, a.workers, "--cores")?;
+    for dev in &a.ports {
+        if !std::path::Path::new(&format!("/sys/class/net/{dev}")).exists() {
+            bail!("--port {dev}: no such network interface");
+        }
+    }
     let logic = build_logic(&a)?;
     let stop = super::stop_flag()?;
     let mode = match a.xdp_mode {
@@ -303,7 +312,7 @@ pub fn run(a: FwdArgs) -> Result<()> {
     let start = Instant::now();
     let mut handles = Vec::new();
     for (i, w) in workers.into_iter().enumerate() {
-        handles.push(worker::spawn(w, Some(i), stop.clone())?);
+        handles.push(worker::spawn(w, Some(cores[i]), stop.clone())?);
     }
     let live = Live::new();
     let (mut before, mut last) = (Counts::default(), Instant::now());

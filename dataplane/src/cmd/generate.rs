@@ -64,9 +64,12 @@ pub struct GenArgs {
     /// Stop after this many frames in all.
     #[arg(long)]
     count: Option<u64>,
-    /// Sending threads, one per core from core 0 (default 1).
+    /// Sending threads (default 1).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Cores to pin the sending threads to, one per thread, e.g. 1 (default: 0..threads).
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -83,6 +86,7 @@ pub fn run(a: GenArgs) -> Result<()> {
     if a.count == Some(0) {
         bail!("--count 0: nothing to send");
     }
+    let cores = super::cores_for(&a.cores, a.threads, "--cores")?;
     let ifindex = ifindex(&a.dev)?;
     let src_mac = match a.src_mac {
         Some(m) => m,
@@ -140,9 +144,10 @@ pub fn run(a: GenArgs) -> Result<()> {
             .count
             .map(|c| c / a.threads as u64 + u64::from((th as u64) < c % a.threads as u64));
         let rate = pps.map(|p| p / a.threads as f64);
+        let core = cores[th];
         handles.push(std::thread::spawn(move || -> Result<()> {
             let setup = (|| -> Result<(Generator, GenConfig)> {
-                pin(th, th).context("pinning the sending thread")?;
+                pin(th, core).context("pinning the sending thread")?;
                 let mut g = Generator::load().context("loading the generator program")?;
                 let gcfg = GenConfig {
                     stream: stream_base.wrapping_add(th as u8),

@@ -65,6 +65,24 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
+/// `--cores 2,3`: one core per thread, each a core of this machine; empty means 0..n.
+pub fn cores_for(list: &[usize], n: usize, flag: &str) -> Result<Vec<usize>> {
+    let have = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if list.is_empty() {
+        return Ok((0..n).collect());
+    }
+    if list.len() != n {
+        anyhow::bail!(
+            "{flag}: {} core(s) given for {n} thread(s); give one per thread",
+            list.len()
+        );
+    }
+    if let Some(c) = list.iter().find(|&&c| c >= have) {
+        anyhow::bail!("{flag}: core {c} is not a core of this machine (it has {have})");
+    }
+    Ok(list.to_vec())
+}
+
 /// A flag set by SIGINT or SIGTERM, so every job stops cleanly and still reports.
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
