@@ -32,24 +32,7 @@ fn generated_frames_all_arrive_at_the_sink() {
         run("ip", &["link", "set", end, "up"]).unwrap();
     }
     let (sink, drain) = start_sink(&pair.b, "4s");
-    let generator = linerate()
-        .args([
-            "gen",
-            "--dev",
-            &pair.a,
-            "--src",
-            "192.0.2.1",
-            "--dst",
-            "198.51.100.1",
-        ])
-        .args(["--flows", "8", "--pps", "20k", "--count", "20000", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        generator.status.success(),
-        "gen: {}",
-        String::from_utf8_lossy(&generator.stderr)
-    );
+    let generator = gen_20k_frames(&pair.a);
     let g = String::from_utf8_lossy(&generator.stdout);
     assert_eq!(field(&g, "sent"), 20000, "{g}");
     let out = sink.wait_with_output().unwrap();
@@ -67,6 +50,30 @@ fn generated_frames_all_arrive_at_the_sink() {
         !link.contains("prog/xdp"),
         "the sink detached its program on exit: {link}"
     );
+}
+
+/// `linerate gen` out of `dev`: 20,000 frames over 8 flows at 20k frames/s, which must
+/// succeed; returns its output.
+fn gen_20k_frames(dev: &str) -> std::process::Output {
+    let out = linerate()
+        .args([
+            "gen",
+            "--dev",
+            dev,
+            "--src",
+            "192.0.2.1",
+            "--dst",
+            "198.51.100.1",
+        ])
+        .args(["--flows", "8", "--pps", "20k", "--count", "20000", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Spawns `linerate ARGS` and returns once it printed a stderr line containing `ready`; the
@@ -141,24 +148,7 @@ fn gen_through_fwd_to_sink_loses_nothing_and_leaves_no_program() {
         ],
         "AF_XDP in",
     );
-    let generator = linerate()
-        .args([
-            "gen",
-            "--dev",
-            &left.a,
-            "--src",
-            "192.0.2.1",
-            "--dst",
-            "198.51.100.1",
-        ])
-        .args(["--flows", "8", "--pps", "20k", "--count", "20000", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        generator.status.success(),
-        "gen: {}",
-        String::from_utf8_lossy(&generator.stderr)
-    );
+    gen_20k_frames(&left.a);
     let f = fwd.wait_with_output().unwrap();
     fwd_drain.join().unwrap().unwrap();
     assert!(f.status.success(), "fwd failed");

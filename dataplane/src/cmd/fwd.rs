@@ -6,7 +6,7 @@
 //! the worker's socket and ARP / neighbour discovery to the kernel. Programs are attached as
 //! BPF links: they go away when `fwd` exits, however it exits.
 
-use super::{Live, mac_of, parse_duration, parse_mac};
+use super::{Live, XdpModeArg, mac_of, parse_duration, parse_mac};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use linerate_dataplane::counters::Counts;
@@ -34,13 +34,6 @@ pub enum LogicArg {
     Bridge,
     /// IPv4/IPv6 longest-prefix-match router (--route), MACs from the next hop.
     Router,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ModeArg {
-    Auto,
-    Driver,
-    Skb,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,7 +83,7 @@ pub struct FwdArgs {
     #[arg(long, default_value_t = 64)]
     batch: usize,
     #[arg(long, value_enum, default_value = "auto")]
-    xdp_mode: ModeArg,
+    xdp_mode: XdpModeArg,
     #[arg(long, value_enum, default_value = "auto")]
     xsk_mode: XskModeArg,
     /// AF_XDP ring size (RX and TX; FILL and COMPLETION get twice this).
@@ -151,7 +144,7 @@ fn build_logic(a: &FwdArgs) -> Result<AnyLogic> {
                     p,
                     Some(MacRewrite {
                         dst,
-                        src: mac_of(&a.ports[p as usize])?,
+                        src: mac_of("--port", &a.ports[p as usize])?,
                     }),
                 );
             }
@@ -178,7 +171,7 @@ fn build_logic(a: &FwdArgs) -> Result<AnyLogic> {
                     NextHop {
                         port,
                         dst_mac,
-                        src_mac: mac_of(&a.ports[port as usize])?,
+                        src_mac: mac_of("--port", &a.ports[port as usize])?,
                     },
                 );
                 router
@@ -224,17 +217,11 @@ pub fn run(a: FwdArgs) -> Result<()> {
     }
     let cores = super::cores_for(&a.cores, a.workers, "--cores")?;
     for dev in &a.ports {
-        if !std::path::Path::new(&format!("/sys/class/net/{dev}")).exists() {
-            bail!("--port {dev}: no such network interface");
-        }
+        super::ifindex("--port", dev)?;
     }
     let logic = build_logic(&a)?;
     let stop = super::stop_flag()?;
-    let mode = match a.xdp_mode {
-        ModeArg::Auto => AttachMode::Auto,
-        ModeArg::Driver => AttachMode::Driver,
-        ModeArg::Skb => AttachMode::Skb,
-    };
+    let mode = AttachMode::from(a.xdp_mode);
     let xsk_cfg = XskConfig {
         rx_size: a.ring,
         tx_size: a.ring,

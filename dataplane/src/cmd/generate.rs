@@ -87,10 +87,10 @@ pub fn run(a: GenArgs) -> Result<()> {
         bail!("--count 0: nothing to send");
     }
     let cores = super::cores_for(&a.cores, a.threads, "--cores")?;
-    let ifindex = ifindex(&a.dev)?;
+    let ifindex = ifindex("--dev", &a.dev)?;
     let src_mac = match a.src_mac {
         Some(m) => m,
-        None => mac_of(&a.dev)?,
+        None => mac_of("--dev", &a.dev)?,
     };
     let t = Template::udp(&UdpSpec {
         src_mac,

@@ -65,6 +65,25 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
+/// `--xdp-mode`: how to attach linerate's XDP program.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Driver (native) mode, falling back to skb (generic) mode with a message.
+    Auto,
+    Driver,
+    Skb,
+}
+
+impl From<XdpModeArg> for linerate_ebpf::AttachMode {
+    fn from(m: XdpModeArg) -> Self {
+        match m {
+            XdpModeArg::Auto => linerate_ebpf::AttachMode::Auto,
+            XdpModeArg::Driver => linerate_ebpf::AttachMode::Driver,
+            XdpModeArg::Skb => linerate_ebpf::AttachMode::Skb,
+        }
+    }
+}
+
 /// `--cores 2,3`: one core per thread, each a core of this machine; empty means 0..n.
 pub fn cores_for(list: &[usize], n: usize, flag: &str) -> Result<Vec<usize>> {
     let have = std::thread::available_parallelism().map_or(1, |c| c.get());
@@ -122,18 +141,18 @@ impl Live {
     }
 }
 
-/// The interface index of `dev`, or a clear error.
-pub fn ifindex(dev: &str) -> Result<u32> {
+/// The interface index of `dev`, given by option `flag`, or a clear error naming both.
+pub fn ifindex(flag: &str, dev: &str) -> Result<u32> {
     std::fs::read_to_string(format!("/sys/class/net/{dev}/ifindex"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .with_context(|| format!("--dev {dev}: no such network interface"))
+        .with_context(|| format!("{flag} {dev}: no such network interface"))
 }
 
-/// The MAC address of `dev`.
-pub fn mac_of(dev: &str) -> Result<[u8; 6]> {
+/// The MAC address of `dev`, given by option `flag`.
+pub fn mac_of(flag: &str, dev: &str) -> Result<[u8; 6]> {
     let s = std::fs::read_to_string(format!("/sys/class/net/{dev}/address"))
-        .with_context(|| format!("--dev {dev}: no such network interface"))?;
+        .with_context(|| format!("{flag} {dev}: no such network interface"))?;
     parse_mac(s.trim()).map_err(|e| anyhow::anyhow!("{dev}: {e}"))
 }
 

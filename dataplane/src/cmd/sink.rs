@@ -6,7 +6,7 @@
 //! `--dport` are counted as foreign and recycled. Latency is receive time minus the stamp's
 //! send time, both `CLOCK_MONOTONIC`, so generator and sink must run on the same host.
 
-use super::{Live, parse_duration};
+use super::{Live, XdpModeArg, parse_duration};
 use anyhow::{Context, Result, bail};
 use linerate_dataplane::sink::SinkStats;
 use linerate_dataplane::sys::{Mmap, monotonic_ns};
@@ -44,13 +44,6 @@ pub struct SinkArgs {
     json: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum XdpModeArg {
-    Auto,
-    Driver,
-    Skb,
-}
-
 fn rx_queues(dev: &str) -> Result<u32> {
     let n = std::fs::read_dir(format!("/sys/class/net/{dev}/queues"))
         .with_context(|| format!("--dev {dev}: no such network interface"))?
@@ -69,11 +62,7 @@ pub fn run(a: SinkArgs) -> Result<()> {
     let stop = super::stop_flag()?;
     let mut steer = Steering::load().context("loading the steering program")?;
     steer.set_rules(&[], Action::Xsk)?;
-    let mode = match a.xdp_mode {
-        XdpModeArg::Auto => AttachMode::Auto,
-        XdpModeArg::Driver => AttachMode::Driver,
-        XdpModeArg::Skb => AttachMode::Skb,
-    };
+    let mode = AttachMode::from(a.xdp_mode);
     match steer.attach(&a.dev, mode)? {
         Attached::Driver => eprintln!("sink: XDP attached to {} in driver mode", a.dev),
         Attached::Skb { why: Some(why) } => {
