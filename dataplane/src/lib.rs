@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod counters;
 pub mod fabric;
+pub mod fastpath;
 pub mod frame;
 pub mod generate;
 pub mod logic;

@@ -373,6 +373,7 @@ pub fn run(
         None => Ok(PipelineReport {
             elapsed,
             workers: reports,
+            kernel: None,
         }),
     }
 }
@@ -564,6 +565,23 @@ pub fn splitmix64(state: &mut u64) -> u64 {
 pub struct PipelineReport {
     pub elapsed: Duration,
     pub workers: Vec<WorkerReport>,
+    /// What the XDP program did itself (`linerate fwd`); `None` for in-memory pipelines.
+    pub kernel: Option<KernelPath>,
+}
+
+/// Packets that `linerate fwd`'s XDP programs handled without the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelPath {
+    /// Max mode: packets of cached flows rewritten and redirected in the kernel.
+    pub fastpath_packets: u64,
+    pub fastpath_bytes: u64,
+    /// Passed to the host's stack (ARP, neighbour discovery, queues without a socket).
+    pub to_kernel: u64,
+    /// Flow-cache entries installed and removed by aging.
+    pub flows_cached: u64,
+    pub flows_aged: u64,
+    /// Configuration reloads applied (SIGHUP).
+    pub reloads: u64,
 }
 
 impl PipelineReport {
@@ -617,6 +635,19 @@ impl PipelineReport {
         if t.dropped() == 0 {
             let _ = writeln!(s, "  (none)");
         }
+        if let Some(k) = &self.kernel {
+            let _ = writeln!(
+                s,
+                "kernel fast path: {:.2} Mpps ({} packets), {} flows cached, {} aged out; \
+                 {} packets to the host stack; {} reloads",
+                self.mpps(k.fastpath_packets),
+                k.fastpath_packets,
+                k.flows_cached,
+                k.flows_aged,
+                k.to_kernel,
+                k.reloads
+            );
+        }
         s
     }
 
@@ -660,11 +691,25 @@ impl PipelineReport {
                 )
             })
             .collect();
+        let kernel = match &self.kernel {
+            None => "null".to_string(),
+            Some(k) => format!(
+                "{{\"fastpath_packets\":{},\"fastpath_bytes\":{},\"fastpath_mpps\":{:.3},\"to_kernel\":{},\"flows_cached\":{},\"flows_aged\":{},\"reloads\":{}}}",
+                k.fastpath_packets,
+                k.fastpath_bytes,
+                self.mpps(k.fastpath_packets),
+                k.to_kernel,
+                k.flows_cached,
+                k.flows_aged,
+                k.reloads
+            ),
+        };
         format!(
-            "{{\"elapsed_s\":{:.3},\"total\":{},\"workers\":[{}]}}",
+            "{{\"elapsed_s\":{:.3},\"total\":{},\"workers\":[{}],\"kernel\":{}}}",
             self.elapsed.as_secs_f64(),
             counts(&self.total()),
-            workers.join(",")
+            workers.join(","),
+            kernel
         )
     }
 }

@@ -86,6 +86,19 @@ int linerate_gen(struct xdp_md *ctx)
 	if ((void *)(st + 1) > end || (void *)(udp + 1) > end)
 		return XDP_ABORTED;
 
+	/* Constant-size copies: the two header layouts the generator builds. */
+	if (cfg->hdr_len == 34) {
+		if (data + 34 > end)
+			return XDP_ABORTED;
+		__builtin_memcpy(data, cfg->hdr, 34);
+	} else if (cfg->hdr_len == 54) {
+		if (data + 54 > end)
+			return XDP_ABORTED;
+		__builtin_memcpy(data, cfg->hdr, 54);
+	} else if (cfg->hdr_len) {
+		return XDP_ABORTED;
+	}
+
 	n = __sync_fetch_and_add(count, 1);
 	st->seq = (__u64)cfg->stream << GEN_STREAM_SHIFT | n / cfg->nflows;
 	st->tx_ns = now;

@@ -13,6 +13,7 @@ struct gen_stamp {
 };
 
 #define GEN_STREAM_SHIFT 56
+#define GEN_MAX_HDR 64
 
 struct gen_config {
 	__u32 nflows;
@@ -24,10 +25,14 @@ struct gen_config {
 	__u16 base_sport; /* flow f uses source port base_sport + f (host order) */
 	__u8 stream;      /* this sender's stream id (distinct per run and thread) */
 	__u8 pad;
-	__u32 pad2;
+	__u32 hdr_len;    /* 0, or l4_off: rewrite the frame's first hdr_len bytes from hdr */
 	__u64 gap_ns;     /* pacing: at least this long between frames; 0 = as fast as possible */
 	__u64 limit;      /* stop after this many frames (runs past it drop, uncounted) */
 	__u64 max_lag_ns; /* how far behind schedule catching up may reach (bounds bursts) */
+	/* Ethernet + IP headers of the template. Live-frames pages are recycled without being
+	 * reset, and a receiver on the same host (a veth peer forwarding in XDP) may have
+	 * rewritten MACs or decremented the TTL in place: every frame starts from these. */
+	__u8 hdr[GEN_MAX_HDR];
 };
 
 #endif

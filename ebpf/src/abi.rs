@@ -168,13 +168,36 @@ pub struct GenConfig {
     /// This sender's stream id, written into every stamp (distinct per run and thread).
     pub stream: u8,
     pub pad: u8,
-    pub pad2: u32,
+    /// 0, or `l4_off` (34 for IPv4, 54 for IPv6): every frame's first `hdr_len` bytes are
+    /// rewritten from `hdr` (see [`GenConfig::set_headers`]).
+    pub hdr_len: u32,
     /// Pacing: at least this many ns between frames; 0 = as fast as possible.
     pub gap_ns: u64,
     /// Send at most this many frames in all (later iterations drop, uncounted).
     pub limit: u64,
     /// How far behind its schedule the sender may catch up, in ns: bounds bursts.
     pub max_lag_ns: u64,
+    /// Ethernet + IP headers of the template, as bytes (u64s only so `Default` derives).
+    pub hdr: [u64; 8],
+}
+
+impl GenConfig {
+    /// Makes the program restore `frame`'s Ethernet and IP headers (its first `l4_off`
+    /// bytes) in every frame it sends: live-frames pages are recycled without a reset, and a
+    /// receiver on the same host may rewrite them in place (MACs, TTL) before they come back.
+    pub fn set_headers(&mut self, frame: &[u8]) {
+        let n = self.l4_off as usize;
+        assert!(
+            (n == 34 || n == 54) && frame.len() >= n,
+            "headers of 34 (IPv4) or 54 (IPv6) bytes"
+        );
+        let mut bytes = [0u8; 64];
+        bytes[..n].copy_from_slice(&frame[..n]);
+        for (w, c) in self.hdr.iter_mut().zip(bytes.chunks_exact(8)) {
+            *w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+        }
+        self.hdr_len = n as u32;
+    }
 }
 
 /// uapi `struct xdp_md`, the context of `BPF_PROG_TEST_RUN` for XDP.
@@ -196,7 +219,7 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowEntry>() == 48);
 const _: () = assert!(size_of::<XdpMd>() == 24);
 const _: () = assert!(size_of::<GenStamp>() == 16);
-const _: () = assert!(size_of::<GenConfig>() == 48);
+const _: () = assert!(size_of::<GenConfig>() == 112);
 
 // SAFETY (all eight): #[repr(C)] structs of integers and byte arrays whose sizes (asserted above)
 // equal the sum of their fields, so there are no implicit padding bytes; every bit pattern is a

@@ -5,28 +5,45 @@
 //! no copy in user space. Our steering program on each interface sends that queue's traffic to
 //! the worker's socket and ARP / neighbour discovery to the kernel. Programs are attached as
 //! BPF links: they go away when `fwd` exits, however it exits.
+//!
+//! Max mode (`--max`): the workers report every flow they forwarded (see
+//! [`linerate_dataplane::fastpath`]) and this thread caches the decision in the ingress
+//! port's XDP flow map; from then on the program rewrites and redirects the flow's packets in
+//! the kernel. Idle entries age out; a reload (SIGHUP with `--config`) publishes the new logic
+//! to the workers and invalidates every cached flow, so no packet follows a stale route.
+//!
+//! Settings come from flags, from a TOML file (`--config`, keys named like the long flags),
+//! or both: a flag given on the command line wins over the file.
 
 use super::{Live, XdpModeArg, mac_of, parse_duration, parse_mac};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::ValueEnum;
 use linerate_dataplane::counters::Counts;
+use linerate_dataplane::fastpath::{FlowLearner, Learned};
 use linerate_dataplane::frame::BufferPool;
 use linerate_dataplane::logic::{
-    Acl, Action as AclAction, AnyLogic, LearningBridge, MacRewrite, NextHop, Router,
+    Acl, Action as AclAction, AnyLogic, LearningBridge, MacRewrite, NextHop, ReloadHandle, Router,
     Rule as AclRule, StaticMap,
 };
-use linerate_dataplane::pipeline::{self, PipelineReport};
+use linerate_dataplane::pipeline::{self, KernelPath, PipelineReport};
 use linerate_dataplane::port::{Port, XskPort};
 use linerate_dataplane::shard::Mapping;
+use linerate_dataplane::sys::monotonic_ns;
 use linerate_dataplane::verdict::PortId;
 use linerate_dataplane::worker::{self, IdlePolicy, Worker, WorkerConfig, handoff_mesh};
 use linerate_dataplane::xsk::{XskConfig, XskMode};
-use linerate_ebpf::{Action, AttachMode, Attached, Steering};
+use linerate_ebpf::abi::{FlowEntry, FlowKey as XdpFlowKey, MAX_RULES};
+use linerate_ebpf::{Action, AttachMode, Attached, Rule, Steering};
+use serde::Deserialize;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogicArg {
     /// Fixed port pairs (--map), optional MAC rewrite per output (--rewrite).
     Static,
@@ -36,14 +53,16 @@ pub enum LogicArg {
     Router,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum XskModeArg {
     Auto,
     Copy,
     Zerocopy,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MappingArg {
     Sequential,
     Concurrent,
@@ -51,17 +70,23 @@ pub enum MappingArg {
 
 #[derive(clap::Args)]
 pub struct FwdArgs {
+    /// TOML file with any of these settings, keys named like the long flags (`port` holds a
+    /// list of interfaces). Flags given here override it. SIGHUP re-reads it and applies new
+    /// logic (routes, map, rewrites, filter, TTL) without stopping.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// An interface to forward among (two or more, in port order: the first is port 0).
-    #[arg(long = "port", required = true)]
+    #[arg(long = "port")]
     ports: Vec<String>,
     /// Workers; worker w owns queue w of every port (default 1).
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
+    #[arg(long)]
+    workers: Option<usize>,
     /// Cores to pin the workers to, one per worker, e.g. 1 (default: 0..workers).
     #[arg(long, value_delimiter = ',')]
     cores: Vec<usize>,
-    #[arg(long, value_enum, default_value = "static")]
-    logic: LogicArg,
+    /// Switching logic (default static).
+    #[arg(long, value_enum)]
+    logic: Option<LogicArg>,
     /// Static map pairs IN:OUT (port numbers), e.g. 0:1,1:0 (default: 0<->1).
     #[arg(long, value_delimiter = ',')]
     map: Vec<String>,
@@ -77,29 +102,225 @@ pub struct FwdArgs {
     /// Filter rule, first match wins, e.g. "deny udp any any dport 53" (repeatable).
     #[arg(long)]
     filter: Vec<String>,
-    #[arg(long, value_enum, default_value = "sequential")]
-    mapping: MappingArg,
-    /// Frames per batch (1 to 256).
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    #[arg(long, value_enum, default_value = "auto")]
-    xdp_mode: XdpModeArg,
-    #[arg(long, value_enum, default_value = "auto")]
-    xsk_mode: XskModeArg,
-    /// AF_XDP ring size (RX and TX; FILL and COMPLETION get twice this).
-    #[arg(long, default_value_t = 2048)]
-    ring: u32,
-    /// Buffers per worker (the UMEM size, in 2 KiB frames).
-    #[arg(long, default_value_t = 16384)]
-    frames: usize,
-    /// SO_BUSY_POLL microseconds on every socket (0: off).
-    #[arg(long, default_value_t = 0)]
-    busy_poll_us: u32,
+    /// Flow-to-worker mapping (default sequential: each flow on one worker, by jump hash).
+    #[arg(long, value_enum)]
+    mapping: Option<MappingArg>,
+    /// Frames per batch, 1 to 256 (default 64).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// XDP attach mode (default auto).
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpModeArg>,
+    /// AF_XDP copy or zero-copy (default auto).
+    #[arg(long, value_enum)]
+    xsk_mode: Option<XskModeArg>,
+    /// AF_XDP ring size, RX and TX; FILL and COMPLETION get twice this (default 2048).
+    #[arg(long)]
+    ring: Option<u32>,
+    /// Buffers per worker, the UMEM size in 2 KiB frames (default 16384).
+    #[arg(long)]
+    frames: Option<usize>,
+    /// SO_BUSY_POLL microseconds on every socket (default 0: off).
+    #[arg(long)]
+    busy_poll_us: Option<u32>,
     /// Stop after this long (default: until Ctrl-C).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Max mode: cache decided flows in the XDP program, which then forwards them in the
+    /// kernel. Egress interfaces must accept XDP redirects (on veth: an XDP program on the
+    /// peer).
+    #[arg(long)]
+    max: bool,
+    /// Max mode: a cached flow idle this long is removed (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    flow_idle: Option<Duration>,
     #[arg(long)]
     json: bool,
+}
+
+/// The `--config` file. Unknown keys are errors that name the key.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    port: Option<Vec<String>>,
+    workers: Option<usize>,
+    cores: Option<Vec<usize>>,
+    logic: Option<LogicArg>,
+    map: Option<Vec<String>>,
+    rewrite: Option<Vec<String>>,
+    route: Option<Vec<String>>,
+    ttl: Option<bool>,
+    filter: Option<Vec<String>>,
+    mapping: Option<MappingArg>,
+    batch: Option<usize>,
+    xdp_mode: Option<XdpModeArg>,
+    xsk_mode: Option<XskModeArg>,
+    ring: Option<u32>,
+    frames: Option<usize>,
+    busy_poll_us: Option<u32>,
+    duration: Option<String>,
+    max: Option<bool>,
+    flow_idle: Option<String>,
+    json: Option<bool>,
+}
+
+/// What the switching logic is built from: the part of the settings a reload applies.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct LogicSpec {
+    logic: LogicArg,
+    map: Vec<String>,
+    rewrite: Vec<String>,
+    route: Vec<String>,
+    ttl: bool,
+    filter: Vec<String>,
+}
+
+/// Every setting, resolved from flags over file over defaults, and checked.
+#[derive(Clone, Debug)]
+struct Settings {
+    ports: Vec<String>,
+    workers: usize,
+    cores: Vec<usize>,
+    logic: LogicSpec,
+    mapping: MappingArg,
+    batch: usize,
+    xdp_mode: XdpModeArg,
+    xsk_mode: XskModeArg,
+    ring: u32,
+    frames: usize,
+    busy_poll_us: u32,
+    duration: Option<Duration>,
+    max: bool,
+    flow_idle: Duration,
+    json: bool,
+}
+
+fn read_config(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--config {}: cannot read it", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        // Name the line, and so the key, whatever the message says.
+        let at = e.span().map_or(0, |s| s.start);
+        let line_no = text[..at.min(text.len())].matches('\n').count() + 1;
+        let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+        anyhow!(
+            "--config {}: line {line_no} `{line}`: {}",
+            path.display(),
+            e.message()
+        )
+    })
+}
+
+/// `flag` wins when given, then `file`, then `default`.
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
+fn pick_list<T>(flag: &[T], file: Option<Vec<T>>) -> Vec<T>
+where
+    T: Clone,
+{
+    if flag.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flag.to_vec()
+    }
+}
+
+fn file_duration(key: &str, s: Option<String>) -> Result<Option<Duration>> {
+    s.map(|s| parse_duration(&s).map_err(|e| anyhow!("--config: {key}: {e}")))
+        .transpose()
+}
+
+impl Settings {
+    fn resolve(a: &FwdArgs) -> Result<Settings> {
+        let f = match &a.config {
+            Some(p) => read_config(p)?,
+            None => FileConfig::default(),
+        };
+        let s = Settings {
+            ports: pick_list(&a.ports, f.port),
+            workers: pick(a.workers, f.workers, 1),
+            cores: pick_list(&a.cores, f.cores),
+            logic: LogicSpec {
+                logic: pick(a.logic, f.logic, LogicArg::Static),
+                map: pick_list(&a.map, f.map),
+                rewrite: pick_list(&a.rewrite, f.rewrite),
+                route: pick_list(&a.route, f.route),
+                ttl: a.ttl || f.ttl.unwrap_or(false),
+                filter: pick_list(&a.filter, f.filter),
+            },
+            mapping: pick(a.mapping, f.mapping, MappingArg::Sequential),
+            batch: pick(a.batch, f.batch, 64),
+            xdp_mode: pick(a.xdp_mode, f.xdp_mode, XdpModeArg::Auto),
+            xsk_mode: pick(a.xsk_mode, f.xsk_mode, XskModeArg::Auto),
+            ring: pick(a.ring, f.ring, 2048),
+            frames: pick(a.frames, f.frames, 16384),
+            busy_poll_us: pick(a.busy_poll_us, f.busy_poll_us, 0),
+            duration: a.duration.or(file_duration("duration", f.duration)?),
+            max: a.max || f.max.unwrap_or(false),
+            flow_idle: a
+                .flow_idle
+                .or(file_duration("flow-idle", f.flow_idle)?)
+                .unwrap_or(Duration::from_secs(10)),
+            json: a.json || f.json.unwrap_or(false),
+        };
+        s.check()?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.ports.len() < 2 {
+            bail!("--port: give at least two interfaces to forward among");
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.workers == 0 || self.workers > cores {
+            bail!(
+                "--workers {}: must be between 1 and the {cores} cores of this machine",
+                self.workers
+            );
+        }
+        if !(1..=256).contains(&self.batch) {
+            bail!("--batch {}: must be between 1 and 256", self.batch);
+        }
+        if !self.ring.is_power_of_two() || !(64..=32768).contains(&self.ring) {
+            bail!(
+                "--ring {}: must be a power of two between 64 and 32768",
+                self.ring
+            );
+        }
+        if self.frames < 256 * self.ports.len() {
+            bail!(
+                "--frames {}: need at least 256 per port ({} here)",
+                self.frames,
+                256 * self.ports.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Settings that differ from `running` and only take effect at the next start.
+    fn fixed_changes(&self, running: &Settings) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut diff = |changed: bool, key| {
+            if changed {
+                v.push(key)
+            }
+        };
+        diff(self.ports != running.ports, "port");
+        diff(self.workers != running.workers, "workers");
+        diff(self.cores != running.cores, "cores");
+        diff(self.mapping != running.mapping, "mapping");
+        diff(self.batch != running.batch, "batch");
+        diff(self.xdp_mode != running.xdp_mode, "xdp-mode");
+        diff(self.xsk_mode != running.xsk_mode, "xsk-mode");
+        diff(self.ring != running.ring, "ring");
+        diff(self.frames != running.frames, "frames");
+        diff(self.busy_poll_us != running.busy_poll_us, "busy-poll-us");
+        diff(self.max != running.max, "max");
+        diff(self.flow_idle != running.flow_idle, "flow-idle");
+        v
+    }
 }
 
 fn port_no(s: &str, what: &str, ports: usize) -> Result<PortId> {
@@ -116,8 +337,8 @@ fn port_no(s: &str, what: &str, ports: usize) -> Result<PortId> {
     Ok(p as PortId)
 }
 
-fn build_logic(a: &FwdArgs) -> Result<AnyLogic> {
-    let n = a.ports.len();
+fn build_logic(a: &LogicSpec, ports: &[String]) -> Result<AnyLogic> {
+    let n = ports.len();
     let mut logic = match a.logic {
         LogicArg::Static => {
             let pairs: Vec<(PortId, PortId)> = if a.map.is_empty() {
@@ -139,12 +360,12 @@ fn build_logic(a: &FwdArgs) -> Result<AnyLogic> {
                     .split_once('=')
                     .with_context(|| format!("--rewrite: '{r}' is not PORT=MAC"))?;
                 let p = port_no(p, "--rewrite", n)?;
-                let dst = parse_mac(mac).map_err(|e| anyhow::anyhow!("--rewrite: {e}"))?;
+                let dst = parse_mac(mac).map_err(|e| anyhow!("--rewrite: {e}"))?;
                 map.set_rewrite(
                     p,
                     Some(MacRewrite {
                         dst,
-                        src: mac_of("--port", &a.ports[p as usize])?,
+                        src: mac_of("--port", &ports[p as usize])?,
                     }),
                 );
             }
@@ -164,19 +385,19 @@ fn build_logic(a: &FwdArgs) -> Result<AnyLogic> {
                 let len: u8 = len.parse().with_context(bad)?;
                 let (port, mac) = via.split_once(',').with_context(bad)?;
                 let port = port_no(port, "--route", n)?;
-                let dst_mac = parse_mac(mac).map_err(|e| anyhow::anyhow!("--route: {e}"))?;
+                let dst_mac = parse_mac(mac).map_err(|e| anyhow!("--route: {e}"))?;
                 let id = u16::try_from(i).context("--route: too many routes")?;
                 router.set_next_hop(
                     id,
                     NextHop {
                         port,
                         dst_mac,
-                        src_mac: mac_of("--port", &a.ports[port as usize])?,
+                        src_mac: mac_of("--port", &ports[port as usize])?,
                     },
                 );
                 router
                     .add_route(addr, len, id)
-                    .map_err(|e| anyhow::anyhow!("--route {r}: {e}"))?;
+                    .map_err(|e| anyhow!("--route {r}: {e}"))?;
             }
             AnyLogic::new(router)
         }
@@ -187,7 +408,7 @@ fn build_logic(a: &FwdArgs) -> Result<AnyLogic> {
             .iter()
             .map(|f| {
                 f.parse::<AclRule>()
-                    .map_err(|e| anyhow::anyhow!("--filter '{f}': {e}"))
+                    .map_err(|e| anyhow!("--filter '{f}': {e}"))
             })
             .collect::<Result<Vec<_>>>()?;
         logic = logic.with_acl(Acl::new(rules, AclAction::Permit));
@@ -195,52 +416,207 @@ fn build_logic(a: &FwdArgs) -> Result<AnyLogic> {
     Ok(logic.with_ttl_decrement(a.ttl))
 }
 
+/// The XDP program's key for a flow the workers decided.
+fn xdp_key(l: &Learned) -> XdpFlowKey {
+    let mut key = XdpFlowKey {
+        sport_be: l.key.src_port.to_be(),
+        dport_be: l.key.dst_port.to_be(),
+        proto: l.key.proto,
+        family: if l.ipv4 { 4 } else { 6 },
+        ..XdpFlowKey::default()
+    };
+    if l.ipv4 {
+        // FlowKey holds IPv4 as IPv4-mapped IPv6; the program keeps it in the first 4 bytes.
+        key.src[..4].copy_from_slice(&l.key.src[12..]);
+        key.dst[..4].copy_from_slice(&l.key.dst[12..]);
+    } else {
+        key.src = l.key.src;
+        key.dst = l.key.dst;
+    }
+    key
+}
+
+/// Max mode's control side: installs the workers' reports, ages idle entries.
+struct FlowCache {
+    learned: Receiver<Learned>,
+    ifindex: Vec<u32>,
+    idle: Duration,
+    cached: u64,
+    aged: u64,
+}
+
+impl FlowCache {
+    fn install(&mut self, steering: &mut [Steering], version: u64) -> Result<()> {
+        for l in self.learned.try_iter() {
+            if l.version != version {
+                // Decided by logic a reload replaced.
+                continue;
+            }
+            let entry = FlowEntry {
+                ifindex: self.ifindex[l.out_port as usize],
+                dst_mac: l.dst_mac,
+                src_mac: l.src_mac,
+                dec_ttl: l.dec_ttl as u8,
+                ..FlowEntry::default()
+            };
+            steering[l.in_port as usize]
+                .cache_flow(xdp_key(&l), entry)
+                .context("max mode: caching a flow")?;
+            self.cached += 1;
+        }
+        Ok(())
+    }
+
+    fn age(&mut self, steering: &mut [Steering]) -> Result<()> {
+        let now = monotonic_ns();
+        for s in steering {
+            self.aged += s
+                .age_flows(now, self.idle.as_nanos() as u64)
+                .context("max mode: aging flows")? as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The addresses of `dev` itself: packets to them go to the host's stack, not forwarded, so
+/// the forwarding host stays reachable (ping, ssh) through the ports it forwards on.
+fn host_addresses(dev: &str) -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().context("listing interface addresses")? {
+        if ifa.interface_name != dev {
+            continue;
+        }
+        let Some(a) = ifa.address else { continue };
+        if let Some(v4) = a.as_sockaddr_in() {
+            out.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = a.as_sockaddr_in6() {
+            out.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    Ok(out)
+}
+
+/// Steering rules for one port: its own addresses to the host, everything else to AF_XDP.
+fn host_rules(dev: &str) -> Result<Vec<Rule>> {
+    let addrs = host_addresses(dev)?;
+    if addrs.len() > MAX_RULES as usize {
+        bail!(
+            "--port {dev}: {} addresses; the steering program holds {MAX_RULES} rules",
+            addrs.len()
+        );
+    }
+    Ok(addrs
+        .into_iter()
+        .map(|a| match a {
+            IpAddr::V4(v4) => Rule::any(Action::Pass).dst_v4(v4, 32),
+            IpAddr::V6(v6) => Rule::any(Action::Pass).dst_v6(v6, 128),
+        })
+        .collect())
+}
+
+/// Sums the steering programs' counters of `action` over every port.
+fn kernel_count(steering: &[Steering], action: Action) -> Result<(u64, u64)> {
+    let mut t = (0, 0);
+    for s in steering {
+        let c = s.counters()?[action as usize];
+        t.0 += c.packets;
+        t.1 += c.bytes;
+    }
+    Ok(t)
+}
+
+/// Re-reads `--config` and applies what changed in the logic. Problems are reported and the
+/// running configuration stays.
+fn reload(
+    a: &FwdArgs,
+    running: &mut Settings,
+    handle: &ReloadHandle<AnyLogic>,
+    steering: &mut [Steering],
+) -> Result<bool> {
+    let path = a.config.as_deref().unwrap_or(Path::new("?"));
+    let new = match Settings::resolve(a) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fwd: reload refused, still running the previous configuration: {e:#}");
+            return Ok(false);
+        }
+    };
+    for key in new.fixed_changes(running) {
+        eprintln!(
+            "fwd: reload: '{key}' changed in {}; it takes effect at the next start",
+            path.display()
+        );
+    }
+    if new.logic == running.logic {
+        eprintln!("fwd: reloaded {}: logic unchanged", path.display());
+        return Ok(false);
+    }
+    let logic = match build_logic(&new.logic, &running.ports) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("fwd: reload refused, still running the previous configuration: {e:#}");
+            return Ok(false);
+        }
+    };
+    let version = handle.publish(logic);
+    for s in steering.iter_mut() {
+        s.invalidate_flows()?;
+    }
+    running.logic = new.logic;
+    eprintln!(
+        "fwd: reloaded {}: new logic (version {version}) published; cached flows invalidated",
+        path.display()
+    );
+    Ok(true)
+}
+
 pub fn run(a: FwdArgs) -> Result<()> {
-    if a.ports.len() < 2 {
-        bail!("--port: give at least two interfaces to forward among");
+    let mut s = Settings::resolve(&a)?;
+    let cores = super::cores_for(&s.cores, s.workers, "--cores")?;
+    let mut ifindex = Vec::with_capacity(s.ports.len());
+    for dev in &s.ports {
+        ifindex.push(super::ifindex("--port", dev)?);
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if a.workers == 0 || a.workers > cores {
-        bail!(
-            "--workers {}: must be between 1 and the {cores} cores of this machine",
-            a.workers
-        );
-    }
-    if !(1..=256).contains(&a.batch) {
-        bail!("--batch {}: must be between 1 and 256", a.batch);
-    }
-    if !a.ring.is_power_of_two() || !(64..=32768).contains(&a.ring) {
-        bail!(
-            "--ring {}: must be a power of two between 64 and 32768",
-            a.ring
-        );
-    }
-    let cores = super::cores_for(&a.cores, a.workers, "--cores")?;
-    for dev in &a.ports {
-        super::ifindex("--port", dev)?;
-    }
-    let logic = build_logic(&a)?;
+    let handle = ReloadHandle::new(build_logic(&s.logic, &s.ports)?);
     let stop = super::stop_flag()?;
-    let mode = AttachMode::from(a.xdp_mode);
+    let hangup = Arc::new(AtomicBool::new(false));
+    if a.config.is_some() {
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone())
+            .context("installing the SIGHUP handler")?;
+    }
+    let mode = AttachMode::from(s.xdp_mode);
     let xsk_cfg = XskConfig {
-        rx_size: a.ring,
-        tx_size: a.ring,
-        fill_size: a.ring * 2,
-        comp_size: a.ring * 2,
-        mode: match a.xsk_mode {
+        rx_size: s.ring,
+        tx_size: s.ring,
+        fill_size: s.ring * 2,
+        comp_size: s.ring * 2,
+        mode: match s.xsk_mode {
             XskModeArg::Auto => XskMode::Auto,
             XskModeArg::Copy => XskMode::Copy,
             XskModeArg::Zerocopy => XskMode::ZeroCopy,
         },
         need_wakeup: true,
-        busy_poll_us: (a.busy_poll_us > 0).then_some(a.busy_poll_us),
+        busy_poll_us: (s.busy_poll_us > 0).then_some(s.busy_poll_us),
     };
     // Steering first, so a bad interface fails before any socket exists.
-    let mut steering = Vec::with_capacity(a.ports.len());
-    for dev in &a.ports {
-        let mut s = Steering::load().context("loading the steering program")?;
-        s.set_rules(&[], Action::Xsk)?;
-        match s
+    let mut steering = Vec::with_capacity(s.ports.len());
+    for dev in &s.ports {
+        let mut st = Steering::load().context("loading the steering program")?;
+        let rules = host_rules(dev)?;
+        if !rules.is_empty() {
+            eprintln!(
+                "fwd: traffic to {dev}'s {} address(es) goes to the host stack",
+                rules.len()
+            );
+        }
+        st.set_rules(&rules, Action::Xsk)?;
+        if s.max {
+            st.set_fastpath(true)?;
+            for &i in &ifindex {
+                st.add_tx_port(i)?;
+            }
+        }
+        match st
             .attach(dev, mode)
             .with_context(|| format!("--port {dev}"))?
         {
@@ -251,19 +627,27 @@ pub fn run(a: FwdArgs) -> Result<()> {
                     .unwrap_or_default()
             ),
         }
-        steering.push(s);
+        steering.push(st);
     }
-    let mapping = match a.mapping {
+    let mapping = match s.mapping {
         MappingArg::Sequential => Mapping::Sequential,
         MappingArg::Concurrent => Mapping::Concurrent,
     };
-    let (mut txs, mut rxs) = handoff_mesh(a.workers, 1024, 2048);
-    let mut workers = Vec::with_capacity(a.workers);
-    for w in (0..a.workers).rev() {
-        let pool = BufferPool::new(a.frames, 2048)?;
-        let fill = (a.frames / (2 * a.ports.len())).min(xsk_cfg.fill_size as usize) as u32;
-        let mut ports: Vec<XskPort> = Vec::with_capacity(a.ports.len());
-        for (i, dev) in a.ports.iter().enumerate() {
+    let (learn_tx, learn_rx) = sync_channel(8192);
+    let mut cache = FlowCache {
+        learned: learn_rx,
+        ifindex: ifindex.clone(),
+        idle: s.flow_idle,
+        cached: 0,
+        aged: 0,
+    };
+    let (mut txs, mut rxs) = handoff_mesh(s.workers, 1024, 2048);
+    let mut workers = Vec::with_capacity(s.workers);
+    for w in (0..s.workers).rev() {
+        let pool = BufferPool::new(s.frames, 2048)?;
+        let fill = (s.frames / (2 * s.ports.len())).min(xsk_cfg.fill_size as usize) as u32;
+        let mut ports: Vec<XskPort> = Vec::with_capacity(s.ports.len());
+        for (i, dev) in s.ports.iter().enumerate() {
             let p = XskPort::open(&pool, ports.first(), dev, w as u32, &xsk_cfg, fill)
                 .with_context(|| format!("worker {w}: AF_XDP socket on {dev} queue {w}"))?;
             steering[i].bind_xsk(w as u32, p.fd().context("socket closed")?)?;
@@ -271,11 +655,16 @@ pub fn run(a: FwdArgs) -> Result<()> {
         }
         if w == 0 {
             eprintln!(
-                "fwd: AF_XDP in {} mode",
+                "fwd: AF_XDP in {} mode{}",
                 if ports[0].is_zero_copy() {
                     "zero-copy"
                 } else {
                     "copy"
+                },
+                if s.max {
+                    "; max mode: decided flows are forwarded by the XDP program"
+                } else {
+                    ""
                 }
             );
         }
@@ -285,15 +674,17 @@ pub fn run(a: FwdArgs) -> Result<()> {
             .collect();
         let cfg = WorkerConfig {
             id: w,
-            workers: a.workers,
-            batch: a.batch,
+            workers: s.workers,
+            batch: s.batch,
             mapping,
             kernel_port: None,
             idle: IdlePolicy::default(),
         };
+        let logic = FlowLearner::new(handle.reloadable(), s.max.then(|| learn_tx.clone()));
         let (tx, rx) = (txs.pop().unwrap_or_default(), rxs.pop().unwrap_or_default());
-        workers.push(Worker::new(cfg, pool, ports, logic.clone(), tx, rx)?);
+        workers.push(Worker::new(cfg, pool, ports, logic, tx, rx)?);
     }
+    drop(learn_tx);
     workers.reverse();
     let counters: Vec<_> = workers.iter().map(Worker::counters).collect();
     let start = Instant::now();
@@ -301,38 +692,69 @@ pub fn run(a: FwdArgs) -> Result<()> {
     for (i, w) in workers.into_iter().enumerate() {
         handles.push(worker::spawn(w, Some(cores[i]), stop.clone())?);
     }
+    eprintln!("fwd: forwarding among {}", s.ports.join(", "));
     let live = Live::new();
-    let (mut before, mut last) = (Counts::default(), Instant::now());
-    while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| start.elapsed() < d) {
-        std::thread::sleep(Duration::from_millis(50));
-        if last.elapsed() >= Duration::from_secs(1) {
-            let mut now = Counts::default();
-            for c in &counters {
-                now.add(&c.read());
+    let mut reloads = 0;
+    let mut control = || -> Result<()> {
+        let (mut before, mut last) = (Counts::default(), Instant::now());
+        let mut fast_before = kernel_count(&steering, Action::Fastpath)?.0;
+        while !stop.load(Ordering::Relaxed) && s.duration.is_none_or(|d| start.elapsed() < d) {
+            std::thread::sleep(Duration::from_millis(20));
+            if hangup.swap(false, Ordering::Relaxed) && reload(&a, &mut s, &handle, &mut steering)?
+            {
+                reloads += 1;
             }
-            live.line(
-                start.elapsed(),
-                &pipeline::live_line(&now, &before, last.elapsed()),
-            );
-            (before, last) = (now, Instant::now());
+            if s.max {
+                cache.install(&mut steering, handle.version())?;
+            }
+            if last.elapsed() >= Duration::from_secs(1) {
+                let dt = last.elapsed();
+                let mut now = Counts::default();
+                for c in &counters {
+                    now.add(&c.read());
+                }
+                let mut line = pipeline::live_line(&now, &before, dt);
+                if s.max {
+                    let fast = kernel_count(&steering, Action::Fastpath)?.0;
+                    line.push_str(&format!(
+                        "  kernel {:>7.2} Mpps",
+                        (fast - fast_before) as f64 / dt.as_secs_f64() / 1e6
+                    ));
+                    fast_before = fast;
+                    cache.age(&mut steering)?;
+                }
+                live.line(start.elapsed(), &line);
+                (before, last) = (now, Instant::now());
+            }
         }
-    }
+        Ok(())
+    };
+    let outcome = control();
     stop.store(true, Ordering::Relaxed);
     live.done();
     let elapsed = start.elapsed();
     let mut reports = Vec::new();
     for h in handles {
-        reports.push(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a worker panicked"))??,
-        );
+        reports.push(h.join().map_err(|_| anyhow!("a worker panicked"))??);
     }
+    outcome?;
+    let fast = kernel_count(&steering, Action::Fastpath)?;
+    let to_kernel =
+        kernel_count(&steering, Action::Pass)?.0 + kernel_count(&steering, Action::NoXsk)?.0;
     drop(steering);
     let report = PipelineReport {
         elapsed,
         workers: reports,
+        kernel: Some(KernelPath {
+            fastpath_packets: fast.0,
+            fastpath_bytes: fast.1,
+            to_kernel,
+            flows_cached: cache.cached,
+            flows_aged: cache.aged,
+            reloads,
+        }),
     };
-    if a.json {
+    if s.json {
         println!("{}", report.json());
     } else {
         print!("{}", report.table());
@@ -345,4 +767,157 @@ pub fn run(a: FwdArgs) -> Result<()> {
         bail!("frame accounting failed: a worker ended with buffers unaccounted for");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        fwd: FwdArgs,
+    }
+
+    fn args(list: &[&str]) -> FwdArgs {
+        Cli::try_parse_from(std::iter::once("fwd").chain(list.iter().copied()))
+            .unwrap()
+            .fwd
+    }
+
+    fn config(text: &str) -> (tempfile_path::Guard, String) {
+        let g = tempfile_path::Guard::new(text);
+        let p = g.0.display().to_string();
+        (g, p)
+    }
+
+    /// A file removed when dropped (no tempfile crate for this one use).
+    mod tempfile_path {
+        pub struct Guard(pub std::path::PathBuf);
+        impl Guard {
+            pub fn new(text: &str) -> Guard {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "linerate-fwd-{}-{}.toml",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&p, text).unwrap();
+                Guard(p)
+            }
+        }
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let (_g, p) = config(
+            "port = [\"a\", \"b\", \"c\"]\nworkers = 1\nbatch = 32\nlogic = \"router\"\n\
+             route = [\"10.0.0.0/8=1,02:00:00:00:00:01\"]\nmax = true\nflow-idle = \"3s\"\n",
+        );
+        let s = Settings::resolve(&args(&["--config", &p, "--batch", "16"])).unwrap();
+        assert_eq!(s.ports, ["a", "b", "c"]);
+        assert_eq!(s.batch, 16, "the flag wins");
+        assert_eq!(s.logic.logic, LogicArg::Router);
+        assert_eq!(s.logic.route.len(), 1);
+        assert!(s.max);
+        assert_eq!(s.flow_idle, Duration::from_secs(3));
+        assert_eq!(
+            (s.ring, s.frames, s.mapping),
+            (2048, 16384, MappingArg::Sequential)
+        );
+        let s = Settings::resolve(&args(&["--config", &p, "--port", "x", "--port", "y"])).unwrap();
+        assert_eq!(s.ports, ["x", "y"], "a list flag replaces the file's list");
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let (_g, p) = config("port = [\"a\", \"b\"]\nrings = 4096\n");
+        let e = Settings::resolve(&args(&["--config", &p]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rings") && e.contains(&p), "{e}");
+        let (_g, p) = config("port = [\"a\", \"b\"]\nbatch = \"many\"\n");
+        let e = Settings::resolve(&args(&["--config", &p]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2 `batch = \"many\"`"), "{e}");
+        let (_g, p) = config("port = [\"a\", \"b\"]\nflow-idle = \"soon\"\n");
+        let e = format!(
+            "{:#}",
+            Settings::resolve(&args(&["--config", &p])).unwrap_err()
+        );
+        assert!(e.contains("flow-idle"), "{e}");
+        let (_g, p) = config("port = [\"a\", \"b\"]\nlogic = \"hub\"\n");
+        let e = Settings::resolve(&args(&["--config", &p]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hub"), "{e}");
+        let e = Settings::resolve(&args(&["--config", "/nonexistent/x.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+
+    #[test]
+    fn checks_apply_to_file_values_too() {
+        let (_g, p) = config("port = [\"a\", \"b\"]\nring = 1000\n");
+        let e = Settings::resolve(&args(&["--config", &p]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--ring 1000"), "{e}");
+        let (_g, p) = config("port = [\"a\"]\n");
+        let e = Settings::resolve(&args(&["--config", &p]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least two"), "{e}");
+    }
+
+    #[test]
+    fn only_logic_changes_apply_on_reload() {
+        let base = Settings::resolve(&args(&["--port", "a", "--port", "b"])).unwrap();
+        let mut other = base.clone();
+        other.batch = 8;
+        other.logic.ttl = true;
+        other.max = true;
+        assert_eq!(other.fixed_changes(&base), ["batch", "max"]);
+    }
+
+    #[test]
+    fn ipv4_flow_keys_use_the_programs_layout() {
+        let key = linerate_dataplane::shard::FlowKey {
+            src: std::net::Ipv4Addr::new(10, 0, 0, 1)
+                .to_ipv6_mapped()
+                .octets(),
+            dst: std::net::Ipv4Addr::new(10, 0, 0, 2)
+                .to_ipv6_mapped()
+                .octets(),
+            src_port: 1000,
+            dst_port: 9,
+            proto: 17,
+        };
+        let l = Learned {
+            in_port: 0,
+            out_port: 1,
+            key,
+            ipv4: true,
+            dst_mac: [0; 6],
+            src_mac: [0; 6],
+            dec_ttl: false,
+            version: 0,
+        };
+        let k = xdp_key(&l);
+        assert_eq!(&k.src[..4], &[10, 0, 0, 1]);
+        assert_eq!(&k.src[4..], &[0; 12]);
+        assert_eq!(&k.dst[..4], &[10, 0, 0, 2]);
+        // Network order as the program reads it from the packet.
+        assert_eq!(k.sport_be.to_ne_bytes(), 1000u16.to_be_bytes());
+        assert_eq!((k.proto, k.family), (17, 4));
+    }
 }

@@ -112,7 +112,7 @@ pub fn run(a: GenArgs) -> Result<()> {
     };
     let stop = super::stop_flag()?;
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..a.threads).map(|_| AtomicU64::new(0)).collect());
-    let cfg = GenConfig {
+    let mut cfg = GenConfig {
         nflows: a.flows,
         stamp_off: t.stamp_off,
         l4_off: t.l4_off,
@@ -120,6 +120,7 @@ pub fn run(a: GenArgs) -> Result<()> {
         base_sport: t.base_sport,
         ..GenConfig::default()
     };
+    cfg.set_headers(&t.frame);
     eprintln!(
         "gen: {} engine on {} ({} thread(s)), {}-byte frames, {} flow(s), {}",
         match a.engine {

@@ -66,7 +66,8 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 /// `--xdp-mode`: how to attach linerate's XDP program.
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum XdpModeArg {
     /// Driver (native) mode, falling back to skb (generic) mode with a message.
     Auto,
