@@ -2,25 +2,10 @@
 //! pairs): at a modest rate every frame arrives, in order, and the reports say so; after the
 //! commands exit no XDP program is left on any interface.
 
+mod common;
+
+use common::{field, gen_frames, linerate, start_sink, start_until};
 use linerate_tests::{VethPair, privileged, run};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-fn linerate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_linerate"))
-}
-
-fn field(json: &str, key: &str) -> u64 {
-    let at = json
-        .find(&format!("\"{key}\":"))
-        .unwrap_or_else(|| panic!("{key} in {json}"));
-    json[at + key.len() + 3..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn generated_frames_all_arrive_at_the_sink() {
@@ -31,14 +16,10 @@ fn generated_frames_all_arrive_at_the_sink() {
     for end in [&pair.a, &pair.b] {
         run("ip", &["link", "set", end, "up"]).unwrap();
     }
-    let (sink, drain) = start_sink(&pair.b, "4s");
-    let generator = gen_20k_frames(&pair.a);
-    let g = String::from_utf8_lossy(&generator.stdout);
+    let sink = start_sink(linerate(), &pair.b, "4s");
+    let g = gen_frames(linerate(), &pair.a, "198.51.100.1", 20000, &[]);
     assert_eq!(field(&g, "sent"), 20000, "{g}");
-    let out = sink.wait_with_output().unwrap();
-    drain.join().unwrap().unwrap();
-    assert!(out.status.success(), "sink failed");
-    let s = String::from_utf8_lossy(&out.stdout);
+    let s = sink.finish();
     assert_eq!(field(&s, "received"), 20000, "{s}");
     assert_eq!(field(&s, "lost"), 0, "{s}");
     assert_eq!(field(&s, "reordered"), 0, "{s}");
@@ -52,74 +33,6 @@ fn generated_frames_all_arrive_at_the_sink() {
     );
 }
 
-/// `linerate gen` out of `dev`: 20,000 frames over 8 flows at 20k frames/s, which must
-/// succeed; returns its output.
-fn gen_20k_frames(dev: &str) -> std::process::Output {
-    let out = linerate()
-        .args([
-            "gen",
-            "--dev",
-            dev,
-            "--src",
-            "192.0.2.1",
-            "--dst",
-            "198.51.100.1",
-        ])
-        .args(["--flows", "8", "--pps", "20k", "--count", "20000", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Spawns `linerate ARGS` and returns once it printed a stderr line containing `ready`; the
-/// thread returned keeps draining its stderr.
-fn start_until(
-    args: &[&str],
-    ready: &str,
-) -> (
-    std::process::Child,
-    std::thread::JoinHandle<std::io::Result<u64>>,
-) {
-    let mut child = linerate()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains(ready) {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "{args:?} exited before '{ready}'"
-        );
-    }
-    (
-        child,
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink())),
-    )
-}
-
-/// Starts `linerate sink` on `dev` and returns once its sockets are bound.
-fn start_sink(
-    dev: &str,
-    secs: &str,
-) -> (
-    std::process::Child,
-    std::thread::JoinHandle<std::io::Result<u64>>,
-) {
-    start_until(
-        &["sink", "--dev", dev, "--duration", secs, "--json"],
-        "analysing",
-    )
-}
-
 #[test]
 fn gen_through_fwd_to_sink_loses_nothing_and_leaves_no_program() {
     if !privileged("gen_sink::gen_through_fwd_to_sink_loses_nothing_and_leaves_no_program") {
@@ -129,34 +42,28 @@ fn gen_through_fwd_to_sink_loses_nothing_and_leaves_no_program() {
     for end in [&left.a, &left.b, &right.a, &right.b] {
         run("ip", &["link", "set", end, "up"]).unwrap();
     }
-    let (sink, drain) = start_sink(&right.b, "6s");
-    let (fwd, fwd_drain) = start_until(
-        &[
-            "fwd",
-            "--port",
-            &left.b,
-            "--port",
-            &right.a,
-            "--map",
-            "0:1",
-            "--rewrite",
-            "1=02:00:00:00:00:99",
-            "--ttl",
-            "--duration",
-            "5s",
-            "--json",
-        ],
-        "AF_XDP in",
-    );
-    gen_20k_frames(&left.a);
-    let f = fwd.wait_with_output().unwrap();
-    fwd_drain.join().unwrap().unwrap();
-    assert!(f.status.success(), "fwd failed");
-    let fj = String::from_utf8_lossy(&f.stdout);
+    let sink = start_sink(linerate(), &right.b, "6s");
+    let mut fwd = linerate();
+    fwd.args([
+        "fwd",
+        "--port",
+        &left.b,
+        "--port",
+        &right.a,
+        "--map",
+        "0:1",
+        "--rewrite",
+        "1=02:00:00:00:00:99",
+        "--ttl",
+        "--duration",
+        "5s",
+        "--json",
+    ]);
+    let fwd = start_until(fwd, "forwarding among");
+    gen_frames(linerate(), &left.a, "198.51.100.1", 20000, &[]);
+    let fj = fwd.finish();
     assert!(fj.contains("\"frames_accounted\":true"), "{fj}");
-    let out = sink.wait_with_output().unwrap();
-    drain.join().unwrap().unwrap();
-    let s = String::from_utf8_lossy(&out.stdout);
+    let s = sink.finish();
     assert_eq!(field(&s, "received"), 20000, "{s}\nfwd: {fj}");
     assert_eq!(field(&s, "lost"), 0, "{s}");
     assert_eq!(field(&s, "reordered"), 0, "{s}");

@@ -122,12 +122,20 @@ pub struct VethPair {
 
 impl VethPair {
     pub fn new() -> Result<VethPair> {
+        VethPair::with_queues(1)
+    }
+
+    /// A pair whose ends both have `queues` RX and TX queues.
+    pub fn with_queues(queues: u32) -> Result<VethPair> {
         let a = unique_name("lrva");
         let b = unique_name("lrvb");
-        run(
-            "ip",
-            &["link", "add", &a, "type", "veth", "peer", "name", &b],
-        )?;
+        let q = queues.to_string();
+        let per_end = ["numtxqueues", &q, "numrxqueues", &q];
+        let mut args = vec!["link", "add", &a];
+        args.extend_from_slice(&per_end);
+        args.extend_from_slice(&["type", "veth", "peer", "name", &b]);
+        args.extend_from_slice(&per_end);
+        run("ip", &args)?;
         Ok(VethPair { a, b })
     }
 

@@ -578,8 +578,13 @@ pub fn run(a: FwdArgs) -> Result<()> {
         ifindex.push(super::ifindex("--port", dev)?);
     }
     let handle = ReloadHandle::new(build_logic(&s.logic, &s.ports)?);
-    let stop = super::stop_flag()?;
     let hangup = Arc::new(AtomicBool::new(false));
+    let stop = if a.config.is_some() {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        super::stop_flag_on(&[SIGINT, SIGTERM])?
+    } else {
+        super::stop_flag()?
+    };
     if a.config.is_some() {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone())
             .context("installing the SIGHUP handler")?;

@@ -103,12 +103,25 @@ pub fn cores_for(list: &[usize], n: usize, flag: &str) -> Result<Vec<usize>> {
     Ok(list.to_vec())
 }
 
-/// A flag set by SIGINT or SIGTERM, so every job stops cleanly and still reports.
+/// A flag set by SIGINT, SIGTERM or SIGHUP, so every job stops cleanly and still reports. A
+/// second SIGINT exits at once.
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    stop_flag_on(&[SIGINT, SIGTERM, SIGHUP])
+}
+
+/// [`stop_flag`] for the given signals only (`fwd --config` keeps SIGHUP for reloads).
+pub fn stop_flag_on(signals: &[i32]) -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    ctrlc::set_handler(move || s.store(true, std::sync::atomic::Ordering::Relaxed))
-        .context("installing the SIGINT/SIGTERM handler")?;
+    for &sig in signals {
+        if sig == signal_hook::consts::SIGINT {
+            // Registered first: runs only when the flag is already set.
+            signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+                .context("installing the SIGINT handler")?;
+        }
+        signal_hook::flag::register(sig, stop.clone())
+            .with_context(|| format!("installing the handler of signal {sig}"))?;
+    }
     Ok(stop)
 }
 

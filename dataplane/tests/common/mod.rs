@@ -1,0 +1,121 @@
+//! Helpers the end-to-end tests of the `linerate` binary share: running it (also inside a
+//! namespace), waiting until a background job is ready, reading its JSON reports.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+pub fn linerate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_linerate"))
+}
+
+/// `linerate` run inside network namespace `ns`.
+pub fn linerate_in(ns: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_linerate")]);
+    c
+}
+
+/// The first number after `"key":` in `json`.
+pub fn field(json: &str, key: &str) -> u64 {
+    let at = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} in {json}"));
+    json[at + key.len() + 3..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The part of `json` from `"key":` on, to read fields of a nested object with [`field`].
+pub fn from<'a>(json: &'a str, key: &str) -> &'a str {
+    let at = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} in {json}"));
+    &json[at..]
+}
+
+/// A background `linerate` job: its stderr lines after the ready line arrive on `lines`.
+pub struct Job {
+    pub child: Child,
+    pub lines: Receiver<String>,
+}
+
+impl Job {
+    /// Waits for a stderr line containing `text` (the job must print it within `limit`).
+    pub fn wait_line(&self, text: &str, limit: Duration) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(limit)
+                .unwrap_or_else(|_| panic!("no line with '{text}' from the job"));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits for the job to exit successfully; returns its stdout.
+    pub fn finish(self) -> String {
+        let out = self.child.wait_with_output().unwrap();
+        let rest: Vec<String> = self.lines.try_iter().collect();
+        assert!(out.status.success(), "job failed: {}", rest.join("\n"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Spawns `cmd` and returns once it printed a stderr line containing `ready`.
+pub fn start_until(mut cmd: Command, ready: &str) -> Job {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut seen = String::new();
+    while !line.contains(ready) {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "{cmd:?} exited before '{ready}': {seen}"
+        );
+        seen.push_str(&line);
+    }
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for l in err.lines() {
+            let Ok(l) = l else { break };
+            let _ = tx.send(l);
+        }
+    });
+    Job { child, lines: rx }
+}
+
+/// Starts `linerate sink` on `dev` for `secs` and returns once its sockets are bound.
+pub fn start_sink(mut cmd: Command, dev: &str, secs: &str) -> Job {
+    cmd.args(["sink", "--dev", dev, "--duration", secs, "--json"]);
+    start_until(cmd, "analysing")
+}
+
+/// `linerate gen` out of `dev` to `dst`: `count` frames over 8 flows at 20k frames/s plus
+/// `extra` arguments; must succeed. Returns its JSON report.
+pub fn gen_frames(mut cmd: Command, dev: &str, dst: &str, count: u64, extra: &[&str]) -> String {
+    let count = count.to_string();
+    let out = cmd
+        .args(["gen", "--dev", dev, "--src", "192.0.2.1", "--dst", dst])
+        .args(["--flows", "8", "--pps", "20k", "--count", &count, "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

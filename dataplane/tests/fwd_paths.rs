@@ -1,0 +1,224 @@
+//! `linerate fwd` end to end over veth pairs and namespaces: max mode forwards cached flows in
+//! the kernel; the router sends each prefix to its port and a reload (SIGHUP) moves cached
+//! flows; the filter drops what it should; the forwarding host answers ping through the
+//! ports it forwards on; two workers on two queues keep every flow in order.
+
+mod common;
+
+use common::{Job, field, from, gen_frames, linerate, linerate_in, start_sink, start_until};
+use linerate_tests::{NetNs, VethPair, privileged, run};
+use std::time::Duration;
+
+const SINK_MAC: &str = "02:00:00:00:00:99";
+
+fn up(pairs: &[&VethPair]) {
+    for p in pairs {
+        for end in [&p.a, &p.b] {
+            run("ip", &["link", "set", end, "up"]).unwrap();
+        }
+    }
+}
+
+fn start_fwd(args: &[&str]) -> Job {
+    let mut cmd = linerate();
+    cmd.arg("fwd").args(args).arg("--json");
+    start_until(cmd, "forwarding among")
+}
+
+fn no_program_left(devs: &[&str]) {
+    for dev in devs {
+        let link = run("ip", &["-d", "link", "show", dev]).unwrap();
+        assert!(
+            !link.contains("prog/xdp"),
+            "XDP program left on {dev}: {link}"
+        );
+    }
+}
+
+#[test]
+fn max_mode_forwards_decided_flows_in_the_kernel() {
+    if !privileged("fwd_paths::max_mode_forwards_decided_flows_in_the_kernel") {
+        return;
+    }
+    let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
+    up(&[&left, &right]);
+    let sink = start_sink(linerate(), &right.b, "6s");
+    let fwd = start_fwd(&[
+        "--port",
+        &left.b,
+        "--port",
+        &right.a,
+        "--map",
+        "0:1",
+        "--rewrite",
+        &format!("1={SINK_MAC}"),
+        "--ttl",
+        "--max",
+        "--duration",
+        "5s",
+    ]);
+    gen_frames(linerate(), &left.a, "198.51.100.1", 40000, &[]);
+    let f = fwd.finish();
+    let s = sink.finish();
+    assert_eq!(field(&s, "received"), 40000, "{s}\nfwd: {f}");
+    assert_eq!(field(&s, "lost"), 0, "{s}");
+    assert_eq!(field(&s, "duplicates"), 0, "{s}");
+    let kernel = from(&f, "kernel");
+    let fast = field(kernel, "fastpath_packets");
+    let user = field(from(&f, "total"), "tx");
+    // The first packets of each flow went through the worker, the rest through the kernel.
+    assert!(fast > 0 && user > 0, "{f}");
+    assert!(fast + user >= 40000, "{f}");
+    assert!(field(kernel, "flows_cached") >= 8, "{f}");
+    assert!(f.contains("\"frames_accounted\":true"), "{f}");
+    no_program_left(&[&left.b, &right.a, &right.b]);
+}
+
+#[test]
+fn routes_send_prefixes_to_their_ports_and_reloads_move_flows() {
+    if !privileged("fwd_paths::routes_send_prefixes_to_their_ports_and_reloads_move_flows") {
+        return;
+    }
+    let (left, one, two) = (
+        VethPair::new().unwrap(),
+        VethPair::new().unwrap(),
+        VethPair::new().unwrap(),
+    );
+    up(&[&left, &one, &two]);
+    let routes = |low: u8, high: u8| {
+        format!(
+            "port = [\"{}\", \"{}\", \"{}\"]\nlogic = \"router\"\nttl = true\nmax = true\n\
+             route = [\"198.51.100.0/25={low},{SINK_MAC}\", \"198.51.100.128/25={high},{SINK_MAC}\"]\n",
+            left.b, one.a, two.a
+        )
+    };
+    let path = std::env::temp_dir().join(format!("linerate-fwd-{}.toml", left.a));
+    std::fs::write(&path, routes(1, 2)).unwrap();
+    let sink1 = start_sink(linerate(), &one.b, "9s");
+    let sink2 = start_sink(linerate(), &two.b, "9s");
+    let fwd = start_fwd(&["--config", path.to_str().unwrap(), "--duration", "8s"]);
+    gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
+    gen_frames(linerate(), &left.a, "198.51.100.200", 10000, &[]);
+    // Swap the routes: the flows to .1, cached towards port 1, must now leave by port 2.
+    std::fs::write(&path, routes(2, 1)).unwrap();
+    let pid = fwd.child.id().to_string();
+    run("kill", &["-HUP", &pid]).unwrap();
+    fwd.wait_line("reloaded", Duration::from_secs(5));
+    gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
+    let f = fwd.finish();
+    let _ = std::fs::remove_file(&path);
+    let (s1, s2) = (sink1.finish(), sink2.finish());
+    assert_eq!(field(&s1, "received"), 10000, "{s1}\nfwd: {f}");
+    assert_eq!(field(&s2, "received"), 20000, "{s2}\nfwd: {f}");
+    let kernel = from(&f, "kernel");
+    assert_eq!(field(kernel, "reloads"), 1, "{f}");
+    assert!(field(kernel, "fastpath_packets") > 0, "{f}");
+}
+
+#[test]
+fn the_filter_drops_what_it_should() {
+    if !privileged("fwd_paths::the_filter_drops_what_it_should") {
+        return;
+    }
+    let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
+    up(&[&left, &right]);
+    let sink = start_sink(linerate(), &right.b, "6s");
+    // The generator's 8 flows use source ports 1024..=1031: half are denied.
+    let fwd = start_fwd(&[
+        "--port",
+        &left.b,
+        "--port",
+        &right.a,
+        "--filter",
+        "deny udp any any sport 1024-1027",
+        "--duration",
+        "5s",
+    ]);
+    gen_frames(linerate(), &left.a, "198.51.100.1", 20000, &[]);
+    let f = fwd.finish();
+    let s = sink.finish();
+    assert_eq!(field(&s, "received"), 10000, "{s}\nfwd: {f}");
+    assert_eq!(field(&s, "flows"), 4, "{s}");
+    assert_eq!(field(&s, "lost"), 0, "{s}");
+    assert_eq!(field(from(&f, "total"), "filtered"), 10000, "{f}");
+}
+
+#[test]
+fn the_forwarding_host_answers_ping_on_its_ports() {
+    if !privileged("fwd_paths::the_forwarding_host_answers_ping_on_its_ports") {
+        return;
+    }
+    let (dut, peer) = (NetNs::new().unwrap(), NetNs::new().unwrap());
+    let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
+    left.place(&left.a, &peer, "10.77.0.2/24").unwrap();
+    left.place(&left.b, &dut, "10.77.0.1/24").unwrap();
+    right.place(&right.a, &dut, "10.78.0.1/24").unwrap();
+    right.place(&right.b, &peer, "10.78.0.2/24").unwrap();
+    let mut cmd = linerate_in(dut.name());
+    cmd.args(["fwd", "--port", &left.b, "--port", &right.a])
+        .args(["--duration", "6s", "--json"]);
+    let fwd = start_until(cmd, "forwarding among");
+    // Without the host's addresses passed to its stack, the echo request would be forwarded
+    // out of the other port and never answered.
+    peer.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "10.77.0.1"])
+        .expect("the forwarding host answers ping while forwarding");
+    let f = fwd.finish();
+    assert!(field(from(&f, "kernel"), "to_kernel") >= 3, "{f}");
+}
+
+#[test]
+fn two_workers_on_two_queues_keep_every_flow_in_order() {
+    if !privileged("fwd_paths::two_workers_on_two_queues_keep_every_flow_in_order") {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        eprintln!("two_workers_on_two_queues: needs 2 cores, this machine has {cores}");
+        return;
+    }
+    let (left, right) = (
+        VethPair::with_queues(2).unwrap(),
+        VethPair::with_queues(2).unwrap(),
+    );
+    up(&[&left, &right]);
+    let sink = start_sink(linerate(), &right.b, "6s");
+    let fwd = start_fwd(&[
+        "--port",
+        &left.b,
+        "--port",
+        &right.a,
+        "--workers",
+        "2",
+        "--cores",
+        "0,1",
+        "--mapping",
+        "sequential",
+        "--duration",
+        "5s",
+    ]);
+    // One sending thread per core: veth puts each core's frames on its own queue, so both
+    // workers receive every flow and each flow's owner takes the other's share by handoff.
+    let g = gen_frames(
+        linerate(),
+        &left.a,
+        "198.51.100.1",
+        20000,
+        &["--threads", "2", "--cores", "0,1"],
+    );
+    assert_eq!(field(&g, "sent"), 20000, "{g}");
+    let f = fwd.finish();
+    let s = sink.finish();
+    assert_eq!(field(&s, "received"), 20000, "{s}\nfwd: {f}");
+    assert_eq!(field(&s, "lost"), 0, "{s}");
+    assert_eq!(field(&s, "reordered"), 0, "{s}");
+    assert_eq!(field(&s, "duplicates"), 0, "{s}");
+    assert_eq!(
+        field(&s, "flows"),
+        16,
+        "8 flows from each of 2 streams: {s}"
+    );
+    assert!(field(from(&f, "total"), "handoff_out") > 0, "{f}");
+    let workers = from(&f, "workers");
+    let w1 = &workers[workers.find("\"id\":1").expect("worker 1")..];
+    assert!(field(workers, "rx") > 0 && field(w1, "rx") > 0, "{f}");
+}
