@@ -137,6 +137,30 @@ impl Template {
     }
 }
 
+impl Template {
+    /// What the kernel-side engine does to each frame, for the user-space (AF_XDP) engine:
+    /// `frame` is a copy of [`Template::frame`] (only the port, stamp and checksum change);
+    /// writes flow `flow`'s source port and the 16-byte `stamp` and finishes the UDP
+    /// checksum from [`Template::base_sum`] in constant time.
+    #[inline]
+    pub fn stamp(&self, frame: &mut [u8], flow: u16, stamp: &[u8; STAMP_LEN]) {
+        let l4 = self.l4_off as usize;
+        let sport = self.base_sport.wrapping_add(flow).to_be_bytes();
+        frame[l4..l4 + 2].copy_from_slice(&sport);
+        frame[l4 + 8..l4 + 8 + STAMP_LEN].copy_from_slice(stamp);
+        let mut acc = self.base_sum as u64 + u16::from_ne_bytes(sport) as u64;
+        for w in stamp.chunks_exact(2) {
+            acc += u16::from_ne_bytes([w[0], w[1]]) as u64;
+        }
+        // 0 means "no checksum" over IPv4 and is invalid over IPv6: all ones instead.
+        let c = match !checksum::fold(acc) {
+            0 => 0xffff,
+            c => c,
+        };
+        frame[l4 + 6..l4 + 8].copy_from_slice(&c.to_ne_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,21 +179,9 @@ mod tests {
         }
     }
 
-    /// What the engine does to a frame, in Rust: write port and stamp, finish the checksum.
-    pub(crate) fn finish(t: &Template, flow: u16, stamp: [u8; 16]) -> Vec<u8> {
+    fn finish(t: &Template, flow: u16, stamp: [u8; 16]) -> Vec<u8> {
         let mut f = t.frame.clone();
-        let l4 = t.l4_off as usize;
-        f[l4..l4 + 2].copy_from_slice(&(t.base_sport + flow).to_be_bytes());
-        f[l4 + 8..l4 + 24].copy_from_slice(&stamp);
-        let mut acc = t.base_sum as u64 + u16::from_ne_bytes([f[l4], f[l4 + 1]]) as u64;
-        for w in stamp.chunks(2) {
-            acc += u16::from_ne_bytes([w[0], w[1]]) as u64;
-        }
-        let c = match !checksum::fold(acc) {
-            0 => 0xffff,
-            c => c,
-        };
-        f[l4 + 6..l4 + 8].copy_from_slice(&c.to_ne_bytes());
+        t.stamp(&mut f, flow, &stamp);
         f
     }
 

@@ -160,6 +160,22 @@ fn gen_and_sink_refuse_bad_arguments_clearly() {
             "nothing to send",
         ),
         (
+            vec![
+                "gen",
+                "--dev",
+                "lo",
+                "--src",
+                "192.0.2.1",
+                "--dst",
+                "192.0.2.2",
+                "--engine",
+                "xsk",
+                "--len",
+                "9000",
+            ],
+            "--engine xdp for longer ones",
+        ),
+        (
             vec!["sink", "--dev", "lr-none"],
             "no such network interface",
         ),
@@ -217,4 +233,30 @@ fn fwd_and_gen_refuse_bad_arguments_clearly() {
         assert!(err.contains(needle), "{args}: {err}");
         assert!(!err.contains("panicked"), "{args}: {err}");
     }
+}
+
+#[test]
+fn the_af_xdp_engine_sends_stamped_frames_that_all_arrive() {
+    if !privileged("gen_sink::the_af_xdp_engine_sends_stamped_frames_that_all_arrive") {
+        return;
+    }
+    let pair = VethPair::new().unwrap();
+    for end in [&pair.a, &pair.b] {
+        run("ip", &["link", "set", end, "up"]).unwrap();
+    }
+    let sink = start_sink(linerate(), &pair.b, "4s");
+    let g = gen_frames(
+        linerate(),
+        &pair.a,
+        "198.51.100.1",
+        20000,
+        &["--engine", "xsk", "--len", "200"],
+    );
+    assert_eq!(field(&g, "sent"), 20000, "{g}");
+    let s = sink.finish();
+    assert_eq!(field(&s, "received"), 20000, "{s}");
+    assert_eq!(field(&s, "bytes"), 20000 * 200, "{s}");
+    assert_eq!(field(&s, "lost"), 0, "{s}");
+    assert_eq!(field(&s, "reordered"), 0, "{s}");
+    assert_eq!(field(&s, "flows"), 8, "{s}");
 }
