@@ -403,7 +403,7 @@ impl XskSender {
             let now = linerate_dataplane::sys::monotonic_ns();
             for _ in 0..want {
                 let addr = self.free.pop().expect("counted above");
-                let seq = (stream as u64) << GenStamp::STREAM_SHIFT | queued / flows;
+                let seq = ((stream as u64) << GenStamp::STREAM_SHIFT) | (queued / flows);
                 let mut stamp = [0u8; STAMP_LEN];
                 stamp[..8].copy_from_slice(&seq.to_le_bytes());
                 stamp[8..].copy_from_slice(&now.to_le_bytes());
