@@ -64,15 +64,16 @@ struct flow_key {
 };
 
 struct flow_entry {
-	__u32 ifindex;   /* egress interface (key of tx_ports) */
+	__u32 port;      /* egress port: index into tx_ports */
 	__u32 generation;
 	__u8 dst_mac[6];
 	__u8 src_mac[6];
 	__u8 dec_ttl;    /* decrement TTL / hop limit (routed flows) */
 	__u8 pad[3];
-	__u64 packets;   /* updated by the program */
+	/* Updated by the program without atomics: exact while a flow arrives on one CPU (RSS),
+	 * approximate otherwise. User space ages a flow out when its count stops changing. */
+	__u64 packets;
 	__u64 bytes;
-	__u64 last_seen_ns;
 };
 
 #endif

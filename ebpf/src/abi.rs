@@ -111,15 +111,17 @@ pub struct FlowKey {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct FlowEntry {
-    pub ifindex: u32,
+    /// Egress port: the `tx_ports` slot set by `Steering::set_tx_port`.
+    pub port: u32,
     pub generation: u32,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
     pub dec_ttl: u8,
     pub pad: [u8; 3],
+    /// Counted by the program without atomics (exact while the flow arrives on one CPU);
+    /// aging watches it change.
     pub packets: u64,
     pub bytes: u64,
-    pub last_seen_ns: u64,
 }
 
 /// `struct gen_stamp`: written by the generator right after the UDP header of every frame.
@@ -216,7 +218,7 @@ const _: () = assert!(size_of::<Config>() == 16);
 const _: () = assert!(size_of::<Rule>() == 28);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 40);
-const _: () = assert!(size_of::<FlowEntry>() == 48);
+const _: () = assert!(size_of::<FlowEntry>() == 40);
 const _: () = assert!(size_of::<XdpMd>() == 24);
 const _: () = assert!(size_of::<GenStamp>() == 16);
 const _: () = assert!(size_of::<GenConfig>() == 112);

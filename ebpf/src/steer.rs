@@ -5,7 +5,7 @@
 //! (the link's file descriptor closes), so an interface is never left with our program.
 
 use crate::abi::{self, Action, Config, Counter, FlowEntry, FlowKey, Rule, XdpMd};
-use aya::maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, XskMap};
+use aya::maps::{Array, DevMap, HashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, TestRun, TestRunAttrs, TestRunOptions};
 use core::net::{Ipv4Addr, Ipv6Addr};
@@ -77,9 +77,11 @@ pub struct Steering {
     rules: Array<MapData, Rule>,
     counters: PerCpuArray<MapData, Counter>,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
-    tx_ports: DevMapHash<MapData>,
+    tx_ports: DevMap<MapData>,
     xsks: XskMap<MapData>,
     cfg: Config,
+    /// Aging: each cached flow's packet count when last seen changing, and when.
+    activity: std::collections::HashMap<FlowKey, (u64, u64)>,
 }
 
 pub(crate) fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, XdpError>
@@ -125,6 +127,7 @@ impl Steering {
                 flags: abi::F_NEIGH_TO_KERNEL,
                 generation: 1,
             },
+            activity: std::collections::HashMap::new(),
         };
         s.write_config()?;
         Ok(s)
@@ -204,10 +207,10 @@ impl Steering {
         self.xsks.set(queue, fd, 0).map_err(map_err("xsks"))
     }
 
-    /// Makes `ifindex` a max-mode egress port.
-    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), XdpError> {
+    /// Makes interface `ifindex` max-mode egress port `port` (what `FlowEntry::port` names).
+    pub fn set_tx_port(&mut self, port: u32, ifindex: u32) -> Result<(), XdpError> {
         self.tx_ports
-            .insert(ifindex, ifindex, None, 0)
+            .set(port, ifindex, None, 0)
             .map_err(|e| XdpError::DevMap(e.to_string()))
     }
 
@@ -247,21 +250,35 @@ impl Steering {
         self.write_config()
     }
 
-    /// Deletes cached flows not seen for `max_age_ns` (by the kernel's monotonic clock, `now_ns`)
-    /// and those of an old generation; returns how many went.
-    pub fn age_flows(&mut self, now_ns: u64, max_age_ns: u64) -> Result<usize, XdpError> {
-        let stale: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, e)| {
-                e.generation != self.cfg.generation
-                    || now_ns.saturating_sub(e.last_seen_ns) > max_age_ns
-            })
-            .map(|(k, _)| k)
-            .collect();
+    /// Deletes cached flows whose packet count has not changed for `max_idle_ns` (by the
+    /// caller's clock, `now_ns`; a flow is first seen by the first call after it was cached)
+    /// and flows of an old generation; returns how many went. The program keeps no
+    /// timestamp: reading the clock per packet costs more than everything else it does.
+    pub fn age_flows(&mut self, now_ns: u64, max_idle_ns: u64) -> Result<usize, XdpError> {
+        let mut stale = Vec::new();
+        let mut present = std::collections::HashSet::new();
+        for item in self.flows.iter() {
+            let (k, e) = item.map_err(map_err("flows"))?;
+            if e.generation != self.cfg.generation {
+                stale.push(k);
+                continue;
+            }
+            present.insert(k);
+            match self.activity.get_mut(&k) {
+                Some((packets, _)) if *packets == e.packets => {}
+                Some(seen) => *seen = (e.packets, now_ns),
+                None => {
+                    self.activity.insert(k, (e.packets, now_ns));
+                }
+            }
+            if now_ns.saturating_sub(self.activity[&k].1) > max_idle_ns {
+                stale.push(k);
+            }
+        }
+        self.activity.retain(|k, _| present.contains(k));
         for k in &stale {
             self.forget_flow(k)?;
+            self.activity.remove(k);
         }
         Ok(stale.len())
     }

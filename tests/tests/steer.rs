@@ -196,7 +196,7 @@ fn max_mode_rewrites_cached_flows_and_route_changes_invalidate_them() {
     s.set_rules(&[], Action::Pass).unwrap();
     s.set_fastpath(true).unwrap();
     // Loopback's ifindex (1) is a valid devmap target; test runs do not transmit.
-    s.add_tx_port(1).unwrap();
+    s.set_tx_port(0, 1).unwrap();
     let frame = udp4([203, 0, 113, 5], 7000, 64);
     let mut key = FlowKey {
         family: 4,
@@ -208,7 +208,7 @@ fn max_mode_rewrites_cached_flows_and_route_changes_invalidate_them() {
     key.src[..4].copy_from_slice(&[192, 0, 2, 1]);
     key.dst[..4].copy_from_slice(&[203, 0, 113, 5]);
     let entry = FlowEntry {
-        ifindex: 1,
+        port: 0,
         dst_mac: [0x02, 0xaa, 0, 0, 0, 1],
         src_mac: [0x02, 0xbb, 0, 0, 0, 2],
         dec_ttl: 1,
@@ -238,8 +238,7 @@ fn max_mode_rewrites_cached_flows_and_route_changes_invalidate_them() {
         }[12..]
     );
     let cached = s.flow(&key).unwrap().expect("still cached");
-    assert_eq!(cached.packets, 1);
-    assert!(cached.last_seen_ns > 0);
+    assert_eq!((cached.packets, cached.bytes), (1, frame.len() as u64));
 
     // TTL 1 would expire: not fast-pathed, counted, and handed to the rules.
     let before = counts(&s);
@@ -256,9 +255,13 @@ fn max_mode_rewrites_cached_flows_and_route_changes_invalidate_them() {
         "the stale entry was deleted by the program"
     );
 
-    // Aging removes flows not seen recently.
+    // Aging removes flows whose count stopped changing, and keeps busy ones.
     s.cache_flow(key, entry).unwrap();
-    assert_eq!(s.age_flows(u64::MAX, 1).unwrap(), 1);
+    assert_eq!(s.age_flows(0, 10).unwrap(), 0, "first seen");
+    s.test_run(&frame, None).unwrap();
+    assert_eq!(s.age_flows(20, 10).unwrap(), 0, "a packet since: busy");
+    assert_eq!(s.age_flows(25, 10).unwrap(), 0, "idle, not long enough");
+    assert_eq!(s.age_flows(31, 10).unwrap(), 1, "idle for longer than 10");
     assert!(s.flow(&key).unwrap().is_none());
 }
 

@@ -32,7 +32,7 @@ use linerate_dataplane::sys::monotonic_ns;
 use linerate_dataplane::verdict::PortId;
 use linerate_dataplane::worker::{self, IdlePolicy, Worker, WorkerConfig, handoff_mesh};
 use linerate_dataplane::xsk::{XskConfig, XskMode};
-use linerate_ebpf::abi::{FlowEntry, FlowKey as XdpFlowKey, MAX_RULES};
+use linerate_ebpf::abi::{FlowEntry, FlowKey as XdpFlowKey, MAX_PORTS, MAX_RULES};
 use linerate_ebpf::{Action, AttachMode, Attached, Rule, Steering};
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -273,6 +273,9 @@ impl Settings {
         if self.ports.len() < 2 {
             bail!("--port: give at least two interfaces to forward among");
         }
+        if self.ports.len() > MAX_PORTS as usize {
+            bail!("--port: at most {MAX_PORTS} interfaces");
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if self.workers == 0 || self.workers > cores {
             bail!(
@@ -439,7 +442,6 @@ fn xdp_key(l: &Learned) -> XdpFlowKey {
 /// Max mode's control side: installs the workers' reports, ages idle entries.
 struct FlowCache {
     learned: Receiver<Learned>,
-    ifindex: Vec<u32>,
     idle: Duration,
     cached: u64,
     aged: u64,
@@ -453,7 +455,7 @@ impl FlowCache {
                 continue;
             }
             let entry = FlowEntry {
-                ifindex: self.ifindex[l.out_port as usize],
+                port: l.out_port as u32,
                 dst_mac: l.dst_mac,
                 src_mac: l.src_mac,
                 dec_ttl: l.dec_ttl as u8,
@@ -469,6 +471,7 @@ impl FlowCache {
 
     fn age(&mut self, steering: &mut [Steering]) -> Result<()> {
         let now = monotonic_ns();
+        // Aging watches each flow's packet count, so it needs no clock in the program.
         for s in steering {
             self.aged += s
                 .age_flows(now, self.idle.as_nanos() as u64)
@@ -617,8 +620,8 @@ pub fn run(a: FwdArgs) -> Result<()> {
         st.set_rules(&rules, Action::Xsk)?;
         if s.max {
             st.set_fastpath(true)?;
-            for &i in &ifindex {
-                st.add_tx_port(i)?;
+            for (port, &i) in ifindex.iter().enumerate() {
+                st.set_tx_port(port as u32, i)?;
             }
         }
         match st
@@ -641,7 +644,6 @@ pub fn run(a: FwdArgs) -> Result<()> {
     let (learn_tx, learn_rx) = sync_channel(8192);
     let mut cache = FlowCache {
         learned: learn_rx,
-        ifindex: ifindex.clone(),
         idle: s.flow_idle,
         cached: 0,
         aged: 0,
