@@ -29,6 +29,10 @@ enum Cmd {
     /// Receive on an interface through AF_XDP and report rate, loss, reordering and one-way
     /// latency of `linerate gen` traffic.
     Sink(cmd::sink::SinkArgs),
+    /// Self-contained line-rate test (root): generator and sink namespaces joined to this host
+    /// by veth pairs, `fwd` in normal and max mode at full and paced load, one results table;
+    /// removes everything it created, also when interrupted.
+    Selftest(cmd::selftest::SelftestArgs),
 }
 
 fn main() {
@@ -38,6 +42,7 @@ fn main() {
         Cmd::Fwd(a) => cmd::fwd::run(a),
         Cmd::Gen(a) => cmd::generate::run(a),
         Cmd::Sink(a) => cmd::sink::run(a),
+        Cmd::Selftest(a) => cmd::selftest::run(a),
     };
     if let Err(e) = r {
         eprintln!("linerate: {e:#}");

@@ -683,9 +683,11 @@ impl PipelineReport {
             .iter()
             .map(|w| {
                 format!(
-                    "{{\"id\":{},\"frames_accounted\":{},\"handoff_pending\":{},\"counts\":{}}}",
+                    "{{\"id\":{},\"frames_accounted\":{},\"frames_returned\":{},\"kernel_kept\":{},\"handoff_pending\":{},\"counts\":{}}}",
                     w.id,
                     w.frames_accounted(),
+                    w.frames_returned(),
+                    w.kernel_kept,
                     w.handoff_pending,
                     counts(&w.counts)
                 )

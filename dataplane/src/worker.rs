@@ -99,14 +99,22 @@ pub struct WorkerReport {
     /// Packets still waiting in this worker's incoming handoff rings (copies, not frames).
     pub handoff_pending: usize,
     /// Frames in the free list after every port gave back what it held: the whole pool,
-    /// unless a port lost track of a frame.
+    /// unless a port lost track of a frame or the kernel kept some (`kernel_kept`).
     pub free_after_release: usize,
+    /// Frames missing after release that ports attribute to the kernel (see
+    /// [`Port::kept_by_kernel`]); 0 unless an AF_XDP RX ring overflowed during the run.
+    pub kernel_kept: usize,
 }
 
 impl WorkerReport {
     /// True when every frame of the pool is back in exactly one place.
     pub fn frames_accounted(&self) -> bool {
         self.pool_free + self.port_held == self.pool_capacity
+    }
+
+    /// True when, after release, every frame is back in the pool or attributed to the kernel.
+    pub fn frames_returned(&self) -> bool {
+        self.free_after_release + self.kernel_kept == self.pool_capacity
     }
 }
 
@@ -394,6 +402,8 @@ impl<L: Logic> Worker<L> {
             port.release(&mut self.pool);
         }
         let free_after_release = self.pool.available();
+        let kernel_kept = (self.pool.capacity() - free_after_release)
+            .min(self.ports.iter().map(|p| p.kept_by_kernel()).sum());
         let handoff_pending = self.handoff_rx.iter_mut().map(|r| r.ready()).sum();
         self.shared.publish(&self.counts);
         WorkerReport {
@@ -404,6 +414,7 @@ impl<L: Logic> Worker<L> {
             pool_capacity: self.pool.capacity(),
             handoff_pending,
             free_after_release,
+            kernel_kept,
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod fwd;
 pub mod generate;
 pub mod pipeline;
+pub mod selftest;
 pub mod sink;
 
 use anyhow::{Context, Result};

@@ -22,6 +22,8 @@ pub struct XskPort {
     /// Frames put on TX and not yet completed.
     in_tx: u32,
     scratch: Vec<u64>,
+    /// Set by `release`; see [`Port::kept_by_kernel`].
+    kept_by_kernel: usize,
 }
 
 impl XskPort {
@@ -50,6 +52,7 @@ impl XskPort {
             in_fill: 0,
             in_tx: 0,
             scratch: Vec::with_capacity(cfg.fill_size as usize),
+            kept_by_kernel: 0,
         })
     }
 
@@ -156,19 +159,31 @@ impl Port for XskPort {
         let Some(mut sock) = self.sock.take() else {
             return;
         };
-        // Give in-flight transmissions a bounded chance to complete before closing.
-        for _ in 0..100 {
-            self.in_tx -= sock.complete(u32::MAX, |addr| pool.free(Frame::from_raw(addr, 0)));
-            if self.in_tx == 0 {
-                break;
+        // Let in-flight transmissions complete before closing: frames the kernel took off the
+        // TX ring come back only through COMPLETION (those still on the ring come back from
+        // `close`). Wait while they keep coming, up to 200 ms without progress, so a loaded
+        // machine that completes slowly still gets every frame back.
+        let mut progress = std::time::Instant::now();
+        while self.in_tx > 0 && progress.elapsed() < std::time::Duration::from_millis(200) {
+            let n = sock.complete(u32::MAX, |addr| pool.free(Frame::from_raw(addr, 0)));
+            if n > 0 {
+                self.in_tx -= n;
+                progress = std::time::Instant::now();
+            } else {
+                sock.kick_tx();
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
-            sock.kick_tx();
-            std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        let overflowed = sock.statistics().is_ok_and(|s| s.rx_ring_full > 0);
+        self.kept_by_kernel = usize::from(overflowed && self.in_fill > 0);
         for addr in sock.close() {
             pool.free(Frame::from_raw(addr, 0));
         }
         self.in_fill = 0;
         self.in_tx = 0;
+    }
+
+    fn kept_by_kernel(&self) -> usize {
+        self.kept_by_kernel
     }
 }

@@ -62,8 +62,14 @@ impl Job {
     /// Waits for the job to exit successfully; returns its stdout.
     pub fn finish(self) -> String {
         let out = self.child.wait_with_output().unwrap();
-        let rest: Vec<String> = self.lines.try_iter().collect();
-        assert!(out.status.success(), "job failed: {}", rest.join("\n"));
+        // The process ended: its stderr reader ends too, so this collects every line.
+        let rest: Vec<String> = self.lines.iter().collect();
+        assert!(
+            out.status.success(),
+            "job failed ({}): {}",
+            out.status,
+            rest.join("\n")
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
