@@ -15,6 +15,7 @@ pub mod generate;
 pub mod logic;
 pub mod pipeline;
 pub mod port;
+pub mod relay;
 pub mod ring;
 pub mod shard;
 pub mod sink;
