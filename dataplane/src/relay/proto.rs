@@ -541,7 +541,9 @@ mod tests {
 
     #[test]
     fn failures_get_the_right_reply_or_a_close() {
-        let cases: Vec<(AuthPolicy, Vec<u8>, ProtoError, Option<Vec<u8>>)> = vec![
+        // (policy, client bytes, the error, what is sent before closing)
+        type Case = (AuthPolicy, Vec<u8>, ProtoError, Option<Vec<u8>>);
+        let cases: Vec<Case> = vec![
             (
                 AuthPolicy::None,
                 vec![4, 1, 0],
