@@ -33,6 +33,9 @@ enum Cmd {
     /// by veth pairs, `fwd` in normal and max mode at full and paced load, one results table;
     /// removes everything it created, also when interrupted.
     Selftest(cmd::selftest::SelftestArgs),
+    /// SOCKS5 relay (RFC 1928/1929) on per-core io_uring workers: max mode splices the two
+    /// TCP connections in the kernel, normal mode copies through user space with rate limits.
+    Relay(cmd::relay::RelayArgs),
 }
 
 fn main() {
@@ -43,6 +46,7 @@ fn main() {
         Cmd::Gen(a) => cmd::generate::run(a),
         Cmd::Sink(a) => cmd::sink::run(a),
         Cmd::Selftest(a) => cmd::selftest::run(a),
+        Cmd::Relay(a) => cmd::relay::run(a),
     };
     if let Err(e) = r {
         eprintln!("linerate: {e:#}");

@@ -3,6 +3,7 @@
 pub mod fwd;
 pub mod generate;
 pub mod pipeline;
+pub mod relay;
 pub mod selftest;
 pub mod sink;
 

@@ -138,6 +138,36 @@ impl Prefix {
         }
     }
 
+    /// Whether `a` is inside this prefix (an address of the other family never is).
+    pub fn contains(&self, a: IpAddr) -> bool {
+        match (self, a) {
+            (Prefix::V4(p), IpAddr::V4(a)) => p.contains(a),
+            (Prefix::V6(p), IpAddr::V6(a)) => p.contains(a),
+            _ => false,
+        }
+    }
+
+    /// `10.0.0.0/8`, `fe80::/10`, or a bare address (a host prefix).
+    pub fn parse(s: &str) -> Result<Prefix, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not an address or prefix like 10.0.0.0/8"))?;
+        let len = match len {
+            Some(l) => l
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{s}': '{l}' is not a prefix length"))?,
+            None if addr.is_ipv4() => 32,
+            None => 128,
+        };
+        Prefix::new(addr, len).map_err(|e| format!("'{s}': {e}"))
+    }
+
     fn is_v4(&self) -> bool {
         match self {
             Prefix::V4(_) => true,

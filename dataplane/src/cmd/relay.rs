@@ -1,0 +1,226 @@
+//! `linerate relay`: a SOCKS5 server (RFC 1928/1929) on per-core io_uring workers. Max mode
+//! splices the two TCP connections together inside the kernel; normal mode copies through
+//! user space under per-connection and per-user rate limits.
+
+use super::{Live, parse_duration, parse_rate};
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use linerate_dataplane::logic::Prefix;
+use linerate_dataplane::relay::proto::Reply;
+use linerate_dataplane::relay::{Relay, RelayConfig, RelayMode, SpliceVia, Totals, parse_users};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Splice in the kernel (io_uring): the payload never enters user space.
+    Max,
+    /// Copy through user space (registered buffers), with --rate / --user-rate.
+    Normal,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SpliceArg {
+    /// IORING_OP_SPLICE requests after each poll.
+    Uring,
+    /// splice(2) from the worker when the poll says ready.
+    Syscall,
+}
+
+#[derive(clap::Args)]
+pub struct RelayArgs {
+    /// Address to listen on (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    listen: SocketAddr,
+    #[arg(long, value_enum, default_value = "max")]
+    mode: ModeArg,
+    /// Max mode: how splices are issued (see docs/BENCHMARKS.md for which is faster here).
+    #[arg(long, value_enum, default_value = "uring")]
+    splice: SpliceArg,
+    /// Workers, each with its own io_uring and SO_REUSEPORT listener (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Cores to pin the workers to, one per worker (default: not pinned).
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// Require username/password: a file of `user:password` lines.
+    #[arg(long)]
+    auth: Option<PathBuf>,
+    /// Accept clients only from this prefix (repeatable; default: any).
+    #[arg(long)]
+    allow: Vec<String>,
+    /// Refuse destinations in this prefix (repeatable), besides link-local and the relay's
+    /// own listening address, which are always refused.
+    #[arg(long)]
+    deny: Vec<String>,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Close relayed connections idle this long.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Close clients that have not finished the handshake after this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Connections relayed at once, in all; more are refused (reply 0x02).
+    #[arg(long, default_value_t = 10_000)]
+    max_conns: usize,
+    /// Connections relayed at once per user.
+    #[arg(long, default_value_t = 1000)]
+    max_conns_per_user: usize,
+    /// Normal mode: bytes per second per connection and direction (e.g. 100M).
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Normal mode: bytes per second per user, all connections together.
+    #[arg(long, value_parser = parse_rate)]
+    user_rate: Option<f64>,
+    /// On SIGINT/SIGTERM: stop accepting, let open connections finish for this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain: Duration,
+    /// Stop after this long (default: until a signal).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn prefixes(flag: &str, list: &[String]) -> Result<Vec<Prefix>> {
+    list.iter()
+        .map(|s| Prefix::parse(s).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+        .collect()
+}
+
+fn line(t: &Totals, before: &Totals, dt: f64) -> String {
+    let gbps = |d: usize| (t.bytes[d] - before.bytes[d]) as f64 * 8.0 / dt / 1e9;
+    let failed: u64 = t.replies[1..].iter().sum();
+    format!(
+        "active {:>6}  new {:>7.0}/s  up {:>6.2} Gbps  down {:>6.2} Gbps  failed {failed}",
+        t.active,
+        (t.total - before.total) as f64 / dt,
+        gbps(0),
+        gbps(1),
+    )
+}
+
+fn json(t: &Totals, secs: f64) -> String {
+    let replies: Vec<String> = Reply::ALL
+        .iter()
+        .zip(t.replies)
+        .map(|(r, n)| format!("\"{}\":{n}", r.name()))
+        .collect();
+    format!(
+        "{{\"elapsed_s\":{secs:.3},\"total\":{},\"active\":{},\"bytes_up\":{},\"bytes_down\":{},\"timeouts\":{},\"refused_clients\":{},\"udp_datagrams\":{},\"replies\":{{{}}}}}",
+        t.total,
+        t.active,
+        t.bytes[0],
+        t.bytes[1],
+        t.timeouts,
+        t.refused_clients,
+        t.udp_datagrams,
+        replies.join(",")
+    )
+}
+
+pub fn run(a: RelayArgs) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = a.workers.unwrap_or(cores);
+    if workers == 0 || workers > 256 {
+        bail!("--workers {workers}: must be between 1 and 256");
+    }
+    let pin = if a.cores.is_empty() {
+        None
+    } else {
+        Some(super::cores_for(&a.cores, workers, "--cores")?)
+    };
+    let users = match &a.auth {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("--auth {}: cannot read it", p.display()))?;
+            Some(parse_users(&text).map_err(|e| anyhow::anyhow!("--auth {}: {e}", p.display()))?)
+        }
+    };
+    let mode = match a.mode {
+        ModeArg::Max => RelayMode::Max,
+        ModeArg::Normal => RelayMode::Normal,
+    };
+    if mode == RelayMode::Max && (a.rate.is_some() || a.user_rate.is_some()) {
+        bail!(
+            "--rate and --user-rate shape copies through user space: use them with --mode normal"
+        );
+    }
+    let mut deny = RelayConfig::default_deny();
+    deny.extend(prefixes("--deny", &a.deny)?);
+    let cfg = RelayConfig {
+        listen: a.listen,
+        workers,
+        mode,
+        splice: match a.splice {
+            SpliceArg::Uring => SpliceVia::Uring,
+            SpliceArg::Syscall => SpliceVia::Syscall,
+        },
+        users,
+        allow: prefixes("--allow", &a.allow)?,
+        deny,
+        connect_timeout: a.connect_timeout,
+        idle_timeout: a.idle_timeout,
+        handshake_timeout: a.handshake_timeout,
+        max_conns: a.max_conns,
+        max_conns_per_user: a.max_conns_per_user,
+        rate: a.rate,
+        user_rate: a.user_rate,
+    };
+    let stop = super::stop_flag()?;
+    let relay = Relay::start(cfg, pin, stop.clone(), a.drain)
+        .with_context(|| format!("--listen {}", a.listen))?;
+    eprintln!(
+        "relay: SOCKS5 on {} ({} mode, {workers} worker(s){})",
+        a.listen,
+        match mode {
+            RelayMode::Max => "max",
+            RelayMode::Normal => "normal",
+        },
+        if a.auth.is_some() {
+            ", username/password"
+        } else {
+            ", no authentication"
+        }
+    );
+    let live = Live::new();
+    let start = Instant::now();
+    let (mut before, mut last) = (Totals::default(), Instant::now());
+    while !relay.finished() {
+        if a.duration.is_some_and(|d| start.elapsed() >= d) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() >= Duration::from_secs(1) {
+            let t = relay.stats.totals();
+            live.line(
+                start.elapsed(),
+                &line(&t, &before, last.elapsed().as_secs_f64()),
+            );
+            (before, last) = (t, Instant::now());
+        }
+    }
+    live.done();
+    let stats = relay.stats.clone();
+    relay.join().context("relay worker")?;
+    let t = stats.totals();
+    let secs = start.elapsed().as_secs_f64();
+    if a.json {
+        println!("{}", json(&t, secs));
+    } else {
+        println!(
+            "connections {} ({} still open at exit), bytes up {} down {}, timeouts {}, refused clients {}",
+            t.total, t.active, t.bytes[0], t.bytes[1], t.timeouts, t.refused_clients
+        );
+        for (r, n) in Reply::ALL.iter().zip(t.replies) {
+            if n > 0 {
+                println!("  {:<28} {n}", r.name());
+            }
+        }
+    }
+    Ok(())
+}
