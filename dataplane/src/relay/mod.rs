@@ -447,6 +447,7 @@ impl Relay {
         drain: Duration,
     ) -> io::Result<Relay> {
         let cfg = Arc::new(cfg);
+        uring::raise_fd_limit();
         let stats = Arc::new(RelayStats {
             workers: (0..cfg.workers).map(|_| WorkerStats::default()).collect(),
         });

@@ -1260,3 +1260,20 @@ pub(super) fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     cvt(unsafe { libc::listen(fd, 4096) })?;
     Ok(TcpListener::from(owned))
 }
+
+/// Raises the soft descriptor limit to the hard one: every relayed connection holds two
+/// sockets and, in max mode, two pipes. Returns the new soft limit.
+pub(super) fn raise_fd_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+    r.rlim_cur
+}

@@ -1,0 +1,458 @@
+//! `linerate relay` end to end on loopback: curl through it (content verified), iperf3 through
+//! proxychains4, UDP ASSOCIATE, username/password, every kind of bad handshake (and the relay
+//! keeps serving), half-close, and 2,000 concurrent connections without leaks. io_uring is a
+//! privileged feature here (CI runs these as root).
+
+mod common;
+
+use common::{Job, field, linerate, start_until};
+use linerate_tests::privileged;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+/// Ports for this test binary's relays, away from the usual ones.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+fn port() -> u16 {
+    20000 + (std::process::id() % 20000) as u16 + NEXT_PORT.fetch_add(1, Ordering::Relaxed) * 7
+}
+
+fn start_relay(extra: &[&str]) -> (Job, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let mut cmd = linerate();
+    cmd.args([
+        "relay",
+        "--listen",
+        &addr.to_string(),
+        "--json",
+        "--drain",
+        "1s",
+    ])
+    .args(extra);
+    (start_until(cmd, "relay: SOCKS5 on"), addr)
+}
+
+fn stop(job: Job) -> String {
+    let pid = job.child.id().to_string();
+    linerate_tests::run("kill", &["-TERM", &pid]).unwrap();
+    job.finish()
+}
+
+/// A tiny HTTP/1.0 server: `/small` is 5 bytes, `/big` 8 MB of a fixed pattern.
+fn http_server() -> (SocketAddr, Vec<u8>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let big: Vec<u8> = (0..8_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let body = big.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut req = [0u8; 1024];
+                let n = s.read(&mut req).unwrap_or(0);
+                let path = String::from_utf8_lossy(&req[..n]).to_string();
+                let data: &[u8] = if path.starts_with("GET /big") {
+                    &body
+                } else {
+                    b"hello"
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    data.len()
+                );
+                let _ = s.write_all(data);
+            });
+        }
+    });
+    (addr, big)
+}
+
+fn curl(args: &[&str]) -> std::process::Output {
+    Command::new("curl")
+        .args(["-s", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed (scripts/run-tests installs it)")
+}
+
+/// A SOCKS5 client handshake without authentication; returns the reply.
+fn socks_request(relay: SocketAddr, request: &[u8]) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(relay).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).unwrap();
+    assert_eq!(m, [5, 0]);
+    s.write_all(request).unwrap();
+    let mut reply = vec![0u8; 10];
+    let n = read_full(&mut s, &mut reply);
+    reply.truncate(n);
+    (s, reply)
+}
+
+fn read_full(s: &mut TcpStream, buf: &mut [u8]) -> usize {
+    let mut at = 0;
+    while at < buf.len() {
+        match s.read(&mut buf[at..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => at += n,
+        }
+    }
+    at
+}
+
+fn connect_request(to: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(v4) = to else {
+        panic!("IPv4 only here")
+    };
+    let mut r = vec![5, 1, 0, 1];
+    r.extend_from_slice(&v4.ip().octets());
+    r.extend_from_slice(&v4.port().to_be_bytes());
+    r
+}
+
+#[test]
+fn curl_fetches_small_and_large_through_both_modes() {
+    if !privileged("relay::curl_fetches_small_and_large_through_both_modes") {
+        return;
+    }
+    let (web, big) = http_server();
+    for mode in [
+        &["--mode", "max"][..],
+        &["--mode", "max", "--splice", "syscall"],
+        &["--mode", "normal"],
+    ] {
+        let (relay, addr) = start_relay(mode);
+        let proxy = addr.to_string();
+        let small = curl(&["--socks5", &proxy, &format!("http://{web}/small")]);
+        assert_eq!(small.stdout, b"hello", "{mode:?}");
+        let url = format!("http://localhost:{}/big", web.port());
+        let large = curl(&["--socks5-hostname", &proxy, &url]);
+        assert!(
+            large.stdout == big,
+            "{mode:?}: {} bytes differ",
+            large.stdout.len()
+        );
+        let out = stop(relay);
+        assert_eq!(field(&out, "succeeded"), 2, "{out}");
+        assert!(field(&out, "bytes_down") >= big.len() as u64, "{out}");
+        assert_eq!(field(&out, "active"), 0, "{out}");
+    }
+}
+
+#[test]
+fn username_and_password_are_checked() {
+    if !privileged("relay::username_and_password_are_checked") {
+        return;
+    }
+    let (web, _) = http_server();
+    let users = std::env::temp_dir().join(format!("linerate-users-{}", std::process::id()));
+    std::fs::write(&users, "# test users\nalice:s3cret\n").unwrap();
+    let (relay, addr) = start_relay(&["--auth", users.to_str().unwrap()]);
+    let url = format!("http://{web}/small");
+    let ok = curl(&["--socks5", &format!("alice:s3cret@{addr}"), &url]);
+    assert_eq!(ok.stdout, b"hello");
+    let bad = curl(&["--socks5", &format!("alice:wrong@{addr}"), &url]);
+    assert!(!bad.status.success() && bad.stdout.is_empty());
+    let none = curl(&["--socks5", &addr.to_string(), &url]);
+    assert!(!none.status.success());
+    let out = stop(relay);
+    let _ = std::fs::remove_file(&users);
+    assert_eq!(field(&out, "succeeded"), 1, "{out}");
+    assert_eq!(field(&out, "not_allowed"), 1, "the wrong password: {out}");
+}
+
+#[test]
+fn bad_handshakes_get_the_right_reply_and_the_relay_keeps_serving() {
+    if !privileged("relay::bad_handshakes_get_the_right_reply_and_the_relay_keeps_serving") {
+        return;
+    }
+    let (web, _) = http_server();
+    let (relay, addr) = start_relay(&[]);
+    let exchange = |bytes: &[u8]| -> Vec<u8> {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(bytes).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    let reply = |code: u8| [vec![5, 0], vec![5, code, 0, 1, 0, 0, 0, 0, 0, 0]].concat();
+    let long = [vec![5, 1, 0, 5, 1, 0, 3, 255], vec![b'a'; 255], vec![0, 80]].concat();
+    for (bytes, want) in [
+        // Truncated greeting: the client gives up; the relay closes without a word.
+        (vec![5, 2, 0], vec![]),
+        (vec![4, 1, 0], vec![]),
+        (vec![5, 1, 0x80], vec![5, 0xff]),
+        (vec![5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80], reply(7)),
+        (vec![5, 1, 0, 5, 9, 0, 1, 127, 0, 0, 1, 0, 80], reply(7)),
+        (vec![5, 1, 0, 5, 1, 0, 7, 127, 0, 0, 1, 0, 80], reply(8)),
+        (vec![5, 1, 0, 5, 1, 0, 3, 0, 0, 80], reply(4)),
+        (long, reply(4)),
+        // The relay's own port and link-local are refused by the ruleset.
+        ([vec![5, 1, 0], connect_request(addr)].concat(), reply(2)),
+        (
+            [
+                vec![5, 1, 0],
+                connect_request("169.254.169.254:80".parse().unwrap()),
+            ]
+            .concat(),
+            reply(2),
+        ),
+        // Nothing listens on port 1 here.
+        (
+            [
+                vec![5, 1, 0],
+                connect_request("127.0.0.1:1".parse().unwrap()),
+            ]
+            .concat(),
+            reply(5),
+        ),
+    ] {
+        assert_eq!(exchange(&bytes), want, "{bytes:?}");
+    }
+    let small = curl(&[
+        "--socks5",
+        &addr.to_string(),
+        &format!("http://{web}/small"),
+    ]);
+    assert_eq!(small.stdout, b"hello", "still serving");
+    let out = stop(relay);
+    assert_eq!(field(&out, "command_not_supported"), 2, "{out}");
+    assert_eq!(field(&out, "address_type_not_supported"), 1, "{out}");
+    assert_eq!(field(&out, "host_unreachable"), 2, "{out}");
+    assert_eq!(field(&out, "connection_refused"), 1, "{out}");
+    assert_eq!(field(&out, "not_allowed"), 2, "{out}");
+}
+
+#[test]
+fn half_close_still_delivers_the_whole_response() {
+    if !privileged("relay::half_close_still_delivers_the_whole_response") {
+        return;
+    }
+    for mode in ["max", "normal"] {
+        // A server that answers only after the client finished sending.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            let answer: Vec<u8> = got.iter().rev().copied().cycle().take(1 << 20).collect();
+            s.write_all(&answer).unwrap();
+        });
+        let (relay, addr) = start_relay(&["--mode", mode]);
+        let (mut s, reply) = socks_request(addr, &connect_request(server));
+        assert_eq!(reply[..2], [5, 0]);
+        s.write_all(b"abc").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), 1 << 20, "{mode}");
+        assert_eq!(&got[..6], b"cbacba", "{mode}");
+        stop(relay);
+    }
+}
+
+#[test]
+fn udp_associate_round_trip() {
+    if !privileged("relay::udp_associate_round_trip") {
+        return;
+    }
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut b) {
+            let _ = echo.send_to(&b[..n], from);
+        }
+    });
+    let (relay, addr) = start_relay(&[]);
+    let (control, reply) = socks_request(addr, &[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(reply[..2], [5, 0], "{reply:?}");
+    let bound = SocketAddr::from((
+        [reply[4], reply[5], reply[6], reply[7]],
+        u16::from_be_bytes([reply[8], reply[9]]),
+    ));
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let SocketAddr::V4(e) = echo_addr else {
+        unreachable!()
+    };
+    let mut dgram = vec![0, 0, 0, 1];
+    dgram.extend_from_slice(&e.ip().octets());
+    dgram.extend_from_slice(&e.port().to_be_bytes());
+    dgram.extend_from_slice(b"ping through socks");
+    client.send_to(&dgram, bound).unwrap();
+    let mut b = [0u8; 2048];
+    let (n, from) = client.recv_from(&mut b).unwrap();
+    assert_eq!(from, bound);
+    assert_eq!(&b[..10], &dgram[..10], "the header names the echo server");
+    assert_eq!(&b[10..n], b"ping through socks");
+    drop(control);
+    let out = stop(relay);
+    assert_eq!(field(&out, "udp_datagrams"), 2, "{out}");
+}
+
+fn fd_kinds(pid: u32) -> (usize, usize) {
+    let mut fds = 0;
+    let mut pipes = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        fds += 1;
+        if std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("pipe:")) {
+            pipes += 1;
+        }
+    }
+    (fds, pipes)
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn two_thousand_concurrent_connections_leak_nothing() {
+    if !privileged("relay::two_thousand_concurrent_connections_leak_nothing") {
+        return;
+    }
+    raise_fd_limit();
+    // An echo server holding every connection open.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 64];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let (relay, addr) = start_relay(&[]);
+    let pid = relay.child.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let (fds_before, pipes_before) = fd_kinds(pid);
+    let threads_before = threads(pid);
+    let mut conns = Vec::new();
+    for i in 0..2000u32 {
+        let (mut s, reply) = socks_request(addr, &connect_request(echo));
+        assert_eq!(reply[..2], [5, 0], "connection {i}");
+        s.write_all(&i.to_be_bytes()).unwrap();
+        conns.push(s);
+    }
+    for (i, s) in conns.iter_mut().enumerate() {
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(u32::from_be_bytes(b), i as u32);
+    }
+    let (fds_open, _) = fd_kinds(pid);
+    assert!(fds_open >= fds_before + 4000, "two sockets per connection");
+    // io_uring's worker threads stay bounded (poll-then-splice never blocks in the kernel).
+    let threads_open = threads(pid);
+    assert!(
+        threads_open <= threads_before + 64,
+        "{threads_before} -> {threads_open}"
+    );
+    drop(conns);
+    // Closing is asynchronous: wait (bounded) for the relay to notice every close.
+    let mut settled = (0, 0);
+    for _ in 0..100 {
+        settled = fd_kinds(pid);
+        if settled.0 <= fds_before + 2 * 1024 + 8 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (fds_after, pipes_after) = settled;
+    // Pooled pipes stay open for reuse, at most 1024 per worker (2 descriptors each).
+    let pooled = pipes_after - pipes_before;
+    assert!(pooled <= 2 * 2 * 1024, "{pooled} pipe descriptors kept");
+    assert_eq!(
+        fds_after - pipes_after,
+        fds_before - pipes_before,
+        "every socket closed"
+    );
+    let out = stop(relay);
+    assert_eq!(field(&out, "succeeded"), 2000, "{out}");
+    assert_eq!(field(&out, "active"), 0, "{out}");
+}
+
+fn raise_fd_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+}
+
+#[test]
+fn iperf3_runs_unmodified_through_proxychains() {
+    if !privileged("relay::iperf3_runs_unmodified_through_proxychains") {
+        return;
+    }
+    let (relay, addr) = start_relay(&[]);
+    let iperf_port = port().to_string();
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-p", &iperf_port, "-B", "127.0.0.1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 is installed (scripts/run-tests installs it)");
+    std::thread::sleep(Duration::from_millis(300));
+    let conf =
+        std::env::temp_dir().join(format!("linerate-proxychains-{}.conf", std::process::id()));
+    std::fs::write(
+        &conf,
+        format!(
+            "strict_chain\nquiet_mode\n[ProxyList]\nsocks5 {} {}\n",
+            addr.ip(),
+            addr.port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("proxychains4")
+        .args([
+            "-q",
+            "-f",
+            conf.to_str().unwrap(),
+            "iperf3",
+            "-c",
+            "127.0.0.1",
+        ])
+        .args(["-p", &iperf_port, "-t", "2", "-J"])
+        .output()
+        .expect("proxychains4 is installed (scripts/run-tests installs it)");
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&conf);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "iperf3: {report}");
+    let r = stop(relay);
+    assert!(
+        field(&r, "succeeded") >= 2,
+        "control and data connections: {r}"
+    );
+    assert!(field(&r, "bytes_up") > 1_000_000, "{r}");
+}
