@@ -47,10 +47,8 @@ fn main() {
     let server = TcpListener::bind("127.0.0.1:0").expect("bind");
     let target = server.local_addr().expect("addr");
     std::thread::spawn(move || {
-        for s in server.incoming() {
-            if let Ok(mut s) = s {
-                let _ = s.write_all(b"x");
-            }
+        for mut s in server.incoming().flatten() {
+            let _ = s.write_all(b"x");
         }
     });
     let left = Arc::new(AtomicU64::new(conns));
