@@ -23,15 +23,11 @@ fn port() -> u16 {
 fn start_relay(extra: &[&str]) -> (Job, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
     let mut cmd = linerate();
-    cmd.args([
-        "relay",
-        "--listen",
-        &addr.to_string(),
-        "--json",
-        "--drain",
-        "1s",
-    ])
-    .args(extra);
+    cmd.args(["relay", "--listen", &addr.to_string(), "--json"]);
+    if !extra.contains(&"--drain") {
+        cmd.args(["--drain", "1s"]);
+    }
+    cmd.args(extra);
     (start_until(cmd, "relay: SOCKS5 on"), addr)
 }
 
@@ -455,4 +451,90 @@ fn iperf3_runs_unmodified_through_proxychains() {
         "control and data connections: {r}"
     );
     assert!(field(&r, "bytes_up") > 1_000_000, "{r}");
+}
+
+fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut b = [0u8; 256];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn echo_once(s: &mut TcpStream, what: &[u8]) {
+    s.write_all(what).unwrap();
+    let mut b = vec![0u8; what.len()];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(b, what);
+}
+
+#[test]
+fn connection_limits_refuse_with_not_allowed() {
+    if !privileged("relay::connection_limits_refuse_with_not_allowed") {
+        return;
+    }
+    let echo = echo_server();
+    let (relay, addr) = start_relay(&["--max-conns", "2"]);
+    let (mut a, ra) = socks_request(addr, &connect_request(echo));
+    let (_b, rb) = socks_request(addr, &connect_request(echo));
+    let (_c, rc) = socks_request(addr, &connect_request(echo));
+    assert_eq!(
+        (ra[1], rb[1], rc[1]),
+        (0, 0, 2),
+        "the third is refused by the ruleset"
+    );
+    echo_once(&mut a, b"still relaying");
+    drop(a);
+    // A slot is free again once the relay saw the close.
+    let mut ok = false;
+    for _ in 0..50 {
+        let (_d, rd) = socks_request(addr, &connect_request(echo));
+        if rd[1] == 0 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ok, "a closed connection gives its slot back");
+    let out = stop(relay);
+    assert!(field(&out, "not_allowed") >= 1, "{out}");
+}
+
+#[test]
+fn sigterm_stops_accepting_and_drains_open_connections() {
+    if !privileged("relay::sigterm_stops_accepting_and_drains_open_connections") {
+        return;
+    }
+    let echo = echo_server();
+    let (relay, addr) = start_relay(&["--drain", "30s", "--workers", "2"]);
+    let (mut open, r) = socks_request(addr, &connect_request(echo));
+    assert_eq!(r[1], 0);
+    let pid = relay.child.id().to_string();
+    linerate_tests::run("kill", &["-TERM", &pid]).unwrap();
+    // Wait (bounded) until the listeners are gone: new clients are refused...
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(addr).is_err() {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refused, "the relay stopped accepting");
+    // ...while the open connection keeps working until its client closes it.
+    echo_once(&mut open, b"draining");
+    drop(open);
+    let out = relay.finish();
+    assert_eq!(field(&out, "active"), 0, "{out}");
+    assert_eq!(field(&out, "succeeded"), 1, "{out}");
 }

@@ -46,6 +46,7 @@ const OP_CONNECT: u64 = 4;
 const OP_TIMEOUT: u64 = 5;
 const OP_EVENTFD: u64 = 6;
 const OP_TICK: u64 = 7;
+const OP_CANCEL: u64 = 8;
 // Per direction (d = 0 client->remote, 1 remote->client): op + 8 * d.
 const OP_POLL_IN: u64 = 16;
 const OP_SPLICE_IN: u64 = 17;
@@ -346,7 +347,14 @@ impl Worker {
         let mut deadline: Option<Instant> = None;
         loop {
             if deadline.is_none() && stop.load(Ordering::Relaxed) {
-                // Stop accepting: closing the listener ends the multishot accept.
+                // Stop accepting: the multishot accept holds the listening socket open, so
+                // cancel it, then close our descriptor.
+                if self.accepting {
+                    let e = opcode::AsyncCancel::new(ud(0, 0, OP_ACCEPT))
+                        .build()
+                        .user_data(ud(0, 0, OP_CANCEL));
+                    self.push(e);
+                }
                 self.listener = None;
                 deadline = Some(Instant::now() + drain);
             }
@@ -419,6 +427,7 @@ impl Worker {
                 self.arm_tick();
                 return;
             }
+            OP_CANCEL => return,
             _ => {}
         }
         let live = self
