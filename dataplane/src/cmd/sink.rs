@@ -5,6 +5,10 @@
 //! one AF_XDP socket per RX queue; the sockets share one UMEM. Frames that are not UDP to
 //! `--dport` are counted as foreign and recycled. Latency is receive time minus the stamp's
 //! send time, both `CLOCK_MONOTONIC`, so generator and sink must run on the same host.
+//!
+//! `--count-only` takes no frame to user space: the program drops UDP to `--dport` and counts
+//! it per CPU, which keeps up with rates the AF_XDP path cannot (benchmarks). Only that rule's
+//! drops are reported as received; everything else goes to the kernel and is counted apart.
 
 use super::{Live, XdpModeArg, parse_duration};
 use anyhow::{Context, Result, bail};
@@ -12,8 +16,8 @@ use linerate_dataplane::sink::SinkStats;
 use linerate_dataplane::sys::{Mmap, monotonic_ns};
 use linerate_dataplane::wire::parse_headers;
 use linerate_dataplane::xsk::{UmemArea, XskConfig, XskSocket, wait_readable};
-use linerate_ebpf::abi::GenStamp;
-use linerate_ebpf::{Action, AttachMode, Attached, Steering};
+use linerate_ebpf::abi::{Counter, GenStamp};
+use linerate_ebpf::{Action, AttachMode, Attached, Rule, Steering};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -40,6 +44,10 @@ pub struct SinkArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: XdpModeArg,
+    /// Only count UDP to --dport, in the XDP program (which drops it): packets, bytes and
+    /// rate, no loss, order or latency analysis and no AF_XDP socket.
+    #[arg(long, conflicts_with = "queues")]
+    count_only: bool,
     #[arg(long)]
     json: bool,
 }
@@ -54,6 +62,9 @@ fn rx_queues(dev: &str) -> Result<u32> {
 }
 
 pub fn run(a: SinkArgs) -> Result<()> {
+    if a.count_only {
+        return count_only(&a);
+    }
     let queues = match a.queues {
         Some(0) => bail!("--queues 0: need at least one queue"),
         Some(q) => q,
@@ -62,17 +73,7 @@ pub fn run(a: SinkArgs) -> Result<()> {
     let stop = super::stop_flag()?;
     let mut steer = Steering::load().context("loading the steering program")?;
     steer.set_rules(&[], Action::Xsk)?;
-    let mode = AttachMode::from(a.xdp_mode);
-    match steer.attach(&a.dev, mode)? {
-        Attached::Driver => eprintln!("sink: XDP attached to {} in driver mode", a.dev),
-        Attached::Skb { why: Some(why) } => {
-            eprintln!(
-                "sink: driver-mode XDP refused on {} ({why}); using skb (generic) mode",
-                a.dev
-            )
-        }
-        Attached::Skb { why: None } => eprintln!("sink: XDP attached to {} in skb mode", a.dev),
-    }
+    attach(&mut steer, &a)?;
     let chunks = CHUNKS_PER_QUEUE * queues as u64;
     let umem = Mmap::anonymous((chunks * CHUNK as u64) as usize).context("allocating the UMEM")?;
     let area = UmemArea {
@@ -169,6 +170,77 @@ pub fn run(a: SinkArgs) -> Result<()> {
         kernel.fill_ring_empty += st.rx_fill_ring_empty_descs;
     }
     report(&stats, &kernel, start.elapsed(), a.json);
+    Ok(())
+}
+
+fn attach(steer: &mut Steering, a: &SinkArgs) -> Result<()> {
+    match steer.attach(&a.dev, AttachMode::from(a.xdp_mode))? {
+        Attached::Driver => eprintln!("sink: XDP attached to {} in driver mode", a.dev),
+        Attached::Skb { why: Some(why) } => {
+            eprintln!(
+                "sink: driver-mode XDP refused on {} ({why}); using skb (generic) mode",
+                a.dev
+            )
+        }
+        Attached::Skb { why: None } => eprintln!("sink: XDP attached to {} in skb mode", a.dev),
+    }
+    Ok(())
+}
+
+/// `--count-only`: the program drops UDP to `--dport` and counts it; everything else (ARP,
+/// neighbour discovery, other traffic) goes to the kernel and is reported as `to_kernel`, so
+/// it can never pass for received test traffic.
+fn count_only(a: &SinkArgs) -> Result<()> {
+    if rx_queues(&a.dev).is_err() {
+        bail!("--dev {}: no such network interface", a.dev);
+    }
+    let stop = super::stop_flag()?;
+    let mut steer = Steering::load().context("loading the steering program")?;
+    let test_traffic = Rule::any(Action::Drop).proto(17).dports(a.dport, a.dport);
+    steer.set_rules(&[test_traffic], Action::Pass)?;
+    attach(&mut steer, a)?;
+    eprintln!(
+        "sink: counting UDP to port {} on {} in XDP (count-only)",
+        a.dport, a.dev
+    );
+    let live = Live::new();
+    let start = Instant::now();
+    let mut last = (Instant::now(), Counter::default());
+    while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| start.elapsed() < d) {
+        std::thread::sleep(Duration::from_millis(20));
+        if last.0.elapsed() >= Duration::from_secs(1) {
+            let now = steer.counters()?[Action::Drop as usize];
+            let dt = last.0.elapsed().as_secs_f64();
+            live.line(
+                start.elapsed(),
+                &format!(
+                    "{:>8.3} Mpps  {:>7.3} Gbps  received {}",
+                    (now.packets - last.1.packets) as f64 / dt / 1e6,
+                    (now.bytes - last.1.bytes) as f64 * 8.0 / dt / 1e9,
+                    now.packets
+                ),
+            );
+            last = (Instant::now(), now);
+        }
+    }
+    live.done();
+    let secs = start.elapsed().as_secs_f64();
+    let c = steer.counters()?;
+    let got = c[Action::Drop as usize];
+    let to_kernel = c[Action::Pass as usize].packets;
+    let mpps = got.packets as f64 / secs / 1e6;
+    if a.json {
+        println!(
+            "{{\"elapsed_s\":{secs:.3},\"received\":{},\"bytes\":{},\"mpps\":{mpps:.3},\"to_kernel\":{to_kernel},\"count_only\":true}}",
+            got.packets, got.bytes
+        );
+    } else {
+        println!(
+            "received   {} frames, {} bytes in {secs:.2} s ({mpps:.3} Mpps)",
+            got.packets, got.bytes
+        );
+        println!("to kernel  {to_kernel} (not UDP to port {})", a.dport);
+    }
     Ok(())
 }
 
