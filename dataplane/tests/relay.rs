@@ -122,7 +122,7 @@ fn curl_fetches_small_and_large_through_both_modes() {
     let (web, big) = http_server();
     for mode in [
         &["--mode", "max"][..],
-        &["--mode", "max", "--splice", "syscall"],
+        &["--mode", "max", "--splice", "uring"],
         &["--mode", "normal"],
     ] {
         let (relay, addr) = start_relay(mode);
