@@ -20,17 +20,23 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 fn one(proxy: Option<SocketAddr>, target: SocketAddr) -> std::io::Result<()> {
     let mut s = TcpStream::connect(proxy.unwrap_or(target))?;
     s.set_nodelay(true)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     if proxy.is_some() {
         let SocketAddr::V4(t) = target else {
             return Err(std::io::Error::other("IPv4 target"));
         };
-        let mut req = vec![5, 1, 0, 5, 1, 0, 1];
+        // Greeting and request one after the other, as clients do (some servers do not
+        // accept them pipelined in one segment).
+        s.write_all(&[5, 1, 0])?;
+        let mut m = [0u8; 2];
+        s.read_exact(&mut m)?;
+        let mut req = vec![5, 1, 0, 1];
         req.extend_from_slice(&t.ip().octets());
         req.extend_from_slice(&t.port().to_be_bytes());
         s.write_all(&req)?;
-        let mut r = [0u8; 12];
+        let mut r = [0u8; 10];
         s.read_exact(&mut r)?;
-        if r[0] != 5 || r[1] != 0 || r[3] != 0 {
+        if m != [5, 0] || r[0] != 5 || r[1] != 0 {
             return Err(std::io::Error::other("refused"));
         }
     }
