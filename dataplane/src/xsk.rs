@@ -176,6 +176,8 @@ pub struct XskSocket {
     ifname: String,
     queue: u32,
     zero_copy: bool,
+    /// Busy polling: `recv` drives the device's RX processing itself with a recvfrom.
+    busy_poll: bool,
 }
 
 // SAFETY: the rings are plain memory shared with the kernel; moving the socket to another
@@ -381,6 +383,9 @@ impl XskSocket {
             sock_opt(fdr, libc::SO_PREFER_BUSY_POLL, &one)
                 .map_err(|_| sys("setsockopt(SO_PREFER_BUSY_POLL)"))?;
             sock_opt(fdr, libc::SO_BUSY_POLL, &us).map_err(|_| sys("setsockopt(SO_BUSY_POLL)"))?;
+            let budget: i32 = 64;
+            sock_opt(fdr, libc::SO_BUSY_POLL_BUDGET, &budget)
+                .map_err(|_| sys("setsockopt(SO_BUSY_POLL_BUDGET)"))?;
         }
         Ok(XskSocket {
             fd,
@@ -391,6 +396,7 @@ impl XskSocket {
             ifname: ifname.to_string(),
             queue,
             zero_copy,
+            busy_poll: cfg.busy_poll_us.is_some(),
         })
     }
 
@@ -420,6 +426,21 @@ impl XskSocket {
 
     /// Reads up to `max` received descriptors into `out`.
     pub fn recv(&mut self, max: u32, out: impl FnMut(XdpDesc)) -> u32 {
+        if self.busy_poll {
+            // With SO_PREFER_BUSY_POLL the kernel leaves this queue's RX processing to us:
+            // a zero-length recvfrom runs it (up to the busy-poll budget) in our context.
+            // SAFETY: recvfrom with no buffer on our socket, non-blocking.
+            unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
+        }
         self.rx.consume(max, out)
     }
 
