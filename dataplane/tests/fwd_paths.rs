@@ -35,31 +35,29 @@ fn no_program_left(devs: &[&str]) {
     }
 }
 
+/// gen -> left pair -> `linerate fwd` (left.b and right.a, then `args`, for 5 s) -> right pair
+/// -> sink: `count` frames over 8 flows. Returns fwd's and the sink's reports and the pairs.
+fn through_fwd(args: &[&str], count: u64) -> (String, String, [VethPair; 2]) {
+    let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
+    up(&[&left, &right]);
+    let sink = start_sink(linerate(), &right.b, "6s");
+    let mut all = vec!["--port", &left.b, "--port", &right.a, "--duration", "5s"];
+    all.extend_from_slice(args);
+    let fwd = start_fwd(&all);
+    gen_frames(linerate(), &left.a, "198.51.100.1", count, &[]);
+    let f = fwd.finish();
+    let s = sink.finish();
+    (f, s, [left, right])
+}
+
 #[test]
 fn max_mode_forwards_decided_flows_in_the_kernel() {
     if !privileged("fwd_paths::max_mode_forwards_decided_flows_in_the_kernel") {
         return;
     }
-    let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
-    up(&[&left, &right]);
-    let sink = start_sink(linerate(), &right.b, "6s");
-    let fwd = start_fwd(&[
-        "--port",
-        &left.b,
-        "--port",
-        &right.a,
-        "--map",
-        "0:1",
-        "--rewrite",
-        &format!("1={SINK_MAC}"),
-        "--ttl",
-        "--max",
-        "--duration",
-        "5s",
-    ]);
-    gen_frames(linerate(), &left.a, "198.51.100.1", 40000, &[]);
-    let f = fwd.finish();
-    let s = sink.finish();
+    let rewrite = format!("1={SINK_MAC}");
+    let args = ["--map", "0:1", "--rewrite", &rewrite, "--ttl", "--max"];
+    let (f, s, [left, right]) = through_fwd(&args, 40000);
     assert_eq!(field(&s, "received"), 40000, "{s}\nfwd: {f}");
     assert_eq!(field(&s, "lost"), 0, "{s}");
     assert_eq!(field(&s, "duplicates"), 0, "{s}");
@@ -120,23 +118,8 @@ fn the_filter_drops_what_it_should() {
     if !privileged("fwd_paths::the_filter_drops_what_it_should") {
         return;
     }
-    let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
-    up(&[&left, &right]);
-    let sink = start_sink(linerate(), &right.b, "6s");
     // The generator's 8 flows use source ports 1024..=1031: half are denied.
-    let fwd = start_fwd(&[
-        "--port",
-        &left.b,
-        "--port",
-        &right.a,
-        "--filter",
-        "deny udp any any sport 1024-1027",
-        "--duration",
-        "5s",
-    ]);
-    gen_frames(linerate(), &left.a, "198.51.100.1", 20000, &[]);
-    let f = fwd.finish();
-    let s = sink.finish();
+    let (f, s, _) = through_fwd(&["--filter", "deny udp any any sport 1024-1027"], 20000);
     assert_eq!(field(&s, "received"), 10000, "{s}\nfwd: {f}");
     assert_eq!(field(&s, "flows"), 4, "{s}");
     assert_eq!(field(&s, "lost"), 0, "{s}");
@@ -228,25 +211,10 @@ fn busy_polling_workers_drive_receive_themselves() {
     if !privileged("fwd_paths::busy_polling_workers_drive_receive_themselves") {
         return;
     }
-    let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
-    up(&[&left, &right]);
-    let sink = start_sink(linerate(), &right.b, "6s");
     // Busy polling (SO_PREFER_BUSY_POLL, a budget, and the worker's own recvfrom driving the
     // queue) must lose nothing. On veth without napi_defer_hard_irqs the kernel's softirq
     // still runs too, so this checks correctness of the mode, not that the recvfrom is needed.
-    let fwd = start_fwd(&[
-        "--port",
-        &left.b,
-        "--port",
-        &right.a,
-        "--busy-poll-us",
-        "50",
-        "--duration",
-        "5s",
-    ]);
-    gen_frames(linerate(), &left.a, "198.51.100.1", 20000, &[]);
-    let f = fwd.finish();
-    let s = sink.finish();
+    let (f, s, _) = through_fwd(&["--busy-poll-us", "50"], 20000);
     assert_eq!(field(&s, "received"), 20000, "{s}\nfwd: {f}");
     assert_eq!(field(&s, "lost"), 0, "{s}");
 }

@@ -1,51 +1,21 @@
 //! `linerate sink --count-only` on a veth pair: it counts exactly the generator's frames (UDP
 //! to `--dport`), counts other traffic apart, reports once stopped, and leaves no program.
 
+mod common;
+
+use common::{field, gen_frames, linerate, start_until};
 use linerate_tests::{VethPair, privileged, run};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 
-fn linerate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_linerate"))
-}
-
-fn field(json: &str, key: &str) -> u64 {
-    let at = json
-        .find(&format!("\"{key}\":"))
-        .unwrap_or_else(|| panic!("{key} in {json}"));
-    json[at + key.len() + 3..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// `linerate gen` out of `dev`: `count` frames to UDP port `dport`, which must succeed.
-fn gen_frames(dev: &str, count: u32, dport: u16) {
-    let out = linerate()
-        .args([
-            "gen",
-            "--dev",
-            dev,
-            "--src",
-            "192.0.2.1",
-            "--dst",
-            "198.51.100.1",
-        ])
-        .args(["--flows", "4", "--pps", "20k", "--json"])
-        .args(["--count", &count.to_string(), "--dport", &dport.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gen: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// `linerate gen` out of `dev`: `count` frames over 8 flows to UDP port `dport`.
+fn gen_to_port(dev: &str, count: u64, dport: u16) {
+    let g = gen_frames(
+        linerate(),
+        dev,
+        "198.51.100.1",
+        count,
+        &["--dport", &dport.to_string()],
     );
-    assert_eq!(
-        field(&String::from_utf8_lossy(&out.stdout), "sent"),
-        u64::from(count)
-    );
+    assert_eq!(field(&g, "sent"), count, "{g}");
 }
 
 #[test]
@@ -57,32 +27,16 @@ fn count_only_counts_exactly_the_test_traffic() {
     for end in [&pair.a, &pair.b] {
         run("ip", &["link", "set", end, "up"]).unwrap();
     }
-    let mut sink = linerate()
-        .args(["sink", "--dev", &pair.b, "--count-only", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(sink.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("count-only") {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "sink exited before it was ready"
-        );
-    }
-    let drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    gen_frames(&pair.a, 3000, 9);
+    let mut cmd = linerate();
+    cmd.args(["sink", "--dev", &pair.b, "--count-only", "--json"]);
+    let sink = start_until(cmd, "count-only");
+    gen_to_port(&pair.a, 3000, 9);
     // Other UDP traffic reaches the kernel and is not received test traffic.
-    gen_frames(&pair.a, 500, 10);
+    gen_to_port(&pair.a, 500, 10);
     // On veth the peer's XDP program runs in the sender's context: every frame has been
     // counted by the time gen exits, so stopping now loses nothing.
-    run("kill", &["-INT", &sink.id().to_string()]).unwrap();
-    let out = sink.wait_with_output().unwrap();
-    drain.join().unwrap().unwrap();
-    assert!(out.status.success(), "sink failed");
-    let s = String::from_utf8_lossy(&out.stdout);
+    run("kill", &["-INT", &sink.child.id().to_string()]).unwrap();
+    let s = sink.finish();
     assert_eq!(field(&s, "received"), 3000, "{s}");
     assert_eq!(field(&s, "bytes"), 3000 * 60, "{s}");
     // At least: the kernel may send the peer its own IPv6 link-local chatter.

@@ -164,6 +164,20 @@ fn shutdown(fd: RawFd, how: libc::c_int) {
     unsafe { libc::shutdown(fd, how) };
 }
 
+fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with an int on our socket.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &one as *const _ as *const libc::c_void,
+            4,
+        )
+    };
+}
+
 fn set_linger_zero(fd: RawFd) {
     let l = libc::linger {
         l_onoff: 1,
@@ -485,17 +499,7 @@ impl Worker {
             return;
         }
         // Small writes (handshake replies) go out at once.
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt with an int on our socket.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                &one as *const _ as *const libc::c_void,
-                4,
-            )
-        };
+        set_nodelay(fd.as_raw_fd());
         ws.total.fetch_add(1, Ordering::Relaxed);
         ws.active.fetch_add(1, Ordering::Relaxed);
         let slot = match self.free.pop() {
@@ -817,19 +821,9 @@ impl Worker {
             };
             return self.refuse(slot, rep);
         }
-        let one: libc::c_int = 1;
         let c = self.conn(slot);
         let rfd = c.remote.as_ref().expect("connected").as_raw_fd();
-        // SAFETY: setsockopt with an int on our socket.
-        unsafe {
-            libc::setsockopt(
-                rfd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                &one as *const _ as *const libc::c_void,
-                4,
-            )
-        };
+        set_nodelay(rfd);
         let bound = local_addr(rfd);
         c.phase = Phase::Replying;
         self.stats.worker(self.id).failed(Reply::Succeeded);
@@ -1014,9 +1008,7 @@ impl Worker {
     fn on_splice_out(&mut self, slot: usize, d: usize, res: i32) {
         match res {
             r if r == -libc::EAGAIN => {
-                let (_, dst) = self.fds(slot, d);
-                let e = opcode::PollAdd::new(types::Fd(dst), libc::POLLOUT as u32).build();
-                self.submit_op(slot, OP_POLL_OUT + 8 * d as u64, e);
+                self.wait_writable(slot, d);
             }
             r if r <= 0 => self.dir_error(slot, -r),
             n => {
@@ -1030,6 +1022,13 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Direction `d`'s destination is full: continue when it is writable again.
+    fn wait_writable(&mut self, slot: usize, d: usize) {
+        let (_, dst) = self.fds(slot, d);
+        let e = opcode::PollAdd::new(types::Fd(dst), libc::POLLOUT as u32).build();
+        self.submit_op(slot, OP_POLL_OUT + 8 * d as u64, e);
     }
 
     fn on_poll_out(&mut self, slot: usize, d: usize, res: i32) {
@@ -1095,8 +1094,7 @@ impl Worker {
             if n < 0 {
                 let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
                 if e == libc::EAGAIN {
-                    let e = opcode::PollAdd::new(types::Fd(dst), libc::POLLOUT as u32).build();
-                    return self.submit_op(slot, OP_POLL_OUT + 8 * d as u64, e);
+                    return self.wait_writable(slot, d);
                 }
                 return self.dir_error(slot, e);
             }
@@ -1138,9 +1136,7 @@ impl Worker {
 
     fn on_write(&mut self, slot: usize, d: usize, res: i32) {
         if res == -libc::EAGAIN {
-            let (_, dst) = self.fds(slot, d);
-            let e = opcode::PollAdd::new(types::Fd(dst), libc::POLLOUT as u32).build();
-            return self.submit_op(slot, OP_POLL_OUT + 8 * d as u64, e);
+            return self.wait_writable(slot, d);
         }
         if res <= 0 {
             return self.dir_error(slot, -res);
