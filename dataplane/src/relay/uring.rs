@@ -129,7 +129,9 @@ pub(super) struct Worker {
     eventfd: OwnedFd,
     eventfd_buf: Box<[u8; 8]>,
     tick_ts: Box<types::Timespec>,
-    conns: Vec<Option<Conn>>,
+    /// Boxed: requests in flight point into a connection (its address for `Connect`, its
+    /// timespecs), so a connection must not move when the table grows.
+    conns: Vec<Option<Box<Conn>>>,
     free: Vec<usize>,
     gens: Vec<u32>,
     pipes: Vec<(OwnedFd, OwnedFd)>,
@@ -294,9 +296,10 @@ impl Worker {
     }
 
     fn push(&mut self, e: squeue::Entry) {
-        // SAFETY: every pointer an entry carries points into the worker (boxed timespecs,
-        // buffers in `bufs`, a connection's own fields, which stay in place while a request
-        // naming it is pending: slots are reused only when `pending` is 0).
+        // SAFETY: every pointer an entry carries points into memory that stays put until the
+        // request completes: the worker's boxed timespecs and eventfd buffer, `bufs` (never
+        // resized), heap buffers of a connection, and fields of a boxed connection, which is
+        // freed only when no request names it (`pending` is 0).
         if unsafe { self.ring.submission().push(&e) }.is_err() {
             self.backlog.push_back(e);
         }
@@ -313,7 +316,7 @@ impl Worker {
     }
 
     fn conn(&mut self, slot: usize) -> &mut Conn {
-        self.conns[slot].as_mut().expect("live slot")
+        self.conns[slot].as_deref_mut().expect("live slot")
     }
 
     fn submit_op(&mut self, slot: usize, op: u64, e: squeue::Entry) {
@@ -512,7 +515,7 @@ impl Worker {
         };
         self.gens[slot] = self.gens[slot].wrapping_add(1);
         let now = Instant::now();
-        self.conns[slot] = Some(Conn {
+        self.conns[slot] = Some(Box::new(Conn {
             gen_: self.gens[slot],
             client: fd,
             remote: None,
@@ -536,7 +539,7 @@ impl Worker {
             last_active: now,
             started: now,
             reset: false,
-        });
+        }));
         self.recv_hs(slot);
     }
 
