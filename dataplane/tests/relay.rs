@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Job, field, linerate, start_until};
+use common::{Job, field, from, linerate, start_until};
 use linerate_tests::privileged;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -390,6 +390,16 @@ fn two_thousand_concurrent_connections_leak_nothing() {
     let out = stop(relay);
     assert_eq!(field(&out, "succeeded"), 2000, "{out}");
     assert_eq!(field(&out, "active"), 0, "{out}");
+    // Per worker: SO_REUSEPORT spread the connections over both workers' listeners.
+    let per_worker: Vec<u64> = from(&out, "workers")
+        .split("{\"total\":")
+        .skip(1)
+        .map(|w| w.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(per_worker.iter().sum::<u64>(), 2000, "{out}");
+    if per_worker.len() > 1 {
+        assert!(per_worker.iter().all(|&n| n > 0), "{out}");
+    }
 }
 
 fn raise_fd_limit() {

@@ -104,14 +104,26 @@ fn line(t: &Totals, before: &Totals, dt: f64) -> String {
     )
 }
 
-fn json(t: &Totals, secs: f64) -> String {
+/// The totals, then one object per worker (same fields) under `workers`.
+fn json(t: &Totals, workers: &[Totals], secs: f64) -> String {
+    let w: Vec<String> = workers.iter().map(counts_json).collect();
+    let total = counts_json(t);
+    // The totals' fields inline, without their braces.
+    let fields = &total[1..total.len() - 1];
+    format!(
+        "{{\"elapsed_s\":{secs:.3},{fields},\"workers\":[{}]}}",
+        w.join(",")
+    )
+}
+
+fn counts_json(t: &Totals) -> String {
     let replies: Vec<String> = Reply::ALL
         .iter()
         .zip(t.replies)
         .map(|(r, n)| format!("\"{}\":{n}", r.name()))
         .collect();
     format!(
-        "{{\"elapsed_s\":{secs:.3},\"total\":{},\"active\":{},\"bytes_up\":{},\"bytes_down\":{},\"timeouts\":{},\"refused_clients\":{},\"udp_datagrams\":{},\"replies\":{{{}}}}}",
+        "{{\"total\":{},\"active\":{},\"bytes_up\":{},\"bytes_down\":{},\"timeouts\":{},\"refused_clients\":{},\"udp_datagrams\":{},\"replies\":{{{}}}}}",
         t.total,
         t.active,
         t.bytes[0],
@@ -211,7 +223,7 @@ pub fn run(a: RelayArgs) -> Result<()> {
     let t = stats.totals();
     let secs = start.elapsed().as_secs_f64();
     if a.json {
-        println!("{}", json(&t, secs));
+        println!("{}", json(&t, &stats.per_worker(), secs));
     } else {
         println!(
             "connections {} ({} still open at exit), bytes up {} down {}, timeouts {}, refused clients {}",
@@ -221,6 +233,12 @@ pub fn run(a: RelayArgs) -> Result<()> {
             if n > 0 {
                 println!("  {:<28} {n}", r.name());
             }
+        }
+        for (i, w) in stats.per_worker().iter().enumerate() {
+            println!(
+                "  worker {i}: connections {}, bytes up {} down {}",
+                w.total, w.bytes[0], w.bytes[1]
+            );
         }
     }
     Ok(())

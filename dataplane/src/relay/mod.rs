@@ -408,23 +408,41 @@ pub struct Totals {
     pub udp_datagrams: u64,
 }
 
+impl Totals {
+    fn add(&mut self, w: &WorkerStats) {
+        self.active += w.active.load(Ordering::Relaxed);
+        self.total += w.total.load(Ordering::Relaxed);
+        for i in 0..9 {
+            self.replies[i] += w.replies[i].load(Ordering::Relaxed);
+        }
+        for d in 0..2 {
+            self.bytes[d] += w.bytes[d].load(Ordering::Relaxed);
+        }
+        self.timeouts += w.timeouts.load(Ordering::Relaxed);
+        self.refused_clients += w.refused_clients.load(Ordering::Relaxed);
+        self.udp_datagrams += w.udp_datagrams.load(Ordering::Relaxed);
+    }
+}
+
 impl RelayStats {
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
         for w in &self.workers {
-            t.active += w.active.load(Ordering::Relaxed);
-            t.total += w.total.load(Ordering::Relaxed);
-            for i in 0..9 {
-                t.replies[i] += w.replies[i].load(Ordering::Relaxed);
-            }
-            for d in 0..2 {
-                t.bytes[d] += w.bytes[d].load(Ordering::Relaxed);
-            }
-            t.timeouts += w.timeouts.load(Ordering::Relaxed);
-            t.refused_clients += w.refused_clients.load(Ordering::Relaxed);
-            t.udp_datagrams += w.udp_datagrams.load(Ordering::Relaxed);
+            t.add(w);
         }
         t
+    }
+
+    /// Each worker's own counts.
+    pub fn per_worker(&self) -> Vec<Totals> {
+        self.workers
+            .iter()
+            .map(|w| {
+                let mut t = Totals::default();
+                t.add(w);
+                t
+            })
+            .collect()
     }
 }
 
