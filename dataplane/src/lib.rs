@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod port;
 pub mod relay;
 pub mod ring;
+pub mod sched;
 pub mod shard;
 pub mod sink;
 pub mod sys;
