@@ -7,7 +7,9 @@
 //! back in [`Port::release`], so a worker can prove after any run that every frame is in
 //! exactly one place.
 
+mod scheduled;
 mod xsk;
+pub use scheduled::{SchedCounters, ScheduledPort};
 pub use xsk::XskPort;
 
 use crate::batch::Batch;
@@ -181,6 +183,11 @@ impl MemWire {
     /// Frames injected but not yet received by the port.
     pub fn pending(&self) -> usize {
         self.rx.len()
+    }
+
+    /// Frames the port sent that nobody has taken off the wire yet.
+    pub fn pending_sent(&self) -> usize {
+        self.tx.len()
     }
 }
 
