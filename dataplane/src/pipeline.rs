@@ -374,6 +374,7 @@ pub fn run(
             elapsed,
             workers: reports,
             kernel: None,
+            classes: Vec::new(),
         }),
     }
 }
@@ -567,6 +568,20 @@ pub struct PipelineReport {
     pub workers: Vec<WorkerReport>,
     /// What the XDP program did itself (`linerate fwd`); `None` for in-memory pipelines.
     pub kernel: Option<KernelPath>,
+    /// Traffic classes of scheduled output ports (`linerate fwd --sched ...`), summed over
+    /// workers.
+    pub classes: Vec<ClassReport>,
+}
+
+/// One traffic class of one scheduled output port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassReport {
+    pub port: String,
+    pub class: usize,
+    pub sent: u64,
+    pub sent_bytes: u64,
+    pub tail_drops: u64,
+    pub red_drops: u64,
 }
 
 /// Packets that `linerate fwd`'s XDP programs handled without the workers.
@@ -634,6 +649,18 @@ impl PipelineReport {
         }
         if t.dropped() == 0 {
             let _ = writeln!(s, "  (none)");
+        }
+        for c in &self.classes {
+            let _ = writeln!(
+                s,
+                "port {} class {}: sent {} ({:.1} Mbit/s), tail drops {}, RED drops {}",
+                c.port,
+                c.class,
+                c.sent,
+                c.sent_bytes as f64 * 8.0 / self.elapsed.as_secs_f64() / 1e6,
+                c.tail_drops,
+                c.red_drops
+            );
         }
         if let Some(k) = &self.kernel {
             let _ = writeln!(
@@ -706,12 +733,23 @@ impl PipelineReport {
                 k.reloads
             ),
         };
+        let classes: Vec<String> = self
+            .classes
+            .iter()
+            .map(|c| {
+                format!(
+                    "{{\"port\":\"{}\",\"class\":{},\"sent\":{},\"sent_bytes\":{},\"tail_drops\":{},\"red_drops\":{}}}",
+                    c.port, c.class, c.sent, c.sent_bytes, c.tail_drops, c.red_drops
+                )
+            })
+            .collect();
         format!(
-            "{{\"elapsed_s\":{:.3},\"total\":{},\"workers\":[{}],\"kernel\":{}}}",
+            "{{\"elapsed_s\":{:.3},\"total\":{},\"workers\":[{}],\"kernel\":{},\"classes\":[{}]}}",
             self.elapsed.as_secs_f64(),
             counts(&self.total()),
             workers.join(","),
-            kernel
+            kernel,
+            classes.join(",")
         )
     }
 }

@@ -144,6 +144,9 @@ pub struct SinkStats {
     pub foreign: u64,
     /// Stamps whose send time is after the receive time (clock trouble): not in `latency`.
     pub clock_skew: u64,
+    /// Receive times of the first and the last of our frames (0: none yet).
+    pub first_rx_ns: u64,
+    pub last_rx_ns: u64,
 }
 
 /// Totals over all flows.
@@ -178,10 +181,25 @@ impl SinkStats {
     ) {
         self.flows.entry((stream, flow)).or_default().record(seq);
         self.bytes += bytes as u64;
+        if self.first_rx_ns == 0 {
+            self.first_rx_ns = rx_ns;
+        }
+        self.last_rx_ns = rx_ns;
         match rx_ns.checked_sub(tx_ns) {
             Some(d) => self.latency.record(d),
             None => self.clock_skew += 1,
         }
+    }
+
+    /// Seconds from the first to the last of our frames, and the bit rate over that span.
+    pub fn active(&self) -> (f64, f64) {
+        let span = self.last_rx_ns.saturating_sub(self.first_rx_ns) as f64 / 1e9;
+        let bps = if span > 0.0 {
+            self.bytes as f64 * 8.0 / span
+        } else {
+            0.0
+        };
+        (span, bps)
     }
 
     pub fn flow(&self, stream: u8, flow: u16) -> Option<&FlowStats> {

@@ -378,11 +378,20 @@ impl<L: Logic> Worker<L> {
             std::hint::spin_loop();
             return;
         }
+        // A port holding frames back (shaping) must be visited when they are due.
+        let due = self.ports.iter_mut().filter_map(|p| p.due_in()).min();
+        if due.is_some_and(|d| d.is_zero()) {
+            std::hint::spin_loop();
+            return;
+        }
         self.sleep = (self.sleep * 2)
             .max(Duration::from_micros(4))
-            .min(self.cfg.idle.max_sleep);
+            .min(self.cfg.idle.max_sleep)
+            .min(due.unwrap_or(Duration::MAX));
         self.counts.sleeps += 1;
-        if self.wait.is_empty() {
+        if self.wait.is_empty() || due.is_some() {
+            // Also when frames are due at a set time: poll(2) rounds its timeout up to whole
+            // milliseconds, too coarse for a shaper; new arrivals wait at most this long.
             std::thread::sleep(self.sleep);
         } else if crate::sys::poll_readable(&mut self.wait, self.sleep).is_err() {
             // poll(2) on our own sockets failing is not worth stopping for: sleep instead.

@@ -11,6 +11,14 @@ use std::time::Duration;
 
 const SINK_MAC: &str = "02:00:00:00:00:99";
 
+/// The tests here pin forwarders and generators to the machine's cores and two of them
+/// measure rates: one at a time, so they do not take each other's cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn up(pairs: &[&VethPair]) {
     for p in pairs {
         for end in [&p.a, &p.b] {
@@ -55,6 +63,7 @@ fn max_mode_forwards_decided_flows_in_the_kernel() {
     if !privileged("fwd_paths::max_mode_forwards_decided_flows_in_the_kernel") {
         return;
     }
+    let _one = serial();
     let rewrite = format!("1={SINK_MAC}");
     let args = ["--map", "0:1", "--rewrite", &rewrite, "--ttl", "--max"];
     let (f, s, [left, right]) = through_fwd(&args, 40000);
@@ -77,6 +86,7 @@ fn routes_send_prefixes_to_their_ports_and_reloads_move_flows() {
     if !privileged("fwd_paths::routes_send_prefixes_to_their_ports_and_reloads_move_flows") {
         return;
     }
+    let _one = serial();
     let (left, one, two) = (
         VethPair::new().unwrap(),
         VethPair::new().unwrap(),
@@ -118,6 +128,7 @@ fn the_filter_drops_what_it_should() {
     if !privileged("fwd_paths::the_filter_drops_what_it_should") {
         return;
     }
+    let _one = serial();
     // The generator's 8 flows use source ports 1024..=1031: half are denied.
     let (f, s, _) = through_fwd(&["--filter", "deny udp any any sport 1024-1027"], 20000);
     assert_eq!(field(&s, "received"), 10000, "{s}\nfwd: {f}");
@@ -131,6 +142,7 @@ fn the_forwarding_host_answers_ping_on_its_ports() {
     if !privileged("fwd_paths::the_forwarding_host_answers_ping_on_its_ports") {
         return;
     }
+    let _one = serial();
     let (dut, peer) = (NetNs::new().unwrap(), NetNs::new().unwrap());
     let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
     left.place(&left.a, &peer, "10.77.0.2/24").unwrap();
@@ -154,6 +166,7 @@ fn two_workers_on_two_queues_keep_every_flow_in_order() {
     if !privileged("fwd_paths::two_workers_on_two_queues_keep_every_flow_in_order") {
         return;
     }
+    let _one = serial();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores < 2 {
         eprintln!("two_workers_on_two_queues: needs 2 cores, this machine has {cores}");
@@ -211,10 +224,125 @@ fn busy_polling_workers_drive_receive_themselves() {
     if !privileged("fwd_paths::busy_polling_workers_drive_receive_themselves") {
         return;
     }
+    let _one = serial();
     // Busy polling (SO_PREFER_BUSY_POLL, a budget, and the worker's own recvfrom driving the
     // queue) must lose nothing. On veth without napi_defer_hard_irqs the kernel's softirq
     // still runs too, so this checks correctness of the mode, not that the recvfrom is needed.
     let (f, s, _) = through_fwd(&["--busy-poll-us", "50"], 20000);
     assert_eq!(field(&s, "received"), 20000, "{s}\nfwd: {f}");
     assert_eq!(field(&s, "lost"), 0, "{s}");
+}
+
+/// The `classes` entries of fwd's report: (class, sent, sent_bytes) in order.
+fn classes(f: &str) -> Vec<(u64, u64, u64)> {
+    from(f, "classes")
+        .split("{\"port\":")
+        .skip(1)
+        .map(|c| (field(c, "class"), field(c, "sent"), field(c, "sent_bytes")))
+        .collect()
+}
+
+/// gen at `bps` with 1500-byte frames for 3 s through fwd with `args`; returns fwd's report,
+/// the sink's, and gen's elapsed seconds.
+fn shaped_run(args: &[&str], bps: &str) -> (String, String, f64) {
+    let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
+    up(&[&left, &right]);
+    let sink = start_sink(linerate(), &right.b, "7s");
+    // The forwarder on its own core: sharing the generator's core it would not run while the
+    // generator's long BPF_PROG_RUN calls hold it, and the shaper would miss its times.
+    let mut all = vec![
+        "--port",
+        &left.b,
+        "--port",
+        &right.a,
+        "--duration",
+        "6s",
+        "--cores",
+        "1",
+    ];
+    all.extend_from_slice(args);
+    let fwd = start_fwd(&all);
+    let mut cmd = linerate();
+    cmd.args([
+        "gen",
+        "--dev",
+        &left.a,
+        "--src",
+        "192.0.2.1",
+        "--dst",
+        "198.51.100.1",
+    ])
+    .args([
+        "--flows",
+        "8",
+        "--len",
+        "1500",
+        "--bps",
+        bps,
+        "--duration",
+        "3s",
+        "--json",
+        "--cores",
+        "0",
+    ]);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "gen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g = String::from_utf8_lossy(&out.stdout).to_string();
+    let at = g.find("\"elapsed_s\":").unwrap() + 12;
+    let secs: f64 = g[at..].split(',').next().unwrap().parse().unwrap();
+    (fwd.finish(), sink.finish(), secs)
+}
+
+#[test]
+fn a_100_mbit_shaper_delivers_100_mbit() {
+    if !privileged("fwd_paths::a_100_mbit_shaper_delivers_100_mbit") {
+        return;
+    }
+    let _one = serial();
+    // 200 Mbit/s offered into a 100 Mbit/s shaper. The generator pauses about 20 ms between
+    // its kernel calls; a queue of 1000 frames (120 ms at the rate) keeps the shaper busy
+    // through them, so it is backlogged from the first frame to the last.
+    let (f, s, _) = shaped_run(&["--shape", "1=100M", "--queue", "1=1000"], "200M");
+    // Over the span from the first frame received to the last.
+    let at = s.find("\"active_mbps\":").unwrap() + 14;
+    let mbps: f64 = s[at..].split(',').next().unwrap().parse().unwrap();
+    assert!(
+        (mbps - 100.0).abs() <= 3.0,
+        "{mbps:.1} Mbit/s\nsink: {s}\nfwd: {f}"
+    );
+}
+
+#[test]
+fn wrr_one_to_two_splits_a_shaped_port_one_to_two() {
+    if !privileged("fwd_paths::wrr_one_to_two_splits_a_shaped_port_one_to_two") {
+        return;
+    }
+    let _one = serial();
+    // Source ports 1028-1031 (half the generator's flows) are class 1; both classes offer
+    // 20 Mbit/s into a 20 Mbit/s port, so both stay backlogged. Short queues (50 frames, 45-90
+    // ms at their shares) keep what drains after the generator stops out of the ratio.
+    let (f, _, _) = shaped_run(
+        &[
+            "--queue",
+            "1=50",
+            "--shape",
+            "1=20M",
+            "--sched",
+            "1=wrr:1,2",
+            "--class",
+            "1=class 1 udp any any sport 1028-1031",
+        ],
+        "40M",
+    );
+    let c = classes(&f);
+    assert_eq!(c.len(), 2, "{f}");
+    let ratio = c[1].1 as f64 / c[0].1 as f64;
+    assert!(
+        (ratio - 2.0).abs() <= 0.1,
+        "class 1 : class 0 = {ratio:.3}\n{f}"
+    );
 }

@@ -25,8 +25,11 @@ use linerate_dataplane::logic::{
     Acl, Action as AclAction, AnyLogic, LearningBridge, MacRewrite, NextHop, ReloadHandle, Router,
     Rule as AclRule, StaticMap,
 };
-use linerate_dataplane::pipeline::{self, KernelPath, PipelineReport};
-use linerate_dataplane::port::{Port, XskPort};
+use linerate_dataplane::pipeline::{self, ClassReport, KernelPath, PipelineReport};
+use linerate_dataplane::port::{Port, SchedCounters, ScheduledPort, XskPort};
+use linerate_dataplane::sched::{
+    ClassRule, Classifier, Discipline, DropPolicy, QueueLimit, Red, Scheduler, TokenBucket,
+};
 use linerate_dataplane::shard::Mapping;
 use linerate_dataplane::sys::monotonic_ns;
 use linerate_dataplane::verdict::PortId;
@@ -134,6 +137,24 @@ pub struct FwdArgs {
     /// Max mode: a cached flow idle this long is removed (default 10s).
     #[arg(long, value_parser = parse_duration)]
     flow_idle: Option<Duration>,
+    /// Output scheduler of a port: PORT=fcfs, PORT=wrr:W1,W2,... (packets per round per class)
+    /// or PORT=drr:Q1,Q2,... (bytes per round per class). Repeatable.
+    #[arg(long)]
+    sched: Vec<String>,
+    /// Traffic class rule of a port, first match wins: PORT=class N [dscp D] [<proto> <src>
+    /// <dst> [sport P] [dport P]], e.g. "1=class 1 udp any any dport 5001". Repeatable.
+    #[arg(long)]
+    class: Vec<String>,
+    /// Shaper of a port: PORT=RATE[,BURST_BYTES], rate in bit/s (e.g. 1=100M). With N
+    /// workers each gets RATE/N.
+    #[arg(long)]
+    shape: Vec<String>,
+    /// RED on a port's class queues: PORT=MIN,MAX,MAX_P,WEIGHT[,gentle] (thresholds in packets).
+    #[arg(long)]
+    red: Vec<String>,
+    /// Class queue bound of a port: PORT=PACKETS[,BYTES] (default 1024 packets, 4 MiB).
+    #[arg(long)]
+    queue: Vec<String>,
     #[arg(long)]
     json: bool,
 }
@@ -162,6 +183,11 @@ struct FileConfig {
     max: Option<bool>,
     flow_idle: Option<String>,
     json: Option<bool>,
+    sched: Option<Vec<String>>,
+    class: Option<Vec<String>>,
+    shape: Option<Vec<String>>,
+    red: Option<Vec<String>>,
+    queue: Option<Vec<String>>,
 }
 
 /// What the switching logic is built from: the part of the settings a reload applies.
@@ -193,6 +219,171 @@ struct Settings {
     max: bool,
     flow_idle: Duration,
     json: bool,
+    traffic: TrafficSpec,
+}
+
+/// Per-port traffic management, as given (`PORT=...` strings); built by [`port_traffic`].
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+struct TrafficSpec {
+    sched: Vec<String>,
+    class: Vec<String>,
+    shape: Vec<String>,
+    red: Vec<String>,
+    queue: Vec<String>,
+}
+
+/// One port's traffic management, checked.
+struct PortTraffic {
+    discipline: Discipline,
+    classifier: Classifier,
+    policy: DropPolicy,
+    limit: QueueLimit,
+    shape: Option<(f64, u32)>,
+}
+
+/// The entries of `list` (`PORT=value`) for `port`, each checked to name a real port.
+fn for_port<'a>(flag: &str, list: &'a [String], port: usize, ports: usize) -> Result<Vec<&'a str>> {
+    let mut out = Vec::new();
+    for e in list {
+        let (p, v) = e
+            .split_once('=')
+            .with_context(|| format!("{flag}: '{e}' is not PORT=VALUE"))?;
+        if port_no(p, flag, ports)? as usize == port {
+            out.push(v.trim());
+        }
+    }
+    Ok(out)
+}
+
+/// Port `port`'s traffic management, or `None` when nothing is configured for it.
+fn port_traffic(
+    t: &TrafficSpec,
+    port: usize,
+    ports: usize,
+    workers: usize,
+) -> Result<Option<PortTraffic>> {
+    let sched = for_port("--sched", &t.sched, port, ports)?;
+    let class = for_port("--class", &t.class, port, ports)?;
+    let shape = for_port("--shape", &t.shape, port, ports)?;
+    let red = for_port("--red", &t.red, port, ports)?;
+    let queue = for_port("--queue", &t.queue, port, ports)?;
+    if sched.is_empty()
+        && class.is_empty()
+        && shape.is_empty()
+        && red.is_empty()
+        && queue.is_empty()
+    {
+        return Ok(None);
+    }
+    let one = |flag: &str, v: &[&str]| -> Result<()> {
+        if v.len() > 1 {
+            bail!("{flag}: port {port} given twice");
+        }
+        Ok(())
+    };
+    for (flag, v) in [
+        ("--sched", &sched),
+        ("--shape", &shape),
+        ("--red", &red),
+        ("--queue", &queue),
+    ] {
+        one(flag, v)?;
+    }
+    let numbers = |flag: &str, s: &str| -> Result<Vec<u32>> {
+        s.split(',')
+            .map(|w| {
+                w.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&w| w > 0)
+                    .with_context(|| format!("{flag}: '{w}' is not a positive number"))
+            })
+            .collect()
+    };
+    let discipline = match sched.first() {
+        None | Some(&"fcfs") => Discipline::Fcfs,
+        Some(s) => match s.split_once(':') {
+            Some(("wrr", w)) => Discipline::Wrr(numbers("--sched", w)?),
+            Some(("drr", q)) => Discipline::Drr(numbers("--sched", q)?),
+            _ => bail!("--sched: '{s}' is not fcfs, wrr:W1,W2,... or drr:Q1,Q2,..."),
+        },
+    };
+    let classes = match &discipline {
+        Discipline::Fcfs => 1,
+        Discipline::Wrr(w) | Discipline::Drr(w) => w.len(),
+    };
+    let rules = class
+        .iter()
+        .map(|r| r.parse::<ClassRule>().map_err(|e| anyhow!("--class: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(r) = rules.iter().find(|r| r.class >= classes) {
+        bail!(
+            "--class: class {} on port {port}, whose scheduler has classes 0..{}",
+            r.class,
+            classes - 1
+        );
+    }
+    let policy = match red.first() {
+        None => DropPolicy::TailDrop,
+        Some(s) => {
+            let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+            let num = |i: usize| -> Result<f64> {
+                parts
+                    .get(i)
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("--red: '{s}' is not MIN,MAX,MAX_P,WEIGHT[,gentle]"))
+            };
+            let gentle = match parts.get(4) {
+                None => false,
+                Some(&"gentle") => true,
+                Some(other) => bail!("--red: '{other}': the fifth field can only be 'gentle'"),
+            };
+            DropPolicy::Red(
+                Red::new(num(0)?, num(1)?, num(2)?, num(3)?, gentle, port as u64 + 1)
+                    .map_err(|e| anyhow!("--red: {e}"))?,
+            )
+        }
+    };
+    let limit = match queue.first() {
+        None => QueueLimit {
+            packets: 1024,
+            bytes: 4 << 20,
+        },
+        Some(s) => {
+            let n = numbers("--queue", s)?;
+            QueueLimit {
+                packets: n[0] as usize,
+                bytes: n.get(1).map_or(4 << 20, |&b| b as usize),
+            }
+        }
+    };
+    let shape = match shape.first() {
+        None => None,
+        Some(s) => {
+            let (rate, burst) = match s.split_once(',') {
+                Some((r, b)) => (r, Some(b)),
+                None => (*s, None),
+            };
+            let rate = super::parse_rate(rate.trim()).map_err(|e| anyhow!("--shape: {e}"))?;
+            let burst = match burst {
+                Some(b) => b
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&b| b >= 1514)
+                    .with_context(|| format!("--shape: burst '{b}' must be at least 1514 bytes"))?,
+                None => 16 * 1024,
+            };
+            Some((rate / workers as f64, burst))
+        }
+    };
+    Ok(Some(PortTraffic {
+        discipline,
+        classifier: Classifier { rules, default: 0 },
+        policy,
+        limit,
+        shape,
+    }))
 }
 
 fn read_config(path: &Path) -> Result<FileConfig> {
@@ -264,6 +455,13 @@ impl Settings {
                 .or(file_duration("flow-idle", f.flow_idle)?)
                 .unwrap_or(Duration::from_secs(10)),
             json: a.json || f.json.unwrap_or(false),
+            traffic: TrafficSpec {
+                sched: pick_list(&a.sched, f.sched),
+                class: pick_list(&a.class, f.class),
+                shape: pick_list(&a.shape, f.shape),
+                red: pick_list(&a.red, f.red),
+                queue: pick_list(&a.queue, f.queue),
+            },
         };
         s.check()?;
         Ok(s)
@@ -291,6 +489,9 @@ impl Settings {
                 "--ring {}: must be a power of two between 64 and 32768",
                 self.ring
             );
+        }
+        for i in 0..self.ports.len() {
+            port_traffic(&self.traffic, i, self.ports.len(), self.workers)?;
         }
         if self.frames < 256 * self.ports.len() {
             bail!(
@@ -322,6 +523,10 @@ impl Settings {
         diff(self.busy_poll_us != running.busy_poll_us, "busy-poll-us");
         diff(self.max != running.max, "max");
         diff(self.flow_idle != running.flow_idle, "flow-idle");
+        diff(
+            self.traffic != running.traffic,
+            "sched/class/shape/red/queue",
+        );
         v
     }
 }
@@ -517,6 +722,32 @@ fn host_rules(dev: &str) -> Result<Vec<Rule>> {
         .collect())
 }
 
+/// Scheduler counters summed over workers, per (port, class).
+fn class_reports(counters: &[(String, usize, std::sync::Arc<SchedCounters>)]) -> Vec<ClassReport> {
+    let mut out: Vec<ClassReport> = Vec::new();
+    for (port, _worker, c) in counters {
+        for class in 0..c.sent.len() {
+            let load = |v: &Vec<std::sync::atomic::AtomicU64>| v[class].load(Ordering::Relaxed);
+            let r = match out.iter_mut().find(|r| &r.port == port && r.class == class) {
+                Some(r) => r,
+                None => {
+                    out.push(ClassReport {
+                        port: port.clone(),
+                        class,
+                        ..ClassReport::default()
+                    });
+                    out.last_mut().expect("just pushed")
+                }
+            };
+            r.sent += load(&c.sent);
+            r.sent_bytes += load(&c.sent_bytes);
+            r.tail_drops += load(&c.tail_drops);
+            r.red_drops += load(&c.red_drops);
+        }
+    }
+    out
+}
+
 /// Sums the steering programs' counters of `action` over every port.
 fn kernel_count(steering: &[Steering], action: Action) -> Result<(u64, u64)> {
     let mut t = (0, 0);
@@ -649,6 +880,7 @@ pub fn run(a: FwdArgs) -> Result<()> {
         aged: 0,
     };
     let (mut txs, mut rxs) = handoff_mesh(s.workers, 1024, 2048);
+    let mut sched_counters: Vec<(String, usize, std::sync::Arc<SchedCounters>)> = Vec::new();
     let mut workers = Vec::with_capacity(s.workers);
     for w in (0..s.workers).rev() {
         let pool = BufferPool::new(s.frames, 2048)?;
@@ -675,10 +907,25 @@ pub fn run(a: FwdArgs) -> Result<()> {
                 }
             );
         }
-        let ports: Vec<Box<dyn Port>> = ports
-            .into_iter()
-            .map(|p| Box::new(p) as Box<dyn Port>)
-            .collect();
+        let mut boxed: Vec<Box<dyn Port>> = Vec::with_capacity(ports.len());
+        for (i, p) in ports.into_iter().enumerate() {
+            match port_traffic(&s.traffic, i, s.ports.len(), s.workers)? {
+                None => boxed.push(Box::new(p)),
+                Some(t) => {
+                    let shaper = t
+                        .shape
+                        .map(|(rate, burst)| TokenBucket::new(rate, burst))
+                        .transpose()
+                        .map_err(|e| anyhow!("--shape: {e}"))?;
+                    let sched = Scheduler::new(t.discipline, t.policy, t.limit, shaper)
+                        .map_err(|e| anyhow!("--sched: {e}"))?;
+                    let c = SchedCounters::new(sched.classes());
+                    sched_counters.push((s.ports[i].clone(), w, c.clone()));
+                    boxed.push(Box::new(ScheduledPort::new(p, sched, t.classifier, c)));
+                }
+            }
+        }
+        let ports = boxed;
         let cfg = WorkerConfig {
             id: w,
             workers: s.workers,
@@ -772,6 +1019,7 @@ pub fn run(a: FwdArgs) -> Result<()> {
             flows_aged: cache.aged,
             reloads,
         }),
+        classes: class_reports(&sched_counters),
     };
     if s.json {
         println!("{}", report.json());

@@ -258,10 +258,12 @@ fn report(s: &SinkStats, k: &KernelDrops, elapsed: Duration, json: bool) {
     let q = |p| s.latency.quantile(p).unwrap_or(0);
     if json {
         println!(
-            "{{\"elapsed_s\":{secs:.3},\"received\":{},\"bytes\":{},\"mpps\":{:.3},\"flows\":{},\"lost\":{},\"reordered\":{},\"duplicates\":{},\"foreign\":{},\"kernel\":{{\"rx_dropped\":{},\"rx_ring_full\":{},\"fill_ring_empty\":{}}},\"latency_ns\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}",
+            "{{\"elapsed_s\":{secs:.3},\"received\":{},\"bytes\":{},\"mpps\":{:.3},\"active_s\":{:.6},\"active_mbps\":{:.3},\"flows\":{},\"lost\":{},\"reordered\":{},\"duplicates\":{},\"foreign\":{},\"kernel\":{{\"rx_dropped\":{},\"rx_ring_full\":{},\"fill_ring_empty\":{}}},\"latency_ns\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}",
             t.received,
             s.bytes,
             t.received as f64 / secs / 1e6,
+            s.active().0,
+            s.active().1 / 1e6,
             t.flows,
             t.lost,
             t.reordered,

@@ -57,6 +57,12 @@ pub trait Port: Send {
     /// Gives every held frame back to `pool` (at shutdown).
     fn release(&mut self, pool: &mut BufferPool);
 
+    /// How soon the port wants the worker back to release frames it holds back (a shaped
+    /// output); `None` when nothing waits. An idle worker sleeps no longer than this.
+    fn due_in(&mut self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// After `release`: how many frames the kernel may have kept where the port cannot get
     /// them back. Observed on this kernel for copy-mode AF_XDP: a socket whose RX ring
     /// overflowed during the run sometimes comes back exactly one FILL buffer short at close,
@@ -91,6 +97,9 @@ impl<P: Port + ?Sized> Port for Box<P> {
     }
     fn kept_by_kernel(&self) -> usize {
         (**self).kept_by_kernel()
+    }
+    fn due_in(&mut self) -> Option<std::time::Duration> {
+        (**self).due_in()
     }
 }
 

@@ -172,6 +172,17 @@ impl<P: Port> Port for ScheduledPort<P> {
     fn kept_by_kernel(&self) -> usize {
         self.inner.kept_by_kernel()
     }
+
+    fn due_in(&mut self) -> Option<std::time::Duration> {
+        if !self.pending.is_empty() {
+            // The inner port was full: try again shortly.
+            return Some(std::time::Duration::from_micros(20));
+        }
+        let now = self.now();
+        self.sched
+            .next_ready(now)
+            .map(|t| std::time::Duration::from_nanos(t.saturating_sub(now)))
+    }
 }
 
 #[cfg(test)]
