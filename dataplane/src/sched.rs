@@ -191,6 +191,23 @@ impl TokenBucket {
         }
     }
 
+    /// Takes `bytes` whether or not the bucket holds them, going into debt: for readers that
+    /// learn a size only after moving the bytes (a socket read). See [`TokenBucket::debt_wait`].
+    pub fn spend(&mut self, bytes: u64, now_ns: u64) {
+        self.refill(now_ns);
+        self.tokens -= bytes as f64;
+    }
+
+    /// How long until the bucket is out of debt (zero when it is not in debt).
+    pub fn debt_wait(&mut self, now_ns: u64) -> std::time::Duration {
+        self.refill(now_ns);
+        if self.tokens >= 0.0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs_f64(-self.tokens * 8.0 / self.rate_bps)
+        }
+    }
+
     /// When `bytes` will be available (now, if they are).
     pub fn ready_at(&mut self, bytes: u32, now_ns: u64) -> u64 {
         self.refill(now_ns);

@@ -70,10 +70,10 @@ pub struct RelayArgs {
     /// Connections relayed at once per user.
     #[arg(long, default_value_t = 1000)]
     max_conns_per_user: usize,
-    /// Normal mode: bytes per second per connection and direction (e.g. 100M).
+    /// Normal mode: bits per second per connection and direction (e.g. 100M).
     #[arg(long, value_parser = parse_rate)]
     rate: Option<f64>,
-    /// Normal mode: bytes per second per user, all connections together.
+    /// Normal mode: bits per second per user, all connections together.
     #[arg(long, value_parser = parse_rate)]
     user_rate: Option<f64>,
     /// On SIGINT/SIGTERM: stop accepting, let open connections finish for this long.

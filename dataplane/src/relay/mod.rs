@@ -9,6 +9,7 @@ mod udp;
 mod uring;
 
 use crate::logic::Prefix;
+use crate::sched::TokenBucket;
 use proto::{AuthPolicy, Reply};
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -52,9 +53,9 @@ pub struct RelayConfig {
     pub handshake_timeout: Duration,
     pub max_conns: usize,
     pub max_conns_per_user: usize,
-    /// Normal mode: bytes per second per connection and direction.
+    /// Normal mode: bits per second per connection and direction.
     pub rate: Option<f64>,
-    /// Normal mode: bytes per second per user, all connections and directions together.
+    /// Normal mode: bits per second per user, all connections and directions together.
     pub user_rate: Option<f64>,
 }
 
@@ -161,40 +162,17 @@ impl RelayStats {
     }
 }
 
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+/// A relay bucket: the shaper of `sched` at `rate_bps` bits per second, holding at most 50 ms
+/// of its rate (and at least one read).
+fn bucket(rate_bps: f64) -> TokenBucket {
+    let burst = (rate_bps / 8.0 * 0.05).max(64.0 * 1024.0) as u32;
+    TokenBucket::new(rate_bps, burst).expect("rates are checked positive")
 }
 
-impl Bucket {
-    fn new(rate: f64) -> Bucket {
-        Bucket {
-            tokens: burst(rate),
-            last: Instant::now(),
-        }
-    }
-
-    fn refill(&mut self, rate: f64) {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + rate * now.duration_since(self.last).as_secs_f64()).min(burst(rate));
-        self.last = now;
-    }
-
-    /// How long until the bucket is out of debt.
-    fn wait(&mut self, rate: f64) -> Duration {
-        self.refill(rate);
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / rate)
-        }
-    }
-}
-
-/// A bucket holds at most 50 ms of its rate (and at least one read).
-fn burst(rate: f64) -> f64 {
-    (rate * 0.05).max(64.0 * 1024.0)
+/// Nanoseconds since the first bucket of this process (the buckets' clock).
+fn now_ns() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// Connection limits and rate buckets shared by the workers.
@@ -202,8 +180,8 @@ fn burst(rate: f64) -> f64 {
 pub struct Limits {
     global: AtomicUsize,
     per_user: Mutex<HashMap<Vec<u8>, usize>>,
-    conn_buckets: Mutex<HashMap<(usize, usize, usize), Bucket>>,
-    user_buckets: Mutex<HashMap<Vec<u8>, Bucket>>,
+    conn_buckets: Mutex<HashMap<(usize, usize, usize), TokenBucket>>,
+    user_buckets: Mutex<HashMap<Vec<u8>, TokenBucket>>,
 }
 
 impl Limits {
@@ -253,7 +231,11 @@ impl Limits {
                 .conn_buckets
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            wait = wait.max(m.entry(key).or_insert_with(|| Bucket::new(r)).wait(r));
+            wait = wait.max(
+                m.entry(key)
+                    .or_insert_with(|| bucket(r))
+                    .debt_wait(now_ns()),
+            );
         }
         if let (Some(r), Some(u)) = (user_rate, user) {
             let mut m = self
@@ -262,8 +244,8 @@ impl Limits {
                 .unwrap_or_else(PoisonError::into_inner);
             wait = wait.max(
                 m.entry(u.to_vec())
-                    .or_insert_with(|| Bucket::new(r))
-                    .wait(r),
+                    .or_insert_with(|| bucket(r))
+                    .debt_wait(now_ns()),
             );
         }
         wait
@@ -276,7 +258,7 @@ impl Limits {
             .unwrap_or_else(PoisonError::into_inner)
             .get_mut(&key)
         {
-            b.tokens -= n as f64;
+            b.spend(n, now_ns());
         }
         if let Some(u) = user
             && let Some(b) = self
@@ -285,7 +267,7 @@ impl Limits {
                 .unwrap_or_else(PoisonError::into_inner)
                 .get_mut(u)
         {
-            b.tokens -= n as f64;
+            b.spend(n, now_ns());
         }
     }
 
@@ -604,10 +586,10 @@ mod tests {
     fn buckets_make_readers_wait_once_in_debt() {
         let l = Limits::default();
         let key = (0, 0, 0);
-        assert_eq!(l.rate_wait(key, None, Some(1e6), None), Duration::ZERO);
-        // Spend well past the burst: the next read waits about debt / rate.
+        assert_eq!(l.rate_wait(key, None, Some(8e6), None), Duration::ZERO);
+        // Spend well past the burst: the next read waits about debt / rate (1 MB at 1 MB/s).
         l.spend(key, None, 1_000_000);
-        let w = l.rate_wait(key, None, Some(1e6), None);
+        let w = l.rate_wait(key, None, Some(8e6), None);
         assert!(
             w > Duration::from_millis(800) && w < Duration::from_millis(1000),
             "{w:?}"
