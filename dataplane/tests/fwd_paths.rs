@@ -43,19 +43,27 @@ fn no_program_left(devs: &[&str]) {
     }
 }
 
-/// gen -> left pair -> `linerate fwd` (left.b and right.a, then `args`, for 5 s) -> right pair
-/// -> sink: `count` frames over 8 flows. Returns fwd's and the sink's reports and the pairs.
-fn through_fwd(args: &[&str], count: u64) -> (String, String, [VethPair; 2]) {
+/// left pair -> `linerate fwd` (left.b and right.a for 6 s, then `args`) -> right pair ->
+/// sink; `send` runs the generator out of left.a. Returns fwd's and the sink's reports and the
+/// pairs.
+fn through_fwd_with(args: &[&str], send: impl FnOnce(&str)) -> (String, String, [VethPair; 2]) {
     let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
     up(&[&left, &right]);
-    let sink = start_sink(linerate(), &right.b, "6s");
-    let mut all = vec!["--port", &left.b, "--port", &right.a, "--duration", "5s"];
+    let sink = start_sink(linerate(), &right.b, "7s");
+    let mut all = vec!["--port", &left.b, "--port", &right.a, "--duration", "6s"];
     all.extend_from_slice(args);
     let fwd = start_fwd(&all);
-    gen_frames(linerate(), &left.a, "198.51.100.1", count, &[]);
+    send(&left.a);
     let f = fwd.finish();
     let s = sink.finish();
     (f, s, [left, right])
+}
+
+/// [`through_fwd_with`] sending `count` frames over 8 flows at 20k frames/s.
+fn through_fwd(args: &[&str], count: u64) -> (String, String, [VethPair; 2]) {
+    through_fwd_with(args, |dev| {
+        gen_frames(linerate(), dev, "198.51.100.1", count, &[]);
+    })
 }
 
 #[test]
@@ -242,59 +250,44 @@ fn classes(f: &str) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
-/// gen at `bps` with 1500-byte frames for 3 s through fwd with `args`; returns fwd's report,
-/// the sink's, and gen's elapsed seconds.
-fn shaped_run(args: &[&str], bps: &str) -> (String, String, f64) {
-    let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
-    up(&[&left, &right]);
-    let sink = start_sink(linerate(), &right.b, "7s");
-    // The forwarder on its own core: sharing the generator's core it would not run while the
-    // generator's long BPF_PROG_RUN calls hold it, and the shaper would miss its times.
-    let mut all = vec![
-        "--port",
-        &left.b,
-        "--port",
-        &right.a,
-        "--duration",
-        "6s",
-        "--cores",
-        "1",
-    ];
+/// [`through_fwd_with`] offering `bps` of 1500-byte frames over 8 flows for 3 s, with the
+/// forwarder on core 1 and the generator on core 0: sharing the generator's core, the
+/// forwarder would not run while the generator's long BPF_PROG_RUN calls hold it, and a
+/// shaper would miss its times.
+fn shaped_run(args: &[&str], bps: &str) -> (String, String) {
+    let mut all = vec!["--cores", "1"];
     all.extend_from_slice(args);
-    let fwd = start_fwd(&all);
-    let mut cmd = linerate();
-    cmd.args([
-        "gen",
-        "--dev",
-        &left.a,
-        "--src",
-        "192.0.2.1",
-        "--dst",
-        "198.51.100.1",
-    ])
-    .args([
-        "--flows",
-        "8",
-        "--len",
-        "1500",
-        "--bps",
-        bps,
-        "--duration",
-        "3s",
-        "--json",
-        "--cores",
-        "0",
-    ]);
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "gen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let g = String::from_utf8_lossy(&out.stdout).to_string();
-    let at = g.find("\"elapsed_s\":").unwrap() + 12;
-    let secs: f64 = g[at..].split(',').next().unwrap().parse().unwrap();
-    (fwd.finish(), sink.finish(), secs)
+    let (f, s, _) = through_fwd_with(&all, |dev| {
+        let out = linerate()
+            .args([
+                "gen",
+                "--dev",
+                dev,
+                "--src",
+                "192.0.2.1",
+                "--dst",
+                "198.51.100.1",
+            ])
+            .args([
+                "--flows",
+                "8",
+                "--len",
+                "1500",
+                "--bps",
+                bps,
+                "--duration",
+                "3s",
+            ])
+            .args(["--cores", "0", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    (f, s)
 }
 
 #[test]
@@ -306,7 +299,7 @@ fn a_100_mbit_shaper_delivers_100_mbit() {
     // 200 Mbit/s offered into a 100 Mbit/s shaper. The generator pauses about 20 ms between
     // its kernel calls; a queue of 1000 frames (120 ms at the rate) keeps the shaper busy
     // through them, so it is backlogged from the first frame to the last.
-    let (f, s, _) = shaped_run(&["--shape", "1=100M", "--queue", "1=1000"], "200M");
+    let (f, s) = shaped_run(&["--shape", "1=100M", "--queue", "1=1000"], "200M");
     // Over the span from the first frame received to the last.
     let at = s.find("\"active_mbps\":").unwrap() + 14;
     let mbps: f64 = s[at..].split(',').next().unwrap().parse().unwrap();
@@ -325,7 +318,7 @@ fn wrr_one_to_two_splits_a_shaped_port_one_to_two() {
     // Source ports 1028-1031 (half the generator's flows) are class 1; both classes offer
     // 20 Mbit/s into a 20 Mbit/s port, so both stay backlogged. Short queues (50 frames, 45-90
     // ms at their shares) keep what drains after the generator stops out of the ratio.
-    let (f, _, _) = shaped_run(
+    let (f, _) = shaped_run(
         &[
             "--queue",
             "1=50",
