@@ -339,3 +339,55 @@ fn wrr_one_to_two_splits_a_shaped_port_one_to_two() {
         "class 1 : class 0 = {ratio:.3}\n{f}"
     );
 }
+
+#[test]
+fn multipath_spreads_sixteen_flows_over_two_routes() {
+    if !privileged("fwd_paths::multipath_spreads_sixteen_flows_over_two_routes") {
+        return;
+    }
+    let _one = serial();
+    let (left, one, two) = (
+        VethPair::new().unwrap(),
+        VethPair::new().unwrap(),
+        VethPair::new().unwrap(),
+    );
+    up(&[&left, &one, &two]);
+    let sink1 = start_sink(linerate(), &one.b, "6s");
+    let sink2 = start_sink(linerate(), &two.b, "6s");
+    // The same prefix twice: two routes, each new flow picks one and keeps it.
+    let r1 = format!("198.51.100.0/24=1,{SINK_MAC}");
+    let r2 = format!("198.51.100.0/24=2,{SINK_MAC}");
+    let fwd = start_fwd(&[
+        "--port",
+        &left.b,
+        "--port",
+        &one.a,
+        "--port",
+        &two.a,
+        "--logic",
+        "router",
+        "--route",
+        &r1,
+        "--route",
+        &r2,
+        "--duration",
+        "5s",
+    ]);
+    gen_frames(
+        linerate(),
+        &left.a,
+        "198.51.100.1",
+        16000,
+        &["--flows", "16"],
+    );
+    let f = fwd.finish();
+    let (s1, s2) = (sink1.finish(), sink2.finish());
+    let (f1, f2) = (field(&s1, "flows"), field(&s2, "flows"));
+    assert!(
+        f1 > 0 && f2 > 0,
+        "both routes carry flows: {f1} and {f2}\n{f}"
+    );
+    assert_eq!(f1 + f2, 16, "each flow on one route only");
+    assert_eq!(field(&s1, "received") + field(&s2, "received"), 16000);
+    assert_eq!(field(&s1, "lost") + field(&s2, "lost"), 0, "{s1}\n{s2}");
+}

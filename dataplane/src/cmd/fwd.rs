@@ -96,7 +96,9 @@ pub struct FwdArgs {
     /// Rewrite the destination MAC of frames leaving PORT: PORT=MAC (source = the port's MAC).
     #[arg(long)]
     rewrite: Vec<String>,
-    /// Router: PREFIX/LEN=PORT,NEXTHOP_MAC, e.g. 10.1.0.0/16=1,02:00:00:00:00:02.
+    /// Router: PREFIX/LEN=PORT,NEXTHOP_MAC[,WEIGHT], e.g. 10.1.0.0/16=1,02:00:00:00:00:02. A
+    /// prefix given more than once is multipath: each new flow picks one of its routes (in
+    /// proportion to their weights) and keeps it.
     #[arg(long)]
     route: Vec<String>,
     /// Decrement TTL / hop limit (and drop at zero).
@@ -585,16 +587,33 @@ fn build_logic(a: &LogicSpec, ports: &[String]) -> Result<AnyLogic> {
                 bail!("--logic router needs at least one --route PREFIX/LEN=PORT,NEXTHOP_MAC");
             }
             let mut router = Router::new();
+            // Next hop i for route i; a prefix given several times becomes a multipath group
+            // over its routes' next hops (ids from 0x8000 up), weighted by their WEIGHT.
+            type Members = Vec<(u16, u32)>;
+            let mut prefixes: Vec<((IpAddr, u8), Members)> = Vec::new();
             for (i, r) in a.route.iter().enumerate() {
-                let bad = || format!("--route: '{r}' is not PREFIX/LEN=PORT,NEXTHOP_MAC");
+                let bad = || format!("--route: '{r}' is not PREFIX/LEN=PORT,NEXTHOP_MAC[,WEIGHT]");
                 let (prefix, via) = r.split_once('=').with_context(bad)?;
                 let (addr, len) = prefix.split_once('/').with_context(bad)?;
                 let addr: IpAddr = addr.parse().with_context(bad)?;
                 let len: u8 = len.parse().with_context(bad)?;
-                let (port, mac) = via.split_once(',').with_context(bad)?;
-                let port = port_no(port, "--route", n)?;
+                let mut via = via.split(',');
+                let port = port_no(via.next().with_context(bad)?, "--route", n)?;
+                let mac = via.next().with_context(bad)?;
                 let dst_mac = parse_mac(mac).map_err(|e| anyhow!("--route: {e}"))?;
-                let id = u16::try_from(i).context("--route: too many routes")?;
+                let weight: u32 = match via.next() {
+                    None => 1,
+                    Some(w) => w.trim().parse().ok().filter(|&w| w > 0).with_context(|| {
+                        format!("--route {r}: weight '{w}' must be a positive number")
+                    })?,
+                };
+                if via.next().is_some() {
+                    bail!("{}", bad());
+                }
+                let id = u16::try_from(i)
+                    .ok()
+                    .filter(|&id| id < 0x8000)
+                    .context("--route: at most 32768 routes")?;
                 router.set_next_hop(
                     id,
                     NextHop {
@@ -603,9 +622,24 @@ fn build_logic(a: &LogicSpec, ports: &[String]) -> Result<AnyLogic> {
                         src_mac: mac_of("--port", &ports[port as usize])?,
                     },
                 );
+                match prefixes.iter_mut().find(|(p, _)| *p == (addr, len)) {
+                    Some((_, members)) => members.push((id, weight)),
+                    None => prefixes.push(((addr, len), vec![(id, weight)])),
+                }
+            }
+            for (g, ((addr, len), members)) in prefixes.into_iter().enumerate() {
+                let target = if members.len() == 1 {
+                    members[0].0
+                } else {
+                    let gid = 0x8000 + g as u16;
+                    router
+                        .set_group(gid, members)
+                        .map_err(|e| anyhow!("--route {addr}/{len}: {e}"))?;
+                    gid
+                };
                 router
-                    .add_route(addr, len, id)
-                    .map_err(|e| anyhow!("--route {r}: {e}"))?;
+                    .add_route(addr, len, target)
+                    .map_err(|e| anyhow!("--route {addr}/{len}: {e}"))?;
             }
             AnyLogic::new(router)
         }

@@ -28,6 +28,8 @@ struct Hop {
     macs: [u8; 12],
     port: PortId,
     defined: bool,
+    /// A multipath group: the flow table picks one of its members.
+    group: bool,
 }
 
 impl Hop {
@@ -35,6 +37,7 @@ impl Hop {
         macs: [0; 12],
         port: 0,
         defined: false,
+        group: false,
     };
 }
 
@@ -73,7 +76,14 @@ pub struct Router {
     /// needs neither a length check nor an `Option`; only the entries in use get cached).
     hops: Box<[Hop; HOPS]>,
     arp_to_kernel: bool,
+    /// Multipath groups: group id -> (member next hop, weight).
+    groups: hashbrown::HashMap<NextHopId, Vec<(NextHopId, u32)>>,
+    /// The flow table: a flow's chosen member, kept for the flow's life (this worker's copy).
+    flows: hashbrown::HashMap<crate::shard::FlowKey, NextHopId>,
 }
+
+/// Flows remembered per worker before the table starts over (bounds its memory).
+const MAX_FLOWS: usize = 1 << 20;
 
 impl Default for Router {
     fn default() -> Self {
@@ -95,6 +105,8 @@ impl Router {
             v4,
             v6,
             next_hops: Vec::new(),
+            groups: hashbrown::HashMap::new(),
+            flows: hashbrown::HashMap::new(),
             hops: match vec![Hop::UNDEFINED; HOPS].into_boxed_slice().try_into() {
                 Ok(t) => t,
                 Err(_) => unreachable!("the vector has HOPS entries"),
@@ -127,7 +139,56 @@ impl Router {
             macs,
             port: nh.port,
             defined: true,
+            group: false,
         };
+    }
+
+    /// Makes `id` a multipath group over `members` (defined next hops, with weights): each
+    /// new flow routed to `id` picks a member in proportion to the weights, from its flow
+    /// hash, and keeps it for its life (flow id -> route id -> next hop). Forgets the flows.
+    pub fn set_group(
+        &mut self,
+        id: NextHopId,
+        members: Vec<(NextHopId, u32)>,
+    ) -> Result<(), String> {
+        if members.is_empty() || members.iter().any(|&(_, w)| w == 0) {
+            return Err(format!("group {id}: give members with positive weights"));
+        }
+        if let Some(&(m, _)) = members.iter().find(|&&(m, _)| self.next_hop(m).is_none()) {
+            return Err(format!("group {id}: next hop {m} is not defined"));
+        }
+        self.groups.insert(id, members);
+        self.hops[id as usize] = Hop {
+            macs: [0; 12],
+            port: 0,
+            defined: true,
+            group: true,
+        };
+        self.flows.clear();
+        Ok(())
+    }
+
+    fn pick(&mut self, group: NextHopId, pkt: &[u8], hdr: &Headers) -> Option<NextHopId> {
+        let key = crate::shard::FlowKey::from_headers(hdr)?;
+        if let Some(&m) = self.flows.get(&key) {
+            return Some(m);
+        }
+        let members = self.groups.get(&group)?;
+        let total: u64 = members.iter().map(|&(_, w)| w as u64).sum();
+        let mut r = crate::shard::flow_hash(hdr, pkt) % total;
+        let mut chosen = members[0].0;
+        for &(m, w) in members {
+            if r < w as u64 {
+                chosen = m;
+                break;
+            }
+            r -= w as u64;
+        }
+        if self.flows.len() >= MAX_FLOWS {
+            self.flows.clear();
+        }
+        self.flows.insert(key, chosen);
+        Some(chosen)
     }
 
     /// Removes next hop `id`; routes through it drop packets until it is defined again.
@@ -142,7 +203,7 @@ impl Router {
 
     /// Adds (or re-points) the route `prefix/len` through next hop `nh`, which must exist.
     pub fn add_route(&mut self, prefix: IpAddr, len: u8, nh: NextHopId) -> Result<(), RouterError> {
-        if self.next_hop(nh).is_none() {
+        if self.next_hop(nh).is_none() && !self.groups.contains_key(&nh) {
             return Err(RouterError::UnknownNextHop {
                 prefix,
                 len,
@@ -217,7 +278,13 @@ impl Logic for Router {
         let Some(id) = id else {
             return Verdict::Drop(DropReason::NoRoute);
         };
-        let hop = &self.hops[id as usize];
+        let mut hop = &self.hops[id as usize];
+        if hop.group {
+            let Some(m) = self.pick(id, pkt, hdr) else {
+                return Verdict::Drop(DropReason::NoRoute);
+            };
+            hop = &self.hops[m as usize];
+        }
         if !hop.defined {
             return Verdict::Drop(DropReason::NoRoute);
         }
@@ -253,6 +320,29 @@ mod tests {
         r.add_route("10.2.0.0".parse().unwrap(), 16, 2).unwrap();
         r.add_route("2001:db8::".parse().unwrap(), 32, 2).unwrap();
         r
+    }
+
+    #[test]
+    fn multipath_spreads_flows_by_weight_and_keeps_each_on_its_route() {
+        let mut r = Router::new();
+        r.set_next_hop(1, NH1);
+        r.set_next_hop(2, NH2);
+        r.set_group(100, vec![(1, 1), (2, 3)]).unwrap();
+        r.add_route("10.0.0.0".parse().unwrap(), 8, 100).unwrap();
+        let mut ports = [0u32; 3];
+        for sport in 0..4000u16 {
+            let (mut f, h) = test_frames::ipv4("192.0.2.1", "10.1.2.3", 64, 17, 1000 + sport, 80);
+            let Verdict::Forward(p) = r.decide(&mut f, &h, 0) else {
+                panic!("routed")
+            };
+            ports[p as usize] += 1;
+            // The same flow again: the same route.
+            assert_eq!(r.decide(&mut f, &h, 0), Verdict::Forward(p));
+        }
+        let share = ports[2] as f64 / 4000.0;
+        assert!((share - 0.75).abs() < 0.05, "{ports:?}");
+        assert!(r.set_group(101, vec![(7, 1)]).is_err());
+        assert!(r.set_group(101, vec![(1, 0)]).is_err());
     }
 
     #[test]

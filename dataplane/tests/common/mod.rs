@@ -108,13 +108,18 @@ pub fn start_sink(mut cmd: Command, dev: &str, secs: &str) -> Job {
     start_until(cmd, "analysing")
 }
 
-/// `linerate gen` out of `dev` to `dst`: `count` frames over 8 flows at 20k frames/s plus
-/// `extra` arguments; must succeed. Returns its JSON report.
+/// `linerate gen` out of `dev` to `dst`: `count` frames over 8 flows (unless `extra` gives
+/// `--flows`) at 20k frames/s plus `extra` arguments; must succeed. Returns its JSON report.
 pub fn gen_frames(mut cmd: Command, dev: &str, dst: &str, count: u64, extra: &[&str]) -> String {
     let count = count.to_string();
     let out = cmd
         .args(["gen", "--dev", dev, "--src", "192.0.2.1", "--dst", dst])
-        .args(["--flows", "8", "--pps", "20k", "--count", &count, "--json"])
+        .args(["--pps", "20k", "--count", &count, "--json"])
+        .args(if extra.contains(&"--flows") {
+            &[][..]
+        } else {
+            &["--flows", "8"][..]
+        })
         .args(extra)
         .output()
         .unwrap();
