@@ -27,6 +27,17 @@ fn up(pairs: &[&VethPair]) {
     }
 }
 
+/// Three veth pairs, up: the generator's and two sinks'.
+fn three_pairs() -> (VethPair, VethPair, VethPair) {
+    let p = (
+        VethPair::new().unwrap(),
+        VethPair::new().unwrap(),
+        VethPair::new().unwrap(),
+    );
+    up(&[&p.0, &p.1, &p.2]);
+    p
+}
+
 fn start_fwd(args: &[&str]) -> Job {
     let mut cmd = linerate();
     cmd.arg("fwd").args(args).arg("--json");
@@ -95,12 +106,7 @@ fn routes_send_prefixes_to_their_ports_and_reloads_move_flows() {
         return;
     }
     let _one = serial();
-    let (left, one, two) = (
-        VethPair::new().unwrap(),
-        VethPair::new().unwrap(),
-        VethPair::new().unwrap(),
-    );
-    up(&[&left, &one, &two]);
+    let (left, one, two) = three_pairs();
     let routes = |low: u8, high: u8| {
         format!(
             "port = [\"{}\", \"{}\", \"{}\"]\nlogic = \"router\"\nttl = true\nmax = true\n\
@@ -346,12 +352,7 @@ fn multipath_spreads_sixteen_flows_over_two_routes() {
         return;
     }
     let _one = serial();
-    let (left, one, two) = (
-        VethPair::new().unwrap(),
-        VethPair::new().unwrap(),
-        VethPair::new().unwrap(),
-    );
-    up(&[&left, &one, &two]);
+    let (left, one, two) = three_pairs();
     let sink1 = start_sink(linerate(), &one.b, "6s");
     let sink2 = start_sink(linerate(), &two.b, "6s");
     // The same prefix twice: two routes, each new flow picks one and keeps it.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{field, gen_frames, linerate, start_until};
+use common::{assert_refused, field, gen_frames, linerate, start_until};
 use linerate_tests::{VethPair, privileged, run};
 
 /// `linerate gen` out of `dev`: `count` frames over 8 flows to UDP port `dport`.
@@ -60,10 +60,6 @@ fn count_only_refuses_bad_arguments_clearly() {
             "cannot be used with",
         ),
     ] {
-        let out = linerate().args(&args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} should fail");
-        assert!(err.contains(needle), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_refused(&args, needle);
     }
 }

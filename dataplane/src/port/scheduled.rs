@@ -121,9 +121,15 @@ impl<P: Port> Port for ScheduledPort<P> {
     fn send(&mut self, pool: &mut BufferPool, batch: &mut Batch) -> Result<usize, PortError> {
         let n = batch.len();
         for f in batch.drain() {
-            let class = match parse_headers(pool.data(&f)) {
-                Ok(h) => self.classifier.classify(pool.data(&f), &h),
-                Err(_) => self.classifier.default,
+            // Classes need the headers again (ports carry frames, not the worker's parse);
+            // without rules there is nothing to parse for.
+            let class = if self.classifier.rules.is_empty() {
+                self.classifier.default
+            } else {
+                match parse_headers(pool.data(&f)) {
+                    Ok(h) => self.classifier.classify(pool.data(&f), &h),
+                    Err(_) => self.classifier.default,
+                }
             };
             match self.sched.enqueue(class, (f, class)) {
                 Ok(()) => self.queued += 1,

@@ -973,16 +973,22 @@ impl Worker {
             return self.splice_now(slot, d);
         }
         let (src, _) = self.fds(slot, d);
-        let w = self.conn(slot).dirs[d]
-            .pipe
-            .as_ref()
-            .expect("pipe")
-            .1
-            .as_raw_fd();
-        let e = opcode::Splice::new(types::Fd(src), -1, types::Fd(w), -1, SPLICE_CHUNK)
+        let (_, w) = self.pipe_fds(slot, d);
+        self.splice_op(slot, src, w, SPLICE_CHUNK, OP_SPLICE_IN + 8 * d as u64);
+    }
+
+    /// Direction `d`'s pipe: (read end, write end).
+    fn pipe_fds(&mut self, slot: usize, d: usize) -> (RawFd, RawFd) {
+        let p = self.conn(slot).dirs[d].pipe.as_ref().expect("pipe");
+        (p.0.as_raw_fd(), p.1.as_raw_fd())
+    }
+
+    /// A non-blocking splice of up to `len` bytes from `from` to `to`, as ring request `op`.
+    fn splice_op(&mut self, slot: usize, from: RawFd, to: RawFd, len: u32, op: u64) {
+        let e = opcode::Splice::new(types::Fd(from), -1, types::Fd(to), -1, len)
             .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
             .build();
-        self.submit_op(slot, OP_SPLICE_IN + 8 * d as u64, e);
+        self.submit_op(slot, op, e);
     }
 
     fn on_splice_in(&mut self, slot: usize, d: usize, res: i32) {
@@ -999,13 +1005,9 @@ impl Worker {
 
     fn splice_out(&mut self, slot: usize, d: usize) {
         let (_, dst) = self.fds(slot, d);
-        let c = self.conn(slot);
-        let r = c.dirs[d].pipe.as_ref().expect("pipe").0.as_raw_fd();
-        let n = c.dirs[d].in_pipe as u32;
-        let e = opcode::Splice::new(types::Fd(r), -1, types::Fd(dst), -1, n)
-            .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
-            .build();
-        self.submit_op(slot, OP_SPLICE_OUT + 8 * d as u64, e);
+        let (r, _) = self.pipe_fds(slot, d);
+        let n = self.conn(slot).dirs[d].in_pipe as u32;
+        self.splice_op(slot, r, dst, n, OP_SPLICE_OUT + 8 * d as u64);
     }
 
     fn on_splice_out(&mut self, slot: usize, d: usize, res: i32) {
@@ -1052,10 +1054,7 @@ impl Worker {
     /// `SpliceVia::Syscall`: moves what is readable now with splice(2) calls, then waits.
     fn splice_now(&mut self, slot: usize, d: usize) {
         let (src, dst) = self.fds(slot, d);
-        let (r, w) = {
-            let p = self.conn(slot).dirs[d].pipe.as_ref().expect("pipe");
-            (p.0.as_raw_fd(), p.1.as_raw_fd())
-        };
+        let (r, w) = self.pipe_fds(slot, d);
         let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
         loop {
             if self.conn(slot).dirs[d].in_pipe == 0 {

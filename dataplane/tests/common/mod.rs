@@ -130,3 +130,12 @@ pub fn gen_frames(mut cmd: Command, dev: &str, dst: &str, count: u64, extra: &[&
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `linerate ARGS` must fail with one clear line containing `needle`, and never panic.
+pub fn assert_refused(args: &[&str], needle: &str) {
+    let out = linerate().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(err.contains(needle), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
