@@ -1,5 +1,9 @@
-//! linerate's control plane.
+//! linerate's control plane: the protocol ([`proto`]), the controller and its stores
+//! ([`controller`], [`store`]) and the node agent ([`agent`]).
 //!
-//! Nothing lives here yet: the protocol, agent, controller and stores arrive with the control
-//! plane work (issue 6). `control` will never depend on `dataplane`.
+//! `control` never depends on `dataplane`: the agent hands configuration to whatever
+//! implements [`agent::Dataplane`], and the dataplane adapts it to its own types.
 #![deny(unsafe_code)]
+
+pub mod proto;
+pub mod store;
