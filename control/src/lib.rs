@@ -5,5 +5,7 @@
 //! implements [`agent::Dataplane`], and the dataplane adapts it to its own types.
 #![deny(unsafe_code)]
 
+pub mod agent;
+pub mod controller;
 pub mod proto;
 pub mod store;

@@ -1,0 +1,417 @@
+//! The node agent: keeps a node connected to its controller and hands configuration to the
+//! dataplane.
+//!
+//! The agent runs on its own thread with a single-threaded tokio runtime, never on a worker:
+//! [`AgentOptions::on_thread_start`] lets the dataplane pin it away from worker cores. It
+//! reconnects with exponential backoff and jitter, keeps the last configuration while the
+//! controller is away (the dataplane goes on forwarding with it), and calls
+//! [`Dataplane::apply`] once per update with the whole new configuration, on the agent thread.
+//! The dataplane publishes that as one snapshot its workers pick up between batches.
+
+use crate::proto::{
+    self, Capability, Config, ControllerMsg, Counter, ErrorMsg, Hello, Metrics, NodeMsg, Refusal,
+};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// What the agent drives. Both methods run on the agent thread.
+pub trait Dataplane: Send + 'static {
+    /// Takes `config`, the node's whole configuration after one update.
+    fn apply(&mut self, config: &Arc<Config>);
+
+    /// Counters to report, read when a report is due.
+    fn metrics(&mut self) -> Vec<Counter> {
+        Vec::new()
+    }
+}
+
+pub struct AgentOptions {
+    /// `ws://host:port/` of the controller.
+    pub url: String,
+    pub token: String,
+    pub node: String,
+    pub capabilities: Vec<Capability>,
+    /// How often to report metrics; `None` reports none.
+    pub metrics_every: Option<Duration>,
+    /// First retry delay; it doubles per failure up to `backoff_max`, each with jitter.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Runs first on the agent's thread (to pin it, name it in logs...).
+    pub on_thread_start: Option<Box<dyn FnOnce() + Send>>,
+    /// Print log lines to stderr (they are always kept in [`AgentStats::last_error`]).
+    pub verbose: bool,
+}
+
+impl AgentOptions {
+    pub fn new(url: impl Into<String>, token: impl Into<String>, node: impl Into<String>) -> Self {
+        AgentOptions {
+            url: url.into(),
+            token: token.into(),
+            node: node.into(),
+            capabilities: Capability::ALL.to_vec(),
+            metrics_every: Some(Duration::from_secs(1)),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            on_thread_start: None,
+            verbose: true,
+        }
+    }
+}
+
+/// The configuration the dataplane holds, numbered per update.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// 0 before the first configuration arrived; +1 per update applied.
+    pub version: u64,
+    pub config: Arc<Config>,
+    pub applied_at: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub updates: AtomicU64,
+    pub metrics_sent: AtomicU64,
+    pub refusals: AtomicU64,
+    last_error: Mutex<String>,
+}
+
+impl AgentStats {
+    pub fn last_error(&self) -> String {
+        (self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+        .clone()
+    }
+}
+
+/// A running agent; dropping it stops the thread.
+pub struct Agent {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    snapshots: watch::Receiver<Snapshot>,
+    stats: Arc<AgentStats>,
+}
+
+impl Agent {
+    /// Starts the agent thread.
+    pub fn start(mut opts: AgentOptions, dataplane: impl Dataplane) -> std::io::Result<Agent> {
+        proto::check_name("node", &opts.node).map_err(std::io::Error::other)?;
+        let (stop, stop_rx) = oneshot::channel();
+        let (tx, snapshots) = watch::channel(Snapshot {
+            version: 0,
+            config: Arc::new(Config::default()),
+            applied_at: Instant::now(),
+        });
+        let stats = Arc::new(AgentStats::default());
+        let st = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("agent-{}", opts.node))
+            .spawn(move || {
+                if let Some(f) = opts.on_thread_start.take() {
+                    f();
+                }
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("agent: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(run(opts, dataplane, tx, st, stop_rx));
+            })?;
+        Ok(Agent {
+            stop: Some(stop),
+            thread: Some(thread),
+            snapshots,
+            stats,
+        })
+    }
+
+    /// The configuration applied last.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Wakes on every update.
+    pub fn watch(&self) -> watch::Receiver<Snapshot> {
+        self.snapshots.clone()
+    }
+
+    pub fn stats(&self) -> &Arc<AgentStats> {
+        &self.stats
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The delay before retry number `attempt` (0-based): `min · 2^attempt`, capped at `max`, then
+/// drawn uniformly from its upper half so that agents cut off together do not return together.
+pub fn backoff(min: Duration, max: Duration, attempt: u32, random: u64) -> Duration {
+    let ceiling = min.saturating_mul(1u32 << attempt.min(20)).min(max);
+    let half = ceiling / 2;
+    let nanos = half.as_nanos() as u64;
+    half + Duration::from_nanos(if nanos == 0 { 0 } else { random % (nanos + 1) })
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn seeded(node: &str) -> Rng {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let h = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        Rng((t ^ h) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*: jitter needs spread, not secrecy.
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+struct Node<D> {
+    opts: AgentOptions,
+    dataplane: D,
+    snapshots: watch::Sender<Snapshot>,
+    stats: Arc<AgentStats>,
+    /// The configuration held, kept across disconnections.
+    config: Config,
+    version: u64,
+}
+
+impl<D: Dataplane> Node<D> {
+    fn log(&self, line: String) {
+        if self.opts.verbose {
+            eprintln!("agent {}: {line}", self.opts.node);
+        }
+        *self
+            .stats
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = line;
+    }
+
+    fn publish(&mut self) {
+        self.version += 1;
+        let config = Arc::new(self.config.clone());
+        self.dataplane.apply(&config);
+        self.stats.updates.fetch_add(1, Ordering::Relaxed);
+        self.snapshots.send_replace(Snapshot {
+            version: self.version,
+            config,
+            applied_at: Instant::now(),
+        });
+    }
+}
+
+async fn run<D: Dataplane>(
+    opts: AgentOptions,
+    dataplane: D,
+    snapshots: watch::Sender<Snapshot>,
+    stats: Arc<AgentStats>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut rng = Rng::seeded(&opts.node);
+    let mut node = Node {
+        opts,
+        dataplane,
+        snapshots,
+        stats,
+        config: Config::default(),
+        version: 0,
+    };
+    let mut attempt = 0u32;
+    loop {
+        let outcome = tokio::select! {
+            r = connected(&mut node, &mut attempt) => r,
+            _ = &mut stop => return,
+        };
+        if node.stats.connected.swap(false, Ordering::Relaxed) {
+            node.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(why) = outcome {
+            node.log(why);
+        }
+        let delay = backoff(
+            node.opts.backoff_min,
+            node.opts.backoff_max,
+            attempt,
+            rng.next(),
+        );
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut stop => return,
+        }
+    }
+}
+
+/// One connection, from dialling to its end. `Ok` when the controller closed it cleanly.
+async fn connected<D: Dataplane>(node: &mut Node<D>, attempt: &mut u32) -> Result<(), String> {
+    let mut req = (node.opts.url.as_str())
+        .into_client_request()
+        .map_err(|e| format!("controller URL '{}': {e}", node.opts.url))?;
+    let auth = HeaderValue::from_str(&format!("Bearer {}", node.opts.token))
+        .map_err(|_| "the token holds characters a header cannot".to_string())?;
+    req.headers_mut().insert("authorization", auth);
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(proto::MAX_FRAME))
+        .max_frame_size(Some(proto::MAX_FRAME));
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true)
+        .await
+        .map_err(|e| match e {
+            tungstenite::Error::Http(r) => format!(
+                "controller {} refused us: HTTP {}",
+                node.opts.url,
+                r.status()
+            ),
+            e => format!("connecting to {}: {e}", node.opts.url),
+        })?;
+    let hello = NodeMsg::Hello(Hello {
+        node: node.opts.node.clone(),
+        capabilities: node.opts.capabilities.clone(),
+        agent: concat!("linerate ", env!("CARGO_PKG_VERSION")).to_string(),
+    });
+    let frame = proto::encode(&hello).map_err(|e| format!("encoding hello: {e}"))?;
+    ws.send(Message::binary(frame))
+        .await
+        .map_err(|e| format!("sending hello: {e}"))?;
+    node.stats.connected.store(true, Ordering::Relaxed);
+    node.stats.connects.fetch_add(1, Ordering::Relaxed);
+
+    let period = node.opts.metrics_every.unwrap_or(Duration::from_secs(3600));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = ws.next() => {
+                let msg = match msg {
+                    None => return Err("controller went away".into()),
+                    Some(Err(e)) => return Err(format!("connection lost: {e}")),
+                    Some(Ok(m)) => m,
+                };
+                let b = match msg {
+                    Message::Binary(b) => b,
+                    Message::Close(f) => {
+                        return match f {
+                            Some(f) if f.code != tungstenite::protocol::frame::coding::CloseCode::Normal => {
+                                node.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                                Err(format!("controller closed the connection: {}", f.reason))
+                            }
+                            _ => Ok(()),
+                        };
+                    }
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                    Message::Text(_) => {
+                        let why = "controller sent a text frame".to_string();
+                        refuse(&mut ws, Refusal::Malformed, &why).await;
+                        return Err(why);
+                    }
+                };
+                match proto::decode::<ControllerMsg>(&b) {
+                    Ok(ControllerMsg::Full(c)) => {
+                        *attempt = 0;
+                        // A reconnection that brings what we hold changes nothing downstream.
+                        if c != node.config || node.version == 0 {
+                            node.config = c;
+                            node.publish();
+                        }
+                    }
+                    Ok(ControllerMsg::Diff(changes)) => {
+                        let mut changed = false;
+                        for ch in &changes {
+                            changed |= node.config.apply(ch);
+                        }
+                        if changed {
+                            node.publish();
+                        }
+                    }
+                    Ok(ControllerMsg::Error(e)) => {
+                        node.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                        node.log(format!("controller refused us: {:?}: {}", e.refusal, e.message));
+                    }
+                    Err(e) => {
+                        let why = format!("bad frame from the controller: {e}");
+                        refuse(&mut ws, proto::refusal_for(&e), &why).await;
+                        return Err(why);
+                    }
+                }
+            }
+            _ = tick.tick(), if node.opts.metrics_every.is_some() => {
+                let at_unix_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let counters = node.dataplane.metrics();
+                let frame = proto::encode(&NodeMsg::Metrics(Metrics { at_unix_ms, counters }))
+                    .map_err(|e| format!("encoding metrics: {e}"))?;
+                ws.send(Message::binary(frame)).await.map_err(|e| format!("sending metrics: {e}"))?;
+                node.stats.metrics_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn refuse<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, refusal: Refusal, why: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let msg = NodeMsg::Error(ErrorMsg {
+        refusal,
+        message: why.chars().take(1000).collect(),
+    });
+    if let Ok(f) = proto::encode(&msg) {
+        let _ = ws.send(Message::binary(f)).await;
+    }
+    let _ = ws.close(None).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jitters_in_the_upper_half() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        for attempt in 0..40 {
+            let ceiling = (min * 2u32.pow(attempt.min(20))).min(max);
+            for r in [0, 1, u64::MAX / 3, u64::MAX] {
+                let d = backoff(min, max, attempt, r);
+                assert!(d >= ceiling / 2 && d <= ceiling, "{attempt} {r} {d:?}");
+            }
+        }
+        assert_eq!(backoff(min, max, 0, 0), Duration::from_millis(50));
+        let mut rng = Rng::seeded("n1");
+        let spread: std::collections::HashSet<_> =
+            (0..100).map(|_| backoff(min, max, 3, rng.next())).collect();
+        assert!(spread.len() > 90, "jitter spreads retries");
+    }
+}

@@ -1,0 +1,628 @@
+//! The controller: a tokio WebSocket server that registers nodes, sends each its configuration
+//! (whole on registration, then as diffs), and stores the metrics they report.
+//!
+//! One dispatcher task reads the store's events and hands each change to the session of the
+//! node it concerns, so a change reaches that node only. Each session remembers what it sent;
+//! a resync (or a session that fell behind) reloads the node's configuration and sends the
+//! difference, so nothing lost in between stays lost. A node that registers again replaces its
+//! older session.
+//!
+//! The controller never trusts a peer: no bearer token, no WebSocket; the first message must be
+//! a hello of our protocol version; an oversized, garbled or text frame closes that connection
+//! with a reason, is logged and counted, and touches no other session.
+
+use crate::proto::{
+    self, Capability, Change, Config, ControllerMsg, ErrorMsg, NodeMsg, ProtoError, Refusal,
+};
+use crate::store::{Store, StoreEvent};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{StatusCode, header};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// Changes queued per session before it falls back to a resync.
+const SESSION_QUEUE: usize = 4096;
+/// Log lines kept in memory for [`ControllerStats::log`].
+const LOG_KEPT: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// Nodes must send `Authorization: Bearer <token>`.
+    pub token: String,
+    /// How long a new connection may take to say hello.
+    pub hello_timeout: Duration,
+    /// The largest WebSocket message accepted.
+    pub max_frame: usize,
+    /// Print log lines to stderr (they are always kept in [`ControllerStats::log`]).
+    pub verbose: bool,
+}
+
+impl ControllerOptions {
+    pub fn new(token: impl Into<String>) -> Self {
+        ControllerOptions {
+            token: token.into(),
+            hello_timeout: Duration::from_secs(5),
+            max_frame: proto::MAX_FRAME,
+            verbose: true,
+        }
+    }
+}
+
+/// What the controller did, for tests, logs and benchmarks.
+#[derive(Debug, Default)]
+pub struct ControllerStats {
+    pub sessions: AtomicU64,
+    pub registrations: AtomicU64,
+    pub refused_auth: AtomicU64,
+    pub refused_version: AtomicU64,
+    pub refused_malformed: AtomicU64,
+    pub refused_too_large: AtomicU64,
+    pub refused_not_hello: AtomicU64,
+    pub diffs_sent: AtomicU64,
+    pub full_sent: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub metrics_received: AtomicU64,
+    pub store_errors: AtomicU64,
+    log: Mutex<VecDeque<String>>,
+}
+
+impl ControllerStats {
+    /// The last log lines, oldest first.
+    pub fn log(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        log.iter().cloned().collect()
+    }
+
+    fn record(&self, line: String, verbose: bool) {
+        if verbose {
+            eprintln!("controller: {line}");
+        }
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.len() == LOG_KEPT {
+            log.pop_front();
+        }
+        log.push_back(line);
+    }
+
+    fn count_refusal(&self, r: Refusal) {
+        let c = match r {
+            Refusal::Version => &self.refused_version,
+            Refusal::Malformed => &self.refused_malformed,
+            Refusal::TooLarge => &self.refused_too_large,
+            Refusal::NotHello => &self.refused_not_hello,
+            Refusal::Replaced => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+enum SessionEvent {
+    Change(Change),
+    Resync,
+}
+
+struct SessionSlot {
+    id: u64,
+    tx: mpsc::Sender<SessionEvent>,
+    /// Set when an event did not fit in the queue: the session must resync.
+    behind: Arc<AtomicBool>,
+}
+
+struct Shared<S> {
+    store: Arc<S>,
+    opts: ControllerOptions,
+    stats: Arc<ControllerStats>,
+    sessions: Mutex<HashMap<String, SessionSlot>>,
+    next_id: AtomicU64,
+}
+
+impl<S> Shared<S> {
+    fn log(&self, line: String) {
+        self.stats.record(line, self.opts.verbose);
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionSlot>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn notify(&self, slot: &SessionSlot, ev: SessionEvent) {
+        if slot.tx.try_send(ev).is_err() {
+            slot.behind.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// A running controller; dropping it (or [`ControllerHandle::stop`]) closes every session.
+pub struct ControllerHandle {
+    tasks: JoinSet<()>,
+    addr: SocketAddr,
+    stats: Arc<ControllerStats>,
+}
+
+impl ControllerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> &Arc<ControllerStats> {
+        &self.stats
+    }
+
+    /// Stops accepting and drops every connection, as a crash would.
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+
+    /// Runs until the accept loop or the dispatcher ends (the store closed).
+    pub async fn wait(mut self) {
+        self.tasks.join_next().await;
+    }
+}
+
+/// Serves nodes on `listener` from `store`. Must be called inside a tokio runtime.
+pub fn spawn<S: Store>(
+    listener: TcpListener,
+    store: Arc<S>,
+    opts: ControllerOptions,
+) -> std::io::Result<ControllerHandle> {
+    let addr = listener.local_addr()?;
+    let stats = Arc::new(ControllerStats::default());
+    let shared = Arc::new(Shared {
+        store,
+        opts,
+        stats: stats.clone(),
+        sessions: Mutex::default(),
+        next_id: AtomicU64::new(1),
+    });
+    let mut tasks = JoinSet::new();
+    // Subscribed before the first session loads anything, so no change falls in between.
+    let events = shared.store.subscribe();
+    tasks.spawn(dispatch(shared.clone(), events));
+    tasks.spawn(accept(shared, listener));
+    Ok(ControllerHandle { tasks, addr, stats })
+}
+
+async fn dispatch<S: Store>(shared: Arc<Shared<S>>, mut events: broadcast::Receiver<StoreEvent>) {
+    loop {
+        match events.recv().await {
+            Ok(StoreEvent::Changed { node, change }) => {
+                if let Some(slot) = shared.sessions().get(&node) {
+                    shared.notify(slot, SessionEvent::Change(change));
+                }
+            }
+            Ok(StoreEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                for slot in shared.sessions().values() {
+                    shared.notify(slot, SessionEvent::Resync);
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn accept<S: Store>(shared: Arc<Shared<S>>, listener: TcpListener) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    sessions.spawn(session(shared.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Out of descriptors, usually: wait rather than spin.
+                    shared.log(format!("accept: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = sessions.join_next() => {}
+        }
+    }
+}
+
+fn token_matches(given: &[u8], want: &[u8]) -> bool {
+    // Compares every byte whatever the first difference, so timing does not reveal a prefix.
+    given.len() == want.len() && given.iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+}
+
+fn unauthorized(msg: &str) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(msg.to_string()));
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    r
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+async fn refuse(ws: &mut Ws, refusal: Refusal, message: String) {
+    let err = ControllerMsg::Error(ErrorMsg {
+        refusal,
+        message: message.chars().take(1000).collect(),
+    });
+    if let Ok(frame) = proto::encode(&err) {
+        let _ = ws.send(Message::binary(frame)).await;
+    }
+    let code = match refusal {
+        Refusal::TooLarge => CloseCode::Size,
+        Refusal::Replaced => CloseCode::Normal,
+        Refusal::Version | Refusal::Malformed | Refusal::NotHello => CloseCode::Protocol,
+    };
+    // A close reason must fit a control frame (123 bytes).
+    let reason: String = message.chars().take(120).collect();
+    let _ = ws
+        .close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+        .await;
+}
+
+async fn send(ws: &mut Ws, msg: &ControllerMsg) -> Result<(), String> {
+    let frame = proto::encode(msg).map_err(|e| format!("encoding: {e}"))?;
+    ws.send(Message::binary(frame))
+        .await
+        .map_err(|e| format!("sending: {e}"))
+}
+
+/// What a node may receive, given what it said it can apply.
+fn for_node(config: Config, caps: &[Capability]) -> Config {
+    let mut c = Config::default();
+    if caps.contains(&Capability::Routes) {
+        c.routes = config.routes;
+    }
+    if caps.contains(&Capability::Flows) {
+        c.flows = config.flows;
+    }
+    if caps.contains(&Capability::Scheduler) || caps.contains(&Capability::Shaper) {
+        c.ports = config.ports;
+        for p in c.ports.values_mut() {
+            if !caps.contains(&Capability::Shaper) {
+                p.shaper = None;
+            }
+            if !caps.contains(&Capability::Scheduler) {
+                p.scheduler = proto::Scheduler::Fcfs;
+            }
+        }
+    }
+    c
+}
+
+fn change_for_node(change: Change, caps: &[Capability]) -> Option<Change> {
+    let has = |c| caps.contains(&c);
+    let ports = has(Capability::Scheduler) || has(Capability::Shaper);
+    match change {
+        Change::Route(_) | Change::RouteGone(_) if has(Capability::Routes) => Some(change),
+        Change::Flow(_) | Change::FlowGone(_) if has(Capability::Flows) => Some(change),
+        Change::PortGone(_) if ports => Some(change),
+        Change::Port(mut p) if ports => {
+            if !has(Capability::Shaper) {
+                p.shaper = None;
+            }
+            if !has(Capability::Scheduler) {
+                p.scheduler = proto::Scheduler::Fcfs;
+            }
+            Some(Change::Port(p))
+        }
+        Change::Route(_)
+        | Change::RouteGone(_)
+        | Change::Flow(_)
+        | Change::FlowGone(_)
+        | Change::Port(_)
+        | Change::PortGone(_) => None,
+    }
+}
+
+async fn session<S: Store>(shared: Arc<Shared<S>>, stream: TcpStream, peer: SocketAddr) {
+    let want = format!("Bearer {}", shared.opts.token);
+    let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        match req.headers().get(header::AUTHORIZATION) {
+            Some(v) if token_matches(v.as_bytes(), want.as_bytes()) => Ok(resp),
+            Some(_) => Err(unauthorized("wrong bearer token")),
+            None => Err(unauthorized("missing bearer token")),
+        }
+    };
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(shared.opts.max_frame))
+        .max_frame_size(Some(shared.opts.max_frame));
+    let mut ws =
+        match tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(cfg)).await {
+            Ok(ws) => ws,
+            Err(tungstenite::Error::Http(resp)) if resp.status() == StatusCode::UNAUTHORIZED => {
+                shared.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+                let why = (resp.body().as_deref())
+                    .map_or("unauthorized".into(), String::from_utf8_lossy)
+                    .into_owned();
+                shared.log(format!("{peer}: refused: {why}"));
+                return;
+            }
+            Err(e) => {
+                shared
+                    .stats
+                    .refused_malformed
+                    .fetch_add(1, Ordering::Relaxed);
+                shared.log(format!("{peer}: refused: WebSocket handshake: {e}"));
+                return;
+            }
+        };
+
+    let hello = match tokio::time::timeout(shared.opts.hello_timeout, ws.next()).await {
+        Err(_) => Err((Refusal::NotHello, "no hello in time".to_string())),
+        Ok(None) => return,
+        Ok(Some(Err(e))) => Err(ws_error_refusal(&e)),
+        Ok(Some(Ok(Message::Binary(b)))) => match proto::decode::<NodeMsg>(&b) {
+            Ok(NodeMsg::Hello(h)) => Ok(h),
+            Ok(_) => Err((
+                Refusal::NotHello,
+                "the first message must be a hello".to_string(),
+            )),
+            Err(e) => Err((proto::refusal_for(&e), e.to_string())),
+        },
+        Ok(Some(Ok(other))) => Err((
+            Refusal::Malformed,
+            format!(
+                "expected a binary hello, got a {} frame",
+                frame_kind(&other)
+            ),
+        )),
+    };
+    let hello = match hello {
+        Ok(h) => h,
+        Err((refusal, why)) => {
+            shared.stats.count_refusal(refusal);
+            shared.log(format!("{peer}: refused: {why}"));
+            refuse(&mut ws, refusal, why).await;
+            return;
+        }
+    };
+    let node = hello.node.clone();
+    let caps = hello.capabilities.clone();
+
+    // Registered before the configuration is loaded: a change committed meanwhile is queued
+    // and replayed, and replaying a change already in the load is harmless.
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+    let behind = Arc::new(AtomicBool::new(false));
+    let replaced = shared.sessions().insert(
+        node.clone(),
+        SessionSlot {
+            id,
+            tx,
+            behind: behind.clone(),
+        },
+    );
+    shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
+    shared.stats.registrations.fetch_add(1, Ordering::Relaxed);
+    shared.log(format!(
+        "{peer}: node '{node}' registered ({}){}; capabilities: {}",
+        hello.agent,
+        if replaced.is_some() {
+            ", replacing its previous connection"
+        } else {
+            ""
+        },
+        caps.iter().map(|c| c.name()).collect::<Vec<_>>().join(",")
+    ));
+    drop(replaced);
+
+    let why = serve_node(&shared, &mut ws, &node, &caps, &mut rx, &behind).await;
+
+    {
+        let mut sessions = shared.sessions();
+        if sessions.get(&node).is_some_and(|s| s.id == id) {
+            sessions.remove(&node);
+        }
+    }
+    shared.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+    match why {
+        End::Closed => shared.log(format!("{peer}: node '{node}' disconnected")),
+        End::Replaced => {
+            shared.log(format!(
+                "{peer}: node '{node}' closed: a newer connection registered it"
+            ));
+            refuse(
+                &mut ws,
+                Refusal::Replaced,
+                "replaced by a newer connection".into(),
+            )
+            .await;
+        }
+        End::Refused(refusal, why) => {
+            shared.stats.count_refusal(refusal);
+            shared.log(format!("{peer}: node '{node}': refused: {why}"));
+            refuse(&mut ws, refusal, why).await;
+        }
+        End::Failed(why) => shared.log(format!("{peer}: node '{node}': {why}")),
+    }
+}
+
+enum End {
+    Closed,
+    Replaced,
+    Refused(Refusal, String),
+    Failed(String),
+}
+
+fn frame_kind(m: &Message) -> &'static str {
+    match m {
+        Message::Text(_) => "text",
+        Message::Binary(_) => "binary",
+        Message::Ping(_) => "ping",
+        Message::Pong(_) => "pong",
+        Message::Close(_) => "close",
+        Message::Frame(_) => "raw",
+    }
+}
+
+fn ws_error_refusal(e: &tungstenite::Error) -> (Refusal, String) {
+    match e {
+        tungstenite::Error::Capacity(c) => (Refusal::TooLarge, format!("frame refused: {c}")),
+        other => (Refusal::Malformed, format!("WebSocket: {other}")),
+    }
+}
+
+async fn serve_node<S: Store>(
+    shared: &Shared<S>,
+    ws: &mut Ws,
+    node: &str,
+    caps: &[Capability],
+    rx: &mut mpsc::Receiver<SessionEvent>,
+    behind: &AtomicBool,
+) -> End {
+    if let Err(e) = shared.store.node_seen(node, caps).await {
+        shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        shared.log(format!("node '{node}': store: {e}"));
+    }
+    let mut sent = match shared.store.node_config(node).await {
+        Ok(c) => for_node(c, caps),
+        Err(e) => {
+            shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+            return End::Failed(format!("loading its configuration: {e}"));
+        }
+    };
+    if let Err(e) = send(ws, &ControllerMsg::Full(sent.clone())).await {
+        return End::Failed(e);
+    }
+    shared.stats.full_sent.fetch_add(1, Ordering::Relaxed);
+    let metrics = caps.contains(&Capability::Metrics);
+
+    loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                None | Some(Ok(Message::Close(_))) => return End::Closed,
+                Some(Err(e)) => {
+                    let (refusal, why) = ws_error_refusal(&e);
+                    return match e {
+                        tungstenite::Error::ConnectionClosed
+                        | tungstenite::Error::AlreadyClosed
+                        | tungstenite::Error::Io(_)
+                        | tungstenite::Error::Protocol(
+                            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                        ) => End::Closed,
+                        _ => End::Refused(refusal, why),
+                    };
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(m @ Message::Text(_))) => {
+                    return End::Refused(
+                        Refusal::Malformed,
+                        format!("expected binary frames, got a {} frame", frame_kind(&m)),
+                    );
+                }
+                Some(Ok(Message::Binary(b))) => match proto::decode::<NodeMsg>(&b) {
+                    Ok(NodeMsg::Metrics(m)) if metrics => {
+                        shared.stats.metrics_received.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = shared.store.record_metrics(node, m).await {
+                            shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                            shared.log(format!("node '{node}': storing metrics: {e}"));
+                        }
+                    }
+                    Ok(NodeMsg::Metrics(_)) => {
+                        return End::Refused(
+                            Refusal::Malformed,
+                            "metrics from a node that did not announce the capability".into(),
+                        );
+                    }
+                    Ok(NodeMsg::Hello(_)) => {
+                        return End::Refused(Refusal::Malformed, "a second hello".into());
+                    }
+                    Ok(NodeMsg::Error(e)) => {
+                        shared.log(format!("node '{node}' reports: {:?}: {}", e.refusal, e.message));
+                    }
+                    Err(e @ ProtoError::Version { .. }) => {
+                        return End::Refused(Refusal::Version, e.to_string());
+                    }
+                    Err(e) => return End::Refused(proto::refusal_for(&e), e.to_string()),
+                },
+            },
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return End::Replaced };
+                let mut resync = false;
+                let mut changes = Vec::new();
+                for ev in std::iter::once(ev).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    match ev {
+                        SessionEvent::Resync => resync = true,
+                        SessionEvent::Change(c) => {
+                            if let Some(c) = change_for_node(c, caps)
+                                && sent.apply(&c)
+                            {
+                                changes.push(c);
+                            }
+                        }
+                    }
+                }
+                if behind.swap(false, Ordering::AcqRel) {
+                    resync = true;
+                }
+                if resync {
+                    match shared.store.node_config(node).await {
+                        Ok(c) => {
+                            let now = for_node(c, caps);
+                            // Already-applied changes are in `sent`: diff against it.
+                            changes = sent.diff(&now);
+                            sent = now;
+                        }
+                        Err(e) => {
+                            shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                            shared.log(format!("node '{node}': resync: {e}; will retry"));
+                            behind.store(true, Ordering::Release);
+                        }
+                    }
+                }
+                if !changes.is_empty() {
+                    if let Err(e) = send(ws, &ControllerMsg::Diff(changes)).await {
+                        return End::Failed(e);
+                    }
+                    shared.stats.diffs_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_matches(b"Bearer abc", b"Bearer abc"));
+        assert!(!token_matches(b"Bearer abd", b"Bearer abc"));
+        assert!(!token_matches(b"Bearer ab", b"Bearer abc"));
+        assert!(!token_matches(b"", b"Bearer abc"));
+    }
+
+    #[test]
+    fn nodes_get_only_what_they_can_apply() {
+        let mut c = Config::default();
+        c.ports.insert(
+            "eth0".into(),
+            proto::PortSettings {
+                port: "eth0".into(),
+                scheduler: proto::Scheduler::Wrr(vec![1, 2]),
+                shaper: Some(proto::Shaper {
+                    rate_bps: 1,
+                    burst_bytes: 1,
+                }),
+                link_rate_bps: None,
+            },
+        );
+        let only_sched = for_node(c.clone(), &[Capability::Scheduler]);
+        assert_eq!(only_sched.ports["eth0"].shaper, None);
+        assert!(for_node(c.clone(), &[Capability::Routes]).ports.is_empty());
+        assert_eq!(
+            change_for_node(Change::FlowGone(1), &[Capability::Routes]),
+            None
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! Shared by the controller tests: a dataplane that records what it was given, agents with
+//! fast retries, and waiting for a condition without a timing assertion.
+#![allow(dead_code)]
+
+use linerate_control::agent::{Agent, AgentOptions, Dataplane};
+use linerate_control::controller::{self, ControllerHandle, ControllerOptions};
+use linerate_control::proto::{Config, Counter, Mac, Route};
+use linerate_control::store::Store;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+pub const TOKEN: &str = "s3cret-token";
+
+/// Long enough for any healthy run; reaching it is a failure, not a measurement.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub applied: Arc<Mutex<Vec<Arc<Config>>>>,
+    pub packets: Arc<AtomicU64>,
+}
+
+impl Dataplane for Recorder {
+    fn apply(&mut self, config: &Arc<Config>) {
+        self.applied.lock().unwrap().push(config.clone());
+    }
+
+    fn metrics(&mut self) -> Vec<Counter> {
+        vec![Counter {
+            name: "rx_packets".into(),
+            port: Some("eth0".into()),
+            value: self.packets.fetch_add(1, Ordering::Relaxed),
+        }]
+    }
+}
+
+impl Recorder {
+    pub fn updates(&self) -> usize {
+        self.applied.lock().unwrap().len()
+    }
+}
+
+pub fn route(id: u64, prefix: &str, port: &str, mac_last: u8) -> Route {
+    Route {
+        id,
+        prefix: prefix.parse().unwrap(),
+        port: port.into(),
+        next_hop: Mac([2, 0, 0, 0, 0, mac_last]),
+        weight: 1,
+    }
+}
+
+pub async fn start_controller<S: Store>(
+    store: Arc<S>,
+    addr: Option<SocketAddr>,
+) -> ControllerHandle {
+    let addr = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+    // A restarted controller rebinds the port its predecessor used: retry while the old
+    // socket finishes closing.
+    let t = Instant::now();
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if t.elapsed() < DEADLINE => {
+                eprintln!("bind {addr}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    };
+    let mut opts = ControllerOptions::new(TOKEN);
+    opts.hello_timeout = Duration::from_secs(2);
+    controller::spawn(listener, store, opts).unwrap()
+}
+
+pub fn start_agent(addr: SocketAddr, node: &str) -> (Agent, Recorder) {
+    start_agent_with(addr, node, TOKEN, |_| {})
+}
+
+pub fn start_agent_with(
+    addr: SocketAddr,
+    node: &str,
+    token: &str,
+    tweak: impl FnOnce(&mut AgentOptions),
+) -> (Agent, Recorder) {
+    let rec = Recorder::default();
+    let mut opts = AgentOptions::new(format!("ws://{addr}/"), token, node);
+    opts.backoff_min = Duration::from_millis(20);
+    opts.backoff_max = Duration::from_millis(200);
+    opts.metrics_every = Some(Duration::from_millis(50));
+    tweak(&mut opts);
+    (Agent::start(opts, rec.clone()).unwrap(), rec)
+}
+
+/// Waits until `f` holds, failing the test at [`DEADLINE`].
+pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < DEADLINE, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
