@@ -28,3 +28,39 @@ need_rust() {
 need_build() {
     need_apt clang llvm libbpf-dev linux-libc-dev
 }
+
+# A PostgreSQL server for the control plane's database tests: Debian's package, its newest
+# cluster started, and a role and database `linerate` (password `linerate`) owned by that role.
+# Set-up goes through the local socket as the `postgres` superuser (peer authentication);
+# clients use TCP on 127.0.0.1, where Debian's pg_hba.conf asks for a password, because peer
+# authentication would need an OS user named `linerate`. Exports LINERATE_TEST_DATABASE_URL.
+need_postgres() {
+    need_apt postgresql || return 1
+    local ver name port status _rest
+    read -r ver name port status _rest < <(pg_lsclusters --no-header 2>/dev/null | sort -V -k1,1 | tail -n 1) || true
+    if [ -z "${ver:-}" ]; then
+        ver=$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -n 1) || true
+        [ -n "$ver" ] || { echo "postgresql is installed but /usr/lib/postgresql holds no version" >&2; return 1; }
+        echo "creating PostgreSQL cluster $ver/main" >&2
+        pg_createcluster "$ver" main >/dev/null || return 1
+        read -r ver name port status _rest < <(pg_lsclusters --no-header | grep "^$ver  *main ") || true
+    fi
+    if [ "$status" != "online" ]; then
+        echo "starting PostgreSQL cluster $ver/$name" >&2
+        pg_ctlcluster "$ver" "$name" start || service postgresql start || return 1
+    fi
+    local i
+    for i in $(seq 1 50); do
+        pg_isready -q -h 127.0.0.1 -p "$port" && break
+        sleep 0.2
+    done
+    pg_isready -q -h 127.0.0.1 -p "$port" || { echo "PostgreSQL $ver/$name does not answer on port $port" >&2; return 1; }
+    local psql=(runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -p "$port" -d postgres -tA)
+    if [ "$("${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = 'linerate'")" != 1 ]; then
+        "${psql[@]}" -c "CREATE ROLE linerate LOGIN PASSWORD 'linerate'" || return 1
+    fi
+    if [ "$("${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = 'linerate'")" != 1 ]; then
+        "${psql[@]}" -c "CREATE DATABASE linerate OWNER linerate" || return 1
+    fi
+    export LINERATE_TEST_DATABASE_URL="postgres://linerate:linerate@127.0.0.1:$port/linerate"
+}

@@ -6,12 +6,14 @@
 //! [`StoreEvent::Resync`] and the controller reloads each connected node's configuration.
 
 pub mod mem;
+pub mod pg;
 
 use crate::proto::{Capability, Change, Config, Metrics};
 use std::future::Future;
 use tokio::sync::broadcast;
 
 pub use mem::MemStore;
+pub use pg::PgStore;
 
 /// How many events a store buffers for a slow subscriber before it must resync.
 pub const EVENT_BUFFER: usize = 65_536;
@@ -31,6 +33,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("schema name '{schema}' {why}")]
+    BadSchema { schema: String, why: &'static str },
     #[error("row {table}.{id} is not valid configuration: {why}")]
     BadRow {
         table: &'static str,

@@ -1,0 +1,1263 @@
+//! The PostgreSQL store: configuration lives in tables that operators edit with plain SQL, and
+//! the controller hears of every row written through `NOTIFY`.
+//!
+//! The schema is `control/migrations/`, applied on connect. Triggers on `routes`, `flows` and
+//! `port_settings` send each written row (old and new) as JSON on the channel
+//! [`channel_for`]`(schema)`; one listener task per store turns those into [`StoreEvent`]s. A row
+//! that does not make a valid [`proto`](crate::proto) value is logged and announced as removed,
+//! so a node never keeps an older version of it. Notifications sent while the listener is
+//! disconnected are lost, so after every reconnection the task says [`StoreEvent::Resync`].
+//!
+//! Metrics go to a writer task through a bounded queue and are inserted in batches: the store
+//! never makes the controller wait for the database on a metrics report, and drops (and counts)
+//! reports when the database falls behind.
+//!
+//! Both tasks end when the store is dropped.
+
+use super::{EVENT_BUFFER, Store, StoreError, StoreEvent};
+use crate::proto::{
+    Capability, Change, Config, Flow, FlowMatch, Mac, Metrics, PortSettings, Prefix, Route,
+    Scheduler, Shaper, Validate, check_name,
+};
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Connections in the store's pool (the listener has its own).
+pub const POOL_SIZE: u32 = 8;
+/// Metrics reports queued for the writer before new ones are dropped: about 1.6 s of 1,000
+/// nodes reporting 10 times a second.
+pub const METRICS_QUEUE: usize = 16_384;
+/// Rows the writer inserts with one statement, at most (a report is never split, so one batch
+/// may exceed this by one report's counters).
+pub const METRICS_BATCH_ROWS: usize = 5_000;
+/// The longest schema name: the channel name `linerate_changes_<schema>` must fit Postgres's
+/// 63-byte identifiers.
+pub const MAX_SCHEMA: usize = 63 - "linerate_changes_".len();
+// check_schema's message names the number.
+const _: () = assert!(MAX_SCHEMA == 46);
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// 9999-12-31T23:59:59.999Z. A report stamped later comes from a broken clock; it is stored at
+/// this instant rather than fail the batch it shares with other nodes' reports.
+const MAX_AT_MS: u64 = 253_402_300_799_999;
+
+/// The `NOTIFY` channel of the store in `schema`: `linerate_changes` for `public`, else
+/// `linerate_changes_<schema>`, so that stores in different schemas of one database do not
+/// hear each other. The trigger function in the migration computes the same name.
+pub fn channel_for(schema: &str) -> String {
+    if schema == "public" {
+        "linerate_changes".to_string()
+    } else {
+        format!("linerate_changes_{schema}")
+    }
+}
+
+/// The `application_name` of the listener connection of the store in `schema`, which tells it
+/// apart in `pg_stat_activity`.
+pub fn listener_name(schema: &str) -> String {
+    format!("linerate-listener-{schema}")
+}
+
+/// One metrics report on its way to the writer.
+struct Report {
+    node: String,
+    metrics: Metrics,
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    events: broadcast::Sender<StoreEvent>,
+    metrics: mpsc::Sender<Report>,
+    metrics_dropped: Arc<AtomicU64>,
+    /// Dropped with the store, which ends the listener task.
+    _shutdown: oneshot::Sender<()>,
+}
+
+impl PgStore {
+    /// The store in the schema `public` of the database at `url`.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::connect_in_schema(url, "public").await
+    }
+
+    /// The store in `schema` (created when missing, migrated on connect) of the database at
+    /// `url`. Every connection has `search_path` set to `schema` alone, so the tables, the
+    /// trigger function and sqlx's migration table all live there.
+    pub async fn connect_in_schema(url: &str, schema: &str) -> Result<PgStore, StoreError> {
+        check_schema(schema)?;
+        let base: PgConnectOptions = url.parse()?;
+        create_schema(&base, schema).await?;
+        let opts = base.options([("search_path", schema)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .connect_with(opts.clone().application_name("linerate-controller"))
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        // Listening starts before connect returns: every change committed after it is heard.
+        let listen_opts = opts.application_name(&listener_name(schema));
+        let channel = channel_for(schema);
+        let listener = open_listener(&listen_opts, &channel).await?;
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        tokio::spawn(listen(
+            listener,
+            listen_opts,
+            channel,
+            events.clone(),
+            shutdown_rx,
+        ));
+
+        let (metrics, queue) = mpsc::channel(METRICS_QUEUE);
+        let metrics_dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write_metrics(pool.clone(), queue, metrics_dropped.clone()));
+
+        Ok(PgStore {
+            pool,
+            events,
+            metrics,
+            metrics_dropped,
+            _shutdown: shutdown_tx,
+        })
+    }
+
+    /// The store's connection pool (its `search_path` is the store's schema).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Metrics reports dropped because the writer was behind or the database refused them.
+    pub fn metrics_dropped(&self) -> u64 {
+        self.metrics_dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Schema names go into SQL text (`CREATE SCHEMA`) and channel names, so they are kept to
+/// lower-case identifiers that need no quoting.
+fn check_schema(schema: &str) -> Result<(), StoreError> {
+    let bad = |why| {
+        Err(StoreError::BadSchema {
+            schema: schema.to_string(),
+            why,
+        })
+    };
+    if schema.is_empty() || schema.len() > MAX_SCHEMA {
+        return bad("must be 1 to 46 bytes long");
+    }
+    if !(schema.bytes()).all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        || schema.as_bytes()[0].is_ascii_digit()
+    {
+        return bad("must be a lower-case letter or _ followed by lower-case letters, digits or _");
+    }
+    Ok(())
+}
+
+async fn create_schema(base: &PgConnectOptions, schema: &str) -> Result<(), StoreError> {
+    let mut conn = base.connect().await?;
+    // CREATE SCHEMA IF NOT EXISTS still needs the CREATE privilege on the database, which a
+    // production role using an existing schema may lack: look first.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        // `schema` passed check_schema: an unquoted-safe identifier.
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}"
+        )))
+        .execute(&mut conn)
+        .await?;
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// A listener on `channel` over a connection of its own.
+async fn open_listener(opts: &PgConnectOptions, channel: &str) -> Result<PgListener, sqlx::Error> {
+    // A pool of one, as PgListener::connect makes, but with our options; the short acquire
+    // timeout keeps the pool from retrying a refused connection for its default 30 s, since
+    // reconnect has its own backoff.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(BACKOFF_MAX)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_with(opts.clone())
+        .await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
+    // A lost connection must come back to `listen` (which reconnects with backoff and then
+    // announces Resync), not be replaced behind its back.
+    listener.eager_reconnect(false);
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
+/// The listener task: notifications to events until the store is dropped.
+async fn listen(
+    mut listener: PgListener,
+    opts: PgConnectOptions,
+    channel: String,
+    events: broadcast::Sender<StoreEvent>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    loop {
+        let lost = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.try_recv() => match r {
+                Ok(Some(n)) => {
+                    for event in events_for(n.payload()) {
+                        // No subscriber is not an error: nobody needs the event.
+                        let _ = events.send(event);
+                    }
+                    continue;
+                }
+                Ok(None) => "the connection closed".to_string(),
+                Err(e) => e.to_string(),
+            },
+        };
+        eprintln!("controller: store: lost the notification connection ({lost}); reconnecting");
+        drop(listener);
+        let mut backoff = BACKOFF_FIRST;
+        listener = loop {
+            let attempt = tokio::select! {
+                _ = &mut shutdown => return,
+                r = open_listener(&opts, &channel) => r,
+            };
+            match attempt {
+                Ok(l) => break l,
+                Err(e) => {
+                    eprintln!(
+                        "controller: store: cannot listen again ({e}); retrying in {backoff:?}"
+                    );
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        };
+        // Only now, listening again, can a reload be sure to miss nothing after it.
+        let _ = events.send(StoreEvent::Resync);
+    }
+}
+
+/// The metrics writer task: batches of queued reports, one INSERT each, until the store is
+/// dropped and the queue drained.
+async fn write_metrics(pool: PgPool, mut queue: mpsc::Receiver<Report>, dropped: Arc<AtomicU64>) {
+    let mut batch = Batch::default();
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.rows() < METRICS_BATCH_ROWS {
+            match queue.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = batch.insert(&pool).await {
+            eprintln!(
+                "controller: store: dropping {} metrics reports: {e}",
+                batch.reports
+            );
+            dropped.fetch_add(batch.reports, Ordering::Relaxed);
+        }
+        batch.clear();
+    }
+}
+
+/// Metrics rows as the columns UNNEST takes.
+#[derive(Default)]
+struct Batch {
+    reports: u64,
+    node: Vec<String>,
+    at_ms: Vec<i64>,
+    name: Vec<String>,
+    port: Vec<Option<String>>,
+    value: Vec<i64>,
+}
+
+impl Batch {
+    fn rows(&self) -> usize {
+        self.node.len()
+    }
+
+    fn push(&mut self, r: Report) {
+        self.reports += 1;
+        let at_ms = r.metrics.at_unix_ms.min(MAX_AT_MS) as i64;
+        for c in r.metrics.counters {
+            self.node.push(r.node.clone());
+            self.at_ms.push(at_ms);
+            self.name.push(c.name);
+            self.port.push(c.port);
+            // bigint holds up to 2^63-1; larger u64 readings saturate (see the migration).
+            self.value.push(i64::try_from(c.value).unwrap_or(i64::MAX));
+        }
+    }
+
+    async fn insert(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        if self.node.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO metrics (node, at, name, port, value)
+             SELECT node, timestamptz 'epoch' + at_ms * interval '1 millisecond', name, port, value
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[])
+                 AS t (node, at_ms, name, port, value)",
+        )
+        .bind(&self.node)
+        .bind(&self.at_ms)
+        .bind(&self.name)
+        .bind(&self.port)
+        .bind(&self.value)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        *self = Batch::default();
+    }
+}
+
+/// The configuration tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Routes,
+    Flows,
+    PortSettings,
+}
+
+impl Table {
+    fn parse(name: &str) -> Option<Table> {
+        match name {
+            "routes" => Some(Table::Routes),
+            "flows" => Some(Table::Flows),
+            "port_settings" => Some(Table::PortSettings),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Table::Routes => "routes",
+            Table::Flows => "flows",
+            Table::PortSettings => "port_settings",
+        }
+    }
+}
+
+/// A row as `row_to_json` prints it. Integers are read as i64 whatever the column's width so
+/// that range checks happen in one place, with a message.
+#[derive(Deserialize)]
+struct RouteRow {
+    id: i64,
+    node: String,
+    prefix: String,
+    port: String,
+    next_hop: String,
+    weight: i64,
+}
+
+#[derive(Deserialize)]
+struct FlowRow {
+    id: i64,
+    node: String,
+    src: Option<String>,
+    dst: Option<String>,
+    proto: Option<i64>,
+    src_port: Option<i64>,
+    dst_port: Option<i64>,
+    route_id: i64,
+}
+
+#[derive(Deserialize)]
+struct PortRow {
+    node: String,
+    port: String,
+    scheduler: String,
+    weights: Vec<Option<i64>>,
+    shaper_rate_bps: Option<i64>,
+    shaper_burst_bytes: Option<i64>,
+    link_rate_bps: Option<i64>,
+}
+
+/// What identifies a row: enough to remove it from its node when the rest is unusable.
+#[derive(Deserialize)]
+struct RowKey {
+    node: String,
+    id: Option<i64>,
+    port: Option<String>,
+}
+
+/// A notification's payload, as the trigger function builds it.
+#[derive(Deserialize)]
+struct Notice {
+    table: String,
+    op: String,
+    new: Option<Value>,
+    old: Option<Value>,
+}
+
+fn int<T: TryFrom<i64>>(field: &str, v: i64) -> Result<T, String> {
+    T::try_from(v).map_err(|_| format!("{field} {v} is out of range"))
+}
+
+fn opt_int<T: TryFrom<i64>>(field: &str, v: Option<i64>) -> Result<Option<T>, String> {
+    v.map(|v| int(field, v)).transpose()
+}
+
+fn prefix(field: &str, s: &str) -> Result<Prefix, String> {
+    s.parse().map_err(|e| format!("{field}: {e}"))
+}
+
+fn json<T: for<'de> Deserialize<'de>>(row: &Value) -> Result<T, String> {
+    T::deserialize(row).map_err(|e| format!("unexpected row shape: {e}"))
+}
+
+/// The row `row` of `table` as the change that sets it on its node.
+fn row_change(table: Table, row: &Value) -> Result<(String, Change), String> {
+    let (node, change) = match table {
+        Table::Routes => {
+            let r: RouteRow = json(row)?;
+            let route = Route {
+                id: int("id", r.id)?,
+                prefix: prefix("prefix", &r.prefix)?,
+                port: r.port,
+                next_hop: r
+                    .next_hop
+                    .parse::<Mac>()
+                    .map_err(|e| format!("next_hop: {e}"))?,
+                weight: int("weight", r.weight)?,
+            };
+            (r.node, Change::Route(route))
+        }
+        Table::Flows => {
+            let f: FlowRow = json(row)?;
+            let flow = Flow {
+                id: int("id", f.id)?,
+                matcher: FlowMatch {
+                    src: f.src.as_deref().map(|s| prefix("src", s)).transpose()?,
+                    dst: f.dst.as_deref().map(|s| prefix("dst", s)).transpose()?,
+                    proto: opt_int("proto", f.proto)?,
+                    src_port: opt_int("src_port", f.src_port)?,
+                    dst_port: opt_int("dst_port", f.dst_port)?,
+                },
+                route: int("route_id", f.route_id)?,
+            };
+            (f.node, Change::Flow(flow))
+        }
+        Table::PortSettings => {
+            let p: PortRow = json(row)?;
+            let weights = || -> Result<Vec<u32>, String> {
+                (p.weights.iter())
+                    .map(|w| w.ok_or("weights holds a null".to_string()))
+                    .map(|w| int("weight", w?))
+                    .collect()
+            };
+            let scheduler = match p.scheduler.as_str() {
+                "fcfs" => Scheduler::Fcfs,
+                "wrr" => Scheduler::Wrr(weights()?),
+                "drr" => Scheduler::Drr(weights()?),
+                other => return Err(format!("unknown scheduler '{other}'")),
+            };
+            let shaper = match (p.shaper_rate_bps, p.shaper_burst_bytes) {
+                (Some(rate), Some(burst)) => Some(Shaper {
+                    rate_bps: int("shaper_rate_bps", rate)?,
+                    burst_bytes: int("shaper_burst_bytes", burst)?,
+                }),
+                _ => None,
+            };
+            let settings = PortSettings {
+                port: p.port,
+                scheduler,
+                shaper,
+                link_rate_bps: opt_int("link_rate_bps", p.link_rate_bps)?,
+            };
+            (p.node, Change::Port(settings))
+        }
+    };
+    change.validate().map_err(|e| e.to_string())?;
+    Ok((node, change))
+}
+
+/// The node of row `row` of `table` and the change that removes the row from it.
+fn row_gone(table: Table, row: &Value) -> Result<(String, Change), String> {
+    let k: RowKey = json(row)?;
+    let gone = match table {
+        Table::Routes | Table::Flows => {
+            let id = k.id.ok_or("no id")?;
+            let id = int("id", id)?;
+            if table == Table::Routes {
+                Change::RouteGone(id)
+            } else {
+                Change::FlowGone(id)
+            }
+        }
+        Table::PortSettings => {
+            let port = k.port.ok_or("no port")?;
+            // No node can hold a port whose name is invalid, so there is nothing to remove.
+            check_name("port", &port).map_err(|e| format!("port '{port}': {e}"))?;
+            Change::PortGone(port)
+        }
+    };
+    Ok((k.node, gone))
+}
+
+/// How a row is named in log lines: its id, or node/port.
+fn row_label(row: &Value) -> String {
+    match (row.get("id"), row.get("node"), row.get("port")) {
+        (Some(id), _, _) => id.to_string(),
+        (None, Some(Value::String(n)), Some(Value::String(p))) => format!("{n}/{p}"),
+        _ => "?".to_string(),
+    }
+}
+
+fn ignoring(table: Table, row: &Value, why: &str) {
+    eprintln!(
+        "controller: store: ignoring {} row {}: {why}",
+        table.name(),
+        row_label(row)
+    );
+}
+
+/// The row as a change, or (logged) its removal when it is not valid configuration.
+fn row_event(table: Table, row: &Value) -> Option<StoreEvent> {
+    let (node, change) = match row_change(table, row) {
+        Ok(c) => c,
+        Err(why) => {
+            ignoring(table, row, &why);
+            gone_event(table, row)?
+        }
+    };
+    Some(StoreEvent::Changed { node, change })
+}
+
+fn gone_event(table: Table, row: &Value) -> Option<(String, Change)> {
+    match row_gone(table, row) {
+        Ok(g) => Some(g),
+        Err(why) => {
+            eprintln!(
+                "controller: store: cannot remove {} row {} from its node either: {why}",
+                table.name(),
+                row_label(row)
+            );
+            None
+        }
+    }
+}
+
+/// The events one notification's payload stands for.
+fn events_for(payload: &str) -> Vec<StoreEvent> {
+    let notice: Notice = match serde_json::from_str(payload) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("controller: store: ignoring a notification that is not ours: {e}");
+            return Vec::new();
+        }
+    };
+    let Some(table) = Table::parse(&notice.table) else {
+        eprintln!(
+            "controller: store: ignoring a notification about table '{}'",
+            notice.table
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    match (notice.op.as_str(), &notice.old, &notice.new) {
+        ("INSERT", _, Some(new)) => out.extend(row_event(table, new)),
+        ("UPDATE", Some(old), Some(new)) => {
+            // A row whose key changed (another node, id or port name) is gone from where it was.
+            let key = |row: &Value| (row.get("node").cloned(), row_key(table, row));
+            if key(old) != key(new)
+                && let Some((node, change)) = gone_event(table, old)
+            {
+                out.push(StoreEvent::Changed { node, change });
+            }
+            out.extend(row_event(table, new));
+        }
+        ("DELETE", Some(old), _) => {
+            if let Some((node, change)) = gone_event(table, old) {
+                out.push(StoreEvent::Changed { node, change });
+            }
+        }
+        (op, _, _) => eprintln!(
+            "controller: store: ignoring a {op} notification about {} without its rows",
+            table.name()
+        ),
+    }
+    out
+}
+
+fn row_key(table: Table, row: &Value) -> Option<Value> {
+    match table {
+        Table::Routes | Table::Flows => row.get("id").cloned(),
+        Table::PortSettings => row.get("port").cloned(),
+    }
+}
+
+/// `table`'s rows of `node` as JSON, in key order.
+async fn rows_of(
+    conn: &mut sqlx::PgConnection,
+    table: Table,
+    node: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let sql = match table {
+        Table::Routes => "SELECT row_to_json(t)::text FROM routes t WHERE node = $1 ORDER BY id",
+        Table::Flows => "SELECT row_to_json(t)::text FROM flows t WHERE node = $1 ORDER BY id",
+        Table::PortSettings => {
+            "SELECT row_to_json(t)::text FROM port_settings t WHERE node = $1 ORDER BY port"
+        }
+    };
+    sqlx::query_scalar(sql).bind(node).fetch_all(conn).await
+}
+
+impl Store for PgStore {
+    async fn node_config(&self, node: &str) -> Result<Config, StoreError> {
+        // Rows go through row_to_json and the notification's conversion, so a node's full load
+        // and its changes can never disagree about a row.
+        let mut tx = self.pool.begin().await?;
+        // One snapshot for the three tables: no flow without the route it was written with.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let mut config = Config::default();
+        for table in [Table::Routes, Table::Flows, Table::PortSettings] {
+            for text in rows_of(&mut tx, table, node).await? {
+                let row: Value = match serde_json::from_str(&text) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        eprintln!("controller: store: ignoring a {} row: {e}", table.name());
+                        continue;
+                    }
+                };
+                match row_change(table, &row) {
+                    Ok((_, change)) => {
+                        config.apply(&change);
+                    }
+                    Err(why) => ignoring(table, &row, &why),
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(config)
+    }
+
+    async fn node_seen(&self, node: &str, capabilities: &[Capability]) -> Result<(), StoreError> {
+        let names: Vec<&str> = capabilities.iter().map(|c| c.name()).collect();
+        sqlx::query(
+            "INSERT INTO nodes (id, capabilities, last_seen) VALUES ($1, $2, now())
+             ON CONFLICT (id) DO UPDATE
+                 SET capabilities = excluded.capabilities, last_seen = excluded.last_seen",
+        )
+        .bind(node)
+        .bind(&names)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_metrics(&self, node: &str, metrics: Metrics) -> Result<(), StoreError> {
+        let report = Report {
+            node: node.to_string(),
+            metrics,
+        };
+        // Never wait: a controller blocked on the database would stop serving its nodes.
+        if self.metrics.try_send(report).is_err() {
+            self.metrics_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Counter;
+    use std::io::Write;
+    use std::sync::atomic::AtomicU32;
+    use tokio::sync::broadcast::error::RecvError;
+
+    /// Gate for a test that needs the server named by `LINERATE_TEST_DATABASE_URL`
+    /// (`scripts/deps.sh`'s `need_postgres` sets one up). These count as privileged tests:
+    /// setting the server up takes root, and scripts/run-tests checks through
+    /// `LINERATE_PRIVILEGED_LOG` that they ran. Without a URL a test prints one line and passes,
+    /// unless `LINERATE_REQUIRE_PRIVILEGED=1` says it must run.
+    fn privileged(test: &str) -> Option<String> {
+        let Ok(url) = std::env::var("LINERATE_TEST_DATABASE_URL") else {
+            if std::env::var("LINERATE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+                panic!(
+                    "database test {test} must run here but LINERATE_TEST_DATABASE_URL is unset \
+                     (run `. scripts/deps.sh; need_postgres` first)"
+                );
+            }
+            eprintln!("skipped (needs LINERATE_TEST_DATABASE_URL): {test}");
+            return None;
+        };
+        if let Ok(path) = std::env::var("LINERATE_PRIVILEGED_LOG") {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("cannot open LINERATE_PRIVILEGED_LOG {path}: {e}"));
+            f.write_all(format!("{test}\n").as_bytes())
+                .expect("write privileged log");
+        }
+        Some(url)
+    }
+
+    static NEXT_SCHEMA: AtomicU32 = AtomicU32::new(0);
+
+    /// A schema of its own for one test, dropped with everything in it when the test ends,
+    /// failed or not.
+    struct TestSchema {
+        url: String,
+        name: String,
+    }
+
+    impl TestSchema {
+        fn new(url: &str) -> TestSchema {
+            let n = NEXT_SCHEMA.fetch_add(1, Ordering::Relaxed);
+            TestSchema {
+                url: url.to_string(),
+                name: format!("lrt_{}_{n}", std::process::id()),
+            }
+        }
+
+        async fn store(&self) -> PgStore {
+            (PgStore::connect_in_schema(&self.url, &self.name).await)
+                .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url))
+        }
+    }
+
+    impl Drop for TestSchema {
+        fn drop(&mut self) {
+            let (url, name) = (self.url.clone(), self.name.clone());
+            // Drop cannot await, and the test's runtime is busy running this drop: use a thread
+            // with a runtime of its own.
+            let dropped = std::thread::spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let mut conn = sqlx::PgConnection::connect(&url).await?;
+                    sqlx::query(AssertSqlSafe(format!(
+                        "DROP SCHEMA IF EXISTS {name} CASCADE"
+                    )))
+                    .execute(&mut conn)
+                    .await?;
+                    anyhow::Ok(())
+                })
+            })
+            .join();
+            if !matches!(dropped, Ok(Ok(()))) {
+                eprintln!("could not drop test schema {}: {dropped:?}", self.name);
+            }
+        }
+    }
+
+    async fn next(rx: &mut broadcast::Receiver<StoreEvent>) -> StoreEvent {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("no store event within 10 s")
+            .expect("store event")
+    }
+
+    fn changed(node: &str, change: Change) -> StoreEvent {
+        StoreEvent::Changed {
+            node: node.into(),
+            change,
+        }
+    }
+
+    /// The events before a marker row written now. Notifications arrive in commit order, so
+    /// this is everything the statements before it announced, and nothing is left to come.
+    async fn events_so_far(
+        store: &PgStore,
+        rx: &mut broadcast::Receiver<StoreEvent>,
+    ) -> Vec<StoreEvent> {
+        let id = insert_route(store, "marker", "10.0.0.0/8", "m0", 1).await;
+        let mut out = Vec::new();
+        loop {
+            match next(rx).await {
+                StoreEvent::Changed {
+                    node,
+                    change: Change::Route(r),
+                } if node == "marker" && r.id == id => return out,
+                e => out.push(e),
+            }
+        }
+    }
+
+    async fn exec(store: &PgStore, sql: &'static str) {
+        (sqlx::query(sql).execute(store.pool()).await).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    async fn insert_route(store: &PgStore, node: &str, prefix: &str, port: &str, hop: u8) -> u64 {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO routes (node, prefix, port, next_hop, weight)
+             VALUES ($1, $2::cidr, $3, $4::macaddr, 1) RETURNING id",
+        )
+        .bind(node)
+        .bind(prefix)
+        .bind(port)
+        .bind(format!("02:00:00:00:00:{hop:02x}"))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        id as u64
+    }
+
+    async fn insert_flow(store: &PgStore, node: &str, src: &str, dst: &str, route: u64) -> u64 {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO flows (node, src, dst, route_id)
+             VALUES ($1, NULLIF($2, '')::cidr, NULLIF($3, '')::cidr, $4) RETURNING id",
+        )
+        .bind(node)
+        .bind(src)
+        .bind(dst)
+        .bind(route as i64)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        id as u64
+    }
+
+    fn route(id: u64, prefix: &str, port: &str, hop: u8, weight: u32) -> Route {
+        Route {
+            id,
+            prefix: prefix.parse().unwrap(),
+            port: port.into(),
+            next_hop: Mac([2, 0, 0, 0, 0, hop]),
+            weight,
+        }
+    }
+
+    fn flow(id: u64, src: &str, dst: &str, route: u64) -> Flow {
+        let p = |s: &str| (!s.is_empty()).then(|| s.parse().unwrap());
+        Flow {
+            id,
+            matcher: FlowMatch {
+                src: p(src),
+                dst: p(dst),
+                ..FlowMatch::default()
+            },
+            route,
+        }
+    }
+
+    fn fcfs(port: &str) -> PortSettings {
+        PortSettings {
+            port: port.into(),
+            scheduler: Scheduler::Fcfs,
+            shaper: None,
+            link_rate_bps: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn node_config_converts_every_field_and_skips_invalid_rows() {
+        let Some(url) = privileged("store::pg::node_config") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let store = schema.store().await;
+        let r1 = insert_route(&store, "n1", "10.0.0.0/8", "eth0", 1).await;
+        exec(&store, "UPDATE routes SET weight = 3").await;
+        let r2 = insert_route(&store, "n1", "2001:db8::/32", "eth1", 2).await;
+        insert_route(&store, "n1", "10.1.0.0/16", "bad port", 3).await;
+        insert_route(&store, "n2", "192.168.0.0/16", "eth0", 4).await;
+        let f1 = insert_flow(&store, "n1", "10.1.0.0/16", "10.2.0.0/24", r1).await;
+        sqlx::query("UPDATE flows SET proto = 6, src_port = 1000, dst_port = 443 WHERE id = $1")
+            .bind(f1 as i64)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let f2 = insert_flow(&store, "n1", "", "", r2).await;
+        insert_flow(&store, "n1", "10.0.0.0/8", "2001:db8::/32", r1).await;
+        exec(
+            &store,
+            "INSERT INTO port_settings
+                 (node, port, scheduler, weights, shaper_rate_bps, shaper_burst_bytes, link_rate_bps)
+             VALUES ('n1', 'eth0', 'wrr', '{3,1}', 1000000000, 15000, 10000000000),
+                    ('n1', 'eth2', 'drr', '{1500,3000}', NULL, NULL, NULL),
+                    ('n1', 'eth3', 'wrr', '{}', NULL, NULL, NULL),
+                    ('n2', 'eth0', 'fcfs', '{}', NULL, NULL, NULL)",
+        )
+        .await;
+        exec(
+            &store,
+            "INSERT INTO port_settings (node, port) VALUES ('n1', 'eth1')",
+        )
+        .await;
+
+        let mut want = Config::default();
+        want.routes
+            .insert(r1, route(r1, "10.0.0.0/8", "eth0", 1, 3));
+        want.routes
+            .insert(r2, route(r2, "2001:db8::/32", "eth1", 2, 1));
+        let mut full = flow(f1, "10.1.0.0/16", "10.2.0.0/24", r1);
+        full.matcher.proto = Some(6);
+        full.matcher.src_port = Some(1000);
+        full.matcher.dst_port = Some(443);
+        want.flows.insert(f1, full);
+        want.flows.insert(f2, flow(f2, "", "", r2));
+        let eth0 = PortSettings {
+            port: "eth0".into(),
+            scheduler: Scheduler::Wrr(vec![3, 1]),
+            shaper: Some(Shaper {
+                rate_bps: 1_000_000_000,
+                burst_bytes: 15_000,
+            }),
+            link_rate_bps: Some(10_000_000_000),
+        };
+        let eth2 = PortSettings {
+            scheduler: Scheduler::Drr(vec![1500, 3000]),
+            ..fcfs("eth2")
+        };
+        for p in [eth0, fcfs("eth1"), eth2] {
+            want.ports.insert(p.port.clone(), p);
+        }
+        assert_eq!(store.node_config("n1").await.unwrap(), want);
+        assert_eq!(store.node_config("n2").await.unwrap().routes.len(), 1);
+        assert_eq!(store.node_config("n3").await.unwrap(), Config::default());
+    }
+
+    #[tokio::test]
+    async fn written_rows_reach_their_node_as_changes() {
+        let Some(url) = privileged("store::pg::row_events") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let store = schema.store().await;
+        let mut rx = store.subscribe();
+
+        let r1 = insert_route(&store, "n1", "10.0.0.0/8", "eth0", 1).await;
+        exec(&store, "UPDATE routes SET weight = 2 WHERE node = 'n1'").await;
+        let f1 = insert_flow(&store, "n1", "10.1.0.0/16", "", r1).await;
+        exec(&store, "UPDATE flows SET dst_port = 53 WHERE node = 'n1'").await;
+        exec(
+            &store,
+            "INSERT INTO port_settings (node, port) VALUES ('n1', 'eth0')",
+        )
+        .await;
+        exec(
+            &store,
+            "UPDATE port_settings SET scheduler = 'drr', weights = '{1500}' WHERE node = 'n1'",
+        )
+        .await;
+        // Changes nothing, so announces nothing.
+        exec(&store, "UPDATE port_settings SET weights = weights").await;
+        exec(&store, "DELETE FROM flows WHERE node = 'n1'").await;
+        exec(&store, "DELETE FROM port_settings WHERE node = 'n1'").await;
+        exec(&store, "DELETE FROM routes WHERE node = 'n1'").await;
+
+        let mut f1_53 = flow(f1, "10.1.0.0/16", "", r1);
+        f1_53.matcher.dst_port = Some(53);
+        let drr = PortSettings {
+            scheduler: Scheduler::Drr(vec![1500]),
+            ..fcfs("eth0")
+        };
+        let want = [
+            changed("n1", Change::Route(route(r1, "10.0.0.0/8", "eth0", 1, 1))),
+            changed("n1", Change::Route(route(r1, "10.0.0.0/8", "eth0", 1, 2))),
+            changed("n1", Change::Flow(flow(f1, "10.1.0.0/16", "", r1))),
+            changed("n1", Change::Flow(f1_53)),
+            changed("n1", Change::Port(fcfs("eth0"))),
+            changed("n1", Change::Port(drr)),
+            changed("n1", Change::FlowGone(f1)),
+            changed("n1", Change::PortGone("eth0".into())),
+            changed("n1", Change::RouteGone(r1)),
+        ];
+        assert_eq!(events_so_far(&store, &mut rx).await, want);
+    }
+
+    #[tokio::test]
+    async fn moves_cascades_and_invalid_rows_become_removals() {
+        let Some(url) = privileged("store::pg::removals") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let store = schema.store().await;
+        let mut rx = store.subscribe();
+        let r1 = insert_route(&store, "n1", "10.0.0.0/8", "eth0", 1).await;
+        let r2 = insert_route(&store, "n1", "10.2.0.0/16", "eth1", 2).await;
+        let f1 = insert_flow(&store, "n1", "", "10.9.0.0/16", r1).await;
+        let f2 = insert_flow(&store, "n1", "10.8.0.0/16", "", r1).await;
+        exec(
+            &store,
+            "INSERT INTO port_settings (node, port) VALUES ('n1', 'eth0')",
+        )
+        .await;
+        assert_eq!(events_so_far(&store, &mut rx).await.len(), 5);
+
+        // A route moved to another node leaves the first one.
+        sqlx::query("UPDATE routes SET node = 'n2' WHERE id = $1")
+            .bind(r1 as i64)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        exec(&store, "UPDATE port_settings SET node = 'n2'").await;
+        exec(&store, "UPDATE port_settings SET port = 'eth5'").await;
+        assert_eq!(
+            events_so_far(&store, &mut rx).await,
+            [
+                changed("n1", Change::RouteGone(r1)),
+                changed("n2", Change::Route(route(r1, "10.0.0.0/8", "eth0", 1, 1))),
+                changed("n1", Change::PortGone("eth0".into())),
+                changed("n2", Change::Port(fcfs("eth0"))),
+                changed("n2", Change::PortGone("eth0".into())),
+                changed("n2", Change::Port(fcfs("eth5"))),
+            ]
+        );
+
+        // Deleting a route deletes its flows (ON DELETE CASCADE), and their nodes hear of it.
+        // In which order the route's and the flows' triggers fire is Postgres's business.
+        sqlx::query("DELETE FROM routes WHERE id = $1")
+            .bind(r1 as i64)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let mut got = events_so_far(&store, &mut rx).await;
+        got.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(
+            got,
+            [
+                changed("n1", Change::FlowGone(f1)),
+                changed("n1", Change::FlowGone(f2)),
+                changed("n2", Change::RouteGone(r1)),
+            ]
+        );
+
+        // Rows the database accepts but a node must not: each is removed from its node.
+        let f3 = insert_flow(&store, "n1", "10.0.0.0/8", "2001:db8::/32", r2).await;
+        sqlx::query("UPDATE routes SET port = 'bad port' WHERE id = $1")
+            .bind(r2 as i64)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        exec(
+            &store,
+            "INSERT INTO port_settings (node, port, scheduler) VALUES ('n1', 'eth1', 'wrr')",
+        )
+        .await;
+        // A port name no node can hold: there is nothing to remove.
+        exec(
+            &store,
+            "INSERT INTO port_settings (node, port) VALUES ('n1', 'bad port')",
+        )
+        .await;
+        assert_eq!(
+            events_so_far(&store, &mut rx).await,
+            [
+                changed("n1", Change::FlowGone(f3)),
+                changed("n1", Change::RouteGone(r2)),
+                changed("n1", Change::PortGone("eth1".into())),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_listener_connection_resyncs_then_changes_arrive_again() {
+        let Some(url) = privileged("store::pg::listener_reconnects") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let store = schema.store().await;
+        let mut rx = store.subscribe();
+        for _ in 0..2 {
+            let killed: i64 = sqlx::query_scalar(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name = $1",
+            )
+            .bind(listener_name(&schema.name))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            assert_eq!(killed, 1, "one listener connection");
+            assert_eq!(next(&mut rx).await, StoreEvent::Resync);
+            let r = insert_route(&store, "n1", "10.0.0.0/8", "eth0", 1).await;
+            assert_eq!(
+                next(&mut rx).await,
+                changed("n1", Change::Route(route(r, "10.0.0.0/8", "eth0", 1, 1)))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_the_store_ends_its_tasks() {
+        let Some(url) = privileged("store::pg::drop_ends_tasks") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let store = schema.store().await;
+        let pool = store.pool().clone();
+        let mut rx = store.subscribe();
+        drop(store);
+        // Closed once the listener task, which holds the last other sender, has ended.
+        let end = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert!(matches!(end, Ok(Err(RecvError::Closed))), "{end:?}");
+        let listeners = || {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            )
+            .bind(listener_name(&schema.name))
+            .fetch_one(&pool)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while listeners().await.unwrap() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "listener connection still open"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_are_inserted_in_batches_and_overflow_is_counted() {
+        let Some(url) = privileged("store::pg::metrics") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let store = schema.store().await;
+        let report = |i: u64| Metrics {
+            at_unix_ms: 1_700_000_000_000 + i,
+            counters: vec![
+                Counter {
+                    name: "rx_packets".into(),
+                    port: Some("eth0".into()),
+                    value: u64::MAX,
+                },
+                Counter {
+                    name: "uptime".into(),
+                    port: None,
+                    value: i,
+                },
+            ],
+        };
+        let rows = || {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT count(*), count(DISTINCT xmin::text) FROM metrics",
+            )
+            .fetch_one(store.pool())
+        };
+        let wait_for = async |want: i64| -> i64 {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let (n, statements) = rows().await.unwrap();
+                if n == want {
+                    return statements;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{n} of {want} rows");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        // This runtime has one thread and record_metrics never waits, so the writer first runs
+        // with all 100 reports queued: one statement.
+        for i in 0..100 {
+            store.record_metrics("n1", report(i)).await.unwrap();
+        }
+        assert_eq!(wait_for(200).await, 1, "one INSERT for 100 reports");
+        let (node, at_ms, port, value): (String, i64, Option<String>, i64) = sqlx::query_as(
+            "SELECT node, (extract(epoch FROM at) * 1000)::bigint, port, value FROM metrics
+             WHERE name = 'rx_packets' ORDER BY at LIMIT 1",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            (node.as_str(), at_ms, port.as_deref(), value),
+            ("n1", 1_700_000_000_000, Some("eth0"), i64::MAX)
+        );
+        let uptime: Option<String> =
+            sqlx::query_scalar("SELECT port FROM metrics WHERE name = 'uptime' LIMIT 1")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(uptime, None);
+
+        // More than the queue holds, again without yielding: the excess is dropped and counted.
+        for i in 0..METRICS_QUEUE as u64 + 10 {
+            store.record_metrics("n2", report(i)).await.unwrap();
+        }
+        assert_eq!(store.metrics_dropped(), 10);
+        let statements = wait_for(200 + 2 * METRICS_QUEUE as i64).await;
+        let batches = (2 * METRICS_QUEUE).div_ceil(METRICS_BATCH_ROWS) as i64;
+        assert_eq!(
+            statements,
+            1 + batches,
+            "batches of {METRICS_BATCH_ROWS} rows"
+        );
+    }
+
+    #[tokio::test]
+    async fn node_seen_keeps_the_last_capabilities() {
+        let Some(url) = privileged("store::pg::node_seen") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let store = schema.store().await;
+        store.node_seen("n1", &Capability::ALL).await.unwrap();
+        store
+            .node_seen("n1", &[Capability::Routes, Capability::Metrics])
+            .await
+            .unwrap();
+        let (caps, seen): (Vec<String>, bool) = sqlx::query_as(
+            "SELECT capabilities, last_seen > now() - interval '1 hour' FROM nodes WHERE id = 'n1'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(caps, ["routes", "metrics"]);
+        assert!(seen);
+    }
+
+    #[tokio::test]
+    async fn schema_names_that_need_quoting_are_refused() {
+        for bad in [
+            "",
+            "Public",
+            "1abc",
+            "a-b",
+            "a;drop",
+            &"a".repeat(MAX_SCHEMA + 1),
+        ] {
+            let r = PgStore::connect_in_schema("postgres://nowhere.invalid/x", bad).await;
+            assert!(
+                matches!(r, Err(StoreError::BadSchema { .. })),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(check_schema(&"a".repeat(MAX_SCHEMA)).is_ok());
+        assert_eq!(channel_for("public"), "linerate_changes");
+        assert_eq!(channel_for("t1"), "linerate_changes_t1");
+    }
+
+    #[test]
+    fn notifications_the_trigger_cannot_send_are_ignored() {
+        for payload in [
+            "not json",
+            r#"{"table":"nodes","op":"INSERT","new":{"id":"n1"},"old":null}"#,
+            r#"{"table":"routes","op":"TRUNCATE","new":null,"old":null}"#,
+            r#"{"table":"routes","op":"DELETE","new":null,"old":{"node":"n1"}}"#,
+            r#"{"table":"routes","op":"DELETE","new":null,"old":{"node":"n1","id":-1}}"#,
+        ] {
+            assert_eq!(events_for(payload), [], "{payload}");
+        }
+        // A row of another shape is still removed from its node when its key can be read.
+        let odd =
+            r#"{"table":"flows","op":"INSERT","new":{"node":"n1","id":4,"src":7},"old":null}"#;
+        assert_eq!(events_for(odd), [changed("n1", Change::FlowGone(4))]);
+    }
+}
