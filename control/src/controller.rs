@@ -325,6 +325,8 @@ fn change_for_node(change: Change, caps: &[Capability]) -> Option<Change> {
 
 async fn session<S: Store>(shared: Arc<Shared<S>>, stream: TcpStream, peer: SocketAddr) {
     let want = format!("Bearer {}", shared.opts.token);
+    // tungstenite's handshake callback returns its (large) HTTP response type as the error.
+    #[allow(clippy::result_large_err)]
     let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         match req.headers().get(header::AUTHORIZATION) {
             Some(v) if token_matches(v.as_bytes(), want.as_bytes()) => Ok(resp),

@@ -78,11 +78,14 @@ impl std::str::FromStr for Prefix {
     type Err = String;
     fn from_str(s: &str) -> Result<Prefix, String> {
         let (a, l) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a.parse().map_err(|_| format!("'{a}' is not an IP address"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("'{a}' is not an IP address"))?;
         let len = if l.is_empty() {
             if addr.is_ipv4() { 32 } else { 128 }
         } else {
-            l.parse().map_err(|_| format!("'{l}' is not a prefix length"))?
+            l.parse()
+                .map_err(|_| format!("'{l}' is not a prefix length"))?
         };
         Prefix::new(addr, len).map_err(|e| format!("'{s}': {e}"))
     }
@@ -109,7 +112,9 @@ impl std::str::FromStr for Mac {
         let mut m = [0u8; 6];
         let mut parts = s.split([':', '-']);
         for b in &mut m {
-            let p = parts.next().ok_or_else(|| format!("'{s}' is not a MAC address"))?;
+            let p = parts
+                .next()
+                .ok_or_else(|| format!("'{s}' is not a MAC address"))?;
             *b = u8::from_str_radix(p, 16).map_err(|_| format!("'{s}' is not a MAC address"))?;
         }
         if parts.next().is_some() {
@@ -584,7 +589,10 @@ mod tests {
 
     fn sample() -> Config {
         let mut c = Config::default();
-        for r in [route(1, "10.0.0.0/8", "eth0"), route(2, "2001:db8::/32", "eth1")] {
+        for r in [
+            route(1, "10.0.0.0/8", "eth0"),
+            route(2, "2001:db8::/32", "eth1"),
+        ] {
             c.routes.insert(r.id, r);
         }
         c.flows.insert(
@@ -688,7 +696,10 @@ mod tests {
         f.push(0);
         assert_eq!(decode::<NodeMsg>(&f), Err(ProtoError::Malformed));
         // An enum tag no version defines.
-        assert_eq!(decode::<NodeMsg>(b"LR\x01\x00\x09"), Err(ProtoError::Malformed));
+        assert_eq!(
+            decode::<NodeMsg>(b"LR\x01\x00\x09"),
+            Err(ProtoError::Malformed)
+        );
         // A length prefix far beyond the frame.
         assert_eq!(
             decode::<NodeMsg>(b"LR\x01\x00\x00\xff\xff\xff\xff\x0f"),

@@ -13,6 +13,7 @@ pub mod fastpath;
 pub mod frame;
 pub mod generate;
 pub mod logic;
+pub mod node;
 pub mod pipeline;
 pub mod port;
 pub mod relay;

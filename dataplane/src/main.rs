@@ -36,6 +36,10 @@ enum Cmd {
     /// SOCKS5 relay (RFC 1928/1929) on per-core io_uring workers: max mode splices the two
     /// TCP connections in the kernel, normal mode copies through user space with rate limits.
     Relay(cmd::relay::RelayArgs),
+    /// Control-plane server: nodes (`fwd --controller`) register over WebSocket with a bearer
+    /// token and get their routes and flow pins, whole and then as diffs; state in memory or
+    /// in PostgreSQL, where triggers let any SQL client change routes live.
+    Controller(cmd::controller::ControllerArgs),
 }
 
 fn main() {
@@ -47,6 +51,7 @@ fn main() {
         Cmd::Sink(a) => cmd::sink::run(a),
         Cmd::Selftest(a) => cmd::selftest::run(a),
         Cmd::Relay(a) => cmd::relay::run(a),
+        Cmd::Controller(a) => cmd::controller::run(a),
     };
     if let Err(e) = r {
         eprintln!("linerate: {e:#}");

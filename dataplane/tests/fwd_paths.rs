@@ -392,3 +392,97 @@ fn multipath_spreads_sixteen_flows_over_two_routes() {
     assert_eq!(field(&s1, "received") + field(&s2, "received"), 16000);
     assert_eq!(field(&s1, "lost") + field(&s2, "lost"), 0, "{s1}\n{s2}");
 }
+
+/// `linerate controller` on a free loopback port, serving `seed`; returns it and its URL.
+fn start_controller(seed: &std::path::Path, port: u16) -> Job {
+    let mut cmd = linerate();
+    cmd.env("LINERATE_TOKEN", "fwd-paths-token")
+        .args(["controller", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--config", seed.to_str().unwrap()]);
+    start_until(cmd, "listening on")
+}
+
+#[test]
+fn controller_routes_move_flows_live_and_survive_a_controller_restart() {
+    if !privileged("fwd_paths::controller_routes_move_flows_live_and_survive_a_controller_restart")
+    {
+        return;
+    }
+    let _one = serial();
+    let (left, one, two) = three_pairs();
+    let seed = |low: &str, high: &str| {
+        format!(
+            "[[route]]\nnode = \"r1\"\nid = 1\nprefix = \"198.51.100.0/25\"\nport = \"{low}\"\n\
+             next_hop = \"{SINK_MAC}\"\n\
+             [[route]]\nnode = \"r1\"\nid = 2\nprefix = \"198.51.100.128/25\"\nport = \"{high}\"\n\
+             next_hop = \"{SINK_MAC}\"\n"
+        )
+    };
+    let path = std::env::temp_dir().join(format!("linerate-ctl-{}.toml", left.a));
+    std::fs::write(&path, seed(&one.a, &two.a)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ctl = start_controller(&path, port);
+    let sink1 = start_sink(linerate(), &one.b, "17s");
+    let sink2 = start_sink(linerate(), &two.b, "17s");
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut cmd = linerate();
+    cmd.env("LINERATE_TOKEN", "fwd-paths-token")
+        .args([
+            "fwd",
+            "--logic",
+            "router",
+            "--ttl",
+            "--max",
+            "--duration",
+            "16s",
+            "--json",
+        ])
+        .args(["--port", &left.b, "--port", &one.a, "--port", &two.a])
+        .args([
+            "--controller",
+            &url,
+            "--node",
+            "r1",
+            "--report-every",
+            "100ms",
+        ]);
+    let fwd = start_until(cmd, "forwarding among");
+    fwd.wait_line("2 route(s), 0 flow pin(s) applied", Duration::from_secs(5));
+    gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
+    gen_frames(linerate(), &left.a, "198.51.100.200", 10000, &[]);
+
+    // Swap the routes in the controller: the flows to .1, cached towards port 1 in the XDP
+    // program, must now leave by port 2.
+    std::fs::write(&path, seed(&two.a, &one.a)).unwrap();
+    run("kill", &["-HUP", &ctl.child.id().to_string()]).unwrap();
+    ctl.wait_line("re-read", Duration::from_secs(5));
+    fwd.wait_line("applied (logic version 2)", Duration::from_secs(5));
+    gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
+
+    // The controller goes away: fwd keeps forwarding with what it holds.
+    run("kill", &["-TERM", &ctl.child.id().to_string()]).unwrap();
+    let _ = ctl.finish();
+    gen_frames(linerate(), &left.a, "198.51.100.200", 10000, &[]);
+    // It comes back with the same routes: the node reconnects, and nothing is re-applied.
+    let ctl = start_controller(&path, port);
+    ctl.wait_line("node 'r1' registered", Duration::from_secs(10));
+    gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
+
+    let f = fwd.finish();
+    run("kill", &["-TERM", &ctl.child.id().to_string()]).unwrap();
+    let c = ctl.finish();
+    let _ = std::fs::remove_file(&path);
+    let (s1, s2) = (sink1.finish(), sink2.finish());
+    assert_eq!(
+        field(&s1, "received"),
+        20000,
+        "{s1}\nfwd: {f}\ncontroller: {c}"
+    );
+    assert_eq!(field(&s2, "received"), 30000, "{s2}\nfwd: {f}");
+    // Two publishes: the first configuration and the swap; the reconnection changed nothing.
+    assert_eq!(field(from(&f, "kernel"), "reloads"), 2, "{f}");
+}

@@ -77,7 +77,11 @@ impl MemStore {
                 return;
             }
         }
-        if s.configs.entry(node.to_string()).or_default().apply(&change) {
+        if s.configs
+            .entry(node.to_string())
+            .or_default()
+            .apply(&change)
+        {
             let _ = self.events.send(StoreEvent::Changed {
                 node: node.to_string(),
                 change,
@@ -138,10 +142,9 @@ impl Store for MemStore {
     }
 
     async fn node_seen(&self, node: &str, capabilities: &[Capability]) -> Result<(), StoreError> {
-        self.state().seen.insert(
-            node.to_string(),
-            (SystemTime::now(), capabilities.to_vec()),
-        );
+        self.state()
+            .seen
+            .insert(node.to_string(), (SystemTime::now(), capabilities.to_vec()));
         Ok(())
     }
 

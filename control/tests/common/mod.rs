@@ -103,3 +103,44 @@ pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Gate for a test that needs PostgreSQL: the server's URL, from `LINERATE_TEST_DATABASE_URL`
+/// (set by the README's test command). Records the test in `LINERATE_PRIVILEGED_LOG` when it
+/// runs; a run that must exercise privileged tests (`LINERATE_REQUIRE_PRIVILEGED=1`) fails
+/// without a server instead of skipping.
+pub fn privileged(test: &str) -> Option<String> {
+    match std::env::var("LINERATE_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            if let Ok(path) = std::env::var("LINERATE_PRIVILEGED_LOG") {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                f.write_all(format!("{test}\n").as_bytes()).unwrap();
+            }
+            Some(url)
+        }
+        _ if std::env::var("LINERATE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") => {
+            panic!(
+                "{test} needs PostgreSQL: set LINERATE_TEST_DATABASE_URL (scripts/run-tests does)"
+            )
+        }
+        _ => {
+            eprintln!("skipped (needs PostgreSQL, LINERATE_TEST_DATABASE_URL): {test}");
+            None
+        }
+    }
+}
+
+/// A schema name no other test run uses.
+pub fn unique_schema(test: &str) -> String {
+    use std::sync::atomic::AtomicU32;
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t_{test}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -18,6 +18,7 @@
 use super::{Live, XdpModeArg, mac_of, parse_duration, parse_mac};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::ValueEnum;
+use linerate_control::agent::{Agent, AgentOptions};
 use linerate_dataplane::counters::Counts;
 use linerate_dataplane::fastpath::{FlowLearner, Learned};
 use linerate_dataplane::frame::BufferPool;
@@ -25,6 +26,7 @@ use linerate_dataplane::logic::{
     Acl, Action as AclAction, AnyLogic, LearningBridge, MacRewrite, NextHop, ReloadHandle, Router,
     Rule as AclRule, StaticMap,
 };
+use linerate_dataplane::node;
 use linerate_dataplane::pipeline::{self, ClassReport, KernelPath, PipelineReport};
 use linerate_dataplane::port::{Port, SchedCounters, ScheduledPort, XskPort};
 use linerate_dataplane::sched::{
@@ -159,6 +161,20 @@ pub struct FwdArgs {
     queue: Vec<String>,
     #[arg(long)]
     json: bool,
+    /// Take routes and flow pins from a linerate controller, e.g. ws://127.0.0.1:7878/: each
+    /// update replaces the router's routes (the last ones stay while the controller is away).
+    /// Excludes --logic other than router, --route, --map and --rewrite.
+    #[arg(long)]
+    controller: Option<String>,
+    /// This node's id at the controller (default: the host name).
+    #[arg(long, requires = "controller")]
+    node: Option<String>,
+    /// File holding the controller's bearer token (default: $LINERATE_TOKEN).
+    #[arg(long, requires = "controller")]
+    token_file: Option<PathBuf>,
+    /// How often to report counters to the controller (default 1s).
+    #[arg(long, value_parser = parse_duration, requires = "controller")]
+    report_every: Option<Duration>,
 }
 
 /// The `--config` file. Unknown keys are errors that name the key.
@@ -644,18 +660,63 @@ fn build_logic(a: &LogicSpec, ports: &[String]) -> Result<AnyLogic> {
             AnyLogic::new(router)
         }
     };
-    if !a.filter.is_empty() {
-        let rules = a
-            .filter
-            .iter()
-            .map(|f| {
-                f.parse::<AclRule>()
-                    .map_err(|e| anyhow!("--filter '{f}': {e}"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        logic = logic.with_acl(Acl::new(rules, AclAction::Permit));
+    if let Some(acl) = acl_from(&a.filter)? {
+        logic = logic.with_acl(acl);
     }
     Ok(logic.with_ttl_decrement(a.ttl))
+}
+
+/// The `--filter` rules as an ACL (first match wins, default permit), if there are any.
+fn acl_from(filter: &[String]) -> Result<Option<Acl>> {
+    if filter.is_empty() {
+        return Ok(None);
+    }
+    let rules = filter
+        .iter()
+        .map(|f| {
+            f.parse::<AclRule>()
+                .map_err(|e| anyhow!("--filter '{f}': {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(Acl::new(rules, AclAction::Permit)))
+}
+
+/// `--controller`: checks that no flag competes with the controller for the logic, and reads
+/// the node id and token.
+fn controller_options(a: &FwdArgs, s: &Settings, url: &str) -> Result<AgentOptions> {
+    if !matches!(s.logic.logic, LogicArg::Router | LogicArg::Static)
+        || !s.logic.route.is_empty()
+        || !s.logic.map.is_empty()
+        || !s.logic.rewrite.is_empty()
+        || a.logic.is_some_and(|l| l != LogicArg::Router)
+    {
+        bail!(
+            "--controller {url}: the controller owns the routes; drop --logic (other than \
+             router), --route, --map and --rewrite"
+        );
+    }
+    let token = match &a.token_file {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("--token-file {}", p.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("LINERATE_TOKEN").unwrap_or_default(),
+    };
+    if token.is_empty() {
+        bail!("--controller {url} needs a bearer token: --token-file FILE or LINERATE_TOKEN");
+    }
+    let node = match &a.node {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name for the node id (or give --node)")?
+            .trim()
+            .to_string(),
+    };
+    linerate_control::proto::check_name("--node", &node).map_err(|e| anyhow!("{e}"))?;
+    let mut opts = AgentOptions::new(url, token, node);
+    opts.capabilities = linerate_dataplane::node::CAPABILITIES.to_vec();
+    opts.metrics_every = Some(a.report_every.unwrap_or(Duration::from_secs(1)));
+    Ok(opts)
 }
 
 /// The XDP program's key for a flow the workers decided.
@@ -845,7 +906,28 @@ pub fn run(a: FwdArgs) -> Result<()> {
     for dev in &s.ports {
         ifindex.push(super::ifindex("--port", dev)?);
     }
-    let handle = ReloadHandle::new(build_logic(&s.logic, &s.ports)?);
+    let agent_opts = match &a.controller {
+        Some(url) => Some(controller_options(&a, &s, url)?),
+        None => None,
+    };
+    let macs = if agent_opts.is_some() {
+        (s.ports.iter())
+            .map(|p| mac_of("--port", p))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let handle = ReloadHandle::new(match agent_opts {
+        // Nothing routes until the controller's first update (within milliseconds).
+        Some(_) => {
+            let (logic, _) = node::logic_from(&Default::default(), &s.ports, &macs, s.logic.ttl);
+            match acl_from(&s.logic.filter)? {
+                Some(acl) => logic.with_acl(acl),
+                None => logic,
+            }
+        }
+        None => build_logic(&s.logic, &s.ports)?,
+    });
     let hangup = Arc::new(AtomicBool::new(false));
     let stop = if a.config.is_some() {
         use signal_hook::consts::{SIGINT, SIGTERM};
@@ -975,6 +1057,33 @@ pub fn run(a: FwdArgs) -> Result<()> {
     drop(learn_tx);
     workers.reverse();
     let counters: Vec<_> = workers.iter().map(Worker::counters).collect();
+    let published = Arc::new(AtomicBool::new(false));
+    let _agent = match agent_opts {
+        Some(mut opts) => {
+            // The agent's thread stays off the worker cores whenever another core exists.
+            let free: Vec<usize> = (0..std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .filter(|c| !cores[..s.workers].contains(c))
+                .collect();
+            opts.on_thread_start = Some(Box::new(move || {
+                if let Some(&c) = free.first() {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: c });
+                }
+            }));
+            let url = opts.url.clone();
+            let dataplane = node::FwdNode {
+                handle: handle.clone(),
+                ports: s.ports.clone(),
+                macs: macs.clone(),
+                ttl: s.logic.ttl,
+                acl: acl_from(&s.logic.filter)?,
+                published: published.clone(),
+                counters: Arc::new(counters.clone().into()),
+            };
+            eprintln!("fwd: node '{}' takes its routes from {url}", opts.node);
+            Some(Agent::start(opts, dataplane).context("starting the control agent")?)
+        }
+        None => None,
+    };
     // Workers stop after the steering programs stopped feeding their sockets (see below).
     let workers_stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -990,8 +1099,18 @@ pub fn run(a: FwdArgs) -> Result<()> {
         let mut fast_before = kernel_count(&steering, Action::Fastpath)?.0;
         while !stop.load(Ordering::Relaxed) && s.duration.is_none_or(|d| start.elapsed() < d) {
             std::thread::sleep(Duration::from_millis(20));
-            if hangup.swap(false, Ordering::Relaxed) && reload(&a, &mut s, &handle, &mut steering)?
-            {
+            if hangup.swap(false, Ordering::Relaxed) {
+                if a.controller.is_some() {
+                    eprintln!("fwd: SIGHUP: the controller owns the logic; nothing reloaded");
+                } else if reload(&a, &mut s, &handle, &mut steering)? {
+                    reloads += 1;
+                }
+            }
+            if published.swap(false, Ordering::AcqRel) {
+                // Flows the XDP program cached were decided by the logic just replaced.
+                for st in steering.iter_mut() {
+                    st.invalidate_flows()?;
+                }
                 reloads += 1;
             }
             if s.max {

@@ -1,5 +1,6 @@
 //! The `linerate` subcommands. Each module is one job: its arguments and how it runs.
 
+pub mod controller;
 pub mod fwd;
 pub mod generate;
 pub mod pipeline;

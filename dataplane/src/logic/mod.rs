@@ -20,7 +20,7 @@ pub mod static_map;
 pub mod ttl;
 
 #[cfg(test)]
-mod test_frames;
+pub(crate) mod test_frames;
 
 pub use any::{AnyLogic, Base};
 pub use bridge::{BridgeConfig, BridgeStats, LearningBridge};

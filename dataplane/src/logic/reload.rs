@@ -1,21 +1,26 @@
 //! Live replacement of a worker's logic: the control side publishes a new logic (new routes,
 //! a new static map, new filter rules) and every worker picks it up between two batches.
 //!
-//! The per-batch cost is one atomic load. A worker that sees a new version locks the shared
-//! slot once and clones the published logic, so the control side never waits on a worker and
-//! a worker never decides one batch with half of an update. Logic state (a bridge's learned
-//! MACs) starts over with the new logic.
+//! The per-batch cost is one atomic load. A worker that sees a new version loads the published
+//! snapshot (an `ArcSwap`, lock-free) and clones it, so neither side ever waits on the other
+//! and a worker never decides one batch with half of an update. Logic state (a bridge's
+//! learned MACs) starts over with the new logic.
 
 use super::Logic;
 use crate::verdict::{PortId, Verdict};
 use crate::wire::Headers;
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 struct Shared<L> {
+    /// The version of `next`, readable without touching it.
     version: AtomicU64,
-    next: Mutex<L>,
+    /// The logic published last, with its version.
+    next: ArcSwap<(u64, L)>,
+    /// Serialises publishers (control threads only; workers never take it).
+    publish: Mutex<()>,
 }
 
 /// A worker's copy of the current logic.
@@ -30,40 +35,45 @@ pub struct ReloadHandle<L> {
     shared: Arc<Shared<L>>,
 }
 
+impl<L> Clone for ReloadHandle<L> {
+    /// Another handle on the same logic (for a second control thread, such as the agent's).
+    fn clone(&self) -> Self {
+        ReloadHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
 impl<L: Clone> ReloadHandle<L> {
     /// Starts at version 0 with `logic`.
     pub fn new(logic: L) -> ReloadHandle<L> {
         ReloadHandle {
             shared: Arc::new(Shared {
                 version: AtomicU64::new(0),
-                next: Mutex::new(logic),
+                next: ArcSwap::from_pointee((0, logic)),
+                publish: Mutex::new(()),
             }),
         }
     }
 
     /// A worker's copy of the logic published last.
     pub fn reloadable(&self) -> Reloadable<L> {
-        let next = self
-            .shared
-            .next
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let next = self.shared.next.load_full();
         Reloadable {
-            current: next.clone(),
-            version: self.shared.version.load(Ordering::Acquire),
+            current: next.1.clone(),
+            version: next.0,
             shared: self.shared.clone(),
         }
     }
 
     /// Replaces the logic; workers switch before their next batch. Returns the new version.
     pub fn publish(&self, logic: L) -> u64 {
-        let mut next = self
-            .shared
-            .next
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *next = logic;
-        self.shared.version.fetch_add(1, Ordering::AcqRel) + 1
+        let _one = (self.shared.publish.lock()).unwrap_or_else(PoisonError::into_inner);
+        let version = self.shared.version.load(Ordering::Acquire) + 1;
+        self.shared.next.store(Arc::new((version, logic)));
+        // After the store: a worker that sees this version finds its logic in `next`.
+        self.shared.version.store(version, Ordering::Release);
+        version
     }
 
     /// The version published last.
@@ -106,14 +116,11 @@ impl<L: Logic + Clone> Logic for Reloadable<L> {
 
     fn tick(&mut self, now: Duration) {
         if self.shared.version.load(Ordering::Acquire) != self.version {
-            let next = self
-                .shared
-                .next
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            self.current = next.clone();
-            // Read under the lock: publish stores the logic and bumps the version together.
-            self.version = self.shared.version.load(Ordering::Acquire);
+            let next = self.shared.next.load();
+            // The snapshot carries its own version: a publish racing with this load is
+            // picked up at the next tick.
+            self.current = next.1.clone();
+            self.version = next.0;
         }
         self.current.tick(now)
     }

@@ -80,6 +80,9 @@ pub struct Router {
     groups: hashbrown::HashMap<NextHopId, Vec<(NextHopId, u32)>>,
     /// The flow table: a flow's chosen member, kept for the flow's life (this worker's copy).
     flows: hashbrown::HashMap<crate::shard::FlowKey, NextHopId>,
+    /// Flow pins, tried in order before the lookup: a packet a rule matches takes its next
+    /// hop (or group) whatever its destination's longest prefix says.
+    pins: Vec<(super::filter::Rule, NextHopId)>,
 }
 
 /// Flows remembered per worker before the table starts over (bounds its memory).
@@ -107,6 +110,7 @@ impl Router {
             next_hops: Vec::new(),
             groups: hashbrown::HashMap::new(),
             flows: hashbrown::HashMap::new(),
+            pins: Vec::new(),
             hops: match vec![Hop::UNDEFINED; HOPS].into_boxed_slice().try_into() {
                 Ok(t) => t,
                 Err(_) => unreachable!("the vector has HOPS entries"),
@@ -123,6 +127,16 @@ impl Router {
 
     pub fn arp_to_kernel(&self) -> bool {
         self.arp_to_kernel
+    }
+
+    /// Replaces the flow pins: the first rule (its action is ignored) that matches a packet
+    /// sends it to next hop or group `id`. Kept short: every routed packet scans them.
+    pub fn set_pins(&mut self, pins: Vec<(super::filter::Rule, NextHopId)>) {
+        self.pins = pins;
+    }
+
+    pub fn pins(&self) -> &[(super::filter::Rule, NextHopId)] {
+        &self.pins
     }
 
     /// Defines or replaces next hop `id`.
@@ -269,7 +283,12 @@ impl Logic for Router {
 
     #[inline]
     fn decide(&mut self, pkt: &mut [u8], hdr: &Headers, _in_port: PortId) -> Verdict {
+        let pinned = match self.pins.is_empty() {
+            true => None,
+            false => self.pins.iter().find(|(r, _)| r.matches(hdr)).map(|p| p.1),
+        };
         let id = match hdr.l3 {
+            _ if pinned.is_some() => pinned,
             L3::Ipv4 { dst, .. } => self.v4.lookup(dst),
             L3::Ipv6 { dst, .. } => self.v6.lookup(dst),
             L3::Arp if self.arp_to_kernel => return Verdict::ToKernel,
@@ -320,6 +339,29 @@ mod tests {
         r.add_route("10.2.0.0".parse().unwrap(), 16, 2).unwrap();
         r.add_route("2001:db8::".parse().unwrap(), 32, 2).unwrap();
         r
+    }
+
+    #[test]
+    fn a_pinned_flow_takes_its_next_hop_whatever_the_lookup_says() {
+        use crate::logic::filter::{Action, Prefix, Rule};
+        let mut r = router();
+        let pin = Rule {
+            proto: Some(17),
+            dst: Some(Prefix::parse("10.1.2.3/32").unwrap()),
+            dst_ports: 53..=53,
+            ..Rule::any(Action::Permit)
+        };
+        r.set_pins(vec![(pin, 2)]);
+        let (mut f, h) = test_frames::ipv4("192.0.2.1", "10.1.2.3", 64, 17, 1000, 53);
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Forward(2));
+        assert_eq!(&f[..6], &NH2.dst_mac);
+        // Another port of the same host: the longest prefix, 10/8 via next hop 1.
+        let (mut f, h) = test_frames::ipv4("192.0.2.1", "10.1.2.3", 64, 17, 1000, 54);
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Forward(1));
+        // A pin to a next hop that is not defined drops rather than falls through.
+        r.set_pins(vec![(Rule::any(Action::Permit), 7)]);
+        let (mut f, h) = test_frames::ipv4("192.0.2.1", "10.1.2.3", 64, 17, 1000, 54);
+        assert_eq!(r.decide(&mut f, &h, 0), Verdict::Drop(DropReason::NoRoute));
     }
 
     #[test]

@@ -1,0 +1,244 @@
+//! The dataplane side of the control agent: turns a node's configuration from the controller
+//! into router logic and publishes it to the workers as one snapshot, and reads the workers'
+//! counters for the metrics reports.
+//!
+//! Runs on the agent's thread. Workers see the new logic at their next batch through
+//! [`ReloadHandle`] (one atomic load per batch); nothing here touches a worker's state.
+
+use crate::counters::{Counts, WorkerCounters};
+use crate::logic::filter::{Action, Prefix, Rule};
+use crate::logic::{Acl, AnyLogic, NextHop, NextHopId, ReloadHandle, Router};
+use crate::verdict::DropReason;
+use linerate_control::agent::Dataplane;
+use linerate_control::proto::{self, Config, Counter};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// What a `fwd` node applies: routes and flow pins. It reports metrics; port settings
+/// (scheduler, shaper) are fixed at start, so it does not claim them.
+pub const CAPABILITIES: [proto::Capability; 3] = [
+    proto::Capability::Routes,
+    proto::Capability::Flows,
+    proto::Capability::Metrics,
+];
+
+/// The largest next-hop id a route can take (group ids start above it).
+const GROUP_BASE: NextHopId = 0x8000;
+
+/// Builds router logic from `config` for a node whose ports are `ports` (interface names)
+/// with MAC addresses `macs`. Rows that cannot apply here (an unknown port, a flow on a
+/// missing route) are left out and described in the returned warnings.
+pub fn logic_from(
+    config: &Config,
+    ports: &[String],
+    macs: &[[u8; 6]],
+    ttl: bool,
+) -> (AnyLogic, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut router = Router::new();
+    // Route id -> next hop id; prefixes with several routes become weighted groups.
+    let mut hop_of = std::collections::HashMap::new();
+    let mut prefixes: Vec<(proto::Prefix, Vec<(NextHopId, u32)>)> = Vec::new();
+    for (i, r) in config.routes.values().enumerate() {
+        let Some(port) = ports.iter().position(|p| *p == r.port) else {
+            warnings.push(format!(
+                "route {} ({}): port '{}' is not one of this node's ports ({})",
+                r.id,
+                r.prefix,
+                r.port,
+                ports.join(", ")
+            ));
+            continue;
+        };
+        let id = match NextHopId::try_from(i) {
+            Ok(id) if id < GROUP_BASE => id,
+            _ => {
+                warnings.push(format!("route {}: more than 32768 routes", r.id));
+                continue;
+            }
+        };
+        router.set_next_hop(
+            id,
+            NextHop {
+                port: port as u16,
+                dst_mac: r.next_hop.0,
+                src_mac: macs[port],
+            },
+        );
+        hop_of.insert(r.id, id);
+        match prefixes.iter_mut().find(|(p, _)| *p == r.prefix) {
+            Some((_, members)) => members.push((id, r.weight)),
+            None => prefixes.push((r.prefix, vec![(id, r.weight)])),
+        }
+    }
+    for (g, (prefix, members)) in prefixes.into_iter().enumerate() {
+        let target = if let [(only, _)] = members[..] {
+            only
+        } else {
+            let gid = GROUP_BASE + g as NextHopId;
+            if let Err(e) = router.set_group(gid, members) {
+                warnings.push(format!("routes for {prefix}: {e}"));
+                continue;
+            }
+            gid
+        };
+        if let Err(e) = router.add_route(prefix.addr, prefix.len, target) {
+            warnings.push(format!("route for {prefix}: {e}"));
+        }
+    }
+    let mut pins = Vec::new();
+    for f in config.flows.values() {
+        let Some(&hop) = hop_of.get(&f.route) else {
+            warnings.push(format!(
+                "flow {}: route {} is not one of this node's usable routes",
+                f.id, f.route
+            ));
+            continue;
+        };
+        let m = &f.matcher;
+        let prefix = |p: Option<proto::Prefix>| p.and_then(|p| Prefix::new(p.addr, p.len).ok());
+        pins.push((
+            Rule {
+                proto: m.proto,
+                src: prefix(m.src),
+                dst: prefix(m.dst),
+                src_ports: m.src_port.map_or(0..=u16::MAX, |p| p..=p),
+                dst_ports: m.dst_port.map_or(0..=u16::MAX, |p| p..=p),
+                ..Rule::any(Action::Permit)
+            },
+            hop,
+        ));
+    }
+    router.set_pins(pins);
+    (AnyLogic::new(router).with_ttl_decrement(ttl), warnings)
+}
+
+/// The [`Dataplane`] a `fwd` node hands to its agent.
+pub struct FwdNode {
+    pub handle: ReloadHandle<AnyLogic>,
+    pub ports: Vec<String>,
+    pub macs: Vec<[u8; 6]>,
+    pub ttl: bool,
+    /// `--filter`, kept in front of every logic the controller's updates build.
+    pub acl: Option<Acl>,
+    /// Set after each publish: the main loop invalidates flows cached in the XDP program.
+    pub published: Arc<AtomicBool>,
+    /// The workers' counters, once they run.
+    pub counters: Arc<OnceLock<Vec<Arc<WorkerCounters>>>>,
+}
+
+impl Dataplane for FwdNode {
+    fn apply(&mut self, config: &Arc<Config>) {
+        let (logic, warnings) = logic_from(config, &self.ports, &self.macs, self.ttl);
+        for w in warnings {
+            eprintln!("fwd: controller: {w}");
+        }
+        let logic = match &self.acl {
+            Some(acl) => logic.with_acl(acl.clone()),
+            None => logic,
+        };
+        let version = self.handle.publish(logic);
+        self.published.store(true, Ordering::Release);
+        eprintln!(
+            "fwd: controller: {} route(s), {} flow pin(s) applied (logic version {version})",
+            config.routes.len(),
+            config.flows.len()
+        );
+    }
+
+    fn metrics(&mut self) -> Vec<Counter> {
+        let Some(counters) = self.counters.get() else {
+            return Vec::new();
+        };
+        let mut c = Counts::default();
+        for w in counters {
+            c.add(&w.read());
+        }
+        let counter = |name: &str, value| Counter {
+            name: name.to_string(),
+            port: None,
+            value,
+        };
+        let mut out = vec![
+            counter("rx_packets", c.rx),
+            counter("rx_bytes", c.rx_bytes),
+            counter("tx_packets", c.tx),
+            counter("tx_bytes", c.tx_bytes),
+            counter("dropped", c.dropped()),
+        ];
+        for r in DropReason::ALL {
+            out.push(counter(&format!("drop_{}", r.name()), c.drops_of(r)));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logic::Logic;
+    use crate::logic::test_frames;
+    use crate::verdict::Verdict;
+    use linerate_control::proto::{Flow, FlowMatch, Mac, Route};
+
+    fn route(id: u64, prefix: &str, port: &str, mac: u8, weight: u32) -> Route {
+        Route {
+            id,
+            prefix: prefix.parse().unwrap(),
+            port: port.into(),
+            next_hop: Mac([2, 0, 0, 0, 0, mac]),
+            weight,
+        }
+    }
+
+    #[test]
+    fn routes_groups_and_pins_become_one_router() {
+        let mut c = Config::default();
+        for r in [
+            route(10, "10.0.0.0/8", "a", 1, 1),
+            route(11, "10.9.0.0/16", "b", 2, 1),
+            route(12, "10.9.0.0/16", "c", 3, 1),
+            route(13, "192.168.0.0/16", "nope", 4, 1),
+        ] {
+            c.routes.insert(r.id, r);
+        }
+        c.flows.insert(
+            1,
+            Flow {
+                id: 1,
+                matcher: FlowMatch {
+                    dst: Some("10.1.1.1/32".parse().unwrap()),
+                    dst_port: Some(80),
+                    ..FlowMatch::default()
+                },
+                route: 11,
+            },
+        );
+        c.flows.insert(
+            2,
+            Flow {
+                id: 2,
+                matcher: FlowMatch::default(),
+                route: 99,
+            },
+        );
+        let ports = ["a".to_string(), "b".into(), "c".into()];
+        let macs = [[0xaa; 6], [0xbb; 6], [0xcc; 6]];
+        let (mut logic, warnings) = logic_from(&c, &ports, &macs, false);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("port 'nope'"));
+        assert!(warnings[1].contains("flow 2"));
+        let mut verdict = |dst: &str, dport: u16| {
+            let (mut f, h) = test_frames::ipv4("192.0.2.1", dst, 64, 6, 1234, dport);
+            let v = logic.decide(&mut f, &h, 0);
+            (v, f[5], f[6])
+        };
+        assert_eq!(verdict("10.1.1.1", 443), (Verdict::Forward(0), 1, 0xaa));
+        // Pinned to route 11 (port b) though 10/8 says port a.
+        assert_eq!(verdict("10.1.1.1", 80), (Verdict::Forward(1), 2, 0xbb));
+        // The /16 is a group over b and c.
+        let (v, _, _) = verdict("10.9.1.1", 80);
+        assert!(matches!(v, Verdict::Forward(1 | 2)), "{v:?}");
+        assert!(matches!(verdict("192.168.1.1", 80).0, Verdict::Drop(_)));
+    }
+}
