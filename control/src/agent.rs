@@ -43,6 +43,9 @@ pub struct AgentOptions {
     /// First retry delay; it doubles per failure up to `backoff_max`, each with jitter.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The controller pings every few seconds: silence this long means it is gone (a half-open
+    /// connection), and the agent reconnects.
+    pub idle_timeout: Duration,
     /// Runs first on the agent's thread (to pin it, name it in logs...).
     pub on_thread_start: Option<Box<dyn FnOnce() + Send>>,
     /// Print log lines to stderr (they are always kept in [`AgentStats::last_error`]).
@@ -59,6 +62,7 @@ impl AgentOptions {
             metrics_every: Some(Duration::from_secs(1)),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
             on_thread_start: None,
             verbose: true,
         }
@@ -106,7 +110,25 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent thread.
     pub fn start(mut opts: AgentOptions, dataplane: impl Dataplane) -> std::io::Result<Agent> {
-        proto::check_name("node", &opts.node).map_err(std::io::Error::other)?;
+        let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+        proto::check_name("node", &opts.node).map_err(|e| bad(e.to_string()))?;
+        if HeaderValue::from_str(&format!("Bearer {}", opts.token)).is_err() {
+            return Err(bad(
+                "the token holds characters an HTTP header cannot".into()
+            ));
+        }
+        if opts
+            .metrics_every
+            .is_some_and(|p| p < Duration::from_millis(1))
+        {
+            return Err(bad("the metrics interval must be at least 1 ms".into()));
+        }
+        if opts.backoff_min.is_zero() || opts.backoff_max < opts.backoff_min {
+            return Err(bad("backoff needs 0 < min <= max".into()));
+        }
+        if opts.idle_timeout.is_zero() {
+            return Err(bad("the idle timeout must be positive".into()));
+        }
         let (stop, stop_rx) = oneshot::channel();
         let (tx, snapshots) = watch::channel(Snapshot {
             version: 0,
@@ -311,9 +333,17 @@ async fn connected<D: Dataplane>(node: &mut Node<D>, attempt: &mut u32) -> Resul
     let period = node.opts.metrics_every.unwrap_or(Duration::from_secs(3600));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle = Box::pin(tokio::time::sleep(node.opts.idle_timeout));
     loop {
         tokio::select! {
+            _ = &mut idle => {
+                return Err(format!(
+                    "nothing from the controller for {} s: reconnecting",
+                    node.opts.idle_timeout.as_secs()
+                ));
+            }
             msg = ws.next() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + node.opts.idle_timeout);
                 let msg = match msg {
                     None => return Err("controller went away".into()),
                     Some(Err(e)) => return Err(format!("connection lost: {e}")),

@@ -11,9 +11,7 @@
 //! a hello of our protocol version; an oversized, garbled or text frame closes that connection
 //! with a reason, is logged and counted, and touches no other session.
 
-use crate::proto::{
-    self, Capability, Change, Config, ControllerMsg, ErrorMsg, NodeMsg, ProtoError, Refusal,
-};
+use crate::proto::{self, Capability, Change, Config, ControllerMsg, ErrorMsg, NodeMsg, Refusal};
 use crate::store::{Store, StoreEvent};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, VecDeque};
@@ -42,8 +40,16 @@ pub struct ControllerOptions {
     pub token: String,
     /// How long a new connection may take to say hello.
     pub hello_timeout: Duration,
-    /// The largest WebSocket message accepted.
+    /// The largest WebSocket message accepted from a node.
     pub max_frame: usize,
+    /// Connections served at once; more are closed at once (and logged).
+    pub max_connections: usize,
+    /// A ping goes to every node this often...
+    pub ping_every: Duration,
+    /// ...and a node silent this long (not even a pong) is dropped.
+    pub idle_timeout: Duration,
+    /// A node that takes longer than this to take one message is dropped.
+    pub send_timeout: Duration,
     /// Print log lines to stderr (they are always kept in [`ControllerStats::log`]).
     pub verbose: bool,
 }
@@ -53,7 +59,11 @@ impl ControllerOptions {
         ControllerOptions {
             token: token.into(),
             hello_timeout: Duration::from_secs(5),
-            max_frame: proto::MAX_FRAME,
+            max_frame: proto::MAX_NODE_FRAME,
+            max_connections: 16_384,
+            ping_every: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(10),
             verbose: true,
         }
     }
@@ -69,6 +79,10 @@ pub struct ControllerStats {
     pub refused_malformed: AtomicU64,
     pub refused_too_large: AtomicU64,
     pub refused_not_hello: AtomicU64,
+    /// Connections closed because `max_connections` were open.
+    pub refused_busy: AtomicU64,
+    /// Nodes dropped for silence or for not reading.
+    pub dropped_idle: AtomicU64,
     pub diffs_sent: AtomicU64,
     pub full_sent: AtomicU64,
     pub resyncs: AtomicU64,
@@ -214,12 +228,25 @@ async fn dispatch<S: Store>(shared: Arc<Shared<S>>, mut events: broadcast::Recei
 
 async fn accept<S: Store>(shared: Arc<Shared<S>>, listener: TcpListener) {
     let mut sessions = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.opts.max_connections));
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        shared.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                        shared.log(format!(
+                            "{peer}: refused: {} connections already open",
+                            shared.opts.max_connections
+                        ));
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    sessions.spawn(session(shared.clone(), stream, peer));
+                    let shared = shared.clone();
+                    sessions.spawn(async move {
+                        session(shared, stream, peer).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // Out of descriptors, usually: wait rather than spin.
@@ -250,8 +277,9 @@ async fn refuse(ws: &mut Ws, refusal: Refusal, message: String) {
         refusal,
         message: message.chars().take(1000).collect(),
     });
+    let limit = Duration::from_secs(1);
     if let Ok(frame) = proto::encode(&err) {
-        let _ = ws.send(Message::binary(frame)).await;
+        let _ = tokio::time::timeout(limit, ws.send(Message::binary(frame))).await;
     }
     let code = match refusal {
         Refusal::TooLarge => CloseCode::Size,
@@ -260,19 +288,22 @@ async fn refuse(ws: &mut Ws, refusal: Refusal, message: String) {
     };
     // A close reason must fit a control frame (123 bytes).
     let reason: String = message.chars().take(120).collect();
-    let _ = ws
-        .close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }))
-        .await;
+    let close = ws.close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let _ = tokio::time::timeout(limit, close).await;
 }
 
-async fn send(ws: &mut Ws, msg: &ControllerMsg) -> Result<(), String> {
-    let frame = proto::encode(msg).map_err(|e| format!("encoding: {e}"))?;
-    ws.send(Message::binary(frame))
-        .await
-        .map_err(|e| format!("sending: {e}"))
+async fn send(ws: &mut Ws, msg: &ControllerMsg, limit: Duration) -> Result<(), String> {
+    let frame = proto::encode(msg).map_err(|e| format!("encoding its update: {e}"))?;
+    match tokio::time::timeout(limit, ws.send(Message::binary(frame))).await {
+        Ok(r) => r.map_err(|e| format!("sending: {e}")),
+        Err(_) => Err(format!(
+            "it took no update for {} s: dropped",
+            limit.as_secs()
+        )),
+    }
 }
 
 /// What a node may receive, given what it said it can apply.
@@ -337,26 +368,35 @@ async fn session<S: Store>(shared: Arc<Shared<S>>, stream: TcpStream, peer: Sock
     let cfg = WebSocketConfig::default()
         .max_message_size(Some(shared.opts.max_frame))
         .max_frame_size(Some(shared.opts.max_frame));
-    let mut ws =
-        match tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(cfg)).await {
-            Ok(ws) => ws,
-            Err(tungstenite::Error::Http(resp)) if resp.status() == StatusCode::UNAUTHORIZED => {
-                shared.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
-                let why = (resp.body().as_deref())
-                    .map_or("unauthorized".into(), String::from_utf8_lossy)
-                    .into_owned();
-                shared.log(format!("{peer}: refused: {why}"));
-                return;
-            }
-            Err(e) => {
-                shared
-                    .stats
-                    .refused_malformed
-                    .fetch_add(1, Ordering::Relaxed);
-                shared.log(format!("{peer}: refused: WebSocket handshake: {e}"));
-                return;
-            }
-        };
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(cfg));
+    // A peer that never completes the upgrade must not hold its slot forever.
+    let Ok(handshake) = tokio::time::timeout(shared.opts.hello_timeout, handshake).await else {
+        shared
+            .stats
+            .refused_not_hello
+            .fetch_add(1, Ordering::Relaxed);
+        shared.log(format!("{peer}: refused: no WebSocket upgrade in time"));
+        return;
+    };
+    let mut ws = match handshake {
+        Ok(ws) => ws,
+        Err(tungstenite::Error::Http(resp)) if resp.status() == StatusCode::UNAUTHORIZED => {
+            shared.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+            let why = (resp.body().as_deref())
+                .map_or("unauthorized".into(), String::from_utf8_lossy)
+                .into_owned();
+            shared.log(format!("{peer}: refused: {why}"));
+            return;
+        }
+        Err(e) => {
+            shared
+                .stats
+                .refused_malformed
+                .fetch_add(1, Ordering::Relaxed);
+            shared.log(format!("{peer}: refused: WebSocket handshake: {e}"));
+            return;
+        }
+    };
 
     let hello = match tokio::time::timeout(shared.opts.hello_timeout, ws.next()).await {
         Err(_) => Err((Refusal::NotHello, "no hello in time".to_string())),
@@ -485,6 +525,7 @@ async fn serve_node<S: Store>(
         shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
         shared.log(format!("node '{node}': store: {e}"));
     }
+    let opts = &shared.opts;
     let mut sent = match shared.store.node_config(node).await {
         Ok(c) => for_node(c, caps),
         Err(e) => {
@@ -492,15 +533,22 @@ async fn serve_node<S: Store>(
             return End::Failed(format!("loading its configuration: {e}"));
         }
     };
-    if let Err(e) = send(ws, &ControllerMsg::Full(sent.clone())).await {
+    if let Err(e) = send(ws, &ControllerMsg::Full(sent.clone()), opts.send_timeout).await {
         return End::Failed(e);
     }
     shared.stats.full_sent.fetch_add(1, Ordering::Relaxed);
     let metrics = caps.contains(&Capability::Metrics);
+    let mut ping = tokio::time::interval(opts.ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = tokio::time::Instant::now();
 
     loop {
+        // A resync that failed (the store was unreachable) is retried on its own.
+        let retry = behind.load(Ordering::Acquire);
         tokio::select! {
-            msg = ws.next() => match msg {
+            msg = ws.next() => {
+                heard = tokio::time::Instant::now();
+                match msg {
                 None | Some(Ok(Message::Close(_))) => return End::Closed,
                 Some(Err(e)) => {
                     let (refusal, why) = ws_error_refusal(&e);
@@ -541,53 +589,93 @@ async fn serve_node<S: Store>(
                     Ok(NodeMsg::Error(e)) => {
                         shared.log(format!("node '{node}' reports: {:?}: {}", e.refusal, e.message));
                     }
-                    Err(e @ ProtoError::Version { .. }) => {
-                        return End::Refused(Refusal::Version, e.to_string());
-                    }
                     Err(e) => return End::Refused(proto::refusal_for(&e), e.to_string()),
                 },
+                }
             },
-            ev = rx.recv() => {
-                let Some(ev) = ev else { return End::Replaced };
-                let mut resync = false;
-                let mut changes = Vec::new();
-                for ev in std::iter::once(ev).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-                    match ev {
-                        SessionEvent::Resync => resync = true,
-                        SessionEvent::Change(c) => {
-                            if let Some(c) = change_for_node(c, caps)
-                                && sent.apply(&c)
-                            {
-                                changes.push(c);
-                            }
-                        }
+            _ = ping.tick() => {
+                if heard.elapsed() >= opts.idle_timeout {
+                    shared.stats.dropped_idle.fetch_add(1, Ordering::Relaxed);
+                    return End::Failed(format!(
+                        "silent for {} s (not even a pong): dropped",
+                        heard.elapsed().as_secs()
+                    ));
+                }
+                let ping = ws.send(Message::Ping(Default::default()));
+                match tokio::time::timeout(opts.send_timeout, ping).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return End::Failed(format!("sending a ping: {e}")),
+                    Err(_) => {
+                        shared.stats.dropped_idle.fetch_add(1, Ordering::Relaxed);
+                        return End::Failed("it takes no data: dropped".into());
                     }
                 }
-                if behind.swap(false, Ordering::AcqRel) {
-                    resync = true;
-                }
-                if resync {
-                    match shared.store.node_config(node).await {
-                        Ok(c) => {
-                            let now = for_node(c, caps);
-                            // Already-applied changes are in `sent`: diff against it.
-                            changes = sent.diff(&now);
-                            sent = now;
-                        }
-                        Err(e) => {
-                            shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                            shared.log(format!("node '{node}': resync: {e}; will retry"));
-                            behind.store(true, Ordering::Release);
-                        }
-                    }
-                }
-                if !changes.is_empty() {
-                    if let Err(e) = send(ws, &ControllerMsg::Diff(changes)).await {
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)), if retry => {
+                if let Some(changes) = resync(shared, node, caps, &mut sent, behind).await
+                    && !changes.is_empty()
+                {
+                    if let Err(e) = send(ws, &ControllerMsg::Diff(changes), opts.send_timeout).await {
                         return End::Failed(e);
                     }
                     shared.stats.diffs_sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return End::Replaced };
+                let batch: Vec<SessionEvent> =
+                    std::iter::once(ev).chain(std::iter::from_fn(|| rx.try_recv().ok())).collect();
+                let must_resync = behind.swap(false, Ordering::AcqRel)
+                    || batch.iter().any(|e| matches!(e, SessionEvent::Resync));
+                let changes = if must_resync {
+                    // The reload holds every change of the batch: diff it against what the
+                    // node really has, not against the batch applied.
+                    resync(shared, node, caps, &mut sent, behind).await.unwrap_or_default()
+                } else {
+                    let mut changes = Vec::new();
+                    for ev in batch {
+                        if let SessionEvent::Change(c) = ev
+                            && let Some(c) = change_for_node(c, caps)
+                            && sent.apply(&c)
+                        {
+                            changes.push(c);
+                        }
+                    }
+                    changes
+                };
+                if !changes.is_empty() {
+                    if let Err(e) = send(ws, &ControllerMsg::Diff(changes), opts.send_timeout).await {
+                        return End::Failed(e);
+                    }
+                    shared.stats.diffs_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Reloads `node`'s configuration and returns what differs from `sent` (which becomes the
+/// reload). On a store error, logs it, marks the session behind (retried) and returns `None`.
+async fn resync<S: Store>(
+    shared: &Shared<S>,
+    node: &str,
+    caps: &[Capability],
+    sent: &mut Config,
+    behind: &AtomicBool,
+) -> Option<Vec<Change>> {
+    match shared.store.node_config(node).await {
+        Ok(c) => {
+            behind.store(false, Ordering::Release);
+            let now = for_node(c, caps);
+            let changes = sent.diff(&now);
+            *sent = now;
+            Some(changes)
+        }
+        Err(e) => {
+            shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+            shared.log(format!("node '{node}': resync: {e}; retrying"));
+            behind.store(true, Ordering::Release);
+            None
         }
     }
 }

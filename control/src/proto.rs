@@ -23,8 +23,13 @@ pub const VERSION: u16 = 1;
 pub const MAGIC: [u8; 2] = *b"LR";
 /// Magic and version.
 pub const HEADER_LEN: usize = 4;
-/// The largest frame either side accepts (and the WebSocket message limit).
-pub const MAX_FRAME: usize = 1 << 20;
+/// The largest frame [`decode`] accepts: a node's whole configuration must fit (32,768 IPv6
+/// routes take about 1.5 MiB).
+pub const MAX_FRAME: usize = 8 << 20;
+/// The largest frame a controller takes from a node (a hello, a metrics report).
+pub const MAX_NODE_FRAME: usize = 1 << 20;
+/// Counters one metrics report may carry.
+pub const MAX_COUNTERS: usize = 256;
 /// The longest name (node id, port name, counter name) a message may carry.
 pub const MAX_NAME: usize = 64;
 
@@ -480,12 +485,16 @@ impl Validate for NodeMsg {
         match self {
             NodeMsg::Hello(h) => {
                 check_name("hello.node", &h.node)?;
-                if h.agent.len() > 256 {
-                    return Err(invalid("hello.agent", "longer than 256 bytes"));
+                check_text("hello.agent", &h.agent, 256)?;
+                if h.capabilities.len() > Capability::ALL.len() {
+                    return Err(invalid("hello.capabilities", "lists a capability twice"));
                 }
                 Ok(())
             }
             NodeMsg::Metrics(m) => {
+                if m.counters.len() > MAX_COUNTERS {
+                    return Err(invalid("metrics.counters", "more than 256 in one report"));
+                }
                 for c in &m.counters {
                     check_name("metrics.name", &c.name)?;
                     if let Some(p) = &c.port {
@@ -510,8 +519,17 @@ impl Validate for ControllerMsg {
 }
 
 fn check_error(e: &ErrorMsg) -> Result<(), ProtoError> {
-    if e.message.len() > 1024 {
-        return Err(invalid("error.message", "longer than 1024 bytes"));
+    check_text("error.message", &e.message, 1024)
+}
+
+/// Free text that ends up in logs: bounded, and without control characters (a peer must not
+/// forge log lines or terminal escapes).
+fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), ProtoError> {
+    if s.len() > max {
+        return Err(invalid(field, "too long"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(invalid(field, "holds control characters"));
     }
     Ok(())
 }
@@ -743,6 +761,24 @@ mod tests {
         let mut c = sample();
         c.routes.insert(9, route(1, "10.0.0.0/8", "eth0"));
         assert!(c.validate().is_err(), "a key that differs from the id");
+        let forged = NodeMsg::Hello(Hello {
+            node: "n1".into(),
+            capabilities: vec![],
+            agent: "x\ncontroller: node 'n2' registered".into(),
+        });
+        assert!(forged.validate().is_err(), "a newline in logged text");
+        let many = NodeMsg::Metrics(Metrics {
+            at_unix_ms: 0,
+            counters: vec![
+                Counter {
+                    name: "c".into(),
+                    port: None,
+                    value: 0
+                };
+                MAX_COUNTERS + 1
+            ],
+        });
+        assert!(many.validate().is_err(), "too many counters");
     }
 
     #[test]

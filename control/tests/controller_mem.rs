@@ -265,7 +265,7 @@ async fn bad_peers_are_refused_and_logged_while_good_nodes_carry_on() {
         Some(Refusal::Malformed)
     );
     // A frame beyond the limit: tungstenite refuses it while reading; the connection closes.
-    let big = vec![0u8; proto::MAX_FRAME + 1];
+    let big = vec![0u8; proto::MAX_NODE_FRAME + 1];
     let _ = refused_with(
         addr,
         vec![Message::binary(hello("big")), Message::binary(big)],
@@ -296,4 +296,89 @@ async fn bad_peers_are_refused_and_logged_while_good_nodes_carry_on() {
     assert_eq!(good.stats().connects.load(Ordering::Relaxed), 1);
     store.apply("good", Change::Route(route(2, "10.2.0.0/16", "eth0", 2)));
     until("good updated", || good.snapshot().config.routes.len() == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_queued_with_a_resync_is_not_lost() {
+    let store = Arc::new(MemStore::new());
+    let ctl = start_controller(store.clone(), None).await;
+    let (a, _) = start_agent(ctl.local_addr(), "a");
+    until("a configured", || a.snapshot().version == 1).await;
+    for id in 1..=20 {
+        store.apply(
+            "a",
+            Change::Route(route(id, &format!("10.{id}.0.0/16"), "eth0", 1)),
+        );
+        store.announce_resync();
+    }
+    until("a has every route", || {
+        a.snapshot().config.routes.len() == 20
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peers_are_dropped_and_answering_nodes_stay() {
+    use tokio::io::AsyncReadExt;
+    let store = Arc::new(MemStore::new());
+    let ctl = start_controller_with(store.clone(), None, |o| {
+        o.hello_timeout = std::time::Duration::from_millis(300);
+        o.ping_every = std::time::Duration::from_millis(100);
+        o.idle_timeout = std::time::Duration::from_millis(400);
+    })
+    .await;
+    let addr = ctl.local_addr();
+    let stats = ctl.stats().clone();
+    let (good, _) = start_agent(addr, "good");
+    until("good configured", || good.snapshot().version == 1).await;
+
+    // A TCP peer that never upgrades is closed after the hello timeout.
+    let mut mute = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        mute.read(&mut buf).await.unwrap(),
+        0,
+        "closed by the controller"
+    );
+    assert!(
+        stats
+            .log()
+            .iter()
+            .any(|l| l.contains("no WebSocket upgrade in time"))
+    );
+
+    // A node that registers and then never reads (so never answers a ping) is dropped.
+    let mut deaf = raw(addr, Some(TOKEN)).await.unwrap();
+    deaf.send(Message::binary(hello("deaf"))).await.unwrap();
+    until("the deaf node was dropped", || {
+        stats.dropped_idle.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    drop(deaf);
+
+    // The good agent answered every ping and is still there.
+    assert!(good.stats().connected.load(Ordering::Relaxed));
+    assert_eq!(good.stats().connects.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed_at_once() {
+    use tokio::io::AsyncReadExt;
+    let store = Arc::new(MemStore::new());
+    let ctl = start_controller_with(store.clone(), None, |o| {
+        o.max_connections = 2;
+        o.hello_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let addr = ctl.local_addr();
+    let (good, _) = start_agent(addr, "good");
+    until("good configured", || good.snapshot().version == 1).await;
+    let _idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Closed on accept, not after the (one minute) hello timeout.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(DEADLINE, third.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+    assert_eq!(ctl.stats().refused_busy.load(Ordering::Relaxed), 1);
+    assert!(good.stats().connected.load(Ordering::Relaxed));
 }

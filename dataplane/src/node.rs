@@ -22,6 +22,9 @@ pub const CAPABILITIES: [proto::Capability; 3] = [
     proto::Capability::Metrics,
 ];
 
+/// Flow pins a node applies: every routed packet scans them in order, so they stay few.
+pub const MAX_PINS: usize = 256;
+
 /// The largest next-hop id a route can take (group ids start above it).
 const GROUP_BASE: NextHopId = 0x8000;
 
@@ -88,6 +91,13 @@ pub fn logic_from(
     }
     let mut pins = Vec::new();
     for f in config.flows.values() {
+        if pins.len() == MAX_PINS {
+            warnings.push(format!(
+                "flow {} and later: more than {MAX_PINS} flow pins (each routed packet scans them)",
+                f.id
+            ));
+            break;
+        }
         let Some(&hop) = hop_of.get(&f.route) else {
             warnings.push(format!(
                 "flow {}: route {} is not one of this node's usable routes",

@@ -57,6 +57,14 @@ pub async fn start_controller<S: Store>(
     store: Arc<S>,
     addr: Option<SocketAddr>,
 ) -> ControllerHandle {
+    start_controller_with(store, addr, |_| {}).await
+}
+
+pub async fn start_controller_with<S: Store>(
+    store: Arc<S>,
+    addr: Option<SocketAddr>,
+    tweak: impl FnOnce(&mut ControllerOptions),
+) -> ControllerHandle {
     let addr = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
     // A restarted controller rebinds the port its predecessor used: retry while the old
     // socket finishes closing.
@@ -73,6 +81,7 @@ pub async fn start_controller<S: Store>(
     };
     let mut opts = ControllerOptions::new(TOKEN);
     opts.hello_timeout = Duration::from_secs(2);
+    tweak(&mut opts);
     controller::spawn(listener, store, opts).unwrap()
 }
 

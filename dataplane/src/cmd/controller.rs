@@ -210,9 +210,28 @@ fn read_seed(path: &Path) -> Result<BTreeMap<String, Config>> {
             bail!("{what}: given twice");
         }
     }
-    for node in nodes.keys() {
+    // The store keys routes and flows by id across nodes: one id on two nodes would move
+    // between them at every reload.
+    let (mut routes, mut flows) = (BTreeMap::new(), BTreeMap::new());
+    for (node, c) in &nodes {
         linerate_control::proto::check_name("node", node)
             .map_err(|e| anyhow!("{}: node '{node}': {e}", path.display()))?;
+        for id in c.routes.keys() {
+            if let Some(other) = routes.insert(*id, node) {
+                bail!(
+                    "{}: route id {id} is used by nodes '{other}' and '{node}'",
+                    path.display()
+                );
+            }
+        }
+        for id in c.flows.keys() {
+            if let Some(other) = flows.insert(*id, node) {
+                bail!(
+                    "{}: flow id {id} is used by nodes '{other}' and '{node}'",
+                    path.display()
+                );
+            }
+        }
     }
     Ok(nodes)
 }
@@ -433,6 +452,11 @@ mod tests {
                 "node 'a b'",
             ),
             ("[[rout]]\nnode='a'", "unknown field"),
+            (
+                "[[route]]\nnode='a'\nid=1\nprefix='10.0.0.0/8'\nport='x'\nnext_hop='02:00:00:00:00:01'\n\
+              [[route]]\nnode='b'\nid=1\nprefix='10.0.0.0/8'\nport='x'\nnext_hop='02:00:00:00:00:01'",
+                "route id 1 is used by nodes 'a' and 'b'",
+            ),
         ];
         for (text, want) in cases {
             let e = format!("{:#}", seed(text).unwrap_err());

@@ -28,7 +28,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => v * 60.0,
         _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s or m)")),
     };
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+    if !secs.is_finite() || !(1e-3..=86_400.0).contains(&secs) {
         return Err(format!("'{s}' must be between 1ms and 24h"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -9,6 +9,7 @@ use super::{Logic, Lpm4, Lpm6, LpmError, NextHopId};
 use crate::verdict::{DropReason, PortId, Verdict};
 use crate::wire::{Headers, L3};
 use core::net::IpAddr;
+use std::sync::Arc;
 
 /// Where a route leads: the output port and the Ethernet addresses to write on the way out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,13 +69,16 @@ pub enum RouterError {
 /// [`DropReason::NoRoute`] until the next hop is defined again.
 #[derive(Debug, Clone)]
 pub struct Router {
-    v4: Lpm4,
-    v6: Lpm6,
+    // The tables are shared between the workers' copies (a reload clones the router once per
+    // worker: it must not copy 64 MiB of tbl24 each time); a change copies them only if they
+    // are shared, which happens on the control side while building.
+    v4: Arc<Lpm4>,
+    v6: Arc<Lpm6>,
     /// Indexed by [`NextHopId`].
     next_hops: Vec<Option<NextHop>>,
     /// `next_hops` as `decide` reads it: an entry for every possible id (1 MiB, so a lookup
     /// needs neither a length check nor an `Option`; only the entries in use get cached).
-    hops: Box<[Hop; HOPS]>,
+    hops: Arc<[Hop; HOPS]>,
     arp_to_kernel: bool,
     /// Multipath groups: group id -> (member next hop, weight).
     groups: hashbrown::HashMap<NextHopId, Vec<(NextHopId, u32)>>,
@@ -87,6 +91,18 @@ pub struct Router {
 
 /// Flows remembered per worker before the table starts over (bounds its memory).
 const MAX_FLOWS: usize = 1 << 20;
+
+/// A next-hop table on the heap (1 MiB: never on the stack), `old`'s entries then `fill`.
+fn new_hops(old: &[Hop], fill: Hop) -> Arc<[Hop; HOPS]> {
+    let mut v = Vec::with_capacity(HOPS);
+    v.extend_from_slice(&old[..old.len().min(HOPS)]);
+    v.resize(HOPS, fill);
+    let b: Box<[Hop; HOPS]> = match v.into_boxed_slice().try_into() {
+        Ok(b) => b,
+        Err(_) => unreachable!("the vector has HOPS entries"),
+    };
+    Arc::from(b)
+}
 
 impl Default for Router {
     fn default() -> Self {
@@ -105,16 +121,13 @@ impl Router {
     /// forward.
     pub fn with_tables(v4: Lpm4, v6: Lpm6) -> Self {
         Router {
-            v4,
-            v6,
+            v4: Arc::new(v4),
+            v6: Arc::new(v6),
             next_hops: Vec::new(),
             groups: hashbrown::HashMap::new(),
             flows: hashbrown::HashMap::new(),
             pins: Vec::new(),
-            hops: match vec![Hop::UNDEFINED; HOPS].into_boxed_slice().try_into() {
-                Ok(t) => t,
-                Err(_) => unreachable!("the vector has HOPS entries"),
-            },
+            hops: new_hops(&[Hop::UNDEFINED; 0], Hop::UNDEFINED),
             arp_to_kernel: true,
         }
     }
@@ -139,6 +152,17 @@ impl Router {
         &self.pins
     }
 
+    /// The next-hop table to change, copied first if a worker's copy shares it.
+    fn hops_mut(&mut self) -> &mut [Hop; HOPS] {
+        if Arc::get_mut(&mut self.hops).is_none() {
+            self.hops = new_hops(&self.hops[..], Hop::UNDEFINED);
+        }
+        match Arc::get_mut(&mut self.hops) {
+            Some(h) => h,
+            None => unreachable!("just made unique"),
+        }
+    }
+
     /// Defines or replaces next hop `id`.
     pub fn set_next_hop(&mut self, id: NextHopId, nh: NextHop) {
         let i = id as usize;
@@ -149,7 +173,7 @@ impl Router {
         let mut macs = [0; 12];
         macs[..6].copy_from_slice(&nh.dst_mac);
         macs[6..].copy_from_slice(&nh.src_mac);
-        self.hops[i] = Hop {
+        self.hops_mut()[i] = Hop {
             macs,
             port: nh.port,
             defined: true,
@@ -172,7 +196,7 @@ impl Router {
             return Err(format!("group {id}: next hop {m} is not defined"));
         }
         self.groups.insert(id, members);
-        self.hops[id as usize] = Hop {
+        self.hops_mut()[id as usize] = Hop {
             macs: [0; 12],
             port: 0,
             defined: true,
@@ -207,7 +231,7 @@ impl Router {
 
     /// Removes next hop `id`; routes through it drop packets until it is defined again.
     pub fn remove_next_hop(&mut self, id: NextHopId) -> Option<NextHop> {
-        self.hops[id as usize] = Hop::UNDEFINED;
+        self.hops_mut()[id as usize] = Hop::UNDEFINED;
         self.next_hops.get_mut(id as usize)?.take()
     }
 
@@ -225,8 +249,8 @@ impl Router {
             });
         }
         let r = match prefix {
-            IpAddr::V4(p) => self.v4.insert(p, len, nh),
-            IpAddr::V6(p) => self.v6.insert(p, len, nh),
+            IpAddr::V4(p) => Arc::make_mut(&mut self.v4).insert(p, len, nh),
+            IpAddr::V6(p) => Arc::make_mut(&mut self.v6).insert(p, len, nh),
         };
         r.map_err(|source| RouterError::Lpm {
             prefix,
@@ -242,8 +266,8 @@ impl Router {
         len: u8,
     ) -> Result<Option<NextHopId>, RouterError> {
         let r = match prefix {
-            IpAddr::V4(p) => self.v4.remove(p, len),
-            IpAddr::V6(p) => self.v6.remove(p, len),
+            IpAddr::V4(p) => Arc::make_mut(&mut self.v4).remove(p, len),
+            IpAddr::V6(p) => Arc::make_mut(&mut self.v6).remove(p, len),
         };
         r.map_err(|source| RouterError::Lpm {
             prefix,

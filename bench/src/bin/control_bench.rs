@@ -1,0 +1,410 @@
+//! Control-plane benchmarks (issue 6).
+//!
+//! `latency`: the time from an SQL `UPDATE` (sent by this process through its own connection,
+//! as any client would) to the change being applied in an agent: the agent builds router logic
+//! from its new configuration (`linerate_dataplane::node::logic_from`, as `fwd` does) and
+//! publishes it to a `ReloadHandle`. Measured per update as the agent's publish instant minus
+//! the instant before the statement was sent; one update at a time. `--store memory` sends the
+//! same changes through the in-memory store, which isolates the controller and WebSocket path.
+//!
+//! `fleet`: one controller (a child process, `linerate controller`) holding N agents (threads
+//! of this process) that report metrics every interval; reports the controller's CPU (user +
+//! system seconds per second, from /proc) and memory (RSS, high-water mark) over the window.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use linerate_control::agent::{Agent, AgentOptions, Dataplane};
+use linerate_control::controller::{self, ControllerOptions};
+use linerate_control::proto::{Capability, Change, Config, Counter, Mac, Route};
+use linerate_control::store::{MemStore, PgStore};
+use linerate_dataplane::logic::{AnyLogic, ReloadHandle, Router};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// SQL UPDATE (or in-memory change) to applied-in-the-agent latency.
+    Latency {
+        #[arg(long, value_enum, default_value = "postgres")]
+        store: StoreKind,
+        /// PostgreSQL URL (default $LINERATE_TEST_DATABASE_URL).
+        #[arg(long)]
+        database: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        updates: u32,
+        /// Routes the node holds (each update changes one of them).
+        #[arg(long, default_value_t = 100)]
+        routes: u64,
+    },
+    /// One controller, N agents reporting metrics: the controller's CPU and memory.
+    Fleet {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Metrics interval per agent, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        every_ms: u64,
+        /// Measurement window, seconds (after every agent registered).
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// The `linerate` binary to run the controller with.
+        #[arg(long, default_value = "target/release/linerate")]
+        linerate: String,
+        /// Give the controller this PostgreSQL URL (default: in-memory store).
+        #[arg(long)]
+        database: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Postgres,
+    Memory,
+}
+
+const TOKEN: &str = "control-bench-token";
+
+/// Each apply: when, and what.
+type Applied = Arc<Mutex<Vec<(Instant, Arc<Config>)>>>;
+
+/// Builds the router like `fwd` does and publishes it; records when.
+struct Publishing {
+    handle: ReloadHandle<AnyLogic>,
+    ports: Vec<String>,
+    macs: Vec<[u8; 6]>,
+    applied: Applied,
+}
+
+impl Dataplane for Publishing {
+    fn apply(&mut self, config: &Arc<Config>) {
+        let (logic, _) =
+            linerate_dataplane::node::logic_from(config, &self.ports, &self.macs, true);
+        self.handle.publish(logic);
+        let now = Instant::now();
+        self.applied.lock().unwrap().push((now, config.clone()));
+    }
+}
+
+fn route(id: u64, weight: u32) -> Route {
+    Route {
+        id,
+        prefix: format!("10.{}.{}.0/24", id / 256, id % 256)
+            .parse()
+            .unwrap(),
+        port: "eth0".into(),
+        next_hop: Mac([2, 0, 0, 0, 0, 1]),
+        weight,
+    }
+}
+
+/// Waits (without spinning: the agent and controller need the cores) until the agent applied
+/// route 1 with weight `want`, looking at applies from index `from` on; returns when.
+async fn applied_at(
+    applied: &Mutex<Vec<(Instant, Arc<Config>)>>,
+    updates: &mut tokio::sync::watch::Receiver<linerate_control::agent::Snapshot>,
+    want: u32,
+    from: usize,
+) -> Result<Instant> {
+    loop {
+        {
+            let a = applied.lock().unwrap();
+            let found = a[from.min(a.len())..]
+                .iter()
+                .find(|(_, c)| c.routes.get(&1).is_some_and(|r| r.weight == want));
+            if let Some((at, _)) = found {
+                return Ok(*at);
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(10), updates.changed())
+            .await
+            .with_context(|| format!("update to weight {want} never arrived"))??;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn latency(
+    kind: StoreKind,
+    database: Option<String>,
+    updates: u32,
+    routes: u64,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let dataplane = Publishing {
+        handle: ReloadHandle::new(AnyLogic::new(Router::new())),
+        ports: vec!["eth0".into()],
+        macs: vec![[2, 0, 0, 0, 0, 0xfe]],
+        applied: applied.clone(),
+    };
+    let mut samples = Vec::with_capacity(updates as usize);
+    match kind {
+        StoreKind::Postgres => {
+            let url = database
+                .or_else(|| std::env::var("LINERATE_TEST_DATABASE_URL").ok())
+                .context("--database or LINERATE_TEST_DATABASE_URL")?;
+            let schema = format!("bench_{}", std::process::id());
+            let store = Arc::new(PgStore::connect_in_schema(&url, &schema).await?);
+            let pool = store.pool().clone();
+            let mut tx = pool.begin().await?;
+            for id in 1..=routes {
+                sqlx::query(
+                    "INSERT INTO routes (id, node, prefix, port, next_hop, weight) \
+                     VALUES ($1, 'bench', $2::cidr, 'eth0', '02:00:00:00:00:01', 1)",
+                )
+                .bind(id as i64)
+                .bind(route(id, 1).prefix.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            let ctl = controller::spawn(listener, store.clone(), quiet())?;
+            let agent = start_agent(ctl.local_addr(), "bench", dataplane)?;
+            while agent.snapshot().config.routes.len() != routes as usize {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut watch = agent.watch();
+            let mut conn = pool.acquire().await?;
+            for i in 0..updates {
+                let want = 2 + i;
+                let from = applied.lock().unwrap().len();
+                let t0 = Instant::now();
+                sqlx::query("UPDATE routes SET weight = $1 WHERE id = 1")
+                    .bind(want as i32)
+                    .execute(&mut *conn)
+                    .await?;
+                let at = applied_at(&applied, &mut watch, want, from).await?;
+                samples.push(at - t0);
+            }
+            drop(agent);
+            ctl.stop().await;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(&pool)
+                .await?;
+        }
+        StoreKind::Memory => {
+            let store = Arc::new(MemStore::new());
+            for id in 1..=routes {
+                store.apply("bench", Change::Route(route(id, 1)));
+            }
+            let ctl = controller::spawn(listener, store.clone(), quiet())?;
+            let agent = start_agent(ctl.local_addr(), "bench", dataplane)?;
+            while agent.snapshot().config.routes.len() != routes as usize {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut watch = agent.watch();
+            for i in 0..updates {
+                let want = 2 + i;
+                let from = applied.lock().unwrap().len();
+                let t0 = Instant::now();
+                store.apply("bench", Change::Route(route(1, want)));
+                samples.push(applied_at(&applied, &mut watch, want, from).await? - t0);
+            }
+            drop(agent);
+            ctl.stop().await;
+        }
+    }
+    samples.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "{{\"bench\":\"control_latency\",\"store\":\"{}\",\"updates\":{},\"routes\":{routes},\
+         \"p50_us\":{:.0},\"p90_us\":{:.0},\"p99_us\":{:.0},\"max_us\":{:.0},\"min_us\":{:.0}}}",
+        match kind {
+            StoreKind::Postgres => "postgres",
+            StoreKind::Memory => "memory",
+        },
+        samples.len(),
+        us(percentile(&samples, 0.5)),
+        us(percentile(&samples, 0.9)),
+        us(percentile(&samples, 0.99)),
+        us(samples[samples.len() - 1]),
+        us(samples[0]),
+    );
+    Ok(())
+}
+
+fn quiet() -> ControllerOptions {
+    let mut o = ControllerOptions::new(TOKEN);
+    o.verbose = false;
+    o
+}
+
+fn start_agent(addr: std::net::SocketAddr, node: &str, dp: impl Dataplane) -> Result<Agent> {
+    let mut opts = AgentOptions::new(format!("ws://{addr}/"), TOKEN, node);
+    opts.metrics_every = None;
+    opts.verbose = false;
+    Ok(Agent::start(opts, dp)?)
+}
+
+/// Reports four counters, as a small node would.
+struct Reporter(Arc<AtomicU64>);
+
+impl Dataplane for Reporter {
+    fn apply(&mut self, _: &Arc<Config>) {}
+
+    fn metrics(&mut self) -> Vec<Counter> {
+        let v = self.0.fetch_add(1, Ordering::Relaxed);
+        ["rx_packets", "tx_packets", "rx_bytes", "dropped"]
+            .iter()
+            .map(|n| Counter {
+                name: n.to_string(),
+                port: None,
+                value: v,
+            })
+            .collect()
+    }
+}
+
+fn proc_cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // USER_HZ, the unit of these fields, is 100 on every architecture Linux supports.
+    Ok(ticks / 100.0)
+}
+
+fn proc_kib(pid: u32, key: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .with_context(|| format!("{key} in /proc/{pid}/status"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context(key.to_string())?
+        .parse()?)
+}
+
+fn fleet(
+    agents: usize,
+    every_ms: u64,
+    secs: u64,
+    linerate: &str,
+    database: Option<String>,
+) -> Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut cmd = std::process::Command::new(linerate);
+    cmd.env("LINERATE_TOKEN", TOKEN)
+        .args([
+            "controller",
+            "--quiet",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null());
+    if let Some(db) = &database {
+        cmd.args(["--database", db]);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {linerate} controller"))?;
+    let pid = child.id();
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            bail!("the controller never listened");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rss_idle = proc_kib(pid, "VmRSS:")?;
+    let reports = Arc::new(AtomicU64::new(0));
+    let mut fleet = Vec::with_capacity(agents);
+    for i in 0..agents {
+        let mut opts = AgentOptions::new(format!("ws://127.0.0.1:{port}/"), TOKEN, format!("n{i}"));
+        opts.metrics_every = Some(Duration::from_millis(every_ms));
+        opts.capabilities = vec![Capability::Routes, Capability::Metrics];
+        opts.verbose = false;
+        fleet.push(Agent::start(opts, Reporter(reports.clone()))?);
+    }
+    let t = Instant::now();
+    while fleet
+        .iter()
+        .any(|a| !a.stats().connected.load(Ordering::Relaxed))
+    {
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            bail!("not every agent connected within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let connect_secs = t.elapsed().as_secs_f64();
+    // Let the first reports settle, then measure.
+    std::thread::sleep(Duration::from_secs(2));
+    let (cpu0, sent0, w0) = (proc_cpu_secs(pid)?, sent(&fleet), Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    let (cpu1, sent1, dt) = (
+        proc_cpu_secs(pid)?,
+        sent(&fleet),
+        w0.elapsed().as_secs_f64(),
+    );
+    let rss = proc_kib(pid, "VmRSS:")?;
+    let hwm = proc_kib(pid, "VmHWM:")?;
+    let disconnects: u64 = fleet
+        .iter()
+        .map(|a| a.stats().disconnects.load(Ordering::Relaxed))
+        .sum();
+    drop(fleet);
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "{{\"bench\":\"control_fleet\",\"store\":\"{}\",\"agents\":{agents},\"every_ms\":{every_ms},\
+         \"window_s\":{dt:.1},\"connect_all_s\":{connect_secs:.2},\"reports_per_s\":{:.0},\
+         \"controller_cpu\":{:.3},\"rss_idle_mib\":{:.1},\"rss_mib\":{:.1},\"hwm_mib\":{:.1},\
+         \"disconnects\":{disconnects}}}",
+        if database.is_some() {
+            "postgres"
+        } else {
+            "memory"
+        },
+        (sent1 - sent0) as f64 / dt,
+        (cpu1 - cpu0) / dt,
+        rss_idle as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+    );
+    Ok(())
+}
+
+fn sent(fleet: &[Agent]) -> u64 {
+    fleet
+        .iter()
+        .map(|a| a.stats().metrics_sent.load(Ordering::Relaxed))
+        .sum()
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Latency {
+            store,
+            database,
+            updates,
+            routes,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(latency(store, database, updates, routes)),
+        Cmd::Fleet {
+            agents,
+            every_ms,
+            secs,
+            linerate,
+            database,
+        } => fleet(agents, every_ms, secs, &linerate, database),
+    }
+}
