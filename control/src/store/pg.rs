@@ -7,12 +7,20 @@
 //! that does not make a valid [`proto`](crate::proto) value is logged and announced as removed,
 //! so a node never keeps an older version of it. Notifications sent while the listener is
 //! disconnected are lost, so after every reconnection the task says [`StoreEvent::Resync`].
+//! `TRUNCATE` removes rows without naming them: its statement trigger's notification becomes a
+//! [`StoreEvent::Resync`] too. Each payload carries a number from a sequence, because Postgres
+//! delivers identical payloads of one transaction only once.
+//!
+//! A connection that dies without a word (no reset, no FIN) would leave the listener waiting
+//! forever, so a heartbeat task sends [`HEARTBEAT`] on the channel through the pool every
+//! [`HEARTBEAT_PERIOD`]; a listener that hears nothing for [`LISTEN_SILENCE`] treats its
+//! connection as lost, as above.
 //!
 //! Metrics go to a writer task through a bounded queue and are inserted in batches: the store
 //! never makes the controller wait for the database on a metrics report, and drops (and counts)
 //! reports when the database falls behind.
 //!
-//! Both tasks end when the store is dropped.
+//! The three tasks end when the store is dropped.
 
 use super::{EVENT_BUFFER, Store, StoreError, StoreEvent};
 use crate::proto::{
@@ -24,15 +32,26 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Connections in the store's pool (the listener has its own).
 pub const POOL_SIZE: u32 = 8;
-/// Metrics reports queued for the writer before new ones are dropped: about 1.6 s of 1,000
-/// nodes reporting 10 times a second.
+/// Metrics reports queued for the writer before new ones are dropped: about 16 s of 1,000
+/// nodes reporting every second (the agent's default), when reports are small.
 pub const METRICS_QUEUE: usize = 16_384;
+/// Counters (rows) queued for the writer before new reports are dropped, whatever the number of
+/// reports. METRICS_QUEUE full reports of MAX_REPORT_COUNTERS counters would be 4 million
+/// counters, over 400 MB (a counter is a 56-byte struct plus its name and port, up to 64 bytes
+/// each): too much to hold for a database that fell behind. 2^18 counters are at most about
+/// 50 MB, and still as many as 16,384 reports of 16 counters, so small reports keep the whole
+/// report queue. The batch the writer is inserting comes on top (METRICS_BATCH_ROWS).
+pub const METRICS_QUEUE_ROWS: usize = 1 << 18;
+/// Counters one report may carry; the store drops (and counts) larger reports. The protocol
+/// refuses them already (`proto::MAX_COUNTERS`); this keeps the queue's bound in rows honest
+/// whatever the caller.
+pub const MAX_REPORT_COUNTERS: usize = 256;
 /// Rows the writer inserts with one statement, at most (a report is never split, so one batch
 /// may exceed this by one report's counters).
 pub const METRICS_BATCH_ROWS: usize = 5_000;
@@ -41,6 +60,15 @@ pub const METRICS_BATCH_ROWS: usize = 5_000;
 pub const MAX_SCHEMA: usize = 63 - "linerate_changes_".len();
 // check_schema's message names the number.
 const _: () = assert!(MAX_SCHEMA == 46);
+
+/// How often the store sends [`HEARTBEAT`] to its own listener.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(2);
+/// How long the listener waits for a notification (a heartbeat at least) before it treats its
+/// connection as lost: three heartbeats missed. Also the longest it waits to listen again.
+pub const LISTEN_SILENCE: Duration = Duration::from_secs(6);
+const _: () = assert!(LISTEN_SILENCE.as_millis() == 3 * HEARTBEAT_PERIOD.as_millis());
+/// The heartbeat's payload: no trigger sends it, and it stands for no event.
+pub const HEARTBEAT: &str = r#"{"heartbeat": true}"#;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -71,13 +99,32 @@ struct Report {
     metrics: Metrics,
 }
 
+/// The periods of the heartbeat and of the listener's patience; tests shorten them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub heartbeat: Duration,
+    pub silence: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            heartbeat: HEARTBEAT_PERIOD,
+            silence: LISTEN_SILENCE,
+        }
+    }
+}
+
 pub struct PgStore {
     pool: PgPool,
     events: broadcast::Sender<StoreEvent>,
     metrics: mpsc::Sender<Report>,
+    /// Counters in the metrics queue, at most METRICS_QUEUE_ROWS.
+    metrics_queued: Arc<AtomicUsize>,
     metrics_dropped: Arc<AtomicU64>,
-    /// Dropped with the store, which ends the listener task.
-    _shutdown: oneshot::Sender<()>,
+    /// Dropped with the store, which ends the listener and heartbeat tasks (the writer ends
+    /// when `metrics` is dropped and its queue drained).
+    _shutdown: watch::Sender<()>,
 }
 
 impl PgStore {
@@ -90,6 +137,16 @@ impl PgStore {
     /// `url`. Every connection has `search_path` set to `schema` alone, so the tables, the
     /// trigger function and sqlx's migration table all live there.
     pub async fn connect_in_schema(url: &str, schema: &str) -> Result<PgStore, StoreError> {
+        PgStore::connect_timed(url, schema, Timing::default()).await
+    }
+
+    /// [`PgStore::connect_in_schema`] with the heartbeat and the listener's patience of
+    /// `timing`.
+    pub(crate) async fn connect_timed(
+        url: &str,
+        schema: &str,
+        timing: Timing,
+    ) -> Result<PgStore, StoreError> {
         check_schema(schema)?;
         let base: PgConnectOptions = url.parse()?;
         create_schema(&base, schema).await?;
@@ -105,23 +162,37 @@ impl PgStore {
         let listen_opts = opts.application_name(&listener_name(schema));
         let channel = channel_for(schema);
         let listener = open_listener(&listen_opts, &channel).await?;
-        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let (shutdown_tx, shutdown_rx) = watch::channel(());
+        tokio::spawn(heartbeat(
+            pool.clone(),
+            channel.clone(),
+            timing.heartbeat,
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(listen(
             listener,
             listen_opts,
             channel,
+            timing.silence,
             events.clone(),
             shutdown_rx,
         ));
 
         let (metrics, queue) = mpsc::channel(METRICS_QUEUE);
+        let metrics_queued = Arc::new(AtomicUsize::new(0));
         let metrics_dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_metrics(pool.clone(), queue, metrics_dropped.clone()));
+        tokio::spawn(write_metrics(
+            pool.clone(),
+            queue,
+            metrics_queued.clone(),
+            metrics_dropped.clone(),
+        ));
 
         Ok(PgStore {
             pool,
             events,
             metrics,
+            metrics_queued,
             metrics_dropped,
             _shutdown: shutdown_tx,
         })
@@ -132,7 +203,8 @@ impl PgStore {
         &self.pool
     }
 
-    /// Metrics reports dropped because the writer was behind or the database refused them.
+    /// Metrics reports dropped because the writer was behind, they held more than
+    /// [`MAX_REPORT_COUNTERS`] counters, or the database refused them.
     pub fn metrics_dropped(&self) -> u64 {
         self.metrics_dropped.load(Ordering::Relaxed)
     }
@@ -199,36 +271,80 @@ async fn open_listener(opts: &PgConnectOptions, channel: &str) -> Result<PgListe
     Ok(listener)
 }
 
-/// The listener task: notifications to events until the store is dropped.
+/// The heartbeat task: [`HEARTBEAT`] on `channel` every `period` until the store is dropped.
+async fn heartbeat(
+    pool: PgPool,
+    channel: String,
+    period: Duration,
+    mut shutdown: watch::Receiver<()>,
+) {
+    let mut failing = false;
+    loop {
+        // changed() ends (with an error) once the store, the only sender, is dropped.
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let sent = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&channel)
+                .bind(HEARTBEAT)
+                .execute(&pool) => r,
+        };
+        // One line when heartbeats start failing and one when they work again: the listener
+        // says what it makes of the silence.
+        match sent {
+            Err(e) if !failing => {
+                eprintln!("controller: store: cannot send the heartbeat: {e}");
+                failing = true;
+            }
+            Ok(_) if failing => {
+                eprintln!("controller: store: heartbeat sent again");
+                failing = false;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The listener task: notifications to events until the store is dropped. Hearing nothing for
+/// `silence` means the connection is lost, even if it has not said so.
 async fn listen(
     mut listener: PgListener,
     opts: PgConnectOptions,
     channel: String,
+    silence: Duration,
     events: broadcast::Sender<StoreEvent>,
-    mut shutdown: oneshot::Receiver<()>,
+    mut shutdown: watch::Receiver<()>,
 ) {
     loop {
         let lost = tokio::select! {
-            _ = &mut shutdown => return,
-            r = listener.try_recv() => match r {
-                Ok(Some(n)) => {
+            _ = shutdown.changed() => return,
+            r = tokio::time::timeout(silence, listener.try_recv()) => match r {
+                Ok(Ok(Some(n))) => {
                     for event in events_for(n.payload()) {
                         // No subscriber is not an error: nobody needs the event.
                         let _ = events.send(event);
                     }
                     continue;
                 }
-                Ok(None) => "the connection closed".to_string(),
-                Err(e) => e.to_string(),
+                Ok(Ok(None)) => "the connection closed".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("nothing heard for {silence:?}, not even the heartbeat"),
             },
         };
         eprintln!("controller: store: lost the notification connection ({lost}); reconnecting");
         drop(listener);
         let mut backoff = BACKOFF_FIRST;
         listener = loop {
+            // A server that stops answering mid-way must not hang the reconnection either.
             let attempt = tokio::select! {
-                _ = &mut shutdown => return,
-                r = open_listener(&opts, &channel) => r,
+                _ = shutdown.changed() => return,
+                r = tokio::time::timeout(silence, open_listener(&opts, &channel)) => match r {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {silence:?}")),
+                },
             };
             match attempt {
                 Ok(l) => break l,
@@ -237,7 +353,7 @@ async fn listen(
                         "controller: store: cannot listen again ({e}); retrying in {backoff:?}"
                     );
                     tokio::select! {
-                        _ = &mut shutdown => return,
+                        _ = shutdown.changed() => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -250,14 +366,24 @@ async fn listen(
 }
 
 /// The metrics writer task: batches of queued reports, one INSERT each, until the store is
-/// dropped and the queue drained.
-async fn write_metrics(pool: PgPool, mut queue: mpsc::Receiver<Report>, dropped: Arc<AtomicU64>) {
+/// dropped and the queue drained. A report taken from the queue gives its counters back to
+/// `queued`.
+async fn write_metrics(
+    pool: PgPool,
+    mut queue: mpsc::Receiver<Report>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+) {
     let mut batch = Batch::default();
+    let take = |batch: &mut Batch, r: Report| {
+        queued.fetch_sub(r.metrics.counters.len(), Ordering::Relaxed);
+        batch.push(r);
+    };
     while let Some(first) = queue.recv().await {
-        batch.push(first);
+        take(&mut batch, first);
         while batch.rows() < METRICS_BATCH_ROWS {
             match queue.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => take(&mut batch, r),
                 Err(_) => break,
             }
         }
@@ -555,6 +681,9 @@ fn gone_event(table: Table, row: &Value) -> Option<(String, Change)> {
 
 /// The events one notification's payload stands for.
 fn events_for(payload: &str) -> Vec<StoreEvent> {
+    if payload == HEARTBEAT {
+        return Vec::new();
+    }
     let notice: Notice = match serde_json::from_str(payload) {
         Ok(n) => n,
         Err(e) => {
@@ -587,6 +716,8 @@ fn events_for(payload: &str) -> Vec<StoreEvent> {
                 out.push(StoreEvent::Changed { node, change });
             }
         }
+        // Rows went without a word each: every node reloads.
+        ("TRUNCATE", _, _) => out.push(StoreEvent::Resync),
         (op, _, _) => eprintln!(
             "controller: store: ignoring a {op} notification about {} without its rows",
             table.name()
@@ -664,13 +795,33 @@ impl Store for PgStore {
     }
 
     async fn record_metrics(&self, node: &str, metrics: Metrics) -> Result<(), StoreError> {
+        let rows = metrics.counters.len();
+        let drop_report = || {
+            self.metrics_dropped.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        };
+        if rows > MAX_REPORT_COUNTERS {
+            // The protocol refuses such reports, so this is a caller's bug, worth a line each.
+            eprintln!(
+                "controller: store: dropping a metrics report of node '{node}' with {rows} \
+                 counters (at most {MAX_REPORT_COUNTERS})"
+            );
+            return drop_report();
+        }
+        // Never wait: a controller blocked on the database would stop serving its nodes.
+        // Counters are reserved before the report is queued and given back by the writer.
+        let before = self.metrics_queued.fetch_add(rows, Ordering::Relaxed);
+        if before + rows > METRICS_QUEUE_ROWS {
+            self.metrics_queued.fetch_sub(rows, Ordering::Relaxed);
+            return drop_report();
+        }
         let report = Report {
             node: node.to_string(),
             metrics,
         };
-        // Never wait: a controller blocked on the database would stop serving its nodes.
         if self.metrics.try_send(report).is_err() {
-            self.metrics_dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics_queued.fetch_sub(rows, Ordering::Relaxed);
+            return drop_report();
         }
         Ok(())
     }
@@ -735,8 +886,34 @@ mod tests {
         }
 
         async fn store(&self) -> PgStore {
-            (PgStore::connect_in_schema(&self.url, &self.name).await)
+            self.store_timed(Timing::default()).await
+        }
+
+        async fn store_timed(&self, timing: Timing) -> PgStore {
+            (PgStore::connect_timed(&self.url, &self.name, timing).await)
                 .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url))
+        }
+
+        /// The backend pid of the store's listener connection, once there is exactly one.
+        async fn listener_pid(&self, store: &PgStore) -> i32 {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let pids: Vec<i32> = sqlx::query_scalar(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                )
+                .bind(listener_name(&self.name))
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+                if let [pid] = pids[..] {
+                    return pid;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "listener connections: {pids:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
 
@@ -1095,18 +1272,174 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn truncate_resyncs() {
+        let Some(url) = privileged("store::pg::truncate") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let store = schema.store().await;
+        let mut rx = store.subscribe();
+        let r1 = insert_route(&store, "n1", "10.0.0.0/8", "eth0", 1).await;
+        insert_flow(&store, "n1", "", "10.9.0.0/16", r1).await;
+        exec(
+            &store,
+            "INSERT INTO port_settings (node, port) VALUES ('n1', 'eth0')",
+        )
+        .await;
+        assert_eq!(events_so_far(&store, &mut rx).await.len(), 3);
+
+        exec(&store, "TRUNCATE port_settings").await;
+        assert_eq!(events_so_far(&store, &mut rx).await, [StoreEvent::Resync]);
+        exec(&store, "TRUNCATE flows").await;
+        assert_eq!(events_so_far(&store, &mut rx).await, [StoreEvent::Resync]);
+        // Cascades to flows: each truncated table says so.
+        insert_flow(&store, "n1", "", "10.9.0.0/16", r1).await;
+        assert_eq!(events_so_far(&store, &mut rx).await.len(), 1);
+        exec(&store, "TRUNCATE routes CASCADE").await;
+        assert_eq!(
+            events_so_far(&store, &mut rx).await,
+            [StoreEvent::Resync, StoreEvent::Resync]
+        );
+        // What the controller reloads on Resync.
+        assert_eq!(store.node_config("n1").await.unwrap(), Config::default());
+    }
+
+    #[tokio::test]
+    async fn repeated_changes_in_one_transaction_all_arrive() {
+        let Some(url) = privileged("store::pg::one_transaction") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let store = schema.store().await;
+        let mut rx = store.subscribe();
+        let r1 = insert_route(&store, "n1", "10.0.0.0/8", "eth0", 1).await;
+        assert_eq!(events_so_far(&store, &mut rx).await.len(), 1);
+        let in_one_transaction = async |statements: &[&str]| {
+            let mut tx = store.pool().begin().await.unwrap();
+            for sql in statements {
+                sqlx::query(AssertSqlSafe(*sql))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+            tx.commit().await.unwrap();
+        };
+        let weight = |w| changed("n1", Change::Route(route(r1, "10.0.0.0/8", "eth0", 1, w)));
+
+        in_one_transaction(&[
+            "UPDATE routes SET weight = 2 WHERE node = 'n1'",
+            "UPDATE routes SET weight = 1 WHERE node = 'n1'",
+        ])
+        .await;
+        assert_eq!(events_so_far(&store, &mut rx).await, [weight(2), weight(1)]);
+        // The third update's payload (old 1, new 2) is the first's: without a sequence number
+        // Postgres would deliver it once, and the node would keep weight 1.
+        in_one_transaction(&[
+            "UPDATE routes SET weight = 2 WHERE node = 'n1'",
+            "UPDATE routes SET weight = 1 WHERE node = 'n1'",
+            "UPDATE routes SET weight = 2 WHERE node = 'n1'",
+        ])
+        .await;
+        assert_eq!(
+            events_so_far(&store, &mut rx).await,
+            [weight(2), weight(1), weight(2)]
+        );
+        // Likewise a row inserted, deleted and inserted again with the same key.
+        in_one_transaction(&[
+            "INSERT INTO port_settings (node, port) VALUES ('n1', 'eth0')",
+            "DELETE FROM port_settings WHERE node = 'n1'",
+            "INSERT INTO port_settings (node, port) VALUES ('n1', 'eth0')",
+        ])
+        .await;
+        assert_eq!(
+            events_so_far(&store, &mut rx).await,
+            [
+                changed("n1", Change::Port(fcfs("eth0"))),
+                changed("n1", Change::PortGone("eth0".into())),
+                changed("n1", Change::Port(fcfs("eth0"))),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_listener_connection_is_replaced_then_resyncs() {
+        let Some(url) = privileged("store::pg::listener_silence") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        // No heartbeat within the test, and nothing written: the listener hears nothing, as
+        // over a connection that died without a word, and must give up on it.
+        let silence = Duration::from_millis(300);
+        let timing = Timing {
+            heartbeat: Duration::from_secs(3600),
+            silence,
+        };
+        let store = schema.store_timed(timing).await;
+        let mut rx = store.subscribe();
+        let first = schema.listener_pid(&store).await;
+        assert_eq!(next(&mut rx).await, StoreEvent::Resync);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while schema.listener_pid(&store).await == first {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the silent connection was kept"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // And again, for as long as the silence lasts.
+        assert_eq!(next(&mut rx).await, StoreEvent::Resync);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_keep_a_quiet_listener_and_announce_nothing() {
+        let Some(url) = privileged("store::pg::heartbeat") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let timing = Timing {
+            heartbeat: Duration::from_millis(50),
+            silence: Duration::from_secs(2),
+        };
+        let store = schema.store_timed(timing).await;
+        let mut rx = store.subscribe();
+        let pid = schema.listener_pid(&store).await;
+        // Longer than the silence the listener tolerates, with nothing but heartbeats.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(events_so_far(&store, &mut rx).await, []);
+        assert_eq!(schema.listener_pid(&store).await, pid);
+    }
+
+    #[tokio::test]
     async fn dropping_the_store_ends_its_tasks() {
         let Some(url) = privileged("store::pg::drop_ends_tasks") else {
             return;
         };
         let schema = TestSchema::new(&url);
-        let store = schema.store().await;
+        let timing = Timing {
+            heartbeat: Duration::from_millis(20),
+            ..Timing::default()
+        };
+        let store = schema.store_timed(timing).await;
         let pool = store.pool().clone();
         let mut rx = store.subscribe();
+        let mut heartbeats = PgListener::connect(&schema.url).await.unwrap();
+        heartbeats.listen(&channel_for(&schema.name)).await.unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(10), heartbeats.recv()).await;
+        assert_eq!(heard.unwrap().unwrap().payload(), HEARTBEAT);
         drop(store);
         // Closed once the listener task, which holds the last other sender, has ended.
         let end = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
         assert!(matches!(end, Ok(Err(RecvError::Closed))), "{end:?}");
+        // The heartbeat task ended too: after what was on its way, silence.
+        let quiet = Duration::from_millis(200);
+        while let Ok(n) = tokio::time::timeout(quiet, heartbeats.recv()).await {
+            n.unwrap();
+        }
+        let after = tokio::time::timeout(Duration::from_millis(500), heartbeats.recv()).await;
+        assert!(
+            after.is_err(),
+            "heartbeat after the store was dropped: {after:?}"
+        );
         let listeners = || {
             sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
@@ -1202,6 +1535,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metrics_queue_is_bounded_in_counters() {
+        let Some(url) = privileged("store::pg::metrics_rows") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let store = schema.store().await;
+        let report = |counters: usize| Metrics {
+            at_unix_ms: 1_700_000_000_000,
+            counters: vec![
+                Counter {
+                    name: "c".into(),
+                    port: None,
+                    value: 1,
+                };
+                counters
+            ],
+        };
+        // Too many counters in one report: dropped before it takes any room.
+        store
+            .record_metrics("n1", report(MAX_REPORT_COUNTERS + 1))
+            .await
+            .unwrap();
+        assert_eq!(store.metrics_dropped(), 1);
+        // Again without yielding: full reports fill the queue's counters long before its
+        // reports, and the excess is dropped.
+        let fit = METRICS_QUEUE_ROWS / MAX_REPORT_COUNTERS;
+        assert!(fit < METRICS_QUEUE);
+        for _ in 0..fit + 3 {
+            store
+                .record_metrics("n1", report(MAX_REPORT_COUNTERS))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.metrics_dropped(), 4);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let count =
+            || sqlx::query_scalar::<_, i64>("SELECT count(*) FROM metrics").fetch_one(store.pool());
+        while count().await.unwrap() != METRICS_QUEUE_ROWS as i64 {
+            assert!(tokio::time::Instant::now() < deadline, "rows not written");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The writer gave the room back: the queue takes full reports again.
+        assert_eq!(store.metrics_queued.load(Ordering::Relaxed), 0);
+        store
+            .record_metrics("n1", report(MAX_REPORT_COUNTERS))
+            .await
+            .unwrap();
+        assert_eq!(store.metrics_dropped(), 4);
+    }
+
+    #[tokio::test]
     async fn node_seen_keeps_the_last_capabilities() {
         let Some(url) = privileged("store::pg::node_seen") else {
             return;
@@ -1248,8 +1632,9 @@ mod tests {
     fn notifications_the_trigger_cannot_send_are_ignored() {
         for payload in [
             "not json",
+            HEARTBEAT,
             r#"{"table":"nodes","op":"INSERT","new":{"id":"n1"},"old":null}"#,
-            r#"{"table":"routes","op":"TRUNCATE","new":null,"old":null}"#,
+            r#"{"table":"nodes","op":"TRUNCATE","new":null,"old":null,"seq":1}"#,
             r#"{"table":"routes","op":"DELETE","new":null,"old":{"node":"n1"}}"#,
             r#"{"table":"routes","op":"DELETE","new":null,"old":{"node":"n1","id":-1}}"#,
         ] {
@@ -1259,5 +1644,7 @@ mod tests {
         let odd =
             r#"{"table":"flows","op":"INSERT","new":{"node":"n1","id":4,"src":7},"old":null}"#;
         assert_eq!(events_for(odd), [changed("n1", Change::FlowGone(4))]);
+        let truncated = r#"{"table":"flows","op":"TRUNCATE","new":null,"old":null,"seq":7}"#;
+        assert_eq!(events_for(truncated), [StoreEvent::Resync]);
     }
 }
