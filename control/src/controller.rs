@@ -365,7 +365,11 @@ async fn session<S: Store>(shared: Arc<Shared<S>>, stream: TcpStream, peer: Sock
             None => Err(unauthorized("missing bearer token")),
         }
     };
+    // tungstenite zero-fills its whole read buffer before each read: 128 KiB by default, which
+    // was half the controller's CPU with a thousand nodes sending small reports (and 128 KiB
+    // of memory per node). Node messages are small; 4 KiB reads take any of them in a few.
     let cfg = WebSocketConfig::default()
+        .read_buffer_size(4096)
         .max_message_size(Some(shared.opts.max_frame))
         .max_frame_size(Some(shared.opts.max_frame));
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(cfg));

@@ -9,8 +9,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 use tokio::sync::broadcast;
 
-/// Metrics reports kept per node.
-pub const METRICS_KEPT: usize = 1024;
+/// Metrics reports kept per node: the last few seconds at the usual intervals, so a thousand
+/// nodes fit in tens of MiB. Keeping history is the PostgreSQL store's job.
+pub const METRICS_KEPT: usize = 64;
 
 #[derive(Default)]
 struct State {

@@ -258,6 +258,7 @@ fn token(a: &ControllerArgs) -> Result<String> {
 
 pub fn run(a: ControllerArgs) -> Result<()> {
     let token = token(&a)?;
+    raise_fd_limit();
     let database = a
         .database
         .clone()
@@ -332,6 +333,18 @@ pub fn run(a: ControllerArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// One descriptor per node: lifts the soft limit to the hard one (often 1024 -> 1M), so a
+/// thousand nodes do not exhaust it.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        eprintln!("controller: could not raise the descriptor limit from {soft}: {e}");
+    }
 }
 
 /// Replaces each node's configuration with the seed's; nodes the seed no longer names are
