@@ -64,3 +64,18 @@ need_postgres() {
     fi
     export LINERATE_TEST_DATABASE_URL="postgres://linerate:linerate@127.0.0.1:$port/linerate"
 }
+
+# Python with psycopg for the example scripts (control/examples/*.py), in a virtual
+# environment under target/ so the system's Python stays as it is; exports LINERATE_PYTHON.
+need_psycopg() {
+    local root venv
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    venv=$root/target/pyenv
+    if ! "$venv/bin/python" -c "import psycopg" 2>/dev/null; then
+        command -v python3 >/dev/null || need_apt python3 || return 1
+        python3 -m venv "$venv" 2>/dev/null || { need_apt python3-venv && python3 -m venv "$venv"; } || return 1
+        echo "installing psycopg into $venv" >&2
+        "$venv/bin/pip" install -q -r "$root/control/examples/requirements.txt" || return 1
+    fi
+    export LINERATE_PYTHON="$venv/bin/python"
+}

@@ -203,3 +203,78 @@ async fn metrics_land_in_a_table_with_timestamps() {
     ctl.stop().await;
     drop_schema(&s, &schema).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reroute_py_moves_a_flow_with_one_statement() {
+    let Some(url) = privileged("controller_pg::reroute_py_moves_a_flow_with_one_statement") else {
+        return;
+    };
+    let python = match std::env::var("LINERATE_PYTHON") {
+        Ok(p) => p,
+        Err(_) if std::env::var("LINERATE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") => {
+            panic!("set LINERATE_PYTHON to a Python with psycopg (scripts/run-tests does)")
+        }
+        Err(_) => {
+            eprintln!("skipped (needs LINERATE_PYTHON with psycopg): reroute.py");
+            return;
+        }
+    };
+    let (s, schema) = store(&url, "reroute").await;
+    sql(
+        &s,
+        "INSERT INTO routes (id, node, prefix, port, next_hop) VALUES \
+             (1, 'a', '10.1.0.0/16', 'eth0', '02:00:00:00:00:01'), \
+             (2, 'a', '10.2.0.0/16', 'eth1', '02:00:00:00:00:02'), \
+             (3, 'b', '10.3.0.0/16', 'eth0', '02:00:00:00:00:03')",
+    )
+    .await;
+    sql(
+        &s,
+        "INSERT INTO flows (id, node, dst, route_id) VALUES (5, 'a', '10.9.0.1/32', 1)",
+    )
+    .await;
+    let ctl = start_controller(s.clone(), None).await;
+    let (a, _) = start_agent(ctl.local_addr(), "a");
+    until("a configured", || {
+        a.snapshot()
+            .config
+            .flows
+            .get(&5)
+            .is_some_and(|f| f.route == 1)
+    })
+    .await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/reroute.py");
+    // The script connects with its own session: point it at this test's schema.
+    let dsn = format!("{url}?options=-csearch_path%3D{schema}");
+    let reroute = |route: &str| {
+        std::process::Command::new(&python)
+            .args([script, "--dsn", &dsn, "--flow", "5", "--route", route])
+            .output()
+            .unwrap()
+    };
+    let out = reroute("2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "flow 5 on node a: route 1 -> route 2"
+    );
+    until("a's flow follows route 2", || {
+        a.snapshot().config.flows[&5].route == 2
+    })
+    .await;
+    // Another node's route, a route that does not exist: refused, nothing moves.
+    let out = reroute("3");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("route 3 belongs to node b"));
+    let out = reroute("99");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("route 99 does not exist"));
+    assert_eq!(a.snapshot().config.flows[&5].route, 2);
+    ctl.stop().await;
+    drop_schema(&s, &schema).await;
+}
