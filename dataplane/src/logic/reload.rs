@@ -68,9 +68,15 @@ impl<L: Clone> ReloadHandle<L> {
 
     /// Replaces the logic; workers switch before their next batch. Returns the new version.
     pub fn publish(&self, logic: L) -> u64 {
+        self.publish_with(|_| logic)
+    }
+
+    /// Publishes the logic `make` builds for the version it will have (for logic that
+    /// carries its own version). Returns that version.
+    pub fn publish_with(&self, make: impl FnOnce(u64) -> L) -> u64 {
         let _one = (self.shared.publish.lock()).unwrap_or_else(PoisonError::into_inner);
         let version = self.shared.version.load(Ordering::Acquire) + 1;
-        self.shared.next.store(Arc::new((version, logic)));
+        self.shared.next.store(Arc::new((version, make(version))));
         // After the store: a worker that sees this version finds its logic in `next`.
         self.shared.version.store(version, Ordering::Release);
         version
@@ -163,5 +169,51 @@ mod tests {
         assert_eq!(b.decide(&mut f, &h, 0), Verdict::Forward(2));
         assert_eq!(handle.reloadable().version(), 1);
         assert_eq!(handle.version(), 1);
+    }
+
+    /// Logic that only says which version it was published as.
+    #[derive(Clone)]
+    struct Tagged(u64);
+
+    impl Logic for Tagged {
+        fn decide(&mut self, _: &mut [u8], _: &Headers, _: PortId) -> Verdict {
+            Verdict::Forward(self.0 as PortId)
+        }
+    }
+
+    #[test]
+    fn readers_on_other_threads_always_see_a_whole_snapshot_of_its_own_version() {
+        let handle = ReloadHandle::new(Tagged(0));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let mut r = handle.reloadable();
+                std::thread::spawn(move || {
+                    let mut last = 0;
+                    while last < 20_000 {
+                        r.tick(Duration::ZERO);
+                        // The logic is the one published as the version it claims, and
+                        // versions only go forward.
+                        assert_eq!(r.current().0, r.version());
+                        assert!(r.version() >= last);
+                        last = r.version();
+                    }
+                })
+            })
+            .collect();
+        let publishers: Vec<_> = (0..2)
+            .map(|_| {
+                let h = handle.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        // Each logic carries the version it is published as.
+                        let _ = h.publish_with(Tagged);
+                    }
+                })
+            })
+            .collect();
+        for t in publishers.into_iter().chain(readers) {
+            t.join().unwrap();
+        }
+        assert_eq!(handle.version(), 20_000);
     }
 }
