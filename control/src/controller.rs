@@ -177,11 +177,6 @@ impl ControllerHandle {
     pub async fn stop(mut self) {
         self.tasks.shutdown().await;
     }
-
-    /// Runs until the accept loop or the dispatcher ends (the store closed).
-    pub async fn wait(mut self) {
-        self.tasks.join_next().await;
-    }
 }
 
 /// Serves nodes on `listener` from `store`. Must be called inside a tokio runtime.

@@ -289,10 +289,8 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                     "controller: listening on ws://{}/ (PostgreSQL store)",
                     ctl.local_addr()
                 );
-                tokio::select! {
-                    _ = stop => {}
-                    _ = ctl.wait() => bail!("the store closed"),
-                }
+                stop.await;
+                ctl.stop().await;
             }
             None => {
                 let store = Arc::new(MemStore::new());
