@@ -9,3 +9,5 @@ pub mod agent;
 pub mod controller;
 pub mod proto;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;

@@ -835,37 +835,10 @@ impl Store for PgStore {
 mod tests {
     use super::*;
     use crate::proto::Counter;
-    use std::io::Write;
     use std::sync::atomic::AtomicU32;
     use tokio::sync::broadcast::error::RecvError;
 
-    /// Gate for a test that needs the server named by `LINERATE_TEST_DATABASE_URL`
-    /// (`scripts/deps.sh`'s `need_postgres` sets one up). These count as privileged tests:
-    /// setting the server up takes root, and scripts/run-tests checks through
-    /// `LINERATE_PRIVILEGED_LOG` that they ran. Without a URL a test prints one line and passes,
-    /// unless `LINERATE_REQUIRE_PRIVILEGED=1` says it must run.
-    fn privileged(test: &str) -> Option<String> {
-        let Ok(url) = std::env::var("LINERATE_TEST_DATABASE_URL") else {
-            if std::env::var("LINERATE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-                panic!(
-                    "database test {test} must run here but LINERATE_TEST_DATABASE_URL is unset \
-                     (run `. scripts/deps.sh; need_postgres` first)"
-                );
-            }
-            eprintln!("skipped (needs LINERATE_TEST_DATABASE_URL): {test}");
-            return None;
-        };
-        if let Ok(path) = std::env::var("LINERATE_PRIVILEGED_LOG") {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .unwrap_or_else(|e| panic!("cannot open LINERATE_PRIVILEGED_LOG {path}: {e}"));
-            f.write_all(format!("{test}\n").as_bytes())
-                .expect("write privileged log");
-        }
-        Some(url)
-    }
+    use crate::testing::privileged;
 
     static NEXT_SCHEMA: AtomicU32 = AtomicU32::new(0);
 

@@ -113,35 +113,8 @@ pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Gate for a test that needs PostgreSQL: the server's URL, from `LINERATE_TEST_DATABASE_URL`
-/// (set by the README's test command). Records the test in `LINERATE_PRIVILEGED_LOG` when it
-/// runs; a run that must exercise privileged tests (`LINERATE_REQUIRE_PRIVILEGED=1`) fails
-/// without a server instead of skipping.
-pub fn privileged(test: &str) -> Option<String> {
-    match std::env::var("LINERATE_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => {
-            if let Ok(path) = std::env::var("LINERATE_PRIVILEGED_LOG") {
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .unwrap();
-                f.write_all(format!("{test}\n").as_bytes()).unwrap();
-            }
-            Some(url)
-        }
-        _ if std::env::var("LINERATE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") => {
-            panic!(
-                "{test} needs PostgreSQL: set LINERATE_TEST_DATABASE_URL (scripts/run-tests does)"
-            )
-        }
-        _ => {
-            eprintln!("skipped (needs PostgreSQL, LINERATE_TEST_DATABASE_URL): {test}");
-            None
-        }
-    }
-}
+#[allow(unused_imports)] // controller_mem has no database tests.
+pub use linerate_control::testing::privileged;
 
 /// A schema name no other test run uses.
 pub fn unique_schema(test: &str) -> String {
