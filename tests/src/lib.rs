@@ -11,7 +11,6 @@
 //! failing (panicking) test cleans up too.
 
 use anyhow::{Context, Result, bail};
-use std::io::Write;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -27,16 +26,7 @@ pub fn is_root() -> bool {
 /// Gate for a privileged test named `test`; see the module docs.
 pub fn privileged(test: &str) -> bool {
     if is_root() {
-        if let Ok(path) = std::env::var("LINERATE_PRIVILEGED_LOG") {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .unwrap_or_else(|e| panic!("cannot open LINERATE_PRIVILEGED_LOG {path}: {e}"));
-            // One write per line: O_APPEND keeps concurrent tests' lines whole.
-            f.write_all(format!("{test}\n").as_bytes())
-                .expect("write privileged log");
-        }
+        linerate_control::testing::record_ran(test);
         return true;
     }
     if std::env::var("LINERATE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
