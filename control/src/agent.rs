@@ -385,6 +385,17 @@ async fn connected<D: Dataplane>(node: &mut Node<D>, attempt: &mut u32) -> Resul
                             node.publish();
                         }
                     }
+                    Ok(ControllerMsg::Error(e)) if e.refusal == Refusal::Replaced => {
+                        // Another live connection holds our node id: two nodes share one id,
+                        // or an old process still runs. Retrying at once would only take the
+                        // id back and forth; retry at the slowest pace instead.
+                        node.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                        *attempt = u32::MAX;
+                        return Err(format!(
+                            "another connection registered as node '{}': two nodes with one id?",
+                            node.opts.node
+                        ));
+                    }
                     Ok(ControllerMsg::Error(e)) => {
                         node.stats.refusals.fetch_add(1, Ordering::Relaxed);
                         node.log(format!("controller refused us: {:?}: {}", e.refusal, e.message));

@@ -114,6 +114,10 @@ async fn a_restarted_node_gets_its_full_state_back_and_replaces_its_old_session(
             .any(|l| l.contains("a newer connection registered it"))
     })
     .await;
+    until("the older a says why", || {
+        a.stats().last_error().contains("two nodes with one id")
+    })
+    .await;
     store.apply("a", Change::RouteGone(1));
     until("the newer a is updated", || {
         !a2.snapshot().config.routes.contains_key(&1)
