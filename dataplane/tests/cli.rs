@@ -95,3 +95,76 @@ fn bad_arguments_name_the_field_and_exit_non_zero() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn controller_and_fwd_controller_refuse_what_cannot_work() {
+    let no_token = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_linerate"))
+            .args(args)
+            .env_remove("LINERATE_TOKEN")
+            .env_remove("LINERATE_DATABASE_URL")
+            .output()
+            .expect("run linerate")
+    };
+    let url = ["--controller", "ws://127.0.0.1:1/"];
+    for (args, needle) in [
+        (vec!["controller"], "needs a bearer token"),
+        (
+            vec!["controller", "--token-file", "/nonexistent/token"],
+            "--token-file /nonexistent/token",
+        ),
+        (
+            vec!["fwd", "--port", "a", "--port", "b", url[0], url[1]],
+            "needs a bearer token",
+        ),
+        (
+            vec![
+                "fwd",
+                "--port",
+                "a",
+                "--port",
+                "b",
+                "--route",
+                "10.0.0.0/8=1,02:00:00:00:00:01",
+                url[0],
+                url[1],
+            ],
+            "the controller owns the routes",
+        ),
+        (
+            vec![
+                "fwd", "--port", "a", "--port", "b", "--logic", "bridge", url[0], url[1],
+            ],
+            "the controller owns the routes",
+        ),
+        (
+            vec!["fwd", "--port", "a", "--port", "b", "--node", "x"],
+            "--controller",
+        ),
+    ] {
+        let out = no_token(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // A token that is too short, a node id that is not a name.
+    let out = Command::new(env!("CARGO_BIN_EXE_linerate"))
+        .args(["controller"])
+        .env("LINERATE_TOKEN", "short")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 8 characters"));
+    let out = Command::new(env!("CARGO_BIN_EXE_linerate"))
+        .args([
+            "fwd", "--port", "a", "--port", "b", url[0], url[1], "--node", "a b",
+        ])
+        .env("LINERATE_TOKEN", "long-enough-token")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--node"),
+        "{stderr}"
+    );
+}

@@ -902,14 +902,14 @@ fn reload(
 pub fn run(a: FwdArgs) -> Result<()> {
     let mut s = Settings::resolve(&a)?;
     let cores = super::cores_for(&s.cores, s.workers, "--cores")?;
-    let mut ifindex = Vec::with_capacity(s.ports.len());
-    for dev in &s.ports {
-        ifindex.push(super::ifindex("--port", dev)?);
-    }
     let agent_opts = match &a.controller {
         Some(url) => Some(controller_options(&a, &s, url)?),
         None => None,
     };
+    let mut ifindex = Vec::with_capacity(s.ports.len());
+    for dev in &s.ports {
+        ifindex.push(super::ifindex("--port", dev)?);
+    }
     let macs = if agent_opts.is_some() {
         (s.ports.iter())
             .map(|p| mac_of("--port", p))
