@@ -8,14 +8,17 @@
 use crate::counters::{Counts, WorkerCounters};
 use crate::logic::filter::{Action, Prefix, Rule};
 use crate::logic::{Acl, AnyLogic, NextHop, NextHopId, ReloadHandle, Router};
+use crate::port::LiveSettings;
+use crate::sched::Discipline;
 use crate::verdict::DropReason;
 use linerate_control::agent::Dataplane;
 use linerate_control::proto::{self, Config, Counter};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// What a `fwd` node applies: routes and flow pins. It reports metrics; port settings
-/// (scheduler, shaper) are fixed at start, so it does not claim them.
+/// What every `fwd` node applies: routes and flow pins, and it reports metrics. A node whose
+/// ports have schedulers (`--sched`, `--shape`) also takes port settings
+/// ([`proto::Capability::Scheduler`], [`proto::Capability::Shaper`]) for those ports.
 pub const CAPABILITIES: [proto::Capability; 3] = [
     proto::Capability::Routes,
     proto::Capability::Flows,
@@ -123,8 +126,17 @@ pub fn logic_from(
     (AnyLogic::new(router).with_ttl_decrement(ttl), warnings)
 }
 
+/// A scheduled port's discipline and shaper (total bit/s, burst bytes) as `fwd` started it:
+/// what the port returns to when the controller no longer sets it.
+pub type StartupSettings = (Discipline, Option<(f64, u32)>);
+
 /// The [`Dataplane`] a `fwd` node hands to its agent.
 pub struct FwdNode {
+    /// Each scheduled port: its interface, the cell its workers read, its startup settings.
+    pub live: Vec<(String, Arc<LiveSettings>, StartupSettings)>,
+    /// The port settings applied last, so an update that does not touch them leaves the
+    /// schedulers alone.
+    pub applied_ports: std::collections::BTreeMap<String, proto::PortSettings>,
     pub handle: ReloadHandle<AnyLogic>,
     pub ports: Vec<String>,
     pub macs: Vec<[u8; 6]>,
@@ -135,6 +147,56 @@ pub struct FwdNode {
     pub published: Arc<AtomicBool>,
     /// The workers' counters, once they run.
     pub counters: Arc<OnceLock<Vec<Arc<WorkerCounters>>>>,
+}
+
+impl FwdNode {
+    /// Publishes each scheduled port's settings that changed; a port the configuration no
+    /// longer sets goes back to its startup settings.
+    fn apply_ports(&mut self, config: &Config) {
+        for p in config.ports.values() {
+            if !self.live.iter().any(|(name, _, _)| *name == p.port) {
+                eprintln!(
+                    "fwd: controller: port settings for '{}' ignored: it is not a port with a \
+                     scheduler here (start fwd with --sched or --shape for it)",
+                    p.port
+                );
+            }
+        }
+        for (name, cell, startup) in &self.live {
+            let want = config.ports.get(name);
+            if want == self.applied_ports.get(name) {
+                continue;
+            }
+            let (discipline, shaper) = match want {
+                Some(p) => (
+                    match &p.scheduler {
+                        proto::Scheduler::Fcfs => Discipline::Fcfs,
+                        proto::Scheduler::Wrr(w) => Discipline::Wrr(w.clone()),
+                        proto::Scheduler::Drr(q) => Discipline::Drr(q.clone()),
+                    },
+                    p.shaper.map(|s| (s.rate_bps as f64, s.burst_bytes)),
+                ),
+                None => startup.clone(),
+            };
+            match cell.publish(discipline, shaper) {
+                Ok(_) => {
+                    eprintln!(
+                        "fwd: controller: port {name}: {} applied",
+                        if want.is_some() {
+                            "new settings"
+                        } else {
+                            "startup settings"
+                        }
+                    );
+                    match want {
+                        Some(p) => self.applied_ports.insert(name.clone(), p.clone()),
+                        None => self.applied_ports.remove(name),
+                    };
+                }
+                Err(e) => eprintln!("fwd: controller: port {name}: settings refused: {e}"),
+            }
+        }
+    }
 }
 
 impl Dataplane for FwdNode {
@@ -154,6 +216,7 @@ impl Dataplane for FwdNode {
             config.routes.len(),
             config.flows.len()
         );
+        self.apply_ports(config);
     }
 
     fn metrics(&mut self) -> Vec<Counter> {

@@ -331,6 +331,39 @@ impl<T: Packet> Scheduler<T> {
         self.classes.len()
     }
 
+    /// Replaces the discipline's weights (or quanta) and the shaper while the queues keep
+    /// their packets; the round starts over. The number of classes is fixed at creation (the
+    /// classifier's), so the new discipline must have as many.
+    pub fn reconfigure(
+        &mut self,
+        discipline: Discipline,
+        shaper: Option<Shaper>,
+    ) -> Result<(), String> {
+        let n = match &discipline {
+            Discipline::Fcfs => 1,
+            Discipline::Wrr(w) | Discipline::Drr(w) => {
+                if w.is_empty() || w.contains(&0) {
+                    return Err("weights/quanta: give one positive value per class".into());
+                }
+                w.len()
+            }
+        };
+        if n != self.classes.len() {
+            return Err(format!(
+                "{n} class(es) given, the port has {}",
+                self.classes.len()
+            ));
+        }
+        for c in &mut self.classes {
+            c.credit = 0;
+        }
+        self.discipline = discipline;
+        self.shaper = shaper;
+        self.turn = 0;
+        self.granted = false;
+        Ok(())
+    }
+
     /// Queues `pkt` in `class` (clamped to the last class), or hands it back with the reason.
     pub fn enqueue(&mut self, class: usize, pkt: T) -> Result<(), (T, DropCause)> {
         let c = class.min(self.classes.len() - 1);

@@ -410,16 +410,21 @@ fn controller_routes_move_flows_live_and_survive_a_controller_restart() {
     }
     let _one = serial();
     let (left, one, two) = three_pairs();
-    let seed = |low: &str, high: &str| {
+    let seed = |low: &str, high: &str, port: &str| {
         format!(
             "[[route]]\nnode = \"r1\"\nid = 1\nprefix = \"198.51.100.0/25\"\nport = \"{low}\"\n\
              next_hop = \"{SINK_MAC}\"\n\
              [[route]]\nnode = \"r1\"\nid = 2\nprefix = \"198.51.100.128/25\"\nport = \"{high}\"\n\
-             next_hop = \"{SINK_MAC}\"\n"
+             next_hop = \"{SINK_MAC}\"\n{port}"
         )
     };
+    // Port settings for the scheduled port 1 (a shaper far above what the test sends).
+    let port1 = format!(
+        "[[port]]\nnode = \"r1\"\nport = \"{}\"\nshaper = \"10G,100000\"\n",
+        one.a
+    );
     let path = std::env::temp_dir().join(format!("linerate-ctl-{}.toml", left.a));
-    std::fs::write(&path, seed(&one.a, &two.a)).unwrap();
+    std::fs::write(&path, seed(&one.a, &two.a, &port1)).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -441,7 +446,9 @@ fn controller_routes_move_flows_live_and_survive_a_controller_restart() {
             "16s",
             "--json",
         ])
-        .args(["--port", &left.b, "--port", &one.a, "--port", &two.a])
+        .args([
+            "--port", &left.b, "--port", &one.a, "--port", &two.a, "--sched", "1=fcfs",
+        ])
         .args([
             "--controller",
             &url,
@@ -452,15 +459,23 @@ fn controller_routes_move_flows_live_and_survive_a_controller_restart() {
         ]);
     let fwd = start_until(cmd, "forwarding among");
     fwd.wait_line("2 route(s), 0 flow pin(s) applied", Duration::from_secs(5));
+    fwd.wait_line(
+        &format!("port {}: new settings applied", one.a),
+        Duration::from_secs(5),
+    );
     gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
     gen_frames(linerate(), &left.a, "198.51.100.200", 10000, &[]);
 
     // Swap the routes in the controller: the flows to .1, cached towards port 1 in the XDP
     // program, must now leave by port 2.
-    std::fs::write(&path, seed(&two.a, &one.a)).unwrap();
+    std::fs::write(&path, seed(&two.a, &one.a, "")).unwrap();
     run("kill", &["-HUP", &ctl.child.id().to_string()]).unwrap();
     ctl.wait_line("re-read", Duration::from_secs(5));
     fwd.wait_line("applied (logic version 2)", Duration::from_secs(5));
+    fwd.wait_line(
+        &format!("port {}: startup settings applied", one.a),
+        Duration::from_secs(5),
+    );
     gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
 
     // The controller goes away: fwd keeps forwarding with what it holds.

@@ -19,6 +19,7 @@ use super::{Live, XdpModeArg, mac_of, parse_duration, parse_mac};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::ValueEnum;
 use linerate_control::agent::{Agent, AgentOptions};
+use linerate_control::proto::Capability;
 use linerate_dataplane::counters::Counts;
 use linerate_dataplane::fastpath::{FlowLearner, Learned};
 use linerate_dataplane::frame::BufferPool;
@@ -28,7 +29,7 @@ use linerate_dataplane::logic::{
 };
 use linerate_dataplane::node;
 use linerate_dataplane::pipeline::{self, ClassReport, KernelPath, PipelineReport};
-use linerate_dataplane::port::{Port, SchedCounters, ScheduledPort, XskPort};
+use linerate_dataplane::port::{LiveSettings, Port, SchedCounters, ScheduledPort, XskPort};
 use linerate_dataplane::sched::{
     ClassRule, Classifier, Discipline, DropPolicy, QueueLimit, Red, Scheduler, TokenBucket,
 };
@@ -997,6 +998,8 @@ pub fn run(a: FwdArgs) -> Result<()> {
     };
     let (mut txs, mut rxs) = handoff_mesh(s.workers, 1024, 2048);
     let mut sched_counters: Vec<(String, usize, std::sync::Arc<SchedCounters>)> = Vec::new();
+    let mut live: Vec<Option<(Arc<LiveSettings>, node::StartupSettings)>> =
+        vec![None; s.ports.len()];
     let mut workers = Vec::with_capacity(s.workers);
     for w in (0..s.workers).rev() {
         let pool = BufferPool::new(s.frames, 2048)?;
@@ -1028,6 +1031,10 @@ pub fn run(a: FwdArgs) -> Result<()> {
             match port_traffic(&s.traffic, i, s.ports.len(), s.workers)? {
                 None => boxed.push(Box::new(p)),
                 Some(t) => {
+                    let startup = (
+                        t.discipline.clone(),
+                        t.shape.map(|(r, b)| (r * s.workers as f64, b)),
+                    );
                     let shaper = t
                         .shape
                         .map(|(rate, burst)| TokenBucket::new(rate, burst))
@@ -1037,7 +1044,14 @@ pub fn run(a: FwdArgs) -> Result<()> {
                         .map_err(|e| anyhow!("--sched: {e}"))?;
                     let c = SchedCounters::new(sched.classes());
                     sched_counters.push((s.ports[i].clone(), w, c.clone()));
-                    boxed.push(Box::new(ScheduledPort::new(p, sched, t.classifier, c)));
+                    // One cell per interface, shared by its workers: the controller's port
+                    // settings reach every worker's scheduler through it.
+                    let classes = sched.classes();
+                    let (cell, _) = live[i]
+                        .get_or_insert_with(|| (LiveSettings::new(classes, s.workers), startup));
+                    let port =
+                        ScheduledPort::new(p, sched, t.classifier, c).with_live(cell.clone());
+                    boxed.push(Box::new(port));
                 }
             }
         }
@@ -1070,7 +1084,17 @@ pub fn run(a: FwdArgs) -> Result<()> {
                 }
             }));
             let url = opts.url.clone();
+            if live.iter().any(Option::is_some) {
+                opts.capabilities
+                    .extend([Capability::Scheduler, Capability::Shaper]);
+            }
             let dataplane = node::FwdNode {
+                live: (s.ports.iter().zip(&live))
+                    .filter_map(|(p, l)| {
+                        l.clone().map(|(cell, startup)| (p.clone(), cell, startup))
+                    })
+                    .collect(),
+                applied_ports: Default::default(),
                 handle: handle.clone(),
                 ports: s.ports.clone(),
                 macs: macs.clone(),

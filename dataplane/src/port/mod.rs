@@ -9,7 +9,7 @@
 
 mod scheduled;
 mod xsk;
-pub use scheduled::{SchedCounters, ScheduledPort};
+pub use scheduled::{LiveSettings, SchedCounters, ScheduledPort};
 pub use xsk::XskPort;
 
 use crate::batch::Batch;

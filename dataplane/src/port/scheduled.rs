@@ -7,8 +7,9 @@
 use super::{Port, PortError};
 use crate::batch::Batch;
 use crate::frame::{BufferPool, Frame};
-use crate::sched::{Classifier, DropCause, Scheduler};
+use crate::sched::{Classifier, Discipline, DropCause, DropPolicy, Scheduler, TokenBucket};
 use crate::wire::parse_headers;
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -47,6 +48,73 @@ pub struct ScheduledPort<P> {
     queued: usize,
     start: Instant,
     counters: Arc<SchedCounters>,
+    /// Settings the control plane may change, and the version this port applied.
+    live: Option<(Arc<LiveSettings>, u64)>,
+}
+
+/// Scheduler settings the control plane changes while the port runs (the controller's port
+/// settings): shared by the scheduled ports of every worker on one interface, read by each at
+/// every flush with one atomic load, taken from an `ArcSwap` (lock-free) when it changed.
+pub struct LiveSettings {
+    version: AtomicU64,
+    /// Version, discipline, shaper (total bit/s over every worker, burst bytes).
+    next: ArcSwap<(u64, Discipline, Option<(f64, u32)>)>,
+    classes: usize,
+    workers: usize,
+    publish: std::sync::Mutex<()>,
+}
+
+impl LiveSettings {
+    /// For a port with `classes` classes served by `workers` workers, which share the
+    /// shaper's rate equally (as `--shape` does).
+    pub fn new(classes: usize, workers: usize) -> Arc<LiveSettings> {
+        Arc::new(LiveSettings {
+            version: AtomicU64::new(0),
+            next: ArcSwap::from_pointee((0, Discipline::Fcfs, None)),
+            classes,
+            workers: workers.max(1),
+            publish: std::sync::Mutex::new(()),
+        })
+    }
+
+    /// Checks and publishes new settings; every worker's port takes them at its next flush.
+    pub fn publish(
+        &self,
+        discipline: Discipline,
+        shaper: Option<(f64, u32)>,
+    ) -> Result<u64, String> {
+        let n = match &discipline {
+            Discipline::Fcfs => 1,
+            Discipline::Wrr(w) | Discipline::Drr(w) => w.len(),
+        };
+        if n != self.classes {
+            return Err(format!(
+                "{n} class(es) given; the port was started with {}",
+                self.classes
+            ));
+        }
+        // The checks a worker would otherwise meet, made here where they can be reported.
+        Scheduler::<(Frame, usize)>::new(
+            discipline.clone(),
+            DropPolicy::TailDrop,
+            crate::sched::QueueLimit {
+                packets: 1,
+                bytes: 1,
+            },
+            None,
+        )?;
+        if let Some((rate, burst)) = shaper {
+            TokenBucket::new(rate / self.workers as f64, burst)?;
+        }
+        let _one = self
+            .publish
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let version = self.version.load(Ordering::Acquire) + 1;
+        self.next.store(Arc::new((version, discipline, shaper)));
+        self.version.store(version, Ordering::Release);
+        Ok(version)
+    }
 }
 
 impl crate::sched::Packet for (Frame, usize) {
@@ -71,7 +139,34 @@ impl<P: Port> ScheduledPort<P> {
             queued: 0,
             start: Instant::now(),
             counters,
+            live: None,
         }
+    }
+
+    /// Lets the control plane change this port's discipline and shaper through `live`.
+    pub fn with_live(mut self, live: Arc<LiveSettings>) -> ScheduledPort<P> {
+        let seen = live.version.load(Ordering::Acquire);
+        self.live = Some((live, seen));
+        self
+    }
+
+    /// Takes settings published since the last look (one atomic load when there are none).
+    fn follow_live(&mut self) {
+        let Some((live, seen)) = &mut self.live else {
+            return;
+        };
+        if live.version.load(Ordering::Acquire) == *seen {
+            return;
+        }
+        let next = live.next.load();
+        *seen = next.0;
+        let workers = live.workers as f64;
+        // Checked by `publish`: these cannot fail, and if they did the port would keep its
+        // settings rather than stop.
+        let shaper = next
+            .2
+            .and_then(|(rate, burst)| TokenBucket::new(rate / workers, burst).ok());
+        let _ = self.sched.reconfigure(next.1.clone(), shaper);
     }
 
     fn now(&self) -> u64 {
@@ -80,6 +175,7 @@ impl<P: Port> ScheduledPort<P> {
 
     /// Moves what the scheduler releases now to the inner port.
     fn flush(&mut self, pool: &mut BufferPool) -> Result<(), PortError> {
+        self.follow_live();
         let now = self.now();
         loop {
             while !self.pending.is_full() {
@@ -268,6 +364,65 @@ mod tests {
             c0 + c1 + wire.pending_sent() as u64
         );
         assert_eq!(pool.available() + port.held(), 4096);
+        wire.drain_sent(&mut pool);
+        port.release(&mut pool);
+        assert_eq!(pool.available(), 4096);
+    }
+
+    #[test]
+    fn live_settings_change_the_shares_of_a_running_port_and_are_checked_first() {
+        let mut pool = BufferPool::new(4096, 2048).unwrap();
+        let (inner, mut wire) = MemPort::new("out", 30);
+        let limit = QueueLimit {
+            packets: 2000,
+            bytes: 1 << 24,
+        };
+        let sched = Scheduler::new(
+            Discipline::Wrr(vec![1, 1]),
+            DropPolicy::TailDrop,
+            limit,
+            None,
+        );
+        let classifier = Classifier {
+            rules: vec!["class 1 udp any any dport 2".parse::<ClassRule>().unwrap()],
+            default: 0,
+        };
+        let live = LiveSettings::new(2, 1);
+        let mut port = ScheduledPort::new(inner, sched.unwrap(), classifier, SchedCounters::new(2))
+            .with_live(live.clone());
+        // Refused before any worker sees them: a class count the port does not have, a zero
+        // weight, a shaper whose burst cannot hold a packet.
+        assert!(live.publish(Discipline::Wrr(vec![1, 2, 3]), None).is_err());
+        assert!(live.publish(Discipline::Wrr(vec![0, 1]), None).is_err());
+        assert!(
+            live.publish(Discipline::Fcfs, None).is_err(),
+            "two classes, not one"
+        );
+        assert!(
+            live.publish(Discipline::Wrr(vec![1, 1]), Some((1e6, 0)))
+                .is_err()
+        );
+        assert_eq!(live.publish(Discipline::Wrr(vec![1, 3]), None), Ok(1));
+
+        let mut b = Batch::new(256);
+        for i in 0..1024 {
+            b.push(frame(&mut pool, 1 + (i % 2) as u16)).unwrap();
+            if b.is_full() {
+                port.send(&mut pool, &mut b).unwrap();
+            }
+        }
+        let (mut c0, mut c1) = (0i64, 0i64);
+        for _ in 0..10 {
+            for f in wire.drain_sent(&mut pool) {
+                match f[37] {
+                    1 => c0 += 1,
+                    _ => c1 += 1,
+                }
+            }
+            port.reclaim(&mut pool);
+        }
+        // WRR 1:3 from the first flush on, not the 1:1 the port started with.
+        assert!(c0 > 50 && (c1 - 3 * c0).abs() <= 3, "{c0} : {c1}");
         wire.drain_sent(&mut pool);
         port.release(&mut pool);
         assert_eq!(pool.available(), 4096);
