@@ -52,13 +52,16 @@ pub struct ScheduledPort<P> {
     live: Option<(Arc<LiveSettings>, u64)>,
 }
 
+/// One publication of [`LiveSettings`]: its version, the discipline, the shaper (total bit/s
+/// over every worker, burst bytes).
+type Published = (u64, Discipline, Option<(f64, u32)>);
+
 /// Scheduler settings the control plane changes while the port runs (the controller's port
 /// settings): shared by the scheduled ports of every worker on one interface, read by each at
 /// every flush with one atomic load, taken from an `ArcSwap` (lock-free) when it changed.
 pub struct LiveSettings {
     version: AtomicU64,
-    /// Version, discipline, shaper (total bit/s over every worker, burst bytes).
-    next: ArcSwap<(u64, Discipline, Option<(f64, u32)>)>,
+    next: ArcSwap<Published>,
     classes: usize,
     workers: usize,
     publish: std::sync::Mutex<()>,
