@@ -13,6 +13,7 @@ use crate::sched::Discipline;
 use crate::verdict::DropReason;
 use linerate_control::agent::Dataplane;
 use linerate_control::proto::{self, Config, Counter};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -44,7 +45,7 @@ pub fn logic_from(
     let mut router = Router::new();
     // Route id -> next hop id; prefixes with several routes become weighted groups.
     let mut hop_of = std::collections::HashMap::new();
-    let mut prefixes: Vec<(proto::Prefix, Vec<(NextHopId, u32)>)> = Vec::new();
+    let mut prefixes: BTreeMap<proto::Prefix, Vec<(NextHopId, u32)>> = BTreeMap::new();
     for (i, r) in config.routes.values().enumerate() {
         let Some(port) = ports.iter().position(|p| *p == r.port) else {
             warnings.push(format!(
@@ -72,10 +73,7 @@ pub fn logic_from(
             },
         );
         hop_of.insert(r.id, id);
-        match prefixes.iter_mut().find(|(p, _)| *p == r.prefix) {
-            Some((_, members)) => members.push((id, r.weight)),
-            None => prefixes.push((r.prefix, vec![(id, r.weight)])),
-        }
+        prefixes.entry(r.prefix).or_default().push((id, r.weight));
     }
     for (g, (prefix, members)) in prefixes.into_iter().enumerate() {
         let target = if let [(only, _)] = members[..] {
@@ -136,7 +134,7 @@ pub struct FwdNode {
     pub live: Vec<(String, Arc<LiveSettings>, StartupSettings)>,
     /// The port settings applied last, so an update that does not touch them leaves the
     /// schedulers alone.
-    pub applied_ports: std::collections::BTreeMap<String, proto::PortSettings>,
+    pub applied_ports: BTreeMap<String, proto::PortSettings>,
     pub handle: ReloadHandle<AnyLogic>,
     pub ports: Vec<String>,
     pub macs: Vec<[u8; 6]>,
