@@ -31,6 +31,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Changes queued per session before it falls back to a resync.
 const SESSION_QUEUE: usize = 4096;
+/// How soon a resync the store failed is tried again.
+const RESYNC_RETRY: Duration = Duration::from_millis(500);
 /// Log lines kept in memory for [`ControllerStats::log`].
 const LOG_KEPT: usize = 256;
 
@@ -540,10 +542,20 @@ async fn serve_node<S: Store>(
     let mut ping = tokio::time::interval(opts.ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = tokio::time::Instant::now();
+    let mut retry_timer = Box::pin(tokio::time::sleep(RESYNC_RETRY));
+    let mut retry_armed = false;
 
     loop {
-        // A resync that failed (the store was unreachable) is retried on its own.
+        // A resync that failed (the store was unreachable) is retried on its own, 500 ms later
+        // whatever else wakes the loop meanwhile (a timer made afresh at each turn would never
+        // fire for a node that reports every 100 ms).
         let retry = behind.load(Ordering::Acquire);
+        if retry && !retry_armed {
+            retry_timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + RESYNC_RETRY);
+            retry_armed = true;
+        }
         tokio::select! {
             msg = ws.next() => {
                 heard = tokio::time::Instant::now();
@@ -610,7 +622,8 @@ async fn serve_node<S: Store>(
                     }
                 }
             }
-            _ = tokio::time::sleep(Duration::from_millis(500)), if retry => {
+            _ = &mut retry_timer, if retry_armed => {
+                retry_armed = false;
                 if let Some(changes) = resync(shared, node, caps, &mut sent, behind).await
                     && !changes.is_empty()
                 {

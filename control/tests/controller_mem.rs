@@ -386,3 +386,83 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     assert_eq!(ctl.stats().refused_busy.load(Ordering::Relaxed), 1);
     assert!(good.stats().connected.load(Ordering::Relaxed));
 }
+
+/// The in-memory store, but loading a node's configuration fails while `failures` is above 0,
+/// and it announces only what the test sends on `events` (changes to `inner` stay silent).
+struct Flaky {
+    inner: MemStore,
+    failures: std::sync::atomic::AtomicU32,
+    events: tokio::sync::broadcast::Sender<linerate_control::store::StoreEvent>,
+}
+
+impl linerate_control::store::Store for Flaky {
+    async fn node_config(
+        &self,
+        node: &str,
+    ) -> Result<linerate_control::proto::Config, linerate_control::store::StoreError> {
+        let left = self.failures.load(Ordering::Relaxed);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::Relaxed);
+            return Err(linerate_control::store::StoreError::BadRow {
+                table: "routes",
+                id: "test".into(),
+                why: "the store is down (test)".into(),
+            });
+        }
+        self.inner.node_config(node).await
+    }
+
+    async fn node_seen(
+        &self,
+        node: &str,
+        caps: &[proto::Capability],
+    ) -> Result<(), linerate_control::store::StoreError> {
+        self.inner.node_seen(node, caps).await
+    }
+
+    async fn record_metrics(
+        &self,
+        node: &str,
+        m: proto::Metrics,
+    ) -> Result<(), linerate_control::store::StoreError> {
+        self.inner.record_metrics(node, m).await
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<linerate_control::store::StoreEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_the_store_failed_is_retried_while_the_node_keeps_reporting() {
+    let store = Arc::new(Flaky {
+        inner: MemStore::new(),
+        failures: 0.into(),
+        events: tokio::sync::broadcast::channel(16).0,
+    });
+    let ctl = start_controller(store.clone(), None).await;
+    // The agent reports every 50 ms, so the session never sits idle for long.
+    let (a, _) = start_agent(ctl.local_addr(), "a");
+    until("a configured", || a.snapshot().version == 1).await;
+    // A change nobody announces, then a resync that fails: only a retry can bring it.
+    store
+        .inner
+        .apply("a", Change::Route(route(1, "10.1.0.0/16", "eth0", 1)));
+    store.failures.store(1, Ordering::Relaxed);
+    store
+        .events
+        .send(linerate_control::store::StoreEvent::Resync)
+        .unwrap();
+    until("the failed resync was logged", || {
+        ctl.stats()
+            .log()
+            .iter()
+            .any(|l| l.contains("resync") && l.contains("retrying"))
+    })
+    .await;
+    until("a got the route from the retry", || {
+        a.snapshot().config.routes.contains_key(&1)
+    })
+    .await;
+    assert_eq!(ctl.stats().store_errors.load(Ordering::Relaxed), 1);
+}
