@@ -324,9 +324,11 @@ async fn connected<D: Dataplane>(node: &mut Node<D>, attempt: &mut u32) -> Resul
         agent: concat!("linerate ", env!("CARGO_PKG_VERSION")).to_string(),
     });
     let frame = proto::encode(&hello).map_err(|e| format!("encoding hello: {e}"))?;
-    ws.send(Message::binary(frame))
-        .await
-        .map_err(|e| format!("sending hello: {e}"))?;
+    let limit = node.opts.idle_timeout;
+    match tokio::time::timeout(limit, ws.send(Message::binary(frame))).await {
+        Ok(r) => r.map_err(|e| format!("sending hello: {e}"))?,
+        Err(_) => return Err("the controller takes no data: reconnecting".into()),
+    }
     node.stats.connected.store(true, Ordering::Relaxed);
     node.stats.connects.fetch_add(1, Ordering::Relaxed);
 
@@ -414,7 +416,12 @@ async fn connected<D: Dataplane>(node: &mut Node<D>, attempt: &mut u32) -> Resul
                 let counters = node.dataplane.metrics();
                 let frame = proto::encode(&NodeMsg::Metrics(Metrics { at_unix_ms, counters }))
                     .map_err(|e| format!("encoding metrics: {e}"))?;
-                ws.send(Message::binary(frame)).await.map_err(|e| format!("sending metrics: {e}"))?;
+                // A controller that stopped reading (a half-open connection) must not hold
+                // the agent longer than the idle limit.
+                match tokio::time::timeout(limit, ws.send(Message::binary(frame))).await {
+                    Ok(r) => r.map_err(|e| format!("sending metrics: {e}"))?,
+                    Err(_) => return Err("the controller takes no data: reconnecting".into()),
+                }
                 node.stats.metrics_sent.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -432,10 +432,16 @@ impl Validate for PortSettings {
                 }
             }
         }
-        if let Some(s) = self.shaper
-            && (s.rate_bps == 0 || s.burst_bytes == 0)
-        {
-            return Err(invalid("port.shaper", "rate and burst must be positive"));
+        if let Some(s) = self.shaper {
+            if s.rate_bps == 0 {
+                return Err(invalid("port.shaper", "the rate must be positive"));
+            }
+            if s.burst_bytes < 1514 {
+                return Err(invalid(
+                    "port.shaper",
+                    "the burst must hold one full frame (1514 bytes)",
+                ));
+            }
         }
         if self.link_rate_bps == Some(0) {
             return Err(invalid("port.link_rate_bps", "must be positive"));

@@ -135,6 +135,8 @@ pub struct FwdNode {
     /// The port settings applied last, so an update that does not touch them leaves the
     /// schedulers alone.
     pub applied_ports: BTreeMap<String, proto::PortSettings>,
+    /// The configuration applied last (its routes and flows decide whether the logic changes).
+    pub last: Option<Arc<Config>>,
     pub handle: ReloadHandle<AnyLogic>,
     pub ports: Vec<String>,
     pub macs: Vec<[u8; 6]>,
@@ -149,25 +151,36 @@ pub struct FwdNode {
 
 impl FwdNode {
     /// Publishes each scheduled port's settings that changed; a port the configuration no
-    /// longer sets goes back to its startup settings.
+    /// longer sets goes back to its startup settings. Settings are compared without the link
+    /// rate (which `fwd` does not use), and remembered whether they applied or were refused,
+    /// so an unrelated update neither resets a shaper's bucket nor repeats a complaint.
     fn apply_ports(&mut self, config: &Config) {
+        let unused = |p: &proto::PortSettings| proto::PortSettings {
+            link_rate_bps: None,
+            ..p.clone()
+        };
         for p in config.ports.values() {
-            if !self.live.iter().any(|(name, _, _)| *name == p.port) {
+            let known = self.live.iter().any(|(name, _, _)| *name == p.port);
+            if !known && self.applied_ports.get(&p.port) != Some(&unused(p)) {
                 eprintln!(
                     "fwd: controller: port settings for '{}' ignored: it is not a port with a \
                      scheduler here (start fwd with --sched or --shape for it)",
                     p.port
                 );
+                self.applied_ports.insert(p.port.clone(), unused(p));
             }
         }
         for (name, cell, startup) in &self.live {
-            let want = config.ports.get(name);
-            if want == self.applied_ports.get(name) {
+            let want = config.ports.get(name).map(unused);
+            if want.as_ref() == self.applied_ports.get(name) {
                 continue;
             }
-            let (discipline, shaper) = match want {
+            let (discipline, shaper) = match &want {
                 Some(p) => (
                     match &p.scheduler {
+                        // FCFS on a port with classes would leave every class but the first
+                        // unserved: it means "no say on the discipline", which stays.
+                        proto::Scheduler::Fcfs if cell.classes() > 1 => startup.0.clone(),
                         proto::Scheduler::Fcfs => Discipline::Fcfs,
                         proto::Scheduler::Wrr(w) => Discipline::Wrr(w.clone()),
                         proto::Scheduler::Drr(q) => Discipline::Drr(q.clone()),
@@ -177,28 +190,36 @@ impl FwdNode {
                 None => startup.clone(),
             };
             match cell.publish(discipline, shaper) {
-                Ok(_) => {
-                    eprintln!(
-                        "fwd: controller: port {name}: {} applied",
-                        if want.is_some() {
-                            "new settings"
-                        } else {
-                            "startup settings"
-                        }
-                    );
-                    match want {
-                        Some(p) => self.applied_ports.insert(name.clone(), p.clone()),
-                        None => self.applied_ports.remove(name),
-                    };
-                }
+                Ok(_) => eprintln!(
+                    "fwd: controller: port {name}: {} applied",
+                    if want.is_some() {
+                        "new settings"
+                    } else {
+                        "startup settings"
+                    }
+                ),
                 Err(e) => eprintln!("fwd: controller: port {name}: settings refused: {e}"),
             }
+            match want {
+                Some(p) => self.applied_ports.insert(name.clone(), p),
+                None => self.applied_ports.remove(name),
+            };
         }
     }
 }
 
 impl Dataplane for FwdNode {
     fn apply(&mut self, config: &Arc<Config>) {
+        let logic_changed = self
+            .last
+            .as_ref()
+            .is_none_or(|l| l.routes != config.routes || l.flows != config.flows);
+        self.last = Some(config.clone());
+        self.apply_ports(config);
+        if !logic_changed {
+            // Only port settings changed: the routes, and the flows cached in XDP, stay.
+            return;
+        }
         let (logic, warnings) = logic_from(config, &self.ports, &self.macs, self.ttl);
         for w in warnings {
             eprintln!("fwd: controller: {w}");
@@ -214,7 +235,6 @@ impl Dataplane for FwdNode {
             config.routes.len(),
             config.flows.len()
         );
-        self.apply_ports(config);
     }
 
     fn metrics(&mut self) -> Vec<Counter> {
@@ -311,5 +331,59 @@ mod tests {
         let (v, _, _) = verdict("10.9.1.1", 80);
         assert!(matches!(v, Verdict::Forward(1 | 2)), "{v:?}");
         assert!(matches!(verdict("192.168.1.1", 80).0, Verdict::Drop(_)));
+    }
+
+    #[test]
+    fn port_settings_apply_once_and_keep_a_multi_class_discipline_and_the_routes() {
+        let handle = ReloadHandle::new(AnyLogic::new(Router::new()));
+        let cell = LiveSettings::new(2, 2);
+        let startup = (Discipline::Wrr(vec![1, 2]), Some((1e8, 15_000)));
+        let mut node = FwdNode {
+            live: vec![("b".into(), cell.clone(), startup.clone())],
+            applied_ports: BTreeMap::new(),
+            last: None,
+            handle: handle.clone(),
+            ports: vec!["a".into(), "b".into()],
+            macs: vec![[0xaa; 6], [0xbb; 6]],
+            ttl: false,
+            acl: None,
+            published: Arc::new(AtomicBool::new(false)),
+            counters: Arc::new(OnceLock::new()),
+        };
+        let mut c = Config::default();
+        c.routes.insert(1, route(1, "10.0.0.0/8", "a", 1, 1));
+        let shaped = |link| proto::PortSettings {
+            port: "b".into(),
+            scheduler: proto::Scheduler::Fcfs,
+            shaper: Some(proto::Shaper {
+                rate_bps: 200_000_000,
+                burst_bytes: 30_000,
+            }),
+            link_rate_bps: link,
+        };
+        c.ports.insert("b".into(), shaped(None));
+        node.apply(&Arc::new(c.clone()));
+        assert_eq!(handle.version(), 1);
+        // FCFS on a two-class port keeps the port's own discipline; the shaper changes.
+        assert_eq!(
+            cell.current(),
+            (1, Discipline::Wrr(vec![1, 2]), Some((2e8, 30_000)))
+        );
+        // A new link rate (unused here) changes nothing: no new settings, no new logic.
+        c.ports.insert("b".into(), shaped(Some(10_000_000_000)));
+        node.apply(&Arc::new(c.clone()));
+        assert_eq!((cell.current().0, handle.version()), (1, 1));
+        // A route change republishes the logic and leaves the port alone.
+        c.routes.insert(2, route(2, "10.9.0.0/16", "b", 2, 1));
+        node.apply(&Arc::new(c.clone()));
+        assert_eq!((cell.current().0, handle.version()), (1, 2));
+        // Settings withdrawn: back to the startup ones.
+        c.ports.clear();
+        node.apply(&Arc::new(c));
+        assert_eq!(
+            cell.current(),
+            (2, Discipline::Wrr(vec![1, 2]), Some((1e8, 15_000)))
+        );
+        assert_eq!(handle.version(), 2);
     }
 }

@@ -271,12 +271,21 @@ pub fn run(a: ControllerArgs) -> Result<()> {
         .build()
         .context("starting the controller's runtime")?;
     rt.block_on(async move {
+        // Every handler is in place before "listening" is printed: a signal sent the moment
+        // the controller says it is up must not kill it with the default action.
+        let (mut signals, mut hup) = Signals::new()?;
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("--listen {}", a.listen))?;
         let mut opts = ControllerOptions::new(token);
         opts.verbose = !a.quiet;
-        let stop = stop_signal(a.duration);
+        let deadline = async {
+            match a.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
         match database {
             Some(url) => {
                 let store = Arc::new(
@@ -289,7 +298,16 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                     "controller: listening on ws://{}/ (PostgreSQL store)",
                     ctl.local_addr()
                 );
-                stop.await;
+                loop {
+                    tokio::select! {
+                        _ = &mut deadline => break,
+                        _ = signals.stop() => break,
+                        _ = hup.recv() => eprintln!(
+                            "controller: SIGHUP: nothing to re-read: the database is the \
+                             configuration, and its changes apply as they commit"
+                        ),
+                    }
+                }
                 ctl.stop().await;
             }
             None => {
@@ -307,12 +325,10 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                         .map(|p| format!(", {} nodes from {}", configured.len(), p.display()))
                         .unwrap_or_default()
                 );
-                let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                    .context("installing the SIGHUP handler")?;
-                tokio::pin!(stop);
                 loop {
                     tokio::select! {
-                        _ = &mut stop => break,
+                        _ = &mut deadline => break,
+                        _ = signals.stop() => break,
                         _ = hup.recv() => match a.config.as_deref() {
                             None => eprintln!("controller: SIGHUP: no --config to re-read"),
                             Some(p) => match read_seed(p) {
@@ -327,10 +343,39 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                         },
                     }
                 }
+                ctl.stop().await;
             }
         }
         Ok(())
     })
+}
+
+/// SIGINT and SIGTERM, which stop the controller.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// The stop signals and SIGHUP (which re-reads `--config`).
+    fn new() -> Result<(Signals, tokio::signal::unix::Signal)> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
+        let stop = Signals {
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+        };
+        Ok((stop, install(SignalKind::hangup(), "SIGHUP")?))
+    }
+
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }
 
 /// One descriptor per node: lifts the soft limit to the hard one (often 1024 -> 1M), so a
@@ -355,27 +400,6 @@ fn apply_seed(store: &MemStore, seed: BTreeMap<String, Config>, configured: &mut
     for (node, config) in seed {
         store.set_config(&node, config);
         configured.insert(node);
-    }
-}
-
-async fn stop_signal(duration: Option<Duration>) {
-    let interrupt = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    match duration {
-        Some(d) => tokio::select! {
-            _ = interrupt => {}
-            _ = tokio::time::sleep(d) => {}
-        },
-        None => interrupt.await,
     }
 }
 

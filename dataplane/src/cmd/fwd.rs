@@ -1095,6 +1095,7 @@ pub fn run(a: FwdArgs) -> Result<()> {
                     })
                     .collect(),
                 applied_ports: Default::default(),
+                last: None,
                 handle: handle.clone(),
                 ports: s.ports.clone(),
                 macs: macs.clone(),

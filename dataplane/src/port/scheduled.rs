@@ -52,6 +52,10 @@ pub struct ScheduledPort<P> {
     live: Option<(Arc<LiveSettings>, u64)>,
 }
 
+/// The smallest shaper burst a port takes from the control plane: one full Ethernet frame,
+/// as `--shape` requires.
+pub const MIN_BURST: u32 = 1514;
+
 /// One publication of [`LiveSettings`]: its version, the discipline, the shaper (total bit/s
 /// over every worker, burst bytes).
 type Published = (u64, Discipline, Option<(f64, u32)>);
@@ -78,6 +82,17 @@ impl LiveSettings {
             workers: workers.max(1),
             publish: std::sync::Mutex::new(()),
         })
+    }
+
+    /// Classes of the port (fixed when it was built).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// The version published last (0: none yet) and what it set.
+    pub fn current(&self) -> (u64, Discipline, Option<(f64, u32)>) {
+        let p = self.next.load();
+        (p.0, p.1.clone(), p.2)
     }
 
     /// Checks and publishes new settings; every worker's port takes them at its next flush.
@@ -107,6 +122,12 @@ impl LiveSettings {
             None,
         )?;
         if let Some((rate, burst)) = shaper {
+            // A bucket smaller than a frame would never let a full-size frame through.
+            if burst < MIN_BURST {
+                return Err(format!(
+                    "shaper burst {burst} bytes: at least {MIN_BURST} (one full frame)"
+                ));
+            }
             TokenBucket::new(rate / self.workers as f64, burst)?;
         }
         let _one = self
