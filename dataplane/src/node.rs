@@ -210,31 +210,31 @@ impl FwdNode {
 
 impl Dataplane for FwdNode {
     fn apply(&mut self, config: &Arc<Config>) {
+        // An update that changes only port settings keeps the routes, and the flows the XDP
+        // program cached under them.
         let logic_changed = self
             .last
             .as_ref()
             .is_none_or(|l| l.routes != config.routes || l.flows != config.flows);
         self.last = Some(config.clone());
+        if logic_changed {
+            let (logic, warnings) = logic_from(config, &self.ports, &self.macs, self.ttl);
+            for w in warnings {
+                eprintln!("fwd: controller: {w}");
+            }
+            let logic = match &self.acl {
+                Some(acl) => logic.with_acl(acl.clone()),
+                None => logic,
+            };
+            let version = self.handle.publish(logic);
+            self.published.store(true, Ordering::Release);
+            eprintln!(
+                "fwd: controller: {} route(s), {} flow pin(s) applied (logic version {version})",
+                config.routes.len(),
+                config.flows.len()
+            );
+        }
         self.apply_ports(config);
-        if !logic_changed {
-            // Only port settings changed: the routes, and the flows cached in XDP, stay.
-            return;
-        }
-        let (logic, warnings) = logic_from(config, &self.ports, &self.macs, self.ttl);
-        for w in warnings {
-            eprintln!("fwd: controller: {w}");
-        }
-        let logic = match &self.acl {
-            Some(acl) => logic.with_acl(acl.clone()),
-            None => logic,
-        };
-        let version = self.handle.publish(logic);
-        self.published.store(true, Ordering::Release);
-        eprintln!(
-            "fwd: controller: {} route(s), {} flow pin(s) applied (logic version {version})",
-            config.routes.len(),
-            config.flows.len()
-        );
     }
 
     fn metrics(&mut self) -> Vec<Counter> {
