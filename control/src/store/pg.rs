@@ -164,7 +164,9 @@ impl PgStore {
         let listener = open_listener(&listen_opts, &channel).await?;
         let (shutdown_tx, shutdown_rx) = watch::channel(());
         tokio::spawn(heartbeat(
-            pool.clone(),
+            listen_opts
+                .clone()
+                .application_name("linerate-controller-heartbeat"),
             channel.clone(),
             timing.heartbeat,
             shutdown_rx.clone(),
@@ -273,24 +275,40 @@ async fn open_listener(opts: &PgConnectOptions, channel: &str) -> Result<PgListe
 
 /// The heartbeat task: [`HEARTBEAT`] on `channel` every `period` until the store is dropped.
 async fn heartbeat(
-    pool: PgPool,
+    opts: PgConnectOptions,
     channel: String,
     period: Duration,
     mut shutdown: watch::Receiver<()>,
 ) {
     let mut failing = false;
+    // Its own connection, not the pool's: a pool busy with metrics batches must not delay the
+    // heartbeat into a false alarm (a reconnection and a resync of every node).
+    let mut conn: Option<sqlx::PgConnection> = None;
     loop {
         // changed() ends (with an error) once the store, the only sender, is dropped.
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        let sent = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = sqlx::query("SELECT pg_notify($1, $2)")
+        let send = async {
+            let c = match &mut conn {
+                Some(c) => c,
+                None => conn.insert(sqlx::PgConnection::connect_with(&opts).await?),
+            };
+            let r = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(&channel)
                 .bind(HEARTBEAT)
-                .execute(&pool) => r,
+                .execute(&mut *c)
+                .await;
+            if r.is_err() {
+                // Start over with a new connection next time.
+                conn = None;
+            }
+            r
+        };
+        let sent = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = send => r,
         };
         // One line when heartbeats start failing and one when they work again: the listener
         // says what it makes of the silence.
