@@ -372,10 +372,7 @@ async fn session<S: Store>(shared: Arc<Shared<S>>, stream: TcpStream, peer: Sock
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(cfg));
     // A peer that never completes the upgrade must not hold its slot forever.
     let Ok(handshake) = tokio::time::timeout(shared.opts.hello_timeout, handshake).await else {
-        shared
-            .stats
-            .refused_not_hello
-            .fetch_add(1, Ordering::Relaxed);
+        shared.stats.count_refusal(Refusal::NotHello);
         shared.log(format!("{peer}: refused: no WebSocket upgrade in time"));
         return;
     };
@@ -390,10 +387,7 @@ async fn session<S: Store>(shared: Arc<Shared<S>>, stream: TcpStream, peer: Sock
             return;
         }
         Err(e) => {
-            shared
-                .stats
-                .refused_malformed
-                .fetch_add(1, Ordering::Relaxed);
+            shared.stats.count_refusal(Refusal::Malformed);
             shared.log(format!("{peer}: refused: WebSocket handshake: {e}"));
             return;
         }

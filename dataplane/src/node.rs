@@ -107,12 +107,17 @@ pub fn logic_from(
             continue;
         };
         let m = &f.matcher;
-        let prefix = |p: Option<proto::Prefix>| p.and_then(|p| Prefix::new(p.addr, p.len).ok());
+        // A prefix the filter refuses must not turn into "any": the pin is left out instead.
+        let prefix = |p: Option<proto::Prefix>| p.map(|p| Prefix::new(p.addr, p.len)).transpose();
+        let (Ok(src), Ok(dst)) = (prefix(m.src), prefix(m.dst)) else {
+            warnings.push(format!("flow {}: a prefix this node cannot match", f.id));
+            continue;
+        };
         pins.push((
             Rule {
                 proto: m.proto,
-                src: prefix(m.src),
-                dst: prefix(m.dst),
+                src,
+                dst,
                 src_ports: m.src_port.map_or(0..=u16::MAX, |p| p..=p),
                 dst_ports: m.dst_port.map_or(0..=u16::MAX, |p| p..=p),
                 ..Rule::any(Action::Permit)

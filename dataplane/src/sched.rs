@@ -249,6 +249,21 @@ pub enum Discipline {
     Drr(Vec<u32>),
 }
 
+impl Discipline {
+    /// How many classes it serves, or why its weights/quanta are unusable.
+    pub fn classes(&self) -> Result<usize, String> {
+        match self {
+            Discipline::Fcfs => Ok(1),
+            Discipline::Wrr(w) | Discipline::Drr(w) => {
+                if w.is_empty() || w.contains(&0) {
+                    return Err("weights/quanta: give one positive value per class".into());
+                }
+                Ok(w.len())
+            }
+        }
+    }
+}
+
 /// Bounds of one class queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimit {
@@ -295,15 +310,7 @@ impl<T: Packet> Scheduler<T> {
         limit: QueueLimit,
         shaper: Option<Shaper>,
     ) -> Result<Scheduler<T>, String> {
-        let n = match &discipline {
-            Discipline::Fcfs => 1,
-            Discipline::Wrr(w) | Discipline::Drr(w) => {
-                if w.is_empty() || w.contains(&0) {
-                    return Err("weights/quanta: give one positive value per class".into());
-                }
-                w.len()
-            }
-        };
+        let n = discipline.classes()?;
         if limit.packets == 0 || limit.bytes == 0 {
             return Err("queue limit: at least one packet and one byte".into());
         }
@@ -339,15 +346,7 @@ impl<T: Packet> Scheduler<T> {
         discipline: Discipline,
         shaper: Option<Shaper>,
     ) -> Result<(), String> {
-        let n = match &discipline {
-            Discipline::Fcfs => 1,
-            Discipline::Wrr(w) | Discipline::Drr(w) => {
-                if w.is_empty() || w.contains(&0) {
-                    return Err("weights/quanta: give one positive value per class".into());
-                }
-                w.len()
-            }
-        };
+        let n = discipline.classes()?;
         if n != self.classes.len() {
             return Err(format!(
                 "{n} class(es) given, the port has {}",

@@ -7,7 +7,7 @@
 use super::{Port, PortError};
 use crate::batch::Batch;
 use crate::frame::{BufferPool, Frame};
-use crate::sched::{Classifier, Discipline, DropCause, DropPolicy, Scheduler, TokenBucket};
+use crate::sched::{Classifier, Discipline, DropCause, Scheduler, TokenBucket};
 use crate::wire::parse_headers;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -101,26 +101,13 @@ impl LiveSettings {
         discipline: Discipline,
         shaper: Option<(f64, u32)>,
     ) -> Result<u64, String> {
-        let n = match &discipline {
-            Discipline::Fcfs => 1,
-            Discipline::Wrr(w) | Discipline::Drr(w) => w.len(),
-        };
+        let n = discipline.classes()?;
         if n != self.classes {
             return Err(format!(
                 "{n} class(es) given; the port was started with {}",
                 self.classes
             ));
         }
-        // The checks a worker would otherwise meet, made here where they can be reported.
-        Scheduler::<(Frame, usize)>::new(
-            discipline.clone(),
-            DropPolicy::TailDrop,
-            crate::sched::QueueLimit {
-                packets: 1,
-                bytes: 1,
-            },
-            None,
-        )?;
         if let Some((rate, burst)) = shaper {
             // A bucket smaller than a frame would never let a full-size frame through.
             if burst < MIN_BURST {
