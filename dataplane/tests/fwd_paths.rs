@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{Job, field, from, gen_frames, linerate, linerate_in, start_sink, start_until};
+use common::{
+    Forwarder, Job, field, from, gen_frames, linerate, linerate_in, start_sink, start_until,
+    ws_addr,
+};
 use linerate_tests::{NetNs, VethPair, privileged, run};
 use std::time::Duration;
 
@@ -396,13 +399,16 @@ fn multipath_spreads_sixteen_flows_over_two_routes() {
     assert_eq!(field(&s1, "lost") + field(&s2, "lost"), 0, "{s1}\n{s2}");
 }
 
-/// `linerate controller` on a free loopback port, serving `seed`; returns it and its URL.
-fn start_controller(seed: &std::path::Path, port: u16) -> Job {
+/// `linerate controller` on a loopback port the kernel picks, serving `seed`; returns it and
+/// the address it listens on.
+fn start_controller(seed: &std::path::Path) -> (Job, std::net::SocketAddr) {
     let mut cmd = linerate();
     cmd.env("LINERATE_TOKEN", "fwd-paths-token")
-        .args(["controller", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["controller", "--listen", "127.0.0.1:0"])
         .args(["--config", seed.to_str().unwrap()]);
-    start_until(cmd, "listening on")
+    let job = start_until(cmd, "listening on");
+    let addr = ws_addr(&job.ready);
+    (job, addr)
 }
 
 #[test]
@@ -428,15 +434,13 @@ fn controller_routes_move_flows_live_and_survive_a_controller_restart() {
     );
     let path = std::env::temp_dir().join(format!("linerate-ctl-{}.toml", left.a));
     std::fs::write(&path, seed(&one.a, &two.a, &port1)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let ctl = start_controller(&path, port);
+    // The node reaches the controller through a forwarder, so that the restarted controller
+    // (on a port of its own) is at the same address for it.
+    let (ctl, at) = start_controller(&path);
+    let fwd_to = Forwarder::new(at);
     let sink1 = start_sink(linerate(), &one.b, "17s");
     let sink2 = start_sink(linerate(), &two.b, "17s");
-    let url = format!("ws://127.0.0.1:{port}/");
+    let url = format!("ws://{}/", fwd_to.addr);
     let mut cmd = linerate();
     cmd.env("LINERATE_TOKEN", "fwd-paths-token")
         .args([
@@ -486,7 +490,8 @@ fn controller_routes_move_flows_live_and_survive_a_controller_restart() {
     let _ = ctl.finish();
     gen_frames(linerate(), &left.a, "198.51.100.200", 10000, &[]);
     // It comes back with the same routes: the node reconnects, and nothing is re-applied.
-    let ctl = start_controller(&path, port);
+    let (ctl, at) = start_controller(&path);
+    fwd_to.set_target(at);
     ctl.wait_line("node 'r1' registered", Duration::from_secs(10));
     gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
 

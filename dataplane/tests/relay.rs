@@ -1,34 +1,43 @@
 //! `linerate relay` end to end on loopback: curl through it (content verified), iperf3 through
 //! proxychains4, UDP ASSOCIATE, username/password, every kind of bad handshake (and the relay
-//! keeps serving), half-close, and 2,000 concurrent connections without leaks. io_uring is a
-//! privileged feature here (CI runs these as root).
+//! keeps serving), the deny-list in every spelling of a destination, limits at accept,
+//! half-close, and 2,000 concurrent connections without leaks. io_uring is a privileged
+//! feature here (CI runs these as root).
+//!
+//! Every relay listens on port 0 and the test reads the port it got from its first line;
+//! servers bind port 0 too. No port is ever picked by arithmetic.
 
 mod common;
 
-use common::{Job, field, from, linerate, start_until};
-use linerate_tests::privileged;
+use common::{Job, field, linerate, linerate_in, start_until};
+use linerate_tests::{NetNs, privileged};
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Ports for this test binary's relays, away from the usual ones.
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
-
-fn port() -> u16 {
-    20000 + (std::process::id() % 20000) as u16 + NEXT_PORT.fetch_add(1, Ordering::Relaxed) * 7
+/// The address in the relay's "relay: SOCKS5 on ADDR (...)" line.
+fn listen_addr(ready: &str) -> SocketAddr {
+    let rest = ready
+        .split("SOCKS5 on ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in '{ready}'"));
+    rest.split(' ').next().unwrap().parse().unwrap()
 }
 
-fn start_relay(extra: &[&str]) -> (Job, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
-    let mut cmd = linerate();
-    cmd.args(["relay", "--listen", &addr.to_string(), "--json"]);
+fn start_relay_with(mut cmd: Command, extra: &[&str]) -> (Job, SocketAddr) {
+    cmd.args(["relay", "--listen", "127.0.0.1:0", "--json"]);
     if !extra.contains(&"--drain") {
         cmd.args(["--drain", "1s"]);
     }
     cmd.args(extra);
-    (start_until(cmd, "relay: SOCKS5 on"), addr)
+    let job = start_until(cmd, "relay: SOCKS5 on");
+    let addr = listen_addr(&job.ready);
+    (job, addr)
+}
+
+fn start_relay(extra: &[&str]) -> (Job, SocketAddr) {
+    start_relay_with(linerate(), extra)
 }
 
 fn stop(job: Job) -> String {
@@ -104,14 +113,42 @@ fn read_full(s: &mut TcpStream, buf: &mut [u8]) -> usize {
     at
 }
 
-fn connect_request(to: SocketAddr) -> Vec<u8> {
-    let SocketAddr::V4(v4) = to else {
-        panic!("IPv4 only here")
-    };
-    let mut r = vec![5, 1, 0, 1];
-    r.extend_from_slice(&v4.ip().octets());
-    r.extend_from_slice(&v4.port().to_be_bytes());
+/// A request (`cmd` 1 CONNECT, 3 UDP ASSOCIATE) to an address: ATYP 1 or 4 by its family.
+fn ip_request(cmd: u8, to: SocketAddr) -> Vec<u8> {
+    let mut r = vec![5, cmd, 0];
+    r.extend_from_slice(&socks_addr(to));
     r
+}
+
+/// ATYP DST.ADDR DST.PORT for an address.
+fn socks_addr(to: SocketAddr) -> Vec<u8> {
+    let mut r = match to.ip() {
+        IpAddr::V4(a) => [&[1u8][..], &a.octets()].concat(),
+        IpAddr::V6(a) => [&[4u8][..], &a.octets()].concat(),
+    };
+    r.extend_from_slice(&to.port().to_be_bytes());
+    r
+}
+
+/// ATYP 3 DST.ADDR DST.PORT for a name.
+fn socks_name(name: &str, port: u16) -> Vec<u8> {
+    let mut r = vec![3, name.len() as u8];
+    r.extend_from_slice(name.as_bytes());
+    r.extend_from_slice(&port.to_be_bytes());
+    r
+}
+
+fn connect_request(to: SocketAddr) -> Vec<u8> {
+    ip_request(1, to)
+}
+
+fn name_request(name: &str, port: u16) -> Vec<u8> {
+    [&[5u8, 1, 0][..], &socks_name(name, port)].concat()
+}
+
+/// The relay's JSON report, parsed.
+fn report(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 #[test]
@@ -391,10 +428,11 @@ fn two_thousand_concurrent_connections_leak_nothing() {
     assert_eq!(field(&out, "succeeded"), 2000, "{out}");
     assert_eq!(field(&out, "active"), 0, "{out}");
     // Per worker: SO_REUSEPORT spread the connections over both workers' listeners.
-    let per_worker: Vec<u64> = from(&out, "workers")
-        .split("{\"total\":")
-        .skip(1)
-        .map(|w| w.split(',').next().unwrap().parse().unwrap())
+    let per_worker: Vec<u64> = report(&out)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["total"].as_u64().unwrap())
         .collect();
     assert_eq!(per_worker.iter().sum::<u64>(), 2000, "{out}");
     if per_worker.len() > 1 {
@@ -420,16 +458,21 @@ fn iperf3_runs_unmodified_through_proxychains() {
     if !privileged("relay::iperf3_runs_unmodified_through_proxychains") {
         return;
     }
-    let (relay, addr) = start_relay(&[]);
-    let iperf_port = port().to_string();
-    let mut server = Command::new("iperf3")
-        .args(["-s", "-1", "-p", &iperf_port, "-B", "127.0.0.1"])
+    // iperf3 cannot report a port the kernel chose, so it runs in a namespace of its own,
+    // where nothing else can hold its default port.
+    let ns = NetNs::new().unwrap();
+    let (relay, addr) = start_relay_with(linerate_in(ns.name()), &[]);
+    let in_ns = |cmd: &str| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns.name(), cmd]);
+        c
+    };
+    let mut server = in_ns("iperf3")
+        .args(["-s", "-1", "-B", "127.0.0.1"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("iperf3 is installed (scripts/run-tests installs it)");
-    std::thread::sleep(Duration::from_millis(300));
-    let conf =
-        std::env::temp_dir().join(format!("linerate-proxychains-{}.conf", std::process::id()));
+    let conf = std::env::temp_dir().join(format!("linerate-proxychains-{}.conf", ns.name()));
     std::fs::write(
         &conf,
         format!(
@@ -439,18 +482,20 @@ fn iperf3_runs_unmodified_through_proxychains() {
         ),
     )
     .unwrap();
-    let out = Command::new("proxychains4")
-        .args([
-            "-q",
-            "-f",
-            conf.to_str().unwrap(),
-            "iperf3",
-            "-c",
-            "127.0.0.1",
-        ])
-        .args(["-p", &iperf_port, "-t", "2", "-J"])
-        .output()
-        .expect("proxychains4 is installed (scripts/run-tests installs it)");
+    // The server needs a moment to listen; the client retries until it does (bounded).
+    let t = Instant::now();
+    let out = loop {
+        let out = in_ns("proxychains4")
+            .args(["-q", "-f", conf.to_str().unwrap()])
+            .args(["iperf3", "-c", "127.0.0.1", "-t", "2", "-J"])
+            .output()
+            .expect("proxychains4 is installed (scripts/run-tests installs it)");
+        if out.status.success() || t.elapsed() > Duration::from_secs(10) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_file(&conf);
     let report = String::from_utf8_lossy(&out.stdout);
@@ -488,36 +533,313 @@ fn echo_once(s: &mut TcpStream, what: &[u8]) {
     assert_eq!(b, what);
 }
 
+/// Whether the relay closes `s` without a word (within the read timeout).
+fn closed_without_reply(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(&[5, 1, 0]);
+    let mut b = [0u8; 2];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
 #[test]
-fn connection_limits_refuse_with_not_allowed() {
-    if !privileged("relay::connection_limits_refuse_with_not_allowed") {
+fn connections_past_max_conns_are_closed_at_accept_even_before_their_handshake() {
+    if !privileged(
+        "relay::connections_past_max_conns_are_closed_at_accept_even_before_their_handshake",
+    ) {
         return;
     }
     let echo = echo_server();
-    let (relay, addr) = start_relay(&["--max-conns", "2"]);
-    let (mut a, ra) = socks_request(addr, &connect_request(echo));
-    let (_b, rb) = socks_request(addr, &connect_request(echo));
-    let (_c, rc) = socks_request(addr, &connect_request(echo));
-    assert_eq!(
-        (ra[1], rb[1], rc[1]),
-        (0, 0, 2),
-        "the third is refused by the ruleset"
-    );
-    echo_once(&mut a, b"still relaying");
-    drop(a);
-    // A slot is free again once the relay saw the close.
-    let mut ok = false;
-    for _ in 0..50 {
-        let (_d, rd) = socks_request(addr, &connect_request(echo));
-        if rd[1] == 0 {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let (relay, addr) = start_relay(&["--max-conns", "3"]);
+    let (mut relayed, r) = socks_request(addr, &connect_request(echo));
+    assert_eq!(r[1], 0);
+    // A slowloris: two connections that never say a word hold the other two slots...
+    let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // ...(once the relay has accepted them: wait until a fourth is turned away)...
+    let t = Instant::now();
+    let mut turned_away = false;
+    while !turned_away && t.elapsed() < Duration::from_secs(10) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        turned_away = closed_without_reply(&mut s);
     }
-    assert!(ok, "a closed connection gives its slot back");
+    assert!(
+        turned_away,
+        "a connection past --max-conns is closed at accept"
+    );
+    echo_once(&mut relayed, b"still relaying");
+    // A closed connection gives its slot back.
+    drop(silent);
+    let t = Instant::now();
+    let mut ok = false;
+    while !ok && t.elapsed() < Duration::from_secs(10) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&[5, 1, 0]);
+        let mut m = [0u8; 2];
+        ok = s.read_exact(&mut m).is_ok() && m == [5, 0];
+    }
+    assert!(ok, "slots come back when clients close");
+    drop(relayed);
     let out = stop(relay);
-    assert!(field(&out, "not_allowed") >= 1, "{out}");
+    assert!(field(&out, "refused_over_limit") >= 1, "{out}");
+}
+
+/// A handshake with username/password; returns the reply to `request`.
+fn socks_request_as(relay: SocketAddr, user: &str, pass: &str, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(relay).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[5, 1, 2]).unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).unwrap();
+    assert_eq!(m, [5, 2]);
+    let mut auth = vec![1, user.len() as u8];
+    auth.extend_from_slice(user.as_bytes());
+    auth.push(pass.len() as u8);
+    auth.extend_from_slice(pass.as_bytes());
+    s.write_all(&auth).unwrap();
+    s.read_exact(&mut m).unwrap();
+    assert_eq!(m, [1, 0], "authenticated");
+    s.write_all(request).unwrap();
+    let mut reply = vec![0u8; 10];
+    let n = read_full(&mut s, &mut reply);
+    reply.truncate(n);
+    // Keep the connection open past the caller's check.
+    std::mem::forget(s);
+    reply
+}
+
+#[test]
+fn a_users_connections_past_its_limit_are_refused_with_not_allowed() {
+    if !privileged("relay::a_users_connections_past_its_limit_are_refused_with_not_allowed") {
+        return;
+    }
+    let echo = echo_server();
+    let users = std::env::temp_dir().join(format!("linerate-users-limit-{}", std::process::id()));
+    std::fs::write(&users, "alice:pw\nbob:pw\n").unwrap();
+    let (relay, addr) = start_relay(&[
+        "--auth",
+        users.to_str().unwrap(),
+        "--max-conns-per-user",
+        "1",
+    ]);
+    let req = connect_request(echo);
+    assert_eq!(socks_request_as(addr, "alice", "pw", &req)[1], 0);
+    assert_eq!(
+        socks_request_as(addr, "alice", "pw", &req)[1],
+        2,
+        "alice's second"
+    );
+    assert_eq!(
+        socks_request_as(addr, "bob", "pw", &req)[1],
+        0,
+        "bob has his own"
+    );
+    let out = stop(relay);
+    let _ = std::fs::remove_file(&users);
+    assert_eq!(field(&out, "not_allowed"), 1, "{out}");
+}
+
+/// A TCP server on every address of this host (so 127.0.0.2 and 0.0.0.0 reach it too),
+/// accepting and closing.
+fn server_on_any() -> u16 {
+    let l = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || for _s in l.incoming() {});
+    port
+}
+
+fn connect_reply(relay: SocketAddr, request: &[u8]) -> u8 {
+    let (_s, reply) = socks_request(relay, request);
+    assert!(reply.len() >= 2, "a reply to {request:?}: {reply:?}");
+    reply[1]
+}
+
+#[test]
+fn the_deny_list_holds_for_every_spelling_of_a_connect_destination() {
+    if !privileged("relay::the_deny_list_holds_for_every_spelling_of_a_connect_destination") {
+        return;
+    }
+    let port = server_on_any();
+    let (relay, me) = start_relay(&["--deny", "127.0.0.2/32"]);
+    let ip = |s: &str, p: u16| connect_request(SocketAddr::new(s.parse().unwrap(), p));
+    let refused = [
+        ("ATYP 1", ip("127.0.0.2", port)),
+        ("ATYP 4 mapped", ip("::ffff:127.0.0.2", port)),
+        ("ATYP 4 compatible", ip("::127.0.0.2", port)),
+        ("ATYP 3 literal", name_request("127.0.0.2", port)),
+        (
+            "ATYP 3 mapped literal",
+            name_request("::ffff:127.0.0.2", port),
+        ),
+        ("own listener, ATYP 1", ip("127.0.0.1", me.port())),
+        ("own listener, mapped", ip("::ffff:127.0.0.1", me.port())),
+        ("own listener, 0.0.0.0", ip("0.0.0.0", me.port())),
+        ("own listener, ::", ip("::", me.port())),
+        ("own listener, ATYP 3", name_request("0.0.0.0", me.port())),
+        ("link-local, mapped", ip("::ffff:169.254.169.254", 80)),
+    ];
+    for (what, req) in &refused {
+        assert_eq!(connect_reply(me, req), 2, "{what}");
+    }
+    // Other destinations on the same server are reached, in any spelling.
+    assert_eq!(connect_reply(me, &ip("127.0.0.3", port)), 0);
+    assert_eq!(connect_reply(me, &ip("::ffff:127.0.0.3", port)), 0);
+    assert_eq!(connect_reply(me, &name_request("127.0.0.3", port)), 0);
+    let out = stop(relay);
+    assert_eq!(field(&out, "not_allowed"), refused.len() as u64, "{out}");
+    unspecified_destinations_reach_loopback(port);
+}
+
+/// Denying loopback denies the unspecified address, which reaches it.
+fn unspecified_destinations_reach_loopback(port: u16) {
+    let (relay, me) = start_relay(&["--deny", "127.0.0.0/8"]);
+    let ip = |s: &str| connect_request(SocketAddr::new(s.parse().unwrap(), port));
+    for req in [
+        ip("0.0.0.0"),
+        ip("::ffff:0.0.0.0"),
+        name_request("0.0.0.0", port),
+    ] {
+        assert_eq!(connect_reply(me, &req), 2, "{req:?}");
+    }
+    stop(relay);
+}
+
+/// A UDP ASSOCIATE from `client`; returns the control connection and the relay's UDP address.
+fn associate(relay: SocketAddr, client: &UdpSocket) -> (TcpStream, SocketAddr) {
+    let from = client.local_addr().unwrap();
+    let (control, reply) = socks_request(relay, &ip_request(3, from));
+    assert_eq!(reply[..2], [5, 0], "{reply:?}");
+    assert_eq!(reply[3], 1, "an IPv4 address to send to");
+    let bound = SocketAddr::from((
+        [reply[4], reply[5], reply[6], reply[7]],
+        u16::from_be_bytes([reply[8], reply[9]]),
+    ));
+    (control, bound)
+}
+
+fn udp_to(dst: &[u8], payload: &[u8]) -> Vec<u8> {
+    [&[0u8, 0, 0][..], dst, payload].concat()
+}
+
+#[test]
+fn the_deny_list_holds_for_every_spelling_of_a_udp_destination() {
+    if !privileged("relay::the_deny_list_holds_for_every_spelling_of_a_udp_destination") {
+        return;
+    }
+    let server = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (relay, me) = start_relay(&["--deny", "127.0.0.1/32"]);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (_control, bound) = associate(me, &client);
+    let ip = |s: &str| socks_addr(SocketAddr::new(s.parse().unwrap(), port));
+    let denied = [
+        ip("127.0.0.1"),
+        ip("::ffff:127.0.0.1"),
+        ip("::127.0.0.1"),
+        ip("0.0.0.0"),
+        ip("::ffff:0.0.0.0"),
+        socks_name("0.0.0.0", port),
+        socks_name("::ffff:127.0.0.1", port),
+    ];
+    for (i, dst) in denied.iter().enumerate() {
+        client
+            .send_to(&udp_to(dst, format!("denied {i}").as_bytes()), bound)
+            .unwrap();
+    }
+    // Allowed destinations, after the denied ones: they arrive, and nothing else before them.
+    client
+        .send_to(&udp_to(&ip("::ffff:127.0.0.3"), b"mapped"), bound)
+        .unwrap();
+    client
+        .send_to(&udp_to(&ip("127.0.0.3"), b"plain"), bound)
+        .unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 2048];
+    while got.len() < 2 {
+        let (n, _) = server
+            .recv_from(&mut b)
+            .expect("the allowed datagrams arrive");
+        got.push(String::from_utf8_lossy(&b[..n]).into_owned());
+    }
+    assert_eq!(got, ["mapped", "plain"]);
+    drop(_control);
+    let out = stop(relay);
+    assert_eq!(field(&out, "udp_dropped"), denied.len() as u64, "{out}");
+}
+
+/// A UDP echo server on loopback.
+fn udp_echo() -> SocketAddr {
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut b) {
+            let _ = echo.send_to(&b[..n], from);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_udp_association_in_use_outlives_the_idle_timeout_and_resolves_names() {
+    if !privileged("relay::a_udp_association_in_use_outlives_the_idle_timeout_and_resolves_names") {
+        return;
+    }
+    let echo = udp_echo();
+    let (relay, me) = start_relay(&["--idle-timeout", "2s"]);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (mut control, bound) = associate(me, &client);
+    // Datagrams for well over the idle timeout, every one answered; half of them to a name
+    // the resolver threads look up.
+    let by_name = socks_name("localhost", echo.port());
+    let by_ip = socks_addr(echo);
+    let t = Instant::now();
+    let mut i = 0u32;
+    while t.elapsed() < Duration::from_secs(5) {
+        let dst = if i.is_multiple_of(2) {
+            &by_ip
+        } else {
+            &by_name
+        };
+        let dgram = udp_to(dst, &i.to_be_bytes());
+        client.send_to(&dgram, bound).unwrap();
+        let mut b = [0u8; 2048];
+        let (n, from) = client
+            .recv_from(&mut b)
+            .unwrap_or_else(|e| panic!("datagram {i} after {:?}: {e}", t.elapsed()));
+        assert_eq!(from, bound);
+        assert_eq!(&b[n - 4..n], &i.to_be_bytes(), "datagram {i}");
+        assert_eq!(
+            &b[..10],
+            &[&[0u8, 0, 0][..], &by_ip].concat()[..],
+            "source named"
+        );
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once quiet for the idle timeout, the relay ends the association: the control
+    // connection closes.
+    control
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut b = [0u8; 16];
+    let end = control.read(&mut b);
+    assert!(
+        matches!(end, Ok(0)) || end.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the idle association is closed"
+    );
+    let out = stop(relay);
+    assert_eq!(field(&out, "udp_datagrams"), 2 * i as u64, "{out}");
+    assert_eq!(field(&out, "timeouts"), 1, "{out}");
 }
 
 #[test]

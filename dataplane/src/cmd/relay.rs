@@ -31,7 +31,8 @@ pub enum SpliceArg {
 
 #[derive(clap::Args)]
 pub struct RelayArgs {
-    /// Address to listen on (loopback unless told otherwise).
+    /// Address to listen on (loopback unless told otherwise; port 0: one the kernel picks,
+    /// printed on standard error and in --json).
     #[arg(long, default_value = "127.0.0.1:1080")]
     listen: SocketAddr,
     #[arg(long, value_enum, default_value = "max")]
@@ -64,10 +65,11 @@ pub struct RelayArgs {
     /// Close clients that have not finished the handshake after this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
-    /// Connections relayed at once, in all; more are refused (reply 0x02).
+    /// Connections open at once, in all, counted from accept (handshakes too); more are
+    /// closed at accept.
     #[arg(long, default_value_t = 10_000)]
     max_conns: usize,
-    /// Connections relayed at once per user.
+    /// Connections relayed at once per user; more are refused (reply 0x02).
     #[arg(long, default_value_t = 1000)]
     max_conns_per_user: usize,
     /// Normal mode: bits per second per connection and direction (e.g. 100M).
@@ -104,43 +106,47 @@ fn line(t: &Totals, before: &Totals, dt: f64) -> String {
     )
 }
 
-/// The totals, then one object per worker (same fields) under `workers`.
-fn json(t: &Totals, workers: &[Totals], secs: f64) -> String {
-    let w: Vec<String> = workers.iter().map(counts_json).collect();
-    let total = counts_json(t);
-    // The totals' fields inline, without their braces.
-    let fields = &total[1..total.len() - 1];
-    format!(
-        "{{\"elapsed_s\":{secs:.3},{fields},\"workers\":[{}]}}",
-        w.join(",")
-    )
-}
-
-fn counts_json(t: &Totals) -> String {
-    let replies: Vec<String> = Reply::ALL
+/// One set of counts as JSON (names, not positions: reply codes by their name).
+fn counts_json(t: &Totals) -> serde_json::Map<String, serde_json::Value> {
+    let replies: serde_json::Map<String, serde_json::Value> = Reply::ALL
         .iter()
         .zip(t.replies)
-        .map(|(r, n)| format!("\"{}\":{n}", r.name()))
+        .map(|(r, n)| (r.name().to_string(), n.into()))
         .collect();
-    format!(
-        "{{\"total\":{},\"active\":{},\"bytes_up\":{},\"bytes_down\":{},\"timeouts\":{},\"refused_clients\":{},\"udp_datagrams\":{},\"replies\":{{{}}}}}",
-        t.total,
-        t.active,
-        t.bytes[0],
-        t.bytes[1],
-        t.timeouts,
-        t.refused_clients,
-        t.udp_datagrams,
-        replies.join(",")
-    )
+    let serde_json::Value::Object(m) = serde_json::json!({
+        "total": t.total,
+        "active": t.active,
+        "bytes_up": t.bytes[0],
+        "bytes_down": t.bytes[1],
+        "timeouts": t.timeouts,
+        "refused_clients": t.refused_clients,
+        "refused_over_limit": t.refused_over_limit,
+        "udp_datagrams": t.udp_datagrams,
+        "udp_dropped": t.udp_dropped,
+        "replies": replies,
+    }) else {
+        unreachable!("json! of an object literal is an object")
+    };
+    m
+}
+
+/// The totals, then one object per worker (same fields) under `workers`.
+fn json(t: &Totals, workers: &[Totals], secs: f64, listen: std::net::SocketAddr) -> String {
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "elapsed_s".into(),
+        serde_json::json!((secs * 1e3).round() / 1e3),
+    );
+    m.insert("listen".into(), listen.to_string().into());
+    m.extend(counts_json(t));
+    let w: Vec<serde_json::Value> = workers.iter().map(|w| counts_json(w).into()).collect();
+    m.insert("workers".into(), w.into());
+    serde_json::Value::Object(m).to_string()
 }
 
 pub fn run(a: RelayArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = a.workers.unwrap_or(cores);
-    if workers == 0 || workers > 256 {
-        bail!("--workers {workers}: must be between 1 and 256");
-    }
     let pin = if a.cores.is_empty() {
         None
     } else {
@@ -184,12 +190,15 @@ pub fn run(a: RelayArgs) -> Result<()> {
         rate: a.rate,
         user_rate: a.user_rate,
     };
+    cfg.check().map_err(anyhow::Error::msg)?;
     let stop = super::stop_flag()?;
     let relay = Relay::start(cfg, pin, stop.clone(), a.drain)
         .with_context(|| format!("--listen {}", a.listen))?;
+    let listen = relay.listen;
+    // The address really listened on (the kernel's port when 0 was asked for): scripts and
+    // tests read it from this line.
     eprintln!(
-        "relay: SOCKS5 on {} ({} mode, {workers} worker(s){})",
-        a.listen,
+        "relay: SOCKS5 on {listen} ({} mode, {workers} worker(s){})",
         match mode {
             RelayMode::Max => "max",
             RelayMode::Normal => "normal",
@@ -207,6 +216,11 @@ pub fn run(a: RelayArgs) -> Result<()> {
         if a.duration.is_some_and(|d| start.elapsed() >= d) {
             stop.store(true, Ordering::Relaxed);
         }
+        if !stop.load(Ordering::Relaxed) && relay.worker_ended() {
+            // A worker that ended on its own has failed: stop the rest and say why (join).
+            eprintln!("relay: a worker stopped unexpectedly; stopping");
+            stop.store(true, Ordering::Relaxed);
+        }
         std::thread::sleep(Duration::from_millis(50));
         if last.elapsed() >= Duration::from_secs(1) {
             let t = relay.stats.totals();
@@ -219,16 +233,28 @@ pub fn run(a: RelayArgs) -> Result<()> {
     }
     live.done();
     let stats = relay.stats.clone();
-    relay.join().context("relay worker")?;
+    relay.join()?;
     let t = stats.totals();
     let secs = start.elapsed().as_secs_f64();
     if a.json {
-        println!("{}", json(&t, &stats.per_worker(), secs));
+        println!("{}", json(&t, &stats.per_worker(), secs, listen));
     } else {
         println!(
-            "connections {} ({} still open at exit), bytes up {} down {}, timeouts {}, refused clients {}",
-            t.total, t.active, t.bytes[0], t.bytes[1], t.timeouts, t.refused_clients
+            "connections {} ({} still open at exit), bytes up {} down {}, timeouts {}, refused clients {}, refused over --max-conns {}",
+            t.total,
+            t.active,
+            t.bytes[0],
+            t.bytes[1],
+            t.timeouts,
+            t.refused_clients,
+            t.refused_over_limit
         );
+        if t.udp_datagrams + t.udp_dropped > 0 {
+            println!(
+                "  udp datagrams relayed {}, dropped {}",
+                t.udp_datagrams, t.udp_dropped
+            );
+        }
         for (r, n) in Reply::ALL.iter().zip(t.replies) {
             if n > 0 {
                 println!("  {:<28} {n}", r.name());

@@ -1,20 +1,30 @@
-//! The SOCKS5 relay (`linerate relay`). [`proto`] is the protocol without I/O; `uring` the
-//! per-worker io_uring event loop (max mode splices in the kernel, normal mode copies through
-//! registered buffers under token buckets); `udp` the UDP ASSOCIATE relay. This module holds
-//! what the workers share: the configuration, limits and rate buckets, statistics and the
-//! resolver threads.
+//! The SOCKS5 relay (`linerate relay`). [`proto`] is the protocol without I/O; [`dest`] the
+//! destination policy (canonical addresses, deny-list, the relay's own listener). One worker
+//! per core runs an io_uring event loop (`worker`), its requests queued by `submit`: the
+//! handshake and CONNECT (`handshake`), then max mode's splices (`splice`) or normal mode's
+//! copies under token buckets (`copy`), and UDP ASSOCIATE (`udp`); `conn` is a connection's
+//! state and `sys` the system calls. This module holds what the workers share: the
+//! configuration, limits and rate buckets, statistics and the resolver threads.
 
+mod conn;
+mod copy;
+pub mod dest;
+mod handshake;
 pub mod proto;
+mod splice;
+mod submit;
+mod sys;
 mod udp;
-mod uring;
+mod worker;
 
 use crate::logic::Prefix;
 use crate::sched::TokenBucket;
+use dest::{DestPolicy, LocalAddrs};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use proto::{AuthPolicy, Reply};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -68,6 +78,44 @@ impl RelayConfig {
             .collect()
     }
 
+    /// Rates (bit/s) a relay accepts: from 1 kbit/s (slower makes a read wait minutes) to
+    /// 10 Tbit/s (past any link, and far from where the bucket's arithmetic breaks).
+    pub const RATE_RANGE: (f64, f64) = (1e3, 1e13);
+    /// Connections at once: the descriptor table bounds it long before this.
+    pub const MAX_CONNS: usize = 1 << 24;
+
+    /// Every setting in its range, or a sentence naming the flag and the range.
+    pub fn check(&self) -> Result<(), String> {
+        let (lo, hi) = Self::RATE_RANGE;
+        for (flag, r) in [("--rate", self.rate), ("--user-rate", self.user_rate)] {
+            if let Some(r) = r
+                && !(r.is_finite() && (lo..=hi).contains(&r))
+            {
+                return Err(format!(
+                    "{flag} {r}: must be between {lo} and {hi} bit/s (1k to 10T)"
+                ));
+            }
+        }
+        if !(1..=256).contains(&self.workers) {
+            return Err(format!(
+                "--workers {}: must be between 1 and 256",
+                self.workers
+            ));
+        }
+        for (flag, n) in [
+            ("--max-conns", self.max_conns),
+            ("--max-conns-per-user", self.max_conns_per_user),
+        ] {
+            if !(1..=Self::MAX_CONNS).contains(&n) {
+                return Err(format!(
+                    "{flag} {n}: must be between 1 and {}",
+                    Self::MAX_CONNS
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn auth_policy(&self) -> AuthPolicy {
         if self.users.is_some() {
             AuthPolicy::UserPass
@@ -87,17 +135,6 @@ impl RelayConfig {
             }
             _ => false,
         }
-    }
-
-    /// Destinations the relay refuses: the deny-list and its own listening sockets.
-    fn denied(&self, a: SocketAddr) -> bool {
-        if self.deny.iter().any(|p| p.contains(a.ip())) {
-            return true;
-        }
-        let own_ip = a.ip() == self.listen.ip()
-            || (self.listen.ip().is_unspecified()
-                && (a.ip().is_loopback() || a.ip().is_unspecified()));
-        a.port() == self.listen.port() && own_ip
     }
 }
 
@@ -133,12 +170,17 @@ pub struct WorkerStats {
     pub total: AtomicU64,
     pub accept_errors: AtomicU64,
     pub refused_clients: AtomicU64,
+    /// Connections closed at accept because `max_conns` were open.
+    pub refused_over_limit: AtomicU64,
     pub timeouts: AtomicU64,
     /// Replies sent (and handshake failures) by code, in `Reply::ALL` order.
     pub replies: [AtomicU64; 9],
     /// Bytes client -> remote and remote -> client.
     pub bytes: [AtomicU64; 2],
     pub udp_datagrams: AtomicU64,
+    /// Datagrams not relayed: denied or unresolvable destinations, fragments, malformed
+    /// headers, a full resolution queue, or a send the kernel refused.
+    pub udp_dropped: AtomicU64,
 }
 
 impl WorkerStats {
@@ -149,6 +191,10 @@ impl WorkerStats {
 
     fn add_bytes(&self, d: usize, n: u64) {
         self.bytes[d].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn count(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -163,10 +209,11 @@ impl RelayStats {
 }
 
 /// A relay bucket: the shaper of `sched` at `rate_bps` bits per second, holding at most 50 ms
-/// of its rate (and at least one read).
+/// of its rate (and at least one read). Rates are checked when the configuration is made
+/// ([`RelayConfig::check`]), so building the bucket cannot fail.
 fn bucket(rate_bps: f64) -> TokenBucket {
-    let burst = (rate_bps / 8.0 * 0.05).max(64.0 * 1024.0) as u32;
-    TokenBucket::new(rate_bps, burst).expect("rates are checked positive")
+    let burst = (rate_bps / 8.0 * 0.05).clamp(64.0 * 1024.0, u32::MAX as f64) as u32;
+    TokenBucket::new(rate_bps, burst).expect("rates are checked when configured")
 }
 
 /// Nanoseconds since the first bucket of this process (the buckets' clock).
@@ -175,14 +222,41 @@ fn now_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// Connection limits and rate buckets shared by the workers.
+/// What a user's connections share: their rate bucket (with `--user-rate`). Each connection
+/// holds it from authentication on, so a read locks only its own user's bucket.
+pub(crate) struct UserShare {
+    bucket: Option<Mutex<TokenBucket>>,
+}
+
+impl UserShare {
+    /// How long a reader must wait for the user's bucket to be out of debt.
+    fn wait(&self) -> Duration {
+        self.bucket.as_ref().map_or(Duration::ZERO, |b| {
+            b.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .debt_wait(now_ns())
+        })
+    }
+
+    fn spend(&self, n: u64) {
+        if let Some(b) = &self.bucket {
+            b.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .spend(n, now_ns());
+        }
+    }
+}
+
+/// Connection limits shared by the workers: all connections (counted from accept), and each
+/// user's (counted from the request).
 #[derive(Default)]
 pub struct Limits {
     global: AtomicUsize,
-    per_user: Mutex<HashMap<Vec<u8>, usize>>,
-    conn_buckets: Mutex<HashMap<(usize, usize, usize), TokenBucket>>,
-    user_buckets: Mutex<HashMap<Vec<u8>, TokenBucket>>,
+    per_user: Mutex<HashMap<Vec<u8>, UserEntry>>,
 }
+
+/// A user's open connections and what they share.
+type UserEntry = (usize, Arc<UserShare>);
 
 impl Limits {
     fn take_global(&self, max: usize) -> bool {
@@ -198,93 +272,60 @@ impl Limits {
         self.global.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn take_user(&self, user: &[u8], max: usize) -> bool {
+    /// Counts one more connection of `user` unless it has `max`; returns what its
+    /// connections share.
+    fn take_user(&self, user: &[u8], max: usize, user_rate: Option<f64>) -> Option<Arc<UserShare>> {
         let mut m = self.per_user.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = m.entry(user.to_vec()).or_insert(0);
+        let (n, share) = m.entry(user.to_vec()).or_insert_with(|| {
+            let share = UserShare {
+                bucket: user_rate.map(|r| Mutex::new(bucket(r))),
+            };
+            (0, Arc::new(share))
+        });
         if *n >= max {
-            return false;
+            return None;
         }
         *n += 1;
-        true
+        Some(share.clone())
     }
 
     fn put_user(&self, user: &[u8]) {
         let mut m = self.per_user.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = m.get_mut(user) {
+        if let Some((n, _)) = m.get_mut(user) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 m.remove(user);
             }
         }
     }
-
-    fn rate_wait(
-        &self,
-        key: (usize, usize, usize),
-        user: Option<&[u8]>,
-        rate: Option<f64>,
-        user_rate: Option<f64>,
-    ) -> Duration {
-        let mut wait = Duration::ZERO;
-        if let Some(r) = rate {
-            let mut m = self
-                .conn_buckets
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            wait = wait.max(
-                m.entry(key)
-                    .or_insert_with(|| bucket(r))
-                    .debt_wait(now_ns()),
-            );
-        }
-        if let (Some(r), Some(u)) = (user_rate, user) {
-            let mut m = self
-                .user_buckets
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            wait = wait.max(
-                m.entry(u.to_vec())
-                    .or_insert_with(|| bucket(r))
-                    .debt_wait(now_ns()),
-            );
-        }
-        wait
-    }
-
-    fn spend(&self, key: (usize, usize, usize), user: Option<&[u8]>, n: u64) {
-        if let Some(b) = self
-            .conn_buckets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(&key)
-        {
-            b.spend(n, now_ns());
-        }
-        if let Some(u) = user
-            && let Some(b) = self
-                .user_buckets
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get_mut(u)
-        {
-            b.spend(n, now_ns());
-        }
-    }
-
-    fn forget_conn(&self, conn: (usize, usize)) {
-        let mut m = self
-            .conn_buckets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for d in 0..2 {
-            m.remove(&(conn.0, conn.1, d));
-        }
-    }
 }
 
-type Answer = (usize, u32, Result<SocketAddr, Reply>);
-/// (worker, slot, generation, name, port, timeout)
-type Job = (usize, usize, u32, String, u16, Duration);
+/// A lookup for a worker: a CONNECT's destination (answered to its connection), or a name a
+/// UDP association sends to (answered to the worker's name cache).
+enum Job {
+    Connect {
+        worker: usize,
+        slot: usize,
+        gen_: u32,
+        name: String,
+        port: u16,
+        timeout: Duration,
+    },
+    Name {
+        worker: usize,
+        name: String,
+    },
+}
+
+enum Answer {
+    Connect {
+        slot: usize,
+        gen_: u32,
+        result: Result<SocketAddr, Reply>,
+    },
+    /// Every address the name has (empty: it has none).
+    Name { name: String, addrs: Vec<IpAddr> },
+}
 
 /// Resolver threads: getaddrinfo blocks, so it runs here and never on a worker. Answers go
 /// back to the asking worker's queue and wake its ring through its eventfd.
@@ -292,49 +333,55 @@ pub struct Resolver {
     jobs: Mutex<VecDeque<Job>>,
     ready: Condvar,
     answers: Vec<Mutex<Vec<Answer>>>,
-    eventfds: Vec<Mutex<RawFd>>,
+    eventfds: Vec<EventFd>,
     stop: AtomicBool,
 }
 
 impl Resolver {
-    fn new(workers: usize) -> Arc<Resolver> {
-        Arc::new(Resolver {
+    fn new(workers: usize) -> io::Result<Resolver> {
+        let eventfds = (0..workers)
+            .map(|_| {
+                EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                    .map_err(|e| io::Error::from_raw_os_error(e as i32))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(Resolver {
             jobs: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
             answers: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
-            eventfds: (0..workers).map(|_| Mutex::new(-1)).collect(),
+            eventfds,
             stop: AtomicBool::new(false),
         })
     }
 
-    fn register(&self, worker: usize, eventfd: RawFd) {
-        *self.eventfds[worker]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = eventfd;
+    /// The eventfd worker `worker` waits on for answers.
+    fn eventfd(&self, worker: usize) -> &EventFd {
+        &self.eventfds[worker]
     }
 
-    fn lookup(
-        &self,
-        worker: usize,
-        slot: usize,
-        gen_: u32,
-        name: String,
-        port: u16,
-        timeout: Duration,
-    ) {
+    fn ask(&self, job: Job) {
         self.jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push_back((worker, slot, gen_, name, port, timeout));
+            .push_back(job);
         self.ready.notify_one();
     }
 
-    fn take(&self, worker: usize) -> Vec<Answer> {
-        std::mem::take(
-            &mut *self.answers[worker]
+    fn take(&self, worker: usize, out: &mut Vec<Answer>) {
+        out.append(
+            &mut self.answers[worker]
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
-        )
+        );
+    }
+
+    fn answer(&self, worker: usize, a: Answer) {
+        self.answers[worker]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(a);
+        // EAGAIN at the counter's maximum is harmless: the worker is awake then.
+        let _ = self.eventfds[worker].write(1);
     }
 
     fn serve(&self) {
@@ -355,27 +402,46 @@ impl Resolver {
                         .0;
                 }
             };
-            let (worker, slot, gen_, name, port, timeout) = job;
-            let started = Instant::now();
-            let result = match (name.as_str(), port).to_socket_addrs() {
-                Ok(mut addrs) => addrs.next().ok_or(Reply::HostUnreachable),
-                Err(_) => Err(Reply::HostUnreachable),
-            };
-            let result = if started.elapsed() > timeout {
-                Err(Reply::TtlExpired)
-            } else {
-                result
-            };
-            self.answers[worker]
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((slot, gen_, result));
-            let efd = *self.eventfds[worker]
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            udp::wake(efd);
+            match job {
+                Job::Connect {
+                    worker,
+                    slot,
+                    gen_,
+                    name,
+                    port,
+                    timeout,
+                } => {
+                    let started = Instant::now();
+                    let result = match (name.as_str(), port).to_socket_addrs() {
+                        Ok(mut addrs) => addrs.next().ok_or(Reply::HostUnreachable),
+                        Err(_) => Err(Reply::HostUnreachable),
+                    };
+                    let result = if started.elapsed() > timeout {
+                        Err(Reply::TtlExpired)
+                    } else {
+                        result
+                    };
+                    self.answer(worker, Answer::Connect { slot, gen_, result });
+                }
+                Job::Name { worker, name } => {
+                    let addrs = (name.as_str(), 0)
+                        .to_socket_addrs()
+                        .map(|a| a.map(|a| a.ip()).collect())
+                        .unwrap_or_default();
+                    self.answer(worker, Answer::Name { name, addrs });
+                }
+            }
         }
     }
+}
+
+/// What every worker of one relay shares.
+pub(crate) struct Shared {
+    cfg: RelayConfig,
+    policy: DestPolicy,
+    limits: Limits,
+    stats: Arc<RelayStats>,
+    resolver: Resolver,
 }
 
 /// Totals over the workers, for the live line and the report.
@@ -387,7 +453,9 @@ pub struct Totals {
     pub bytes: [u64; 2],
     pub timeouts: u64,
     pub refused_clients: u64,
+    pub refused_over_limit: u64,
     pub udp_datagrams: u64,
+    pub udp_dropped: u64,
 }
 
 impl Totals {
@@ -402,7 +470,9 @@ impl Totals {
         }
         self.timeouts += w.timeouts.load(Ordering::Relaxed);
         self.refused_clients += w.refused_clients.load(Ordering::Relaxed);
+        self.refused_over_limit += w.refused_over_limit.load(Ordering::Relaxed);
         self.udp_datagrams += w.udp_datagrams.load(Ordering::Relaxed);
+        self.udp_dropped += w.udp_dropped.load(Ordering::Relaxed);
     }
 }
 
@@ -431,44 +501,49 @@ impl RelayStats {
 /// A running relay: worker threads, resolver threads, shared state.
 pub struct Relay {
     pub stats: Arc<RelayStats>,
+    /// The address it listens on (the port the kernel chose when 0 was asked for).
+    pub listen: SocketAddr,
     handles: Vec<std::thread::JoinHandle<io::Result<()>>>,
-    resolver: Arc<Resolver>,
+    shared: Arc<Shared>,
     resolver_handles: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Relay {
-    /// Binds every worker's listener (so errors such as "address in use" come back here) and
-    /// starts the workers. They stop accepting when `stop` is set and drain open connections
-    /// for up to `drain`.
+    /// Binds every worker's listener (so errors such as "address in use" come back here; port
+    /// 0 means one port the kernel chooses, shared by all workers) and starts the workers.
+    /// They stop accepting when `stop` is set and drain open connections for up to `drain`.
     pub fn start(
-        cfg: RelayConfig,
+        mut cfg: RelayConfig,
         cores: Option<Vec<usize>>,
         stop: Arc<AtomicBool>,
         drain: Duration,
     ) -> io::Result<Relay> {
-        let cfg = Arc::new(cfg);
-        uring::raise_fd_limit();
+        cfg.check().map_err(io::Error::other)?;
+        sys::raise_fd_limit();
+        let mut listeners = vec![sys::reuseport_listener(cfg.listen)?];
+        let listen = listeners[0].local_addr()?;
+        cfg.listen = listen;
+        for _ in 1..cfg.workers {
+            listeners.push(sys::reuseport_listener(listen)?);
+        }
         let stats = Arc::new(RelayStats {
             workers: (0..cfg.workers).map(|_| WorkerStats::default()).collect(),
         });
-        let limits = Arc::new(Limits::default());
-        let resolver = Resolver::new(cfg.workers);
-        let mut listeners = Vec::new();
-        for _ in 0..cfg.workers {
-            listeners.push(uring::reuseport_listener(cfg.listen)?);
-        }
+        let shared = Arc::new(Shared {
+            policy: DestPolicy::new(&cfg.deny, listen, LocalAddrs::system()),
+            resolver: Resolver::new(cfg.workers)?,
+            limits: Limits::default(),
+            stats: stats.clone(),
+            cfg,
+        });
         let mut handles = Vec::new();
         for (id, l) in listeners.into_iter().enumerate() {
-            let w = uring::Worker::new(
-                id,
-                cfg.clone(),
-                limits.clone(),
-                stats.clone(),
-                resolver.clone(),
-                l,
-            )?;
+            let shared = shared.clone();
             let stop = stop.clone();
             let core = cores.as_ref().map(|c| c[id]);
+            // The worker and its ring are made on their own thread (a ring is used by one
+            // thread only); a failure to make them comes back here before anything runs.
+            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("relay-{id}"))
@@ -476,23 +551,37 @@ impl Relay {
                         if let Some(c) = core {
                             let _ = crate::worker::pin(id, c);
                         }
+                        let w = match worker::Worker::new(id, shared, l) {
+                            Ok(w) => {
+                                let _ = ready_tx.send(Ok(()));
+                                w
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                                return Err(e);
+                            }
+                        };
                         w.run(&stop, drain)
                     })?,
             );
+            ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("a relay worker died while starting")))?;
         }
         let mut resolver_handles = Vec::new();
         for i in 0..2 {
-            let r = resolver.clone();
+            let s = shared.clone();
             resolver_handles.push(
                 std::thread::Builder::new()
                     .name(format!("resolver-{i}"))
-                    .spawn(move || r.serve())?,
+                    .spawn(move || s.resolver.serve())?,
             );
         }
         Ok(Relay {
             stats,
+            listen,
             handles,
-            resolver,
+            shared,
             resolver_handles,
         })
     }
@@ -501,29 +590,31 @@ impl Relay {
         self.handles.iter().all(|h| h.is_finished())
     }
 
+    /// Whether a worker has ended while the relay should still be running (its error comes
+    /// from [`Relay::join`]).
+    pub fn worker_ended(&self) -> bool {
+        self.handles.iter().any(|h| h.is_finished())
+    }
+
     /// Waits for the workers (after `stop`) and the resolver threads.
     pub fn join(self) -> io::Result<()> {
         let mut first = Ok(());
-        for h in self.handles {
+        for (id, h) in self.handles.into_iter().enumerate() {
             let r = h
                 .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a relay worker panicked")));
+                .unwrap_or_else(|_| Err(io::Error::other("panicked")))
+                .map_err(|e| io::Error::new(e.kind(), format!("relay worker {id}: {e}")));
             if first.is_ok() {
                 first = r;
             }
         }
-        self.resolver.stop.store(true, Ordering::Relaxed);
-        self.resolver.ready.notify_all();
+        self.shared.resolver.stop.store(true, Ordering::Relaxed);
+        self.shared.resolver.ready.notify_all();
         for h in self.resolver_handles {
             let _ = h.join();
         }
         first
     }
-}
-
-/// Whether `ip` is allowed as a UDP ASSOCIATE client source (the control connection's peer).
-fn same_host(a: IpAddr, b: IpAddr) -> bool {
-    a == b || (a.to_canonical() == b.to_canonical())
 }
 
 #[cfg(test)]
@@ -550,22 +641,51 @@ mod tests {
     }
 
     #[test]
-    fn credentials_and_deny_list() {
+    fn credentials() {
         let c = cfg();
         assert!(c.check_user(b"alice", b"secret"));
         assert!(!c.check_user(b"alice", b"secreT"));
         assert!(!c.check_user(b"alice", b"secret!"));
         assert!(!c.check_user(b"carol", b"secret"));
-        assert!(c.denied("169.254.169.254:80".parse().unwrap()));
-        assert!(c.denied("[fe80::1]:80".parse().unwrap()));
-        assert!(
-            c.denied("127.0.0.1:1080".parse().unwrap()),
-            "its own listener"
-        );
-        assert!(!c.denied("127.0.0.1:8080".parse().unwrap()));
         assert!(parse_users("nocolon").is_err());
         assert!(parse_users(":pw").is_err());
         assert!(parse_users("# only comments").is_err());
+        assert!(c.check().is_ok());
+    }
+
+    #[test]
+    fn the_default_deny_list_refuses_link_local_and_the_listener_in_every_spelling() {
+        let c = cfg();
+        let p = DestPolicy::new(&c.deny, c.listen, LocalAddrs::fixed(vec![]));
+        for dest in [
+            "169.254.169.254:80",
+            "[::ffff:169.254.169.254]:80",
+            "[fe80::1]:80",
+            "127.0.0.1:1080",
+            "[::ffff:127.0.0.1]:1080",
+            "0.0.0.0:1080",
+        ] {
+            assert!(p.denied(dest.parse().unwrap()), "{dest}");
+        }
+        assert!(!p.denied("127.0.0.1:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_with_their_name() {
+        let mut c = cfg();
+        c.rate = Some(1e300);
+        assert!(c.check().unwrap_err().contains("--rate"));
+        c.rate = Some(1e-300);
+        assert!(c.check().unwrap_err().contains("--rate"));
+        c.rate = None;
+        c.user_rate = Some(f64::INFINITY);
+        assert!(c.check().unwrap_err().contains("--user-rate"));
+        c.user_rate = None;
+        c.max_conns = 0;
+        assert!(c.check().unwrap_err().contains("--max-conns"));
+        c.max_conns = 10;
+        c.workers = 0;
+        assert!(c.check().unwrap_err().contains("--workers"));
     }
 
     #[test]
@@ -575,35 +695,26 @@ mod tests {
         assert!(!l.take_global(2));
         l.put_global();
         assert!(l.take_global(2));
-        assert!(l.take_user(b"alice", 1));
-        assert!(!l.take_user(b"alice", 1));
-        assert!(l.take_user(b"bob", 1));
+        assert!(l.take_user(b"alice", 1, None).is_some());
+        assert!(l.take_user(b"alice", 1, None).is_none());
+        assert!(l.take_user(b"bob", 1, None).is_some());
         l.put_user(b"alice");
-        assert!(l.take_user(b"alice", 1));
+        assert!(l.take_user(b"alice", 1, None).is_some());
     }
 
     #[test]
-    fn buckets_make_readers_wait_once_in_debt() {
+    fn a_users_connections_share_one_bucket() {
         let l = Limits::default();
-        let key = (0, 0, 0);
-        assert_eq!(l.rate_wait(key, None, Some(8e6), None), Duration::ZERO);
-        // Spend well past the burst: the next read waits about debt / rate (1 MB at 1 MB/s).
-        l.spend(key, None, 1_000_000);
-        let w = l.rate_wait(key, None, Some(8e6), None);
-        assert!(
-            w > Duration::from_millis(800) && w < Duration::from_millis(1000),
-            "{w:?}"
-        );
-        // Per user: shared by every connection of the user.
-        assert_eq!(
-            l.rate_wait((0, 1, 0), Some(b"u"), None, Some(1e6)),
-            Duration::ZERO
-        );
-        l.spend((0, 1, 0), Some(b"u"), 2_000_000);
-        assert!(l.rate_wait((0, 2, 1), Some(b"u"), None, Some(1e6)) > Duration::from_secs(1));
-        assert!(same_host(
-            "127.0.0.1".parse().unwrap(),
-            "::ffff:127.0.0.1".parse().unwrap()
-        ));
+        let a = l.take_user(b"u", 10, Some(1e6)).unwrap();
+        let b = l.take_user(b"u", 10, Some(1e6)).unwrap();
+        assert_eq!(a.wait(), Duration::ZERO);
+        // 2 MB at 1 Mbit/s: well over a second of debt, seen by the user's other connection.
+        a.spend(2_000_000);
+        assert!(b.wait() > Duration::from_secs(1));
+        let other = l.take_user(b"v", 10, Some(1e6)).unwrap();
+        assert_eq!(other.wait(), Duration::ZERO);
+        let none = l.take_user(b"w", 10, None).unwrap();
+        none.spend(1 << 30);
+        assert_eq!(none.wait(), Duration::ZERO, "no --user-rate, no bucket");
     }
 }

@@ -42,6 +42,8 @@ pub fn from<'a>(json: &'a str, key: &str) -> &'a str {
 /// A background `linerate` job: its stderr lines after the ready line arrive on `lines`.
 pub struct Job {
     pub child: Child,
+    /// The line it was waited for (it may carry an address the job chose).
+    pub ready: String,
     pub lines: Receiver<String>,
 }
 
@@ -99,7 +101,11 @@ pub fn start_until(mut cmd: Command, ready: &str) -> Job {
             let _ = tx.send(l);
         }
     });
-    Job { child, lines: rx }
+    Job {
+        child,
+        ready: line,
+        lines: rx,
+    }
 }
 
 /// Starts `linerate sink` on `dev` for `secs` and returns once its sockets are bound.
@@ -138,4 +144,55 @@ pub fn assert_refused(args: &[&str], needle: &str) {
     assert!(!out.status.success(), "{args:?} should fail");
     assert!(err.contains(needle), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
+
+/// A TCP forwarder on a loopback port of its own (bound to port 0) that passes each
+/// connection to the current target: a restarted server gets a new port from the kernel while
+/// its clients keep one address, and no test ever rebinds a port it let go of.
+pub struct Forwarder {
+    pub addr: std::net::SocketAddr,
+    target: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+}
+
+impl Forwarder {
+    pub fn new(target: std::net::SocketAddr) -> Forwarder {
+        use std::net::{TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let target = std::sync::Arc::new(std::sync::Mutex::new(target));
+        let t = target.clone();
+        std::thread::spawn(move || {
+            for down in l.incoming() {
+                let Ok(down) = down else { continue };
+                let to = *t.lock().unwrap();
+                let Ok(up) = TcpStream::connect(to) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Forwarder { addr, target }
+    }
+
+    pub fn set_target(&self, to: std::net::SocketAddr) {
+        *self.target.lock().unwrap() = to;
+    }
+}
+
+/// The address in a "listening on ws://ADDR/" line.
+pub fn ws_addr(line: &str) -> std::net::SocketAddr {
+    let rest = line
+        .split("ws://")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no ws:// address in '{line}'"));
+    rest.split('/').next().unwrap().parse().unwrap()
 }
