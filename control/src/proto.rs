@@ -177,6 +177,10 @@ pub struct Shaper {
     pub burst_bytes: u32,
 }
 
+/// The fastest rate a message may carry, in bit/s (10 Tbit/s): the dataplane's token buckets
+/// take no more.
+pub const MAX_RATE_BPS: u64 = 10_000_000_000_000;
+
 /// One output port's traffic management and the rate of the link behind it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSettings {
@@ -433,8 +437,11 @@ impl Validate for PortSettings {
             }
         }
         if let Some(s) = self.shaper {
-            if s.rate_bps == 0 {
-                return Err(invalid("port.shaper", "the rate must be positive"));
+            if !(1..=MAX_RATE_BPS).contains(&s.rate_bps) {
+                return Err(invalid(
+                    "port.shaper",
+                    "the rate must be between 1 bit/s and 10 Tbit/s",
+                ));
             }
             if s.burst_bytes < 1514 {
                 return Err(invalid(
@@ -443,8 +450,14 @@ impl Validate for PortSettings {
                 ));
             }
         }
-        if self.link_rate_bps == Some(0) {
-            return Err(invalid("port.link_rate_bps", "must be positive"));
+        if self
+            .link_rate_bps
+            .is_some_and(|r| !(1..=MAX_RATE_BPS).contains(&r))
+        {
+            return Err(invalid(
+                "port.link_rate_bps",
+                "must be between 1 bit/s and 10 Tbit/s",
+            ));
         }
         Ok(())
     }

@@ -156,10 +156,18 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// Rates a bucket takes, in bit/s: from 1 bit/s to 10 Tbit/s. Outside it the waits it
+    /// computes stop meaning anything (a day per byte, or less than a nanosecond per frame)
+    /// and, at the extremes, overflow a `Duration`.
+    pub const RATE_RANGE: (f64, f64) = (1.0, 1e13);
+
     /// Starts full. `burst` must hold at least one packet of the largest size sent through it.
     pub fn new(rate_bps: f64, burst_bytes: u32) -> Result<TokenBucket, String> {
-        if !(rate_bps.is_finite() && rate_bps > 0.0) {
-            return Err(format!("rate {rate_bps} bit/s: must be positive"));
+        let (lo, hi) = Self::RATE_RANGE;
+        if !(rate_bps.is_finite() && (lo..=hi).contains(&rate_bps)) {
+            return Err(format!(
+                "rate {rate_bps} bit/s: must be between {lo} and {hi} (1 bit/s to 10 Tbit/s)"
+            ));
         }
         if burst_bytes == 0 {
             return Err("burst: must be at least one packet's bytes".into());
@@ -204,7 +212,10 @@ impl TokenBucket {
         if self.tokens >= 0.0 {
             std::time::Duration::ZERO
         } else {
-            std::time::Duration::from_secs_f64(-self.tokens * 8.0 / self.rate_bps)
+            // Bounded by the rate's range and the debt a u64 of bytes can make, but saturating
+            // all the same: a wait is never worth a panic.
+            std::time::Duration::try_from_secs_f64(-self.tokens * 8.0 / self.rate_bps)
+                .unwrap_or(std::time::Duration::MAX)
         }
     }
 
@@ -215,7 +226,8 @@ impl TokenBucket {
         if missing <= 0.0 {
             now_ns
         } else {
-            now_ns + (missing * 8.0 / self.rate_bps * 1e9).ceil() as u64
+            // A float-to-integer cast saturates; the sum must too.
+            now_ns.saturating_add((missing * 8.0 / self.rate_bps * 1e9).ceil() as u64)
         }
     }
 }
@@ -780,6 +792,17 @@ mod tests {
         }
         assert!(within(passed as f64, 1e6, 0.01), "{passed}");
         assert!(TokenBucket::new(0.0, 1).is_err());
+        for bad in [1e-300, 0.5, 1e300, f64::INFINITY, f64::NAN, -1.0] {
+            assert!(TokenBucket::new(bad, 1500).is_err(), "{bad}");
+        }
+        // The extremes of the range compute waits without overflow.
+        let mut slow = TokenBucket::new(1.0, u32::MAX).unwrap();
+        slow.spend(u64::MAX / 2, 0);
+        assert!(slow.debt_wait(0) > std::time::Duration::from_secs(1 << 40));
+        assert_eq!(slow.ready_at(u32::MAX, u64::MAX - 1), u64::MAX);
+        let mut fast = TokenBucket::new(1e13, 1500).unwrap();
+        fast.spend(3000, 0);
+        assert!(fast.debt_wait(0) < std::time::Duration::from_micros(1));
     }
 
     #[test]

@@ -87,6 +87,51 @@ fn bad_arguments_name_the_field_and_exit_non_zero() {
         (vec!["pipeline", "--workers", "0"], "workers"),
         (vec!["pipeline", "--mapping", "random"], "random"),
         (vec!["nonsense"], "nonsense"),
+        // Out-of-range numbers are refused before anything runs (they used to panic later).
+        (
+            vec!["relay", "--mode", "normal", "--rate", "1e300G"],
+            "must be between",
+        ),
+        (vec!["relay", "--rate", "1e-300"], "must be between"),
+        (vec!["relay", "--max-conns", "0"], "--max-conns"),
+        (
+            vec!["gen", "--dev", "x", "--pps", "1e300G"],
+            "must be between",
+        ),
+        (
+            vec!["fwd", "--port", "a", "--port", "b", "--shape", "1=1e-300"],
+            "--shape",
+        ),
+        (
+            vec!["fwd", "--port", "a", "--port", "a"],
+            "--port a: given twice",
+        ),
+        (
+            vec![
+                "fwd",
+                "--port",
+                "a",
+                "--port",
+                "b",
+                "--frames",
+                "99999999999",
+            ],
+            "--frames",
+        ),
+        (
+            vec![
+                "fwd",
+                "--port",
+                "a",
+                "--port",
+                "b",
+                "--busy-poll-us",
+                "4294967295",
+            ],
+            "--busy-poll-us",
+        ),
+        (vec!["sink", "--dev", "x", "--queues", "99999"], "--queues"),
+        (vec!["controller", "--threads", "0"], "--threads"),
     ] {
         let out = linerate(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -257,6 +257,9 @@ fn token(a: &ControllerArgs) -> Result<String> {
 }
 
 pub fn run(a: ControllerArgs) -> Result<()> {
+    if !(1..=256).contains(&a.threads) {
+        bail!("--threads {}: must be between 1 and 256", a.threads);
+    }
     let token = token(&a)?;
     raise_fd_limit();
     let database = a
@@ -266,7 +269,7 @@ pub fn run(a: ControllerArgs) -> Result<()> {
         .filter(|_| a.config.is_none());
     let seed = a.config.as_deref().map(read_seed).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(a.threads.max(1))
+        .worker_threads(a.threads)
         .enable_all()
         .build()
         .context("starting the controller's runtime")?;

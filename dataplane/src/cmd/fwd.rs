@@ -493,6 +493,14 @@ impl Settings {
         if self.ports.len() > MAX_PORTS as usize {
             bail!("--port: at most {MAX_PORTS} interfaces");
         }
+        if let Some((i, p)) =
+            (self.ports.iter().enumerate()).find(|(i, p)| self.ports[..*i].contains(p))
+        {
+            bail!(
+                "--port {p}: given twice (as port {} and port {i})",
+                self.ports.iter().position(|q| q == p).unwrap_or(0)
+            );
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if self.workers == 0 || self.workers > cores {
             bail!(
@@ -512,11 +520,18 @@ impl Settings {
         for i in 0..self.ports.len() {
             port_traffic(&self.traffic, i, self.ports.len(), self.workers)?;
         }
-        if self.frames < 256 * self.ports.len() {
+        if self.frames < 256 * self.ports.len() || self.frames > MAX_FRAMES {
             bail!(
-                "--frames {}: need at least 256 per port ({} here)",
+                "--frames {}: must be between 256 per port ({} here) and {MAX_FRAMES} (8 GiB of \
+                 2 KiB buffers per worker)",
                 self.frames,
                 256 * self.ports.len()
+            );
+        }
+        if self.busy_poll_us > 1_000_000 {
+            bail!(
+                "--busy-poll-us {}: must be between 0 (off) and 1000000 (1 s)",
+                self.busy_poll_us
             );
         }
         Ok(())
@@ -549,6 +564,9 @@ impl Settings {
         v
     }
 }
+
+/// The most buffers a worker's UMEM holds (`--frames`).
+const MAX_FRAMES: usize = 1 << 22;
 
 fn port_no(s: &str, what: &str, ports: usize) -> Result<PortId> {
     let p: usize = s

@@ -34,6 +34,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// What [`parse_rate`] accepts: the range of `sched`'s token buckets, the strictest user of a
+/// rate (bit/s there; packets per second for a generator, where 10T is also far past reach).
+pub const RATE_RANGE: (f64, f64) = linerate_dataplane::sched::TokenBucket::RATE_RANGE;
+
 /// A count per second with an optional SI suffix: `1500`, `100k`, `2.5M`, `10G`.
 pub fn parse_rate(s: &str) -> Result<f64, String> {
     let (num, mult) = match s.char_indices().last() {
@@ -45,10 +49,12 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     let v: f64 = num
         .parse()
         .map_err(|_| format!("'{s}' is not a rate like 1500, 100k, 2.5M or 10G"))?;
-    if !v.is_finite() || v <= 0.0 {
-        return Err(format!("rate '{s}' must be positive"));
+    let v = v * mult;
+    let (lo, hi) = RATE_RANGE;
+    if !v.is_finite() || !(lo..=hi).contains(&v) {
+        return Err(format!("rate '{s}' must be between 1 and 10T"));
     }
-    Ok(v * mult)
+    Ok(v)
 }
 
 /// `02:00:5e:10:00:01`.
@@ -184,6 +190,11 @@ mod tests {
         assert_eq!(parse_rate("10G"), Ok(1e10));
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("-1").is_err());
+        for bad in ["1e300G", "1e-300", "0.5", "inf", "NaN", "20T", "1e13k"] {
+            let e = parse_rate(bad).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+        assert_eq!(parse_rate("10000G"), Ok(1e13));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("5h").is_err());
         assert_eq!(parse_mac("02:00:5e:10:00:01"), Ok([2, 0, 0x5e, 0x10, 0, 1]));

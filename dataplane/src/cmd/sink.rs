@@ -61,12 +61,17 @@ fn rx_queues(dev: &str) -> Result<u32> {
     Ok(n.max(1) as u32)
 }
 
+/// The most RX queues a sink binds: the steering program's XSKMAP holds this many.
+const MAX_QUEUES: u32 = linerate_ebpf::abi::MAX_QUEUES;
+
 pub fn run(a: SinkArgs) -> Result<()> {
     if a.count_only {
         return count_only(&a);
     }
     let queues = match a.queues {
-        Some(0) => bail!("--queues 0: need at least one queue"),
+        Some(q) if !(1..=MAX_QUEUES).contains(&q) => {
+            bail!("--queues {q}: must be between 1 and {MAX_QUEUES}")
+        }
         Some(q) => q,
         None => rx_queues(&a.dev)?,
     };
