@@ -38,8 +38,15 @@ impl Frame {
     }
 
     /// Builds a descriptor from raw parts. Only ports that receive descriptors from the kernel
-    /// (AF_XDP) need this; they vouch that `addr` is a frame of the pool they hand it to.
-    pub fn from_raw(addr: u64, len: u32) -> Frame {
+    /// (AF_XDP) need this; they vouch that `addr` is a frame of the pool they hand it to and
+    /// that the kernel has given it back. Crate-private: a frame forged from outside could name
+    /// a buffer the kernel is still writing, and reading it through the pool would race.
+    ///
+    /// ```compile_fail
+    /// // Outside the crate no frame can be forged.
+    /// let f = linerate_dataplane::frame::Frame::from_raw(0, 64);
+    /// ```
+    pub(crate) fn from_raw(addr: u64, len: u32) -> Frame {
         Frame { addr, len }
     }
 
@@ -116,12 +123,11 @@ impl BufferPool {
     }
 
     /// The region, for registering it as an AF_XDP UMEM.
-    pub fn umem_area(&self) -> crate::xsk::UmemArea {
-        crate::xsk::UmemArea {
-            base: self.region.as_ptr(),
-            len: self.frames << self.shift,
-            chunk: self.frame_size as u32,
-        }
+    ///
+    /// # Errors
+    /// When the pool's frame size is not a UMEM chunk size (2048 or 4096).
+    pub fn umem_area(&self) -> Result<crate::xsk::UmemArea, crate::xsk::XskError> {
+        crate::xsk::UmemArea::new(&self.region, self.frame_size as u32)
     }
 
     /// The buffer (chunk) a frame address lies in.

@@ -98,6 +98,48 @@ pub fn prefetch<T>(value: &T) {
 pub struct Mmap {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
+    /// Unmaps when the last of this value and its [`MapLease`]s is gone.
+    mapping: std::sync::Arc<Mapping>,
+}
+
+/// The mapping itself, unmapped on drop.
+struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: only the address and length are kept; nothing is read through them here.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping `Mmap::anonymous` created; every `Mmap` and `MapLease`
+        // naming it is gone (this is the last `Arc`), so nothing can reach it any more.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Keeps a mapping alive without giving access to its bytes: what a kernel object that
+/// writes into the region (an AF_XDP socket with the region as its UMEM) holds, so the memory
+/// cannot be unmapped under it while the owning [`Mmap`] goes away first.
+#[derive(Clone)]
+pub struct MapLease(std::sync::Arc<Mapping>);
+
+impl MapLease {
+    /// The region's first byte, for registering it with the kernel.
+    pub fn addr(&self) -> u64 {
+        self.0.ptr.as_ptr() as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
 }
 
 // SAFETY: the mapping is plain memory owned by this value; moving it to another thread moves
@@ -128,7 +170,11 @@ impl Mmap {
             // SAFETY: the range is exactly our fresh mapping; the advice changes no contents.
             unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
         }
-        Ok(Mmap { ptr, len })
+        Ok(Mmap {
+            ptr,
+            len,
+            mapping: std::sync::Arc::new(Mapping { ptr, len }),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -139,8 +185,9 @@ impl Mmap {
         self.len == 0
     }
 
-    pub fn as_ptr(&self) -> std::ptr::NonNull<u8> {
-        self.ptr
+    /// A lease that keeps the mapping in place as long as it lives (see [`MapLease`]).
+    pub fn lease(&self) -> MapLease {
+        MapLease(self.mapping.clone())
     }
 
     /// The bytes `[start, start + len)`.
@@ -190,13 +237,6 @@ impl Mmap {
     }
 }
 
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping we created; nothing borrows it any more.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
 /// A zero-initialised table of `u32` that asks for huge pages, also when cloned.
 pub struct HugeTable(Box<[u32]>);
 
@@ -233,6 +273,18 @@ impl DerefMut for HugeTable {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_lease_keeps_the_region_mapped_after_its_owner_is_gone() {
+        let mut m = Mmap::anonymous(1 << 16).unwrap();
+        m.slice_mut(4096, 4).copy_from_slice(b"kept");
+        let lease = m.lease();
+        drop(m);
+        // SAFETY: the test's point: the lease alone keeps these bytes mapped and unchanged
+        // (unmapped, this would fault; mapped anew, it would read zeros).
+        let bytes = unsafe { std::slice::from_raw_parts(lease.0.ptr.as_ptr().add(4096), 4) };
+        assert_eq!(bytes, b"kept");
+    }
+
     use super::*;
 
     #[test]
@@ -248,7 +300,7 @@ mod tests {
     fn mmap_is_zeroed_page_aligned_and_bounds_checked() {
         let mut m = Mmap::anonymous(10_000).unwrap();
         assert_eq!(m.len(), 12_288);
-        assert_eq!(m.as_ptr().as_ptr() as usize % 4096, 0);
+        assert_eq!(m.lease().addr() as usize % 4096, 0);
         assert!(m.slice(0, m.len()).iter().all(|&b| b == 0));
         m.slice_mut(4096, 3).copy_from_slice(&[1, 2, 3]);
         m.copy_within(4096, 8192, 3);

@@ -13,6 +13,7 @@
 //! socket's worker.
 #![allow(unsafe_code)]
 
+use crate::sys::{MapLease, Mmap};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -34,6 +35,8 @@ pub enum XskError {
     },
     #[error("AF_XDP socket on {ifname}: no such interface")]
     NoInterface { ifname: String },
+    #[error("AF_XDP UMEM chunk size {chunk} must be a power of two between 2048 and 4096")]
+    Chunk { chunk: u32 },
     #[error("AF_XDP ring size {size} for {ring} must be a power of two between 64 and 65536")]
     RingSize { ring: &'static str, size: u32 },
     #[error("AF_XDP: zero-copy is not supported on {ifname} queue {queue} ({source})")]
@@ -82,13 +85,50 @@ impl Default for XskConfig {
     }
 }
 
-/// The memory a UMEM is registered from: a page-aligned region of `len` bytes divided into
-/// chunks of `chunk` bytes.
-#[derive(Debug, Clone, Copy)]
+/// The memory a UMEM is registered from: an anonymous mapping divided into chunks of `chunk`
+/// bytes. It can only be made from a [`Mmap`] (memory this process mapped for the purpose), and
+/// every socket bound to it holds a lease on the mapping, so the kernel never writes into
+/// memory that was unmapped or given to anything else.
+///
+/// ```compile_fail
+/// // Any memory as a UMEM: refused at compile time (the fields are private).
+/// let mut buf = [0u8; 4096];
+/// let area = linerate_dataplane::xsk::UmemArea {
+///     base: std::ptr::NonNull::new(buf.as_mut_ptr()).unwrap(),
+///     len: 4096,
+///     chunk: 2048,
+/// };
+/// ```
+#[derive(Clone)]
 pub struct UmemArea {
-    pub base: NonNull<u8>,
-    pub len: usize,
-    pub chunk: u32,
+    lease: MapLease,
+    chunk: u32,
+}
+
+impl UmemArea {
+    /// `region` as a UMEM of `chunk`-byte chunks (a power of two from 2048 to the page size,
+    /// as the kernel requires in aligned mode).
+    pub fn new(region: &Mmap, chunk: u32) -> Result<UmemArea, XskError> {
+        if !chunk.is_power_of_two() || !(2048..=4096).contains(&chunk) {
+            return Err(XskError::Chunk { chunk });
+        }
+        Ok(UmemArea {
+            lease: region.lease(),
+            chunk,
+        })
+    }
+
+    pub fn chunk(&self) -> u32 {
+        self.chunk
+    }
+
+    pub fn len(&self) -> usize {
+        self.lease.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lease.is_empty()
+    }
 }
 
 /// One mmap'ed ring and its user-space cached indices.
@@ -178,6 +218,8 @@ pub struct XskSocket {
     zero_copy: bool,
     /// Busy polling: `recv` drives the device's RX processing itself with a recvfrom.
     busy_poll: bool,
+    /// Keeps the UMEM mapped while the kernel may write into it; dropped after `fd` closes.
+    _umem: UmemArea,
 }
 
 // SAFETY: the rings are plain memory shared with the kernel; moving the socket to another
@@ -188,7 +230,7 @@ impl XskSocket {
     /// Creates a socket on `ifname` queue `queue` over `umem`. With `share` set to the socket
     /// that registered `umem`, the UMEM is shared instead of registered again.
     pub fn bind(
-        umem: UmemArea,
+        umem: &UmemArea,
         share: Option<&XskSocket>,
         ifname: &str,
         queue: u32,
@@ -234,8 +276,8 @@ impl XskSocket {
 
         if share.is_none() {
             let reg = libc::xdp_umem_reg {
-                addr: umem.base.as_ptr() as u64,
-                len: umem.len as u64,
+                addr: umem.lease.addr(),
+                len: umem.lease.len() as u64,
                 chunk_size: umem.chunk,
                 headroom: 0,
                 flags: 0,
@@ -397,6 +439,7 @@ impl XskSocket {
             queue,
             zero_copy,
             busy_poll: cfg.busy_poll_us.is_some(),
+            _umem: umem.clone(),
         })
     }
 

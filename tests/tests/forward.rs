@@ -88,12 +88,8 @@ fn worker_forwards_between_af_xdp_ports() {
         ..cfg
     };
     let umem = Mmap::anonymous(8192 * 2048).unwrap();
-    let area = UmemArea {
-        base: umem.as_ptr(),
-        len: umem.len(),
-        chunk: 2048,
-    };
-    let mut rx = XskSocket::bind(area, None, &b.a, 0, &rx_cfg).unwrap();
+    let area = UmemArea::new(&umem, 2048).unwrap();
+    let mut rx = XskSocket::bind(&area, None, &b.a, 0, &rx_cfg).unwrap();
     steer_out.bind_xsk(0, rx.fd()).unwrap();
     rx.fill((0..8192u64).map(|i| i * 2048));
 

@@ -21,12 +21,8 @@ fn run_gen(src: &str, dst: &str, len: usize, flows: u32, count: u32) {
     steer.set_rules(&[], Action::Xsk).unwrap();
     steer.attach(&pair.b, AttachMode::Driver).unwrap();
     let umem = Mmap::anonymous(4096 * 2048).unwrap();
-    let area = UmemArea {
-        base: umem.as_ptr(),
-        len: umem.len(),
-        chunk: 2048,
-    };
-    let mut xsk = XskSocket::bind(area, None, &pair.b, 0, &XskConfig::default()).unwrap();
+    let area = UmemArea::new(&umem, 2048).unwrap();
+    let mut xsk = XskSocket::bind(&area, None, &pair.b, 0, &XskConfig::default()).unwrap();
     steer.bind_xsk(0, xsk.fd()).unwrap();
     assert_eq!(xsk.fill((0..4096u64).map(|i| i * 2048)), 4096);
 

@@ -42,16 +42,12 @@ fn receive_transmit_and_account_every_chunk() {
     steer.attach_pass(&pair.b, AttachMode::Driver).unwrap();
 
     let umem = Mmap::anonymous((CHUNKS * CHUNK as u64) as usize).unwrap();
-    let area = UmemArea {
-        base: umem.as_ptr(),
-        len: umem.len(),
-        chunk: CHUNK,
-    };
+    let area = UmemArea::new(&umem, CHUNK).unwrap();
     let cfg = XskConfig {
         mode: XskMode::Auto,
         ..XskConfig::default()
     };
-    let mut xsk = XskSocket::bind(area, None, &pair.a, 0, &cfg).unwrap();
+    let mut xsk = XskSocket::bind(&area, None, &pair.a, 0, &cfg).unwrap();
     assert!(
         !xsk.is_zero_copy(),
         "veth has no zero-copy: Auto must fall back to copy mode"
@@ -139,12 +135,8 @@ fn bad_interface_and_ring_size_are_clear_errors() {
         return;
     }
     let umem = Mmap::anonymous(64 * CHUNK as usize).unwrap();
-    let area = UmemArea {
-        base: umem.as_ptr(),
-        len: umem.len(),
-        chunk: CHUNK,
-    };
-    let e = XskSocket::bind(area, None, "lr-nonexistent", 0, &XskConfig::default())
+    let area = UmemArea::new(&umem, CHUNK).unwrap();
+    let e = XskSocket::bind(&area, None, "lr-nonexistent", 0, &XskConfig::default())
         .err()
         .unwrap();
     assert_eq!(
@@ -155,7 +147,7 @@ fn bad_interface_and_ring_size_are_clear_errors() {
         rx_size: 100,
         ..XskConfig::default()
     };
-    let e = XskSocket::bind(area, None, "lo", 0, &cfg).err().unwrap();
+    let e = XskSocket::bind(&area, None, "lo", 0, &cfg).err().unwrap();
     assert_eq!(
         e.to_string(),
         "AF_XDP ring size 100 for rx must be a power of two between 64 and 65536"
@@ -178,16 +170,12 @@ fn an_overflowing_rx_ring_keeps_no_buffer() {
     steer.set_rules(&[], Action::Xsk).unwrap();
     steer.attach(&pair.a, AttachMode::Driver).unwrap();
     let umem = Mmap::anonymous((CHUNKS * CHUNK as u64) as usize).unwrap();
-    let area = UmemArea {
-        base: umem.as_ptr(),
-        len: umem.len(),
-        chunk: CHUNK,
-    };
+    let area = UmemArea::new(&umem, CHUNK).unwrap();
     let cfg = XskConfig {
         rx_size: 64,
         ..XskConfig::default()
     };
-    let xsk = XskSocket::bind(area, None, &pair.a, 0, &cfg).unwrap();
+    let xsk = XskSocket::bind(&area, None, &pair.a, 0, &cfg).unwrap();
     steer.bind_xsk(0, xsk.fd()).unwrap();
     let mut xsk = xsk;
     assert_eq!(xsk.fill((0..512).map(|i| i * CHUNK as u64)), 512);

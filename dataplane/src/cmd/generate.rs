@@ -325,11 +325,7 @@ impl XskSender {
             umem.slice_mut(i * XSK_CHUNK as usize, len)
                 .copy_from_slice(&t.frame);
         }
-        let area = UmemArea {
-            base: umem.as_ptr(),
-            len: umem.len(),
-            chunk: XSK_CHUNK,
-        };
+        let area = UmemArea::new(&umem, XSK_CHUNK)?;
         let cfg = XskConfig {
             rx_size: 64,
             tx_size: 2048,
@@ -337,7 +333,7 @@ impl XskSender {
             comp_size: XSK_FRAMES,
             ..XskConfig::default()
         };
-        let sock = XskSocket::bind(area, None, dev, queue, &cfg).with_context(|| {
+        let sock = XskSocket::bind(&area, None, dev, queue, &cfg).with_context(|| {
             format!("AF_XDP socket on {dev} queue {queue} (one queue per --threads)")
         })?;
         Ok(XskSender {

@@ -81,15 +81,11 @@ pub fn run(a: SinkArgs) -> Result<()> {
     attach(&mut steer, &a)?;
     let chunks = CHUNKS_PER_QUEUE * queues as u64;
     let umem = Mmap::anonymous((chunks * CHUNK as u64) as usize).context("allocating the UMEM")?;
-    let area = UmemArea {
-        base: umem.as_ptr(),
-        len: umem.len(),
-        chunk: CHUNK,
-    };
+    let area = UmemArea::new(&umem, CHUNK)?;
     let cfg = XskConfig::default();
     let mut socks: Vec<XskSocket> = Vec::new();
     for q in 0..queues {
-        let s = XskSocket::bind(area, socks.first(), &a.dev, q, &cfg)?;
+        let s = XskSocket::bind(&area, socks.first(), &a.dev, q, &cfg)?;
         steer.bind_xsk(q, s.fd())?;
         socks.push(s);
     }

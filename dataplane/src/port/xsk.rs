@@ -39,7 +39,7 @@ impl XskPort {
         fill_target: u32,
     ) -> Result<XskPort, XskError> {
         let sock = XskSocket::bind(
-            pool.umem_area(),
+            &pool.umem_area()?,
             share.and_then(|p| p.sock.as_ref()),
             ifname,
             queue,
