@@ -14,18 +14,19 @@
 //! report, which the flow's next packet repeats (a flow is reported again at most once a
 //! second while its packets keep reaching user space).
 
+use crate::flowtable::FlowTable;
 use crate::logic::{AnyLogic, Base, Logic, Reloadable};
 use crate::shard::FlowKey;
 use crate::verdict::{PortId, Verdict};
 use crate::wire::{Headers, L3};
-use hashbrown::HashMap;
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
-/// Reports of one flow are at least this far apart.
-const REPEAT_AFTER: Duration = Duration::from_secs(1);
-/// Remembered reports per worker before the memory is cleared.
-const MAX_RECENT: usize = 1 << 16;
+/// Reports of one flow are at least this far apart (ns).
+const REPEAT_NS: u64 = 1_000_000_000;
+/// Reports remembered per worker (a bounded table: a flood of new flows evicts the oldest,
+/// which at worst are reported again).
+const RECENT: usize = 1 << 16;
 
 /// A flow decided in user space, ready to be cached in the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +52,8 @@ pub fn decides_per_flow(logic: &AnyLogic) -> bool {
 pub struct FlowLearner {
     inner: Reloadable<AnyLogic>,
     tx: Option<SyncSender<Learned>>,
-    recent: HashMap<(PortId, FlowKey), Duration>,
+    /// When each (ingress port, flow) was last reported, in ns of the worker's clock.
+    recent: FlowTable<(PortId, FlowKey), u64>,
     seen_version: u64,
     now: Duration,
 }
@@ -62,8 +64,9 @@ impl FlowLearner {
         FlowLearner {
             seen_version: inner.version(),
             inner,
+            // Normal mode reports nothing, so it needs no memory of reports.
+            recent: FlowTable::new(if tx.is_some() { RECENT } else { 1 }),
             tx,
-            recent: HashMap::new(),
             now: Duration::ZERO,
         }
     }
@@ -88,13 +91,10 @@ impl FlowLearner {
         let Some(key) = FlowKey::from_headers(hdr) else {
             return;
         };
-        let now = self.now;
+        let now = self.now.as_nanos() as u64;
         match self.recent.get(&(in_port, key)) {
-            Some(&at) if now.saturating_sub(at) < REPEAT_AFTER => return,
+            Some(at) if now.saturating_sub(at) < REPEAT_NS => return,
             _ => {}
-        }
-        if self.recent.len() >= MAX_RECENT {
-            self.recent.clear();
         }
         self.recent.insert((in_port, key), now);
         let mut dst_mac = [0u8; 6];

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod counters;
 pub mod fabric;
 pub mod fastpath;
+pub mod flowtable;
 pub mod frame;
 pub mod generate;
 pub mod logic;

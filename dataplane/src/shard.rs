@@ -26,7 +26,7 @@ pub enum Mapping {
 
 /// A flow's identity: protocol, addresses and ports, for IPv4 and IPv6 alike (IPv4 addresses
 /// are stored as IPv4-mapped IPv6, so the two families never collide).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src: [u8; 16],
     pub dst: [u8; 16],

@@ -82,15 +82,10 @@ pub struct Router {
     arp_to_kernel: bool,
     /// Multipath groups: group id -> (member next hop, weight).
     groups: hashbrown::HashMap<NextHopId, Vec<(NextHopId, u32)>>,
-    /// The flow table: a flow's chosen member, kept for the flow's life (this worker's copy).
-    flows: hashbrown::HashMap<crate::shard::FlowKey, NextHopId>,
     /// Flow pins, tried in order before the lookup: a packet a rule matches takes its next
     /// hop (or group) whatever its destination's longest prefix says.
     pins: Vec<(super::filter::Rule, NextHopId)>,
 }
-
-/// Flows remembered per worker before the table starts over (bounds its memory).
-const MAX_FLOWS: usize = 1 << 20;
 
 /// A next-hop table on the heap (1 MiB: never on the stack), `old`'s entries then `fill`.
 fn new_hops(old: &[Hop], fill: Hop) -> Arc<[Hop; HOPS]> {
@@ -125,7 +120,6 @@ impl Router {
             v6: Arc::new(v6),
             next_hops: Vec::new(),
             groups: hashbrown::HashMap::new(),
-            flows: hashbrown::HashMap::new(),
             pins: Vec::new(),
             hops: new_hops(&[Hop::UNDEFINED; 0], Hop::UNDEFINED),
             arp_to_kernel: true,
@@ -183,7 +177,9 @@ impl Router {
 
     /// Makes `id` a multipath group over `members` (defined next hops, with weights): each
     /// new flow routed to `id` picks a member in proportion to the weights, from its flow
-    /// hash, and keeps it for its life (flow id -> route id -> next hop). Forgets the flows.
+    /// hash, and keeps it for its life. The member is a function of the flow's hash and the
+    /// group alone, so it needs no per-flow state: nothing grows on the per-packet path, and
+    /// every worker (and every copy after a reload with the same group) picks the same.
     pub fn set_group(
         &mut self,
         id: NextHopId,
@@ -202,15 +198,12 @@ impl Router {
             defined: true,
             group: true,
         };
-        self.flows.clear();
         Ok(())
     }
 
-    fn pick(&mut self, group: NextHopId, pkt: &[u8], hdr: &Headers) -> Option<NextHopId> {
-        let key = crate::shard::FlowKey::from_headers(hdr)?;
-        if let Some(&m) = self.flows.get(&key) {
-            return Some(m);
-        }
+    fn pick(&self, group: NextHopId, pkt: &[u8], hdr: &Headers) -> Option<NextHopId> {
+        // A frame that is not IP has no flow, so no member.
+        crate::shard::FlowKey::from_headers(hdr)?;
         let members = self.groups.get(&group)?;
         let total: u64 = members.iter().map(|&(_, w)| w as u64).sum();
         let mut r = crate::shard::flow_hash(hdr, pkt) % total;
@@ -222,10 +215,6 @@ impl Router {
             }
             r -= w as u64;
         }
-        if self.flows.len() >= MAX_FLOWS {
-            self.flows.clear();
-        }
-        self.flows.insert(key, chosen);
         Some(chosen)
     }
 
