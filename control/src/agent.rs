@@ -46,6 +46,10 @@ pub struct AgentOptions {
     /// The controller pings every few seconds: silence this long means it is gone (a half-open
     /// connection), and the agent reconnects.
     pub idle_timeout: Duration,
+    /// Dialling, TLS and the WebSocket upgrade together may take this long; then the attempt
+    /// counts as failed and the agent backs off (a controller that accepts and says nothing
+    /// must not hold it forever).
+    pub connect_timeout: Duration,
     /// Runs first on the agent's thread (to pin it, name it in logs...).
     pub on_thread_start: Option<Box<dyn FnOnce() + Send>>,
     /// Print log lines to stderr (they are always kept in [`AgentStats::last_error`]).
@@ -63,6 +67,7 @@ impl AgentOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
             on_thread_start: None,
             verbose: true,
         }
@@ -126,8 +131,8 @@ impl Agent {
         if opts.backoff_min.is_zero() || opts.backoff_max < opts.backoff_min {
             return Err(bad("backoff needs 0 < min <= max".into()));
         }
-        if opts.idle_timeout.is_zero() {
-            return Err(bad("the idle timeout must be positive".into()));
+        if opts.idle_timeout.is_zero() || opts.connect_timeout.is_zero() {
+            return Err(bad("the idle and connect timeouts must be positive".into()));
         }
         let (stop, stop_rx) = oneshot::channel();
         let (tx, snapshots) = watch::channel(Snapshot {
@@ -308,8 +313,15 @@ async fn connected<D: Dataplane>(node: &mut Node<D>, attempt: &mut u32) -> Resul
     let cfg = WebSocketConfig::default()
         .max_message_size(Some(proto::MAX_FRAME))
         .max_frame_size(Some(proto::MAX_FRAME));
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true)
+    let dial = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
+    let (mut ws, _) = tokio::time::timeout(node.opts.connect_timeout, dial)
         .await
+        .map_err(|_| {
+            format!(
+                "connecting to {}: no WebSocket upgrade within {:?}",
+                node.opts.url, node.opts.connect_timeout
+            )
+        })?
         .map_err(|e| match e {
             tungstenite::Error::Http(r) => format!(
                 "controller {} refused us: HTTP {}",

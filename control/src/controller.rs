@@ -12,7 +12,7 @@
 //! with a reason, is logged and counted, and touches no other session.
 
 use crate::proto::{self, Capability, Change, Config, ControllerMsg, ErrorMsg, NodeMsg, Refusal};
-use crate::store::{Store, StoreEvent};
+use crate::store::{Store, StoreError, StoreEvent};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -52,6 +52,9 @@ pub struct ControllerOptions {
     pub idle_timeout: Duration,
     /// A node that takes longer than this to take one message is dropped.
     pub send_timeout: Duration,
+    /// A store call serving one node (its registration, its configuration) that takes longer
+    /// fails: the node is told nothing and retries, instead of waiting on a stuck database.
+    pub store_timeout: Duration,
     /// Print log lines to stderr (they are always kept in [`ControllerStats::log`]).
     pub verbose: bool,
 }
@@ -66,6 +69,7 @@ impl ControllerOptions {
             ping_every: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(10),
+            store_timeout: Duration::from_secs(10),
             verbose: true,
         }
     }
@@ -516,12 +520,12 @@ async fn serve_node<S: Store>(
     rx: &mut mpsc::Receiver<SessionEvent>,
     behind: &AtomicBool,
 ) -> End {
-    if let Err(e) = shared.store.node_seen(node, caps).await {
+    let opts = &shared.opts;
+    if let Err(e) = bounded(opts.store_timeout, shared.store.node_seen(node, caps)).await {
         shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
         shared.log(format!("node '{node}': store: {e}"));
     }
-    let opts = &shared.opts;
-    let mut sent = match shared.store.node_config(node).await {
+    let mut sent = match bounded(opts.store_timeout, shared.store.node_config(node)).await {
         Ok(c) => for_node(c, caps),
         Err(e) => {
             shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -660,6 +664,16 @@ async fn serve_node<S: Store>(
     }
 }
 
+/// `call` unless it takes longer than `limit`, which is a store error.
+async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or(Err(StoreError::Timeout(limit)))
+}
+
 /// Reloads `node`'s configuration and returns what differs from `sent` (which becomes the
 /// reload). On a store error, logs it, marks the session behind (retried) and returns `None`.
 async fn resync<S: Store>(
@@ -669,7 +683,7 @@ async fn resync<S: Store>(
     sent: &mut Config,
     behind: &AtomicBool,
 ) -> Option<Vec<Change>> {
-    match shared.store.node_config(node).await {
+    match bounded(shared.opts.store_timeout, shared.store.node_config(node)).await {
         Ok(c) => {
             behind.store(false, Ordering::Release);
             let now = for_node(c, caps);

@@ -392,6 +392,8 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
 struct Flaky {
     inner: MemStore,
     failures: std::sync::atomic::AtomicU32,
+    /// While set, loading a configuration never answers (a database stuck on a lock).
+    stuck: std::sync::atomic::AtomicBool,
     events: tokio::sync::broadcast::Sender<linerate_control::store::StoreEvent>,
 }
 
@@ -400,6 +402,9 @@ impl linerate_control::store::Store for Flaky {
         &self,
         node: &str,
     ) -> Result<linerate_control::proto::Config, linerate_control::store::StoreError> {
+        if self.stuck.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         let left = self.failures.load(Ordering::Relaxed);
         if left > 0 {
             self.failures.store(left - 1, Ordering::Relaxed);
@@ -438,6 +443,7 @@ async fn a_resync_the_store_failed_is_retried_while_the_node_keeps_reporting() {
     let store = Arc::new(Flaky {
         inner: MemStore::new(),
         failures: 0.into(),
+        stuck: false.into(),
         events: tokio::sync::broadcast::channel(16).0,
     });
     let ctl = start_controller(store.clone(), None).await;
@@ -465,4 +471,59 @@ async fn a_resync_the_store_failed_is_retried_while_the_node_keeps_reporting() {
     })
     .await;
     assert_eq!(ctl.stats().store_errors.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_store_fails_the_session_after_its_timeout_and_the_node_retries() {
+    let store = Arc::new(Flaky {
+        inner: MemStore::new(),
+        failures: 0.into(),
+        stuck: true.into(),
+        events: tokio::sync::broadcast::channel(16).0,
+    });
+    store
+        .inner
+        .apply("a", Change::Route(route(1, "10.1.0.0/16", "eth0", 1)));
+    let ctl = start_controller_with(store.clone(), None, |o| {
+        o.store_timeout = std::time::Duration::from_millis(200);
+    })
+    .await;
+    let (a, _) = start_agent(ctl.local_addr(), "a");
+    until("the stuck store was given up on", || {
+        ctl.stats()
+            .log()
+            .iter()
+            .any(|l| l.contains("no answer within"))
+    })
+    .await;
+    assert!(ctl.stats().store_errors.load(Ordering::Relaxed) >= 1);
+    store.stuck.store(false, Ordering::Relaxed);
+    until("a configured once the store answers", || {
+        a.snapshot().config.routes.contains_key(&1)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_gives_up_on_a_controller_that_accepts_and_never_upgrades() {
+    // Accepts connections and keeps them, answering nothing.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let (a, _) = start_agent_with(addr, "a", TOKEN, |o| {
+        o.connect_timeout = std::time::Duration::from_millis(200);
+        o.verbose = false;
+    });
+    until("the attempt timed out and the agent backs off", || {
+        a.stats()
+            .last_error()
+            .contains("no WebSocket upgrade within")
+    })
+    .await;
+    assert!(!a.stats().connected.load(Ordering::Relaxed));
 }

@@ -13,6 +13,11 @@ use tokio::sync::broadcast;
 /// nodes fit in tens of MiB. Keeping history is the PostgreSQL store's job.
 pub const METRICS_KEPT: usize = 64;
 
+/// Nodes remembered (registrations and their metrics): four times the controller's connection
+/// limit. Past it, a new node pushes out the one heard from longest ago, so node ids made up by
+/// a token holder cannot grow the store without bound.
+pub const NODES_KEPT: usize = 65_536;
+
 #[derive(Default)]
 struct State {
     configs: HashMap<String, Config>,
@@ -143,14 +148,28 @@ impl Store for MemStore {
     }
 
     async fn node_seen(&self, node: &str, capabilities: &[Capability]) -> Result<(), StoreError> {
-        self.state()
-            .seen
+        let mut s = self.state();
+        if !s.seen.contains_key(node) && s.seen.len() >= NODES_KEPT {
+            let oldest = (s.seen.iter())
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(n, _)| n.clone());
+            if let Some(n) = oldest {
+                s.seen.remove(&n);
+                s.metrics.remove(&n);
+            }
+        }
+        s.seen
             .insert(node.to_string(), (SystemTime::now(), capabilities.to_vec()));
         Ok(())
     }
 
     async fn record_metrics(&self, node: &str, metrics: Metrics) -> Result<(), StoreError> {
         let mut s = self.state();
+        if !s.metrics.contains_key(node) && s.metrics.len() >= NODES_KEPT {
+            // Full of nodes' reports (a registration pushes an old node's out): a report of
+            // a node never registered is not given room.
+            return Ok(());
+        }
         let q = s.metrics.entry(node.to_string()).or_default();
         if q.len() == METRICS_KEPT {
             q.pop_front();
@@ -168,6 +187,30 @@ impl Store for MemStore {
 mod tests {
     use super::*;
     use crate::proto::{Mac, Route};
+
+    fn none() -> Metrics {
+        Metrics {
+            at_unix_ms: 0,
+            counters: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn made_up_node_ids_cannot_grow_the_store_without_bound() {
+        let s = MemStore::new();
+        for i in 0..NODES_KEPT + 100 {
+            let n = format!("n{i}");
+            s.node_seen(&n, &[]).await.unwrap();
+            s.record_metrics(&n, none()).await.unwrap();
+        }
+        let st = s.state();
+        assert_eq!(st.seen.len(), NODES_KEPT);
+        assert!(st.metrics.len() <= NODES_KEPT);
+        assert!(st.seen.contains_key(&format!("n{}", NODES_KEPT + 99)));
+        drop(st);
+        s.record_metrics("never-registered", none()).await.unwrap();
+        assert!(s.metrics("never-registered").is_empty(), "no room");
+    }
 
     fn route(id: u64, port: &str) -> Route {
         Route {

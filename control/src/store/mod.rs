@@ -41,6 +41,8 @@ pub enum StoreError {
         id: String,
         why: String,
     },
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// The controller's view of its state.

@@ -150,7 +150,9 @@ impl PgStore {
         check_schema(schema)?;
         let base: PgConnectOptions = url.parse()?;
         create_schema(&base, schema).await?;
-        let opts = base.options([("search_path", schema)]);
+        // Every statement of ours is small: one that runs for 10 s is stuck (a lock held by
+        // someone's open transaction), and failing it lets the caller retry or report.
+        let opts = base.options([("search_path", schema), ("statement_timeout", "10s")]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .connect_with(opts.clone().application_name("linerate-controller"))
@@ -306,10 +308,20 @@ async fn heartbeat(
             }
             r
         };
+        // A database that accepts and never answers must not stall the heartbeat: a send
+        // that takes a whole period fails, and the next one starts on a new connection.
         let sent = tokio::select! {
             _ = shutdown.changed() => return,
-            r = send => r,
+            r = tokio::time::timeout(period, send) => r.unwrap_or_else(|_| {
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {period:?}"),
+                )))
+            }),
         };
+        if sent.is_err() {
+            conn = None;
+        }
         // One line when heartbeats start failing and one when they work again: the listener
         // says what it makes of the silence.
         match sent {
@@ -857,6 +869,38 @@ mod tests {
     use tokio::sync::broadcast::error::RecvError;
 
     use crate::testing::privileged;
+
+    #[tokio::test]
+    async fn a_database_that_never_answers_does_not_stall_the_heartbeat() {
+        // Accepts connections and answers nothing, counting them.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(AtomicU32::new(0));
+        let seen = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                seen.fetch_add(1, Ordering::Relaxed);
+                held.push(s);
+            }
+        });
+        let opts: PgConnectOptions = format!("postgres://x:y@127.0.0.1:{port}/z")
+            .parse()
+            .unwrap();
+        let (stop, rx) = watch::channel(());
+        let task = tokio::spawn(heartbeat(opts, "c".into(), Duration::from_millis(50), rx));
+        // Each period gives up on the silent connection and dials again.
+        let t = std::time::Instant::now();
+        while accepted.load(Ordering::Relaxed) < 3 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the heartbeat is stuck"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(stop);
+        task.await.unwrap();
+    }
 
     static NEXT_SCHEMA: AtomicU32 = AtomicU32::new(0);
 
