@@ -203,11 +203,12 @@ mod tests {
             s.node_seen(&n, &[]).await.unwrap();
             s.record_metrics(&n, none()).await.unwrap();
         }
-        let st = s.state();
-        assert_eq!(st.seen.len(), NODES_KEPT);
-        assert!(st.metrics.len() <= NODES_KEPT);
-        assert!(st.seen.contains_key(&format!("n{}", NODES_KEPT + 99)));
-        drop(st);
+        {
+            let st = s.state();
+            assert_eq!(st.seen.len(), NODES_KEPT);
+            assert!(st.metrics.len() <= NODES_KEPT);
+            assert!(st.seen.contains_key(&format!("n{}", NODES_KEPT + 99)));
+        }
         s.record_metrics("never-registered", none()).await.unwrap();
         assert!(s.metrics("never-registered").is_empty(), "no room");
     }
