@@ -680,78 +680,73 @@ impl PipelineReport {
 
     /// The same results as one JSON object.
     pub fn json(&self) -> String {
+        use serde_json::{Value, json};
         let counts = |c: &Counts| {
-            let mut d = String::from("{");
-            for (i, r) in DropReason::ALL.iter().enumerate() {
-                let _ = write!(
-                    d,
-                    "{}\"{}\":{}",
-                    if i > 0 { "," } else { "" },
-                    r.name(),
-                    c.drops_of(*r)
-                );
-            }
-            d.push('}');
-            format!(
-                "{{\"rx\":{},\"tx\":{},\"rx_bytes\":{},\"tx_bytes\":{},\"handoff_out\":{},\"handoff_in\":{},\"rx_mpps\":{:.3},\"tx_mpps\":{:.3},\"drops\":{}}}",
-                c.rx,
-                c.tx,
-                c.rx_bytes,
-                c.tx_bytes,
-                c.handoff_out,
-                c.handoff_in,
-                self.mpps(c.rx),
-                self.mpps(c.tx),
-                d
-            )
+            let drops: serde_json::Map<String, Value> = DropReason::ALL
+                .iter()
+                .map(|r| (r.name().to_string(), c.drops_of(*r).into()))
+                .collect();
+            json!({
+                "rx": c.rx,
+                "tx": c.tx,
+                "rx_bytes": c.rx_bytes,
+                "tx_bytes": c.tx_bytes,
+                "handoff_out": c.handoff_out,
+                "handoff_in": c.handoff_in,
+                "rx_mpps": round3(self.mpps(c.rx)),
+                "tx_mpps": round3(self.mpps(c.tx)),
+                "drops": drops,
+            })
         };
-        let workers: Vec<String> = self
-            .workers
-            .iter()
+        let workers: Vec<Value> = (self.workers.iter())
             .map(|w| {
-                format!(
-                    "{{\"id\":{},\"frames_accounted\":{},\"frames_returned\":{},\"kernel_kept\":{},\"handoff_pending\":{},\"counts\":{}}}",
-                    w.id,
-                    w.frames_accounted(),
-                    w.frames_returned(),
-                    w.kernel_kept,
-                    w.handoff_pending,
-                    counts(&w.counts)
-                )
+                json!({
+                    "id": w.id,
+                    "frames_accounted": w.frames_accounted(),
+                    "frames_returned": w.frames_returned(),
+                    "kernel_kept": w.kernel_kept,
+                    "handoff_pending": w.handoff_pending,
+                    "counts": counts(&w.counts),
+                })
             })
             .collect();
-        let kernel = match &self.kernel {
-            None => "null".to_string(),
-            Some(k) => format!(
-                "{{\"fastpath_packets\":{},\"fastpath_bytes\":{},\"fastpath_mpps\":{:.3},\"to_kernel\":{},\"flows_cached\":{},\"flows_aged\":{},\"reloads\":{}}}",
-                k.fastpath_packets,
-                k.fastpath_bytes,
-                self.mpps(k.fastpath_packets),
-                k.to_kernel,
-                k.flows_cached,
-                k.flows_aged,
-                k.reloads
-            ),
-        };
-        let classes: Vec<String> = self
-            .classes
-            .iter()
+        let kernel = self.kernel.as_ref().map(|k| {
+            json!({
+                "fastpath_packets": k.fastpath_packets,
+                "fastpath_bytes": k.fastpath_bytes,
+                "fastpath_mpps": round3(self.mpps(k.fastpath_packets)),
+                "to_kernel": k.to_kernel,
+                "flows_cached": k.flows_cached,
+                "flows_aged": k.flows_aged,
+                "reloads": k.reloads,
+            })
+        });
+        let classes: Vec<Value> = (self.classes.iter())
             .map(|c| {
-                format!(
-                    "{{\"port\":\"{}\",\"class\":{},\"sent\":{},\"sent_bytes\":{},\"tail_drops\":{},\"red_drops\":{}}}",
-                    c.port, c.class, c.sent, c.sent_bytes, c.tail_drops, c.red_drops
-                )
+                json!({
+                    "port": c.port,
+                    "class": c.class,
+                    "sent": c.sent,
+                    "sent_bytes": c.sent_bytes,
+                    "tail_drops": c.tail_drops,
+                    "red_drops": c.red_drops,
+                })
             })
             .collect();
-        format!(
-            "{{\"elapsed_s\":{:.3},\"total\":{},\"workers\":[{}],\"kernel\":{},\"classes\":[{}]}}",
-            self.elapsed.as_secs_f64(),
-            counts(&self.total()),
-            workers.join(","),
-            kernel,
-            classes.join(",")
-        )
+        json!({
+            "elapsed_s": round3(self.elapsed.as_secs_f64()),
+            "total": counts(&self.total()),
+            "workers": workers,
+            "kernel": kernel,
+            "classes": classes,
+        })
+        .to_string()
     }
+}
+
+/// `x` to three decimals, as reports print rates.
+pub fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
 }
 
 /// One live progress line from two readings `dt` apart.

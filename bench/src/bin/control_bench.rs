@@ -215,20 +215,21 @@ async fn latency(
     }
     samples.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!(
-        "{{\"bench\":\"control_latency\",\"store\":\"{}\",\"updates\":{},\"routes\":{routes},\
-         \"p50_us\":{:.0},\"p90_us\":{:.0},\"p99_us\":{:.0},\"max_us\":{:.0},\"min_us\":{:.0}}}",
-        match kind {
+    let j = serde_json::json!({
+        "bench": "control_latency",
+        "store": match kind {
             StoreKind::Postgres => "postgres",
             StoreKind::Memory => "memory",
         },
-        samples.len(),
-        us(percentile(&samples, 0.5)),
-        us(percentile(&samples, 0.9)),
-        us(percentile(&samples, 0.99)),
-        us(samples[samples.len() - 1]),
-        us(samples[0]),
-    );
+        "updates": samples.len(),
+        "routes": routes,
+        "p50_us": us(percentile(&samples, 0.5)).round(),
+        "p90_us": us(percentile(&samples, 0.9)).round(),
+        "p99_us": us(percentile(&samples, 0.99)).round(),
+        "max_us": us(samples[samples.len() - 1]).round(),
+        "min_us": us(samples[0]).round(),
+    });
+    println!("{j}");
     Ok(())
 }
 
@@ -361,22 +362,22 @@ fn fleet(
     drop(fleet);
     let _ = child.kill();
     let _ = child.wait();
-    println!(
-        "{{\"bench\":\"control_fleet\",\"store\":\"{}\",\"agents\":{agents},\"every_ms\":{every_ms},\
-         \"window_s\":{dt:.1},\"connect_all_s\":{connect_secs:.2},\"reports_per_s\":{:.0},\
-         \"controller_cpu\":{:.3},\"rss_idle_mib\":{:.1},\"rss_mib\":{:.1},\"hwm_mib\":{:.1},\
-         \"disconnects\":{disconnects}}}",
-        if database.is_some() {
-            "postgres"
-        } else {
-            "memory"
-        },
-        (sent1 - sent0) as f64 / dt,
-        (cpu1 - cpu0) / dt,
-        rss_idle as f64 / 1024.0,
-        rss as f64 / 1024.0,
-        hwm as f64 / 1024.0,
-    );
+    let round = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
+    let j = serde_json::json!({
+        "bench": "control_fleet",
+        "store": if database.is_some() { "postgres" } else { "memory" },
+        "agents": agents,
+        "every_ms": every_ms,
+        "window_s": round(dt, 1),
+        "connect_all_s": round(connect_secs, 2),
+        "reports_per_s": ((sent1 - sent0) as f64 / dt).round(),
+        "controller_cpu": round((cpu1 - cpu0) / dt, 3),
+        "rss_idle_mib": round(rss_idle as f64 / 1024.0, 1),
+        "rss_mib": round(rss as f64 / 1024.0, 1),
+        "hwm_mib": round(hwm as f64 / 1024.0, 1),
+        "disconnects": disconnects,
+    });
+    println!("{j}");
     Ok(())
 }
 

@@ -80,8 +80,11 @@ fn main() {
     }
     let secs = start.elapsed().as_secs_f64();
     let failed = failed.load(Ordering::Relaxed);
-    println!(
-        "{{\"conns\":{conns},\"failed\":{failed},\"secs\":{secs:.3},\"per_sec\":{:.0}}}",
-        (conns - failed) as f64 / secs
-    );
+    let j = serde_json::json!({
+        "conns": conns,
+        "failed": failed,
+        "secs": (secs * 1e3).round() / 1e3,
+        "per_sec": ((conns - failed) as f64 / secs).round(),
+    });
+    println!("{j}");
 }

@@ -105,11 +105,11 @@ fn main() -> Result<()> {
             .iter()
             .sum())
     };
-    println!(
-        "{{\"redirected\":{},\"passed\":{}}}",
-        sum(REDIRECT_OK)?,
-        sum(REDIRECT_PASS)?
-    );
+    let j = serde_json::json!({
+        "redirected": sum(REDIRECT_OK)?,
+        "passed": sum(REDIRECT_PASS)?,
+    });
+    println!("{j}");
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use super::{Live, ifindex, mac_of, parse_duration, parse_mac, parse_rate};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use linerate_dataplane::generate::{STAMP_LEN, Template, UdpSpec};
+use linerate_dataplane::pipeline::round3;
 use linerate_dataplane::sys::Mmap;
 use linerate_dataplane::worker::pin;
 use linerate_dataplane::xsk::{UmemArea, XdpDesc, XskConfig, XskSocket};
@@ -234,13 +235,16 @@ pub fn run(a: GenArgs) -> Result<()> {
     let total: u64 = sent.iter().map(|s| s.load(Ordering::Relaxed)).sum();
     let mpps = total as f64 / elapsed / 1e6;
     if a.json {
-        println!(
-            "{{\"sent\":{total},\"elapsed_s\":{elapsed:.3},\"mpps\":{mpps:.3},\"gbps\":{:.3},\"frame_len\":{},\"flows\":{},\"threads\":{}}}",
-            mpps * 1e6 * wire_bits / 1e9,
-            a.len,
-            a.flows,
-            a.threads
-        );
+        let j = serde_json::json!({
+            "sent": total,
+            "elapsed_s": round3(elapsed),
+            "mpps": round3(mpps),
+            "gbps": round3(mpps * 1e6 * wire_bits / 1e9),
+            "frame_len": a.len,
+            "flows": a.flows,
+            "threads": a.threads,
+        });
+        println!("{j}");
     } else {
         println!(
             "sent {total} frames in {elapsed:.2} s: {mpps:.3} Mpps, {:.3} Gbps",

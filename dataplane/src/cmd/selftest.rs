@@ -12,6 +12,7 @@
 
 use super::{Live, parse_duration};
 use anyhow::{Context, Result, bail};
+use linerate_dataplane::pipeline::round3;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -366,19 +367,19 @@ pub fn run(a: SelftestArgs) -> Result<()> {
     drop(topo);
     if a.json {
         for r in &rows {
-            let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.1}"));
-            println!(
-                "{{\"mode\":\"{}\",\"load\":\"{}\",\"offered_mpps\":{:.3},\"forwarded_mpps\":{:.3},\"loss_pct\":{:.3},\"reordered\":{},\"p50_us\":{},\"p99_us\":{},\"kernel_share_pct\":{:.1}}}",
-                r.mode,
-                r.load,
-                r.offered_mpps,
-                r.forwarded_mpps,
-                r.loss_pct,
-                opt(r.reordered),
-                opt(r.p50_us),
-                opt(r.p99_us),
-                r.kernel_share_pct
-            );
+            let one = |v: f64| (v * 10.0).round() / 10.0;
+            let j = serde_json::json!({
+                "mode": r.mode,
+                "load": r.load,
+                "offered_mpps": round3(r.offered_mpps),
+                "forwarded_mpps": round3(r.forwarded_mpps),
+                "loss_pct": round3(r.loss_pct),
+                "reordered": r.reordered.map(one),
+                "p50_us": r.p50_us.map(one),
+                "p99_us": r.p99_us.map(one),
+                "kernel_share_pct": one(r.kernel_share_pct),
+            });
+            println!("{j}");
         }
         return Ok(());
     }

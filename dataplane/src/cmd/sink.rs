@@ -12,6 +12,7 @@
 
 use super::{Live, XdpModeArg, parse_duration};
 use anyhow::{Context, Result, bail};
+use linerate_dataplane::pipeline::round3;
 use linerate_dataplane::sink::SinkStats;
 use linerate_dataplane::sys::{Mmap, monotonic_ns};
 use linerate_dataplane::wire::parse_headers;
@@ -231,10 +232,15 @@ fn count_only(a: &SinkArgs) -> Result<()> {
     let to_kernel = c[Action::Pass as usize].packets;
     let mpps = got.packets as f64 / secs / 1e6;
     if a.json {
-        println!(
-            "{{\"elapsed_s\":{secs:.3},\"received\":{},\"bytes\":{},\"mpps\":{mpps:.3},\"to_kernel\":{to_kernel},\"count_only\":true}}",
-            got.packets, got.bytes
-        );
+        let j = serde_json::json!({
+            "elapsed_s": round3(secs),
+            "received": got.packets,
+            "bytes": got.bytes,
+            "mpps": round3(mpps),
+            "to_kernel": to_kernel,
+            "count_only": true,
+        });
+        println!("{j}");
     } else {
         println!(
             "received   {} frames, {} bytes in {secs:.2} s ({mpps:.3} Mpps)",
@@ -258,26 +264,31 @@ fn report(s: &SinkStats, k: &KernelDrops, elapsed: Duration, json: bool) {
     let secs = elapsed.as_secs_f64();
     let q = |p| s.latency.quantile(p).unwrap_or(0);
     if json {
-        println!(
-            "{{\"elapsed_s\":{secs:.3},\"received\":{},\"bytes\":{},\"mpps\":{:.3},\"active_s\":{:.6},\"active_mbps\":{:.3},\"flows\":{},\"lost\":{},\"reordered\":{},\"duplicates\":{},\"foreign\":{},\"kernel\":{{\"rx_dropped\":{},\"rx_ring_full\":{},\"fill_ring_empty\":{}}},\"latency_ns\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}",
-            t.received,
-            s.bytes,
-            t.received as f64 / secs / 1e6,
-            s.active().0,
-            s.active().1 / 1e6,
-            t.flows,
-            t.lost,
-            t.reordered,
-            t.duplicates,
-            s.foreign,
-            k.rx_dropped,
-            k.rx_ring_full,
-            k.fill_ring_empty,
-            q(0.5),
-            q(0.99),
-            q(0.999),
-            s.latency.max()
-        );
+        let j = serde_json::json!({
+            "elapsed_s": round3(secs),
+            "received": t.received,
+            "bytes": s.bytes,
+            "mpps": round3(t.received as f64 / secs / 1e6),
+            "active_s": (s.active().0 * 1e6).round() / 1e6,
+            "active_mbps": round3(s.active().1 / 1e6),
+            "flows": t.flows,
+            "lost": t.lost,
+            "reordered": t.reordered,
+            "duplicates": t.duplicates,
+            "foreign": s.foreign,
+            "kernel": {
+                "rx_dropped": k.rx_dropped,
+                "rx_ring_full": k.rx_ring_full,
+                "fill_ring_empty": k.fill_ring_empty,
+            },
+            "latency_ns": {
+                "p50": q(0.5),
+                "p99": q(0.99),
+                "p999": q(0.999),
+                "max": s.latency.max(),
+            },
+        });
+        println!("{j}");
         return;
     }
     println!(
