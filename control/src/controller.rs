@@ -129,6 +129,7 @@ impl ControllerStats {
 
 enum SessionEvent {
     Change(Change),
+    Changes(Vec<Change>),
     Resync,
 }
 
@@ -214,6 +215,11 @@ async fn dispatch<S: Store>(shared: Arc<Shared<S>>, mut events: broadcast::Recei
             Ok(StoreEvent::Changed { node, change }) => {
                 if let Some(slot) = shared.sessions().get(&node) {
                     shared.notify(slot, SessionEvent::Change(change));
+                }
+            }
+            Ok(StoreEvent::Changes { node, changes }) => {
+                if let Some(slot) = shared.sessions().get(&node) {
+                    shared.notify(slot, SessionEvent::Changes(changes));
                 }
             }
             Ok(StoreEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -643,9 +649,13 @@ async fn serve_node<S: Store>(
                     resync(shared, node, caps, &mut sent, behind).await.unwrap_or_default()
                 } else {
                     let mut changes = Vec::new();
-                    for ev in batch {
-                        if let SessionEvent::Change(c) = ev
-                            && let Some(c) = change_for_node(c, caps)
+                    let every = batch.into_iter().flat_map(|ev| match ev {
+                        SessionEvent::Change(c) => vec![c],
+                        SessionEvent::Changes(cs) => cs,
+                        SessionEvent::Resync => Vec::new(),
+                    });
+                    for c in every {
+                        if let Some(c) = change_for_node(c, caps)
                             && sent.apply(&c)
                         {
                             changes.push(c);

@@ -103,8 +103,8 @@ fn bad_arguments_name_the_field_and_exit_non_zero() {
             "--shape",
         ),
         (
-            vec!["fwd", "--port", "a", "--port", "a"],
-            "--port a: given twice",
+            vec!["fwd", "--port", "lo", "--port", "lo"],
+            "--port lo: given twice",
         ),
         (
             vec![

@@ -181,7 +181,7 @@ fn gen_and_sink_refuse_bad_arguments_clearly() {
         ),
         (
             vec!["sink", "--dev", "lo", "--queues", "0"],
-            "at least one queue",
+            "--queues 0: must be between 1 and 64",
         ),
     ] {
         assert_refused(&args, needle);

@@ -54,44 +54,10 @@ impl MemStore {
     /// Applies `change` to `node` and tells subscribers. A route or flow id that belonged to
     /// another node moves: that node is told it is gone.
     pub fn apply(&self, node: &str, change: Change) {
-        let mut s = self.state();
-        let moved_from = match &change {
-            Change::Route(r) => s.route_node.insert(r.id, node.to_string()),
-            Change::Flow(f) => s.flow_node.insert(f.id, node.to_string()),
-            Change::RouteGone(id) => s.route_node.remove(id),
-            Change::FlowGone(id) => s.flow_node.remove(id),
-            Change::Port(_) | Change::PortGone(_) => None,
-        };
-        if let Some(old) = moved_from.filter(|old| old != node) {
-            let gone = match &change {
-                Change::Route(r) => Some(Change::RouteGone(r.id)),
-                Change::Flow(f) => Some(Change::FlowGone(f.id)),
-                // A removal names its id only: it removes from whichever node holds it.
-                Change::RouteGone(_) | Change::FlowGone(_) => Some(change.clone()),
-                Change::Port(_) | Change::PortGone(_) => None,
-            };
-            if let Some(gone) = gone {
-                if let Some(c) = s.configs.get_mut(&old) {
-                    c.apply(&gone);
-                }
-                let _ = self.events.send(StoreEvent::Changed {
-                    node: old.clone(),
-                    change: gone,
-                });
-            }
-            if matches!(change, Change::RouteGone(_) | Change::FlowGone(_)) {
-                return;
-            }
-        }
-        if s.configs
-            .entry(node.to_string())
-            .or_default()
-            .apply(&change)
-        {
-            let _ = self.events.send(StoreEvent::Changed {
-                node: node.to_string(),
-                change,
-            });
+        let mut told = Vec::new();
+        apply_to(&mut self.state(), node, change, &mut told);
+        for (node, change) in told {
+            let _ = self.events.send(StoreEvent::Changed { node, change });
         }
     }
 
@@ -112,11 +78,26 @@ impl MemStore {
         }
     }
 
-    /// Replaces `node`'s whole configuration.
+    /// Replaces `node`'s whole configuration. The node hears of it as one batch of changes
+    /// (one update, not one per row); a node an id moved away from hears of its loss.
     pub fn set_config(&self, node: &str, config: Config) {
-        let old = self.state().configs.get(node).cloned().unwrap_or_default();
-        for change in old.diff(&config) {
-            self.apply(node, change);
+        let mut told = Vec::new();
+        {
+            let mut s = self.state();
+            let old = s.configs.get(node).cloned().unwrap_or_default();
+            for change in old.diff(&config) {
+                apply_to(&mut s, node, change, &mut told);
+            }
+        }
+        let mut by_node: Vec<(String, Vec<Change>)> = Vec::new();
+        for (n, c) in told {
+            match by_node.iter_mut().find(|(m, _)| *m == n) {
+                Some((_, v)) => v.push(c),
+                None => by_node.push((n, vec![c])),
+            }
+        }
+        for (node, changes) in by_node {
+            let _ = self.events.send(StoreEvent::Changes { node, changes });
         }
     }
 
@@ -139,6 +120,42 @@ impl MemStore {
     /// Tells subscribers that changes may have been lost (used by tests of resynchronisation).
     pub fn announce_resync(&self) {
         let _ = self.events.send(StoreEvent::Resync);
+    }
+}
+
+/// [`MemStore::apply`] on the locked state: the events it makes go to `told`, in order.
+fn apply_to(s: &mut State, node: &str, change: Change, told: &mut Vec<(String, Change)>) {
+    let moved_from = match &change {
+        Change::Route(r) => s.route_node.insert(r.id, node.to_string()),
+        Change::Flow(f) => s.flow_node.insert(f.id, node.to_string()),
+        Change::RouteGone(id) => s.route_node.remove(id),
+        Change::FlowGone(id) => s.flow_node.remove(id),
+        Change::Port(_) | Change::PortGone(_) => None,
+    };
+    if let Some(old) = moved_from.filter(|old| old != node) {
+        let gone = match &change {
+            Change::Route(r) => Some(Change::RouteGone(r.id)),
+            Change::Flow(f) => Some(Change::FlowGone(f.id)),
+            // A removal names its id only: it removes from whichever node holds it.
+            Change::RouteGone(_) | Change::FlowGone(_) => Some(change.clone()),
+            Change::Port(_) | Change::PortGone(_) => None,
+        };
+        if let Some(gone) = gone {
+            if let Some(c) = s.configs.get_mut(&old) {
+                c.apply(&gone);
+            }
+            told.push((old.clone(), gone));
+        }
+        if matches!(change, Change::RouteGone(_) | Change::FlowGone(_)) {
+            return;
+        }
+    }
+    if s.configs
+        .entry(node.to_string())
+        .or_default()
+        .apply(&change)
+    {
+        told.push((node.to_string(), change));
     }
 }
 
@@ -193,6 +210,26 @@ mod tests {
             at_unix_ms: 0,
             counters: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_whole_new_configuration_is_one_batch_for_its_node() {
+        let s = MemStore::new();
+        s.apply("a", Change::Route(route(1, "eth0")));
+        s.apply("a", Change::Route(route(2, "eth1")));
+        let mut rx = s.subscribe();
+        let mut c = Config::default();
+        c.routes.insert(1, route(1, "eth1"));
+        c.routes.insert(2, route(2, "eth0"));
+        s.set_config("a", c);
+        match rx.try_recv().unwrap() {
+            StoreEvent::Changes { node, changes } => {
+                assert_eq!(node, "a");
+                assert_eq!(changes.len(), 2, "{changes:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "one event for the whole swap");
     }
 
     #[tokio::test]

@@ -23,6 +23,8 @@ pub const EVENT_BUFFER: usize = 65_536;
 pub enum StoreEvent {
     /// `change` applies to `node`.
     Changed { node: String, change: Change },
+    /// `changes` apply to `node` together (one update for it, in this order).
+    Changes { node: String, changes: Vec<Change> },
     /// Changes may have been lost: reload every node.
     Resync,
 }

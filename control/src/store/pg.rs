@@ -309,13 +309,15 @@ async fn heartbeat(
             r
         };
         // A database that accepts and never answers must not stall the heartbeat: a send
-        // that takes a whole period fails, and the next one starts on a new connection.
+        // (with its connect) that takes a whole period, and at least a second, fails, and
+        // the next one starts on a new connection.
+        let limit = period.max(Duration::from_secs(1));
         let sent = tokio::select! {
             _ = shutdown.changed() => return,
-            r = tokio::time::timeout(period, send) => r.unwrap_or_else(|_| {
+            r = tokio::time::timeout(limit, send) => r.unwrap_or_else(|_| {
                 Err(sqlx::Error::Io(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("no answer within {period:?}"),
+                    format!("no answer within {limit:?}"),
                 )))
             }),
         };

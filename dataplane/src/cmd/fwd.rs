@@ -493,14 +493,6 @@ impl Settings {
         if self.ports.len() > MAX_PORTS as usize {
             bail!("--port: at most {MAX_PORTS} interfaces");
         }
-        if let Some((i, p)) =
-            (self.ports.iter().enumerate()).find(|(i, p)| self.ports[..*i].contains(p))
-        {
-            bail!(
-                "--port {p}: given twice (as port {} and port {i})",
-                self.ports.iter().position(|q| q == p).unwrap_or(0)
-            );
-        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if self.workers == 0 || self.workers > cores {
             bail!(
@@ -947,6 +939,12 @@ pub fn run(a: FwdArgs) -> Result<()> {
         }
         None => build_logic(&s.logic, &s.ports)?,
     });
+    // Before anything is attached: one interface cannot be two ports (its XDP program and
+    // queues are one).
+    if let Some((i, p)) = (s.ports.iter().enumerate()).find(|(i, p)| s.ports[..*i].contains(p)) {
+        let first = s.ports.iter().position(|q| q == p).unwrap_or(0);
+        bail!("--port {p}: given twice (as port {first} and port {i})");
+    }
     let hangup = Arc::new(AtomicBool::new(false));
     let stop = if a.config.is_some() {
         use signal_hook::consts::{SIGINT, SIGTERM};

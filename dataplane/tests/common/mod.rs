@@ -50,14 +50,18 @@ pub struct Job {
 impl Job {
     /// Waits for a stderr line containing `text` (the job must print it within `limit`).
     pub fn wait_line(&self, text: &str, limit: Duration) -> String {
+        let mut seen = Vec::new();
         loop {
-            let line = self
-                .lines
-                .recv_timeout(limit)
-                .unwrap_or_else(|_| panic!("no line with '{text}' from the job"));
+            let line = self.lines.recv_timeout(limit).unwrap_or_else(|_| {
+                panic!(
+                    "no line with '{text}' from the job; it said:\n{}",
+                    seen.join("\n")
+                )
+            });
             if line.contains(text) {
                 return line;
             }
+            seen.push(line);
         }
     }
 
