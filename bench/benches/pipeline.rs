@@ -4,8 +4,8 @@
 //! counting sinks. One iteration is one `poll_once`: one batch in, one batch out.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use linerate_dataplane::pipeline::{self, PipelineConfig};
 use linerate_dataplane::shard::Mapping;
+use linerate_dataplane::synthetic::{self as pipeline, PipelineConfig};
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline::ttl_lpm_fabric");

@@ -3,4 +3,4 @@
 
 /// The seeded generator every bench draws inputs from (the dataplane's own, so benches and the
 /// pipeline see the same sequences).
-pub use linerate_dataplane::pipeline::splitmix64;
+pub use linerate_dataplane::synthetic::splitmix64;

@@ -11,9 +11,11 @@
 //! a hello of our protocol version; an oversized, garbled or text frame closes that connection
 //! with a reason, is logged and counted, and touches no other session.
 
-use crate::proto::{self, Capability, Change, Config, ControllerMsg, ErrorMsg, NodeMsg, Refusal};
 use crate::store::{Store, StoreError, StoreEvent};
 use futures_util::{SinkExt, StreamExt};
+use linerate_proto::{
+    self as proto, Capability, Change, Config, ControllerMsg, ErrorMsg, NodeMsg, Refusal,
+};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

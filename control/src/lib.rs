@@ -1,13 +1,11 @@
-//! linerate's control plane: the protocol ([`proto`]), the controller and its stores
-//! ([`controller`], [`store`]) and the node agent ([`agent`]).
+//! linerate's controller: serves each node the configuration a [`store`] holds for it, over
+//! WebSocket ([`controller`]), and hands the node's metrics back to the store. The in-memory
+//! store is here; PostgreSQL is `linerate-store-pg`, so nothing that needs only the controller
+//! compiles sqlx.
 //!
-//! `control` never depends on `dataplane`: the agent hands configuration to whatever
-//! implements [`agent::Dataplane`], and the dataplane adapts it to its own types.
+//! The controller never depends on the dataplane: nodes speak `linerate-proto`, and the agent
+//! (`linerate-agent`) hands configuration to whatever implements its `Dataplane` trait.
 #![deny(unsafe_code)]
 
-pub mod agent;
 pub mod controller;
-pub mod proto;
 pub mod store;
-#[doc(hidden)]
-pub mod testing;

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use linerate_control::proto::{self, Change, ControllerMsg, Hello, NodeMsg, Refusal};
-use linerate_control::store::MemStore;
+use linerate_controller::store::MemStore;
+use linerate_proto::{self as proto, Change, ControllerMsg, Hello, NodeMsg, Refusal};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -394,21 +394,21 @@ struct Flaky {
     failures: std::sync::atomic::AtomicU32,
     /// While set, loading a configuration never answers (a database stuck on a lock).
     stuck: std::sync::atomic::AtomicBool,
-    events: tokio::sync::broadcast::Sender<linerate_control::store::StoreEvent>,
+    events: tokio::sync::broadcast::Sender<linerate_controller::store::StoreEvent>,
 }
 
-impl linerate_control::store::Store for Flaky {
+impl linerate_controller::store::Store for Flaky {
     async fn node_config(
         &self,
         node: &str,
-    ) -> Result<linerate_control::proto::Config, linerate_control::store::StoreError> {
+    ) -> Result<linerate_proto::Config, linerate_controller::store::StoreError> {
         if self.stuck.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
         let left = self.failures.load(Ordering::Relaxed);
         if left > 0 {
             self.failures.store(left - 1, Ordering::Relaxed);
-            return Err(linerate_control::store::StoreError::BadRow {
+            return Err(linerate_controller::store::StoreError::BadRow {
                 table: "routes",
                 id: "test".into(),
                 why: "the store is down (test)".into(),
@@ -421,7 +421,7 @@ impl linerate_control::store::Store for Flaky {
         &self,
         node: &str,
         caps: &[proto::Capability],
-    ) -> Result<(), linerate_control::store::StoreError> {
+    ) -> Result<(), linerate_controller::store::StoreError> {
         self.inner.node_seen(node, caps).await
     }
 
@@ -429,11 +429,13 @@ impl linerate_control::store::Store for Flaky {
         &self,
         node: &str,
         m: proto::Metrics,
-    ) -> Result<(), linerate_control::store::StoreError> {
+    ) -> Result<(), linerate_controller::store::StoreError> {
         self.inner.record_metrics(node, m).await
     }
 
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<linerate_control::store::StoreEvent> {
+    fn subscribe(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<linerate_controller::store::StoreEvent> {
         self.events.subscribe()
     }
 }
@@ -457,7 +459,7 @@ async fn a_resync_the_store_failed_is_retried_while_the_node_keeps_reporting() {
     store.failures.store(1, Ordering::Relaxed);
     store
         .events
-        .send(linerate_control::store::StoreEvent::Resync)
+        .send(linerate_controller::store::StoreEvent::Resync)
         .unwrap();
     until("the failed resync was logged", || {
         ctl.stats()

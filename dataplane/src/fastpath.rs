@@ -150,7 +150,7 @@ impl Logic for FlowLearner {
 mod tests {
     use super::*;
     use crate::logic::{LearningBridge, ReloadHandle, StaticMap};
-    use crate::pipeline::udp4_frame;
+    use crate::synthetic::udp4_frame;
     use crate::wire::parse_headers;
     use std::sync::mpsc::sync_channel;
 

@@ -9,19 +9,19 @@
 //! Each side caches the other side's index and re-reads the shared atomic only when the cache
 //! says full (producer) or empty (consumer), so in steady state the two cores touch each
 //! other's cache line about once per batch rather than once per item. Modelled with loom in
-//! `tests/loom_ring.rs` (`RUSTFLAGS="--cfg linerate_loom" cargo test --release --test loom_ring`).
+//! `tests/loom_ring.rs` (`RUSTFLAGS="--cfg loom" cargo test --release --test loom_ring`).
 #![allow(unsafe_code)]
 
 use self::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 
-#[cfg(linerate_loom)]
+#[cfg(loom)]
 mod sync {
     pub use loom::cell::UnsafeCell;
     pub use loom::sync::Arc;
     pub use loom::sync::atomic::{AtomicUsize, Ordering};
 }
 
-#[cfg(not(linerate_loom))]
+#[cfg(not(loom))]
 mod sync {
     pub use std::sync::Arc;
     pub use std::sync::atomic::{AtomicUsize, Ordering};
@@ -202,7 +202,7 @@ impl<T: Send> Consumer<T> {
     }
 }
 
-#[cfg(all(test, not(linerate_loom)))]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

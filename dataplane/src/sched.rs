@@ -808,7 +808,7 @@ mod tests {
     #[test]
     fn classes_by_dscp_protocol_ports_and_prefixes() {
         use crate::wire::parse_headers;
-        let mut f = crate::pipeline::udp4_frame(
+        let mut f = crate::synthetic::udp4_frame(
             "10.1.0.1".parse().unwrap(),
             "10.2.0.1".parse().unwrap(),
             4000,

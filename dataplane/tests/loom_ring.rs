@@ -1,7 +1,7 @@
 //! Loom model of the SPSC ring: every interleaving of one producer and one consumer delivers
 //! each value exactly once, in order, and a full ring refuses rather than overwrites.
-//! Run: `RUSTFLAGS="--cfg linerate_loom" cargo test -p linerate-dataplane --release --test loom_ring`.
-#![cfg(linerate_loom)]
+//! Run: `RUSTFLAGS="--cfg loom" cargo test -p linerate-dataplane --release --test loom_ring`.
+#![cfg(loom)]
 
 use linerate_dataplane::ring::channel;
 

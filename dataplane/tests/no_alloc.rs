@@ -4,7 +4,7 @@
 
 use linerate_dataplane::fastpath::FlowLearner;
 use linerate_dataplane::logic::{AnyLogic, Logic, NextHop, ReloadHandle, Router};
-use linerate_dataplane::pipeline::udp4_frame;
+use linerate_dataplane::synthetic::udp4_frame;
 use linerate_dataplane::verdict::Verdict;
 use linerate_dataplane::wire::parse_headers;
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -6,9 +6,9 @@
 use core::net::Ipv4Addr;
 use linerate_dataplane::frame::BufferPool;
 use linerate_dataplane::logic::Logic;
-use linerate_dataplane::pipeline::udp4_frame;
 use linerate_dataplane::port::{FaultPort, Faults, MemPort, MemWire, Port};
 use linerate_dataplane::shard::{Mapping, flow_hash, jump_hash};
+use linerate_dataplane::synthetic::udp4_frame;
 use linerate_dataplane::verdict::{DropReason, PortId, Verdict};
 use linerate_dataplane::wire::{Headers, L3, parse_headers};
 use linerate_dataplane::worker::{IdlePolicy, Worker, WorkerConfig, handoff_mesh};
@@ -327,7 +327,7 @@ fn full_handoff_ring_hands_frames_back_as_handoff_full() {
 /// Real threads: two pinned-if-possible workers run until stopped; every frame is accounted.
 #[test]
 fn threads_run_and_stop_cleanly() {
-    use linerate_dataplane::pipeline::{self, PipelineConfig};
+    use linerate_dataplane::synthetic::{self as pipeline, PipelineConfig};
     use std::time::Duration;
     let cfg = PipelineConfig {
         workers: 2,

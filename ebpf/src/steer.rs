@@ -51,8 +51,10 @@ pub enum XdpError {
     DevMap(String),
 }
 
-/// How to attach.
+/// How to attach (`--xdp-mode` on the command line and in files, with the `cli` feature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum, serde::Deserialize))]
+#[cfg_attr(feature = "cli", serde(rename_all = "lowercase"))]
 pub enum AttachMode {
     /// Native (driver) mode, falling back to generic (skb) mode if the driver refuses.
     Auto,

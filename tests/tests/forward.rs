@@ -10,11 +10,11 @@
 //! checksums, in per-flow order; afterwards every UMEM buffer is back in the worker's pool.
 
 use linerate_dataplane::frame::BufferPool;
-use linerate_dataplane::generate::{Template, UdpSpec};
 use linerate_dataplane::logic::{MacRewrite, StaticMap, TtlDecrement};
 use linerate_dataplane::port::{Port, XskPort};
 use linerate_dataplane::shard::Mapping;
 use linerate_dataplane::sys::Mmap;
+use linerate_dataplane::template::{Template, UdpSpec};
 use linerate_dataplane::wire::{L3, checksum, checksum::PseudoHeader, parse_headers};
 use linerate_dataplane::worker::{IdlePolicy, Worker, WorkerConfig, spawn};
 use linerate_dataplane::xsk::{UmemArea, XskConfig, XskSocket};

@@ -3,8 +3,8 @@
 //! socket on the other end — every one with a valid UDP checksum, its flow's source port, a
 //! gapless per-flow sequence and a send time.
 
-use linerate_dataplane::generate::{Template, UdpSpec};
 use linerate_dataplane::sys::Mmap;
+use linerate_dataplane::template::{Template, UdpSpec};
 use linerate_dataplane::wire::{L3, checksum::PseudoHeader, parse_headers};
 use linerate_dataplane::xsk::{UmemArea, XskConfig, XskSocket};
 use linerate_ebpf::abi::{GenConfig, GenStamp};

@@ -2,7 +2,7 @@
 //! output}, each row run through `BPF_PROG_TEST_RUN` in the kernel (root only).
 
 use core::net::{Ipv4Addr, Ipv6Addr};
-use linerate_dataplane::pipeline::udp4_frame;
+use linerate_dataplane::synthetic::udp4_frame;
 use linerate_dataplane::wire::checksum;
 use linerate_ebpf::abi::{Counter, XdpMd};
 use linerate_ebpf::{Action, FlowEntry, FlowKey, Rule, Steering};

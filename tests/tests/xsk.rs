@@ -4,7 +4,7 @@
 //! closing the socket gives back every UMEM chunk.
 
 use core::net::Ipv4Addr;
-use linerate_dataplane::pipeline::udp4_frame;
+use linerate_dataplane::synthetic::udp4_frame;
 use linerate_dataplane::sys::Mmap;
 use linerate_dataplane::xsk::{UmemArea, XdpDesc, XskConfig, XskMode, XskSocket};
 use linerate_ebpf::{Action, AttachMode, Attached, Steering};

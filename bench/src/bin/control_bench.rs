@@ -2,7 +2,7 @@
 //!
 //! `latency`: the time from an SQL `UPDATE` (sent by this process through its own connection,
 //! as any client would) to the change being applied in an agent: the agent builds router logic
-//! from its new configuration (`linerate_dataplane::node::logic_from`, as `fwd` does) and
+//! from its new configuration (`linerate_fwd::node::logic_from`, as `fwd` does) and
 //! publishes it to a `ReloadHandle`. Measured per update as the agent's publish instant minus
 //! the instant before the statement was sent; one update at a time. `--store memory` sends the
 //! same changes through the in-memory store, which isolates the controller and WebSocket path.
@@ -13,11 +13,12 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use linerate_control::agent::{Agent, AgentOptions, Dataplane};
-use linerate_control::controller::{self, ControllerOptions};
-use linerate_control::proto::{Capability, Change, Config, Counter, Mac, Route};
-use linerate_control::store::{MemStore, PgStore};
+use linerate_agent::{Agent, AgentOptions, Dataplane};
+use linerate_controller::controller::{self, ControllerOptions};
+use linerate_controller::store::MemStore;
 use linerate_dataplane::logic::{AnyLogic, ReloadHandle, Router};
+use linerate_proto::{Capability, Change, Config, Counter, Mac, Route};
+use linerate_store_pg::PgStore;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,8 +84,7 @@ struct Publishing {
 
 impl Dataplane for Publishing {
     fn apply(&mut self, config: &Arc<Config>) {
-        let (logic, _) =
-            linerate_dataplane::node::logic_from(config, &self.ports, &self.macs, true);
+        let (logic, _) = linerate_fwd::node::logic_from(config, &self.ports, &self.macs, true);
         self.handle.publish(logic);
         let now = Instant::now();
         self.applied.lock().unwrap().push((now, config.clone()));
@@ -107,7 +107,7 @@ fn route(id: u64, weight: u32) -> Route {
 /// route 1 with weight `want`, looking at applies from index `from` on; returns when.
 async fn applied_at(
     applied: &Mutex<Vec<(Instant, Arc<Config>)>>,
-    updates: &mut tokio::sync::watch::Receiver<linerate_control::agent::Snapshot>,
+    updates: &mut tokio::sync::watch::Receiver<linerate_agent::Snapshot>,
     want: u32,
     from: usize,
 ) -> Result<Instant> {

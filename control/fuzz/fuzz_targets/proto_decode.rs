@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use linerate_control::proto::{self, ControllerMsg, NodeMsg};
+use linerate_proto::{self as proto, ControllerMsg, NodeMsg};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = proto::decode::<NodeMsg>(data) {

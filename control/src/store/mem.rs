@@ -3,7 +3,7 @@
 //! [`METRICS_KEPT`] reports per node.
 
 use super::{EVENT_BUFFER, Store, StoreError, StoreEvent};
-use crate::proto::{Capability, Change, Config, Metrics};
+use linerate_proto::{Capability, Change, Config, Metrics};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -203,7 +203,7 @@ impl Store for MemStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Mac, Route};
+    use linerate_proto::{Mac, Route};
 
     fn none() -> Metrics {
         Metrics {

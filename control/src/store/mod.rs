@@ -1,19 +1,18 @@
-//! Where the controller keeps configuration and metrics: the [`Store`] trait, the in-memory
-//! store (the embedded default) and the PostgreSQL store ([`pg`]).
+//! Where the controller keeps configuration and metrics: the [`Store`] trait and the
+//! in-memory store (the embedded default). The PostgreSQL store is the crate
+//! `linerate-store-pg`.
 //!
 //! A store announces every change it knows of as a [`StoreEvent`] on a broadcast channel.
 //! When it may have missed some (a lagging receiver, a lost database connection) it says
 //! [`StoreEvent::Resync`] and the controller reloads each connected node's configuration.
 
 pub mod mem;
-pub mod pg;
 
-use crate::proto::{Capability, Change, Config, Metrics};
+use linerate_proto::{Capability, Change, Config, Metrics};
 use std::future::Future;
 use tokio::sync::broadcast;
 
 pub use mem::MemStore;
-pub use pg::PgStore;
 
 /// How many events a store buffers for a slow subscriber before it must resync.
 pub const EVENT_BUFFER: usize = 65_536;
@@ -31,10 +30,11 @@ pub enum StoreEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database failed (its error, as the store's driver gave it).
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("database migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("schema name '{schema}' {why}")]
     BadSchema { schema: String, why: &'static str },
     #[error("row {table}.{id} is not valid configuration: {why}")]

@@ -2,10 +2,10 @@
 //! fast retries, and waiting for a condition without a timing assertion.
 #![allow(dead_code)]
 
-use linerate_control::agent::{Agent, AgentOptions, Dataplane};
-use linerate_control::controller::{self, ControllerHandle, ControllerOptions};
-use linerate_control::proto::{Config, Counter, Mac, Route};
-use linerate_control::store::Store;
+use linerate_agent::{Agent, AgentOptions, Dataplane};
+use linerate_controller::controller::{self, ControllerHandle, ControllerOptions};
+use linerate_controller::store::Store;
+use linerate_proto::{Config, Counter, Mac, Route};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -114,7 +114,7 @@ pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[allow(unused_imports)] // controller_mem has no database tests.
-pub use linerate_control::testing::privileged;
+pub use linerate_tests::privileged_db as privileged;
 
 /// A schema name no other test run uses.
 pub fn unique_schema(test: &str) -> String {

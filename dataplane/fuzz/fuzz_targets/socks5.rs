@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use linerate_dataplane::relay::proto::{AuthPolicy, Event, Server, parse_udp};
+use linerate_relay::proto::{AuthPolicy, Event, Server, parse_udp};
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_udp(data);

@@ -19,8 +19,9 @@ pub mod router;
 pub mod static_map;
 pub mod ttl;
 
-#[cfg(test)]
-pub(crate) mod test_frames;
+/// Frames for tests, here and in the crates built on this one (not an API).
+#[doc(hidden)]
+pub mod test_frames;
 
 pub use any::{AnyLogic, Base};
 pub use bridge::{BridgeConfig, BridgeStats, LearningBridge};

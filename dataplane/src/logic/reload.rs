@@ -139,7 +139,7 @@ mod tests {
     use crate::wire::parse_headers;
 
     fn frame() -> Vec<u8> {
-        crate::pipeline::udp4_frame(
+        crate::synthetic::udp4_frame(
             "10.0.0.1".parse().unwrap(),
             "10.0.0.2".parse().unwrap(),
             1000,

@@ -305,7 +305,7 @@ mod tests {
     use crate::sched::{ClassRule, Discipline, DropPolicy, QueueLimit};
 
     fn frame(pool: &mut BufferPool, dport: u16) -> Frame {
-        let bytes = crate::pipeline::udp4_frame(
+        let bytes = crate::synthetic::udp4_frame(
             "10.0.0.1".parse().unwrap(),
             "10.0.0.2".parse().unwrap(),
             1000,

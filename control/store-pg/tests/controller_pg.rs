@@ -1,10 +1,12 @@
 //! The controller over the PostgreSQL store: plain SQL statements, as any script would send
 //! them, reach exactly the nodes they concern. Each test works in a schema of its own.
 
+// The controller's test helpers, shared with its in-memory tests.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
-use linerate_control::store::PgStore;
+use linerate_store_pg::PgStore;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -149,7 +151,7 @@ async fn a_change_made_while_the_listener_reconnects_still_arrives() {
     until("a configured", || a.snapshot().version == 1).await;
     // Cut the listener's connection and change a route at once: the notification may be lost,
     // the resync after the listener's reconnection is not.
-    let listener = linerate_control::store::pg::listener_name(&schema);
+    let listener = linerate_store_pg::listener_name(&schema);
     sql(&s, &format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{listener}'"
     )).await;
@@ -244,7 +246,7 @@ async fn reroute_py_moves_a_flow_with_one_statement() {
     })
     .await;
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/reroute.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/reroute.py");
     // The script connects with its own session: point it at this test's schema.
     let dsn = format!("{url}?options=-csearch_path%3D{schema}");
     let reroute = |route: &str| {

@@ -12,7 +12,7 @@
 
 use super::{Live, parse_duration};
 use anyhow::{Context, Result, bail};
-use linerate_dataplane::pipeline::round3;
+use linerate_dataplane::report::round3;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

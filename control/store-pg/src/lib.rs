@@ -4,7 +4,7 @@
 //! The schema is `control/migrations/`, applied on connect. Triggers on `routes`, `flows` and
 //! `port_settings` send each written row (old and new) as JSON on the channel
 //! [`channel_for`]`(schema)`; one listener task per store turns those into [`StoreEvent`]s. A row
-//! that does not make a valid [`proto`](crate::proto) value is logged and announced as removed,
+//! that does not make a valid [`proto`](linerate_proto) value is logged and announced as removed,
 //! so a node never keeps an older version of it. Notifications sent while the listener is
 //! disconnected are lost, so after every reconnection the task says [`StoreEvent::Resync`].
 //! `TRUNCATE` removes rows without naming them: its statement trigger's notification becomes a
@@ -22,8 +22,36 @@
 //!
 //! The three tasks end when the store is dropped.
 
-use super::{EVENT_BUFFER, Store, StoreError, StoreEvent};
-use crate::proto::{
+use linerate_controller::store::{EVENT_BUFFER, Store, StoreError, StoreEvent};
+
+/// A [`StoreError`] that `?` can make from sqlx's errors (the orphan rule keeps the
+/// controller's error type from knowing sqlx, which only this crate compiles).
+struct Db(StoreError);
+
+impl From<sqlx::Error> for Db {
+    fn from(e: sqlx::Error) -> Db {
+        Db(StoreError::Db(Box::new(e)))
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Db {
+    fn from(e: sqlx::migrate::MigrateError) -> Db {
+        Db(StoreError::Migrate(Box::new(e)))
+    }
+}
+
+impl From<StoreError> for Db {
+    fn from(e: StoreError) -> Db {
+        Db(e)
+    }
+}
+
+impl From<Db> for StoreError {
+    fn from(d: Db) -> StoreError {
+        d.0
+    }
+}
+use linerate_proto::{
     Capability, Change, Config, Flow, FlowMatch, Mac, Metrics, PortSettings, Prefix, Route,
     Scheduler, Shaper, Validate, check_name,
 };
@@ -147,6 +175,10 @@ impl PgStore {
         schema: &str,
         timing: Timing,
     ) -> Result<PgStore, StoreError> {
+        Ok(PgStore::open(url, schema, timing).await?)
+    }
+
+    async fn open(url: &str, schema: &str, timing: Timing) -> Result<PgStore, Db> {
         check_schema(schema)?;
         let base: PgConnectOptions = url.parse()?;
         create_schema(&base, schema).await?;
@@ -234,7 +266,7 @@ fn check_schema(schema: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn create_schema(base: &PgConnectOptions, schema: &str) -> Result<(), StoreError> {
+async fn create_schema(base: &PgConnectOptions, schema: &str) -> Result<(), Db> {
     let mut conn = base.connect().await?;
     // CREATE SCHEMA IF NOT EXISTS still needs the CREATE privilege on the database, which a
     // production role using an existing schema may lack: look first.
@@ -783,6 +815,25 @@ async fn rows_of(
 
 impl Store for PgStore {
     async fn node_config(&self, node: &str) -> Result<Config, StoreError> {
+        Ok(self.config_of(node).await?)
+    }
+
+    async fn node_seen(&self, node: &str, capabilities: &[Capability]) -> Result<(), StoreError> {
+        Ok(self.seen(node, capabilities).await?)
+    }
+
+    async fn record_metrics(&self, node: &str, metrics: Metrics) -> Result<(), StoreError> {
+        self.queue_metrics(node, metrics);
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+}
+
+impl PgStore {
+    async fn config_of(&self, node: &str) -> Result<Config, Db> {
         // Rows go through row_to_json and the notification's conversion, so a node's full load
         // and its changes can never disagree about a row.
         let mut tx = self.pool.begin().await?;
@@ -812,7 +863,7 @@ impl Store for PgStore {
         Ok(config)
     }
 
-    async fn node_seen(&self, node: &str, capabilities: &[Capability]) -> Result<(), StoreError> {
+    async fn seen(&self, node: &str, capabilities: &[Capability]) -> Result<(), Db> {
         let names: Vec<&str> = capabilities.iter().map(|c| c.name()).collect();
         sqlx::query(
             "INSERT INTO nodes (id, capabilities, last_seen) VALUES ($1, $2, now())
@@ -826,11 +877,11 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn record_metrics(&self, node: &str, metrics: Metrics) -> Result<(), StoreError> {
+    /// Queues one report for the writer, or drops (and counts) it; never waits.
+    fn queue_metrics(&self, node: &str, metrics: Metrics) {
         let rows = metrics.counters.len();
         let drop_report = || {
             self.metrics_dropped.fetch_add(1, Ordering::Relaxed);
-            Ok(())
         };
         if rows > MAX_REPORT_COUNTERS {
             // The protocol refuses such reports, so this is a caller's bug, worth a line each.
@@ -853,24 +904,19 @@ impl Store for PgStore {
         };
         if self.metrics.try_send(report).is_err() {
             self.metrics_queued.fetch_sub(rows, Ordering::Relaxed);
-            return drop_report();
+            drop_report();
         }
-        Ok(())
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
-        self.events.subscribe()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::Counter;
+    use linerate_proto::Counter;
     use std::sync::atomic::AtomicU32;
     use tokio::sync::broadcast::error::RecvError;
 
-    use crate::testing::privileged;
+    use linerate_tests::privileged_db as privileged;
 
     #[tokio::test]
     async fn a_database_that_never_answers_does_not_stall_the_heartbeat() {

@@ -5,14 +5,14 @@
 //! Runs on the agent's thread. Workers see the new logic at their next batch through
 //! [`ReloadHandle`] (one atomic load per batch); nothing here touches a worker's state.
 
-use crate::counters::{Counts, WorkerCounters};
-use crate::logic::filter::{Action, Prefix, Rule};
-use crate::logic::{Acl, AnyLogic, NextHop, NextHopId, ReloadHandle, Router};
-use crate::port::LiveSettings;
-use crate::sched::Discipline;
-use crate::verdict::DropReason;
-use linerate_control::agent::Dataplane;
-use linerate_control::proto::{self, Config, Counter};
+use linerate_agent::Dataplane;
+use linerate_dataplane::counters::{Counts, WorkerCounters};
+use linerate_dataplane::logic::filter::{Action, Prefix, Rule};
+use linerate_dataplane::logic::{Acl, AnyLogic, NextHop, NextHopId, ReloadHandle, Router};
+use linerate_dataplane::port::LiveSettings;
+use linerate_dataplane::sched::Discipline;
+use linerate_dataplane::verdict::DropReason;
+use linerate_proto::{self as proto, Config, Counter};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -272,10 +272,10 @@ impl Dataplane for FwdNode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logic::Logic;
-    use crate::logic::test_frames;
-    use crate::verdict::Verdict;
-    use linerate_control::proto::{Flow, FlowMatch, Mac, Route};
+    use linerate_dataplane::logic::Logic;
+    use linerate_dataplane::logic::test_frames;
+    use linerate_dataplane::verdict::Verdict;
+    use linerate_proto::{Flow, FlowMatch, Mac, Route};
 
     fn route(id: u64, prefix: &str, port: &str, mac: u8, weight: u32) -> Route {
         Route {

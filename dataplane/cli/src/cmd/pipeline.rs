@@ -4,8 +4,8 @@ use super::{Live, parse_duration};
 use anyhow::Result;
 use clap::ValueEnum;
 use linerate_dataplane::counters::Counts;
-use linerate_dataplane::pipeline::{self, PipelineConfig};
 use linerate_dataplane::shard::Mapping;
+use linerate_dataplane::synthetic::{self as pipeline, PipelineConfig};
 use std::time::Duration;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -120,7 +120,10 @@ pub fn run(a: PipelineArgs) -> Result<()> {
         for c in counters {
             now.add(&c.read());
         }
-        live.line(t, &pipeline::live_line(&now, &before, t - last));
+        live.line(
+            t,
+            &linerate_dataplane::report::live_line(&now, &before, t - last),
+        );
         before = now;
         last = t;
     })?;

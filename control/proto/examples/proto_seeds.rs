@@ -8,9 +8,10 @@
 //!   cargo run -p linerate-control --example proto_seeds -- control/fuzz/seeds/proto_decode
 
 use anyhow::{Context, ensure};
-use linerate_control::proto::{
-    self, Capability, Change, Config, ControllerMsg, Counter, ErrorMsg, Flow, FlowMatch, Hello,
-    Mac, Metrics, NodeMsg, PortSettings, Prefix, ProtoError, Refusal, Route, Scheduler, Shaper,
+use linerate_proto::{
+    self as proto, Capability, Change, Config, ControllerMsg, Counter, ErrorMsg, Flow, FlowMatch,
+    Hello, Mac, Metrics, NodeMsg, PortSettings, Prefix, ProtoError, Refusal, Route, Scheduler,
+    Shaper,
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;

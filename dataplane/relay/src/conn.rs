@@ -7,8 +7,8 @@
 use super::UserShare;
 use super::proto::{AuthPolicy, Server};
 use super::udp::Assoc;
-use crate::sched::TokenBucket;
 use io_uring::types;
+use linerate_dataplane::sched::TokenBucket;
 use nix::sys::socket::SockaddrStorage;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;

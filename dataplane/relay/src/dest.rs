@@ -9,7 +9,7 @@
 //! destinations. The relay's own listener is refused in every spelling too, so a client cannot
 //! chain the relay into itself.
 
-use crate::logic::Prefix;
+use linerate_dataplane::logic::Prefix;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};

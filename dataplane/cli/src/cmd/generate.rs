@@ -13,9 +13,9 @@
 use super::{Live, ifindex, mac_of, parse_duration, parse_mac, parse_rate};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use linerate_dataplane::generate::{STAMP_LEN, Template, UdpSpec};
-use linerate_dataplane::pipeline::round3;
+use linerate_dataplane::report::round3;
 use linerate_dataplane::sys::Mmap;
+use linerate_dataplane::template::{STAMP_LEN, Template, UdpSpec};
 use linerate_dataplane::worker::pin;
 use linerate_dataplane::xsk::{UmemArea, XdpDesc, XskConfig, XskSocket};
 use linerate_ebpf::Generator;

@@ -362,7 +362,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::proto::encode_udp_header;
+    use crate::proto::encode_udp_header;
 
     #[test]
     fn headers_match_the_protocols_encoding() {

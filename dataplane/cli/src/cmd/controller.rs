@@ -7,11 +7,12 @@
 
 use super::{parse_duration, parse_rate};
 use anyhow::{Context, Result, anyhow, bail};
-use linerate_control::controller::{self, ControllerOptions};
-use linerate_control::proto::{
+use linerate_controller::controller::{self, ControllerOptions};
+use linerate_controller::store::MemStore;
+use linerate_proto::{
     Config, Flow, FlowMatch, Mac, PortSettings, Prefix, Route, Scheduler, Shaper, Validate,
 };
-use linerate_control::store::{MemStore, PgStore};
+use linerate_store_pg::PgStore;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -214,7 +215,7 @@ fn read_seed(path: &Path) -> Result<BTreeMap<String, Config>> {
     // between them at every reload.
     let (mut routes, mut flows) = (BTreeMap::new(), BTreeMap::new());
     for (node, c) in &nodes {
-        linerate_control::proto::check_name("node", node)
+        linerate_proto::check_name("node", node)
             .map_err(|e| anyhow!("{}: node '{node}': {e}", path.display()))?;
         for id in c.routes.keys() {
             if let Some(other) = routes.insert(*id, node) {

@@ -1,4 +1,4 @@
-//! The in-memory pipeline: the `linerate pipeline` job.
+//! The in-memory pipeline over synthetic traffic (what `linerate pipeline` runs).
 //!
 //! Each worker gets a [`TemplateSource`] port that produces prebuilt frames as fast as the
 //! worker takes them and [`CountingSink`] ports that count and recycle what is sent to them;
@@ -6,16 +6,16 @@
 //! NIC or kernel is involved, so the figure is the cost of the packet core itself.
 
 use crate::batch::Batch;
-use crate::counters::{Counts, WorkerCounters};
+use crate::counters::WorkerCounters;
 use crate::frame::{BufferPool, PoolError};
 use crate::logic::{NextHop, Router, TtlDecrement};
 use crate::port::{Port, PortError};
+use crate::report::PipelineReport;
 use crate::shard::Mapping;
-use crate::verdict::{DropReason, PortId};
+use crate::verdict::PortId;
 use crate::wire::checksum;
-use crate::worker::{self, IdlePolicy, Worker, WorkerConfig, WorkerError, WorkerReport};
+use crate::worker::{self, IdlePolicy, Worker, WorkerConfig, WorkerError};
 use core::net::{IpAddr, Ipv4Addr};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -559,215 +559,6 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-/// Whole-run results of a pipeline.
-#[derive(Debug, Clone)]
-pub struct PipelineReport {
-    pub elapsed: Duration,
-    pub workers: Vec<WorkerReport>,
-    /// What the XDP program did itself (`linerate fwd`); `None` for in-memory pipelines.
-    pub kernel: Option<KernelPath>,
-    /// Traffic classes of scheduled output ports (`linerate fwd --sched ...`), summed over
-    /// workers.
-    pub classes: Vec<ClassReport>,
-}
-
-/// One traffic class of one scheduled output port.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClassReport {
-    pub port: String,
-    pub class: usize,
-    pub sent: u64,
-    pub sent_bytes: u64,
-    pub tail_drops: u64,
-    pub red_drops: u64,
-}
-
-/// Packets that `linerate fwd`'s XDP programs handled without the workers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KernelPath {
-    /// Max mode: packets of cached flows rewritten and redirected in the kernel.
-    pub fastpath_packets: u64,
-    pub fastpath_bytes: u64,
-    /// Passed to the host's stack (ARP, neighbour discovery, queues without a socket).
-    pub to_kernel: u64,
-    /// Flow-cache entries installed and removed by aging.
-    pub flows_cached: u64,
-    pub flows_aged: u64,
-    /// Configuration reloads applied (SIGHUP).
-    pub reloads: u64,
-}
-
-impl PipelineReport {
-    pub fn total(&self) -> Counts {
-        let mut t = Counts::default();
-        for w in &self.workers {
-            t.add(&w.counts);
-        }
-        t
-    }
-
-    fn mpps(&self, n: u64) -> f64 {
-        n as f64 / self.elapsed.as_secs_f64() / 1e6
-    }
-
-    /// The final table: one row per worker and a total, drops by reason.
-    pub fn table(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "{:<8} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
-            "worker", "rx Mpps", "tx Mpps", "ho out", "ho in", "dropped", "frames ok"
-        );
-        let row = |s: &mut String, name: &str, c: &Counts, ok: &str| {
-            let _ = writeln!(
-                s,
-                "{:<8} {:>10.2} {:>10.2} {:>10} {:>10} {:>12} {:>12}",
-                name,
-                self.mpps(c.rx),
-                self.mpps(c.tx),
-                c.handoff_out,
-                c.handoff_in,
-                c.dropped(),
-                ok
-            );
-        };
-        for w in &self.workers {
-            let ok = if w.frames_accounted() { "yes" } else { "NO" };
-            row(&mut s, &format!("w{}", w.id), &w.counts, ok);
-        }
-        let t = self.total();
-        let all_ok = self.workers.iter().all(WorkerReport::frames_accounted);
-        row(&mut s, "total", &t, if all_ok { "yes" } else { "NO" });
-        let _ = writeln!(s, "drops by reason:");
-        for r in DropReason::ALL {
-            let n = t.drops_of(r);
-            if n > 0 {
-                let _ = writeln!(s, "  {:<16} {n}", r.name());
-            }
-        }
-        if t.dropped() == 0 {
-            let _ = writeln!(s, "  (none)");
-        }
-        for c in &self.classes {
-            let _ = writeln!(
-                s,
-                "port {} class {}: sent {} ({:.1} Mbit/s), tail drops {}, RED drops {}",
-                c.port,
-                c.class,
-                c.sent,
-                c.sent_bytes as f64 * 8.0 / self.elapsed.as_secs_f64() / 1e6,
-                c.tail_drops,
-                c.red_drops
-            );
-        }
-        if let Some(k) = &self.kernel {
-            let _ = writeln!(
-                s,
-                "kernel fast path: {:.2} Mpps ({} packets), {} flows cached, {} aged out; \
-                 {} packets to the host stack; {} reloads",
-                self.mpps(k.fastpath_packets),
-                k.fastpath_packets,
-                k.flows_cached,
-                k.flows_aged,
-                k.to_kernel,
-                k.reloads
-            );
-        }
-        s
-    }
-
-    /// The same results as one JSON object.
-    pub fn json(&self) -> String {
-        use serde_json::{Value, json};
-        let counts = |c: &Counts| {
-            let drops: serde_json::Map<String, Value> = DropReason::ALL
-                .iter()
-                .map(|r| (r.name().to_string(), c.drops_of(*r).into()))
-                .collect();
-            json!({
-                "rx": c.rx,
-                "tx": c.tx,
-                "rx_bytes": c.rx_bytes,
-                "tx_bytes": c.tx_bytes,
-                "handoff_out": c.handoff_out,
-                "handoff_in": c.handoff_in,
-                "rx_mpps": round3(self.mpps(c.rx)),
-                "tx_mpps": round3(self.mpps(c.tx)),
-                "drops": drops,
-            })
-        };
-        let workers: Vec<Value> = (self.workers.iter())
-            .map(|w| {
-                json!({
-                    "id": w.id,
-                    "frames_accounted": w.frames_accounted(),
-                    "frames_returned": w.frames_returned(),
-                    "kernel_kept": w.kernel_kept,
-                    "handoff_pending": w.handoff_pending,
-                    "counts": counts(&w.counts),
-                })
-            })
-            .collect();
-        let kernel = self.kernel.as_ref().map(|k| {
-            json!({
-                "fastpath_packets": k.fastpath_packets,
-                "fastpath_bytes": k.fastpath_bytes,
-                "fastpath_mpps": round3(self.mpps(k.fastpath_packets)),
-                "to_kernel": k.to_kernel,
-                "flows_cached": k.flows_cached,
-                "flows_aged": k.flows_aged,
-                "reloads": k.reloads,
-            })
-        });
-        let classes: Vec<Value> = (self.classes.iter())
-            .map(|c| {
-                json!({
-                    "port": c.port,
-                    "class": c.class,
-                    "sent": c.sent,
-                    "sent_bytes": c.sent_bytes,
-                    "tail_drops": c.tail_drops,
-                    "red_drops": c.red_drops,
-                })
-            })
-            .collect();
-        json!({
-            "elapsed_s": round3(self.elapsed.as_secs_f64()),
-            "total": counts(&self.total()),
-            "workers": workers,
-            "kernel": kernel,
-            "classes": classes,
-        })
-        .to_string()
-    }
-}
-
-/// `x` to three decimals, as reports print rates.
-pub fn round3(x: f64) -> f64 {
-    (x * 1e3).round() / 1e3
-}
-
-/// One live progress line from two readings `dt` apart.
-pub fn live_line(now: &Counts, before: &Counts, dt: Duration) -> String {
-    let d = now.since(before);
-    let s = dt.as_secs_f64().max(1e-9);
-    let mut line = format!(
-        "rx {:>7.2} Mpps  tx {:>7.2} Mpps  {:>6.2} Gbps  handoff {:>6.2} Mpps  drops {:>8}",
-        d.rx as f64 / s / 1e6,
-        d.tx as f64 / s / 1e6,
-        d.tx_bytes as f64 * 8.0 / s / 1e9,
-        d.handoff_out as f64 / s / 1e6,
-        d.dropped()
-    );
-    for r in DropReason::ALL {
-        let n = d.drops_of(r);
-        if n > 0 {
-            let _ = write!(line, " {}={n}", r.name());
-        }
-    }
-    line
 }
 
 #[cfg(test)]

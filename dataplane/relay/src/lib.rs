@@ -17,9 +17,9 @@ mod sys;
 mod udp;
 mod worker;
 
-use crate::logic::Prefix;
-use crate::sched::TokenBucket;
 use dest::{DestPolicy, LocalAddrs};
+use linerate_dataplane::logic::Prefix;
+use linerate_dataplane::sched::TokenBucket;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use proto::{AuthPolicy, Reply};
 use std::collections::{HashMap, VecDeque};
@@ -549,7 +549,7 @@ impl Relay {
                     .name(format!("relay-{id}"))
                     .spawn(move || {
                         if let Some(c) = core {
-                            let _ = crate::worker::pin(id, c);
+                            let _ = linerate_dataplane::worker::pin(id, c);
                         }
                         let w = match worker::Worker::new(id, shared, l) {
                             Ok(w) => {

@@ -12,13 +12,13 @@
 
 use super::{Live, XdpModeArg, parse_duration};
 use anyhow::{Context, Result, bail};
-use linerate_dataplane::pipeline::round3;
-use linerate_dataplane::sink::SinkStats;
+use linerate_dataplane::measure::SinkStats;
+use linerate_dataplane::report::round3;
 use linerate_dataplane::sys::{Mmap, monotonic_ns};
 use linerate_dataplane::wire::parse_headers;
 use linerate_dataplane::xsk::{UmemArea, XskConfig, XskSocket, wait_readable};
 use linerate_ebpf::abi::{Counter, GenStamp};
-use linerate_ebpf::{Action, AttachMode, Attached, Rule, Steering};
+use linerate_ebpf::{Action, Attached, Rule, Steering};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -176,7 +176,7 @@ pub fn run(a: SinkArgs) -> Result<()> {
 }
 
 fn attach(steer: &mut Steering, a: &SinkArgs) -> Result<()> {
-    match steer.attach(&a.dev, AttachMode::from(a.xdp_mode))? {
+    match steer.attach(&a.dev, a.xdp_mode)? {
         Attached::Driver => eprintln!("sink: XDP attached to {} in driver mode", a.dev),
         Attached::Skb { why: Some(why) } => {
             eprintln!(

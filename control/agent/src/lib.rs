@@ -8,10 +8,11 @@
 //! [`Dataplane::apply`] once per update with the whole new configuration, on the agent thread.
 //! The dataplane publishes that as one snapshot its workers pick up between batches.
 
-use crate::proto::{
-    self, Capability, Config, ControllerMsg, Counter, ErrorMsg, Hello, Metrics, NodeMsg, Refusal,
-};
 use futures_util::{SinkExt, StreamExt};
+use linerate_proto::{
+    self as proto, Capability, Config, ControllerMsg, Counter, ErrorMsg, Hello, Metrics, NodeMsg,
+    Refusal,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -1,0 +1,97 @@
+//! The `linerate` subcommands. Each module is one job: its arguments and how it runs.
+
+pub mod controller;
+pub mod fwd;
+pub mod generate;
+pub mod pipeline;
+pub mod relay;
+pub mod selftest;
+pub mod sink;
+
+use anyhow::{Context, Result};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+pub use linerate_dataplane::units::{parse_duration, parse_mac, parse_rate};
+
+/// `--xdp-mode`: how to attach linerate's XDP program.
+pub use linerate_ebpf::AttachMode as XdpModeArg;
+
+/// `--cores 2,3`: one core per thread, each a core of this machine; empty means 0..n.
+pub fn cores_for(list: &[usize], n: usize, flag: &str) -> Result<Vec<usize>> {
+    linerate_dataplane::units::cores_for(list, n, flag).map_err(anyhow::Error::msg)
+}
+
+/// A flag set by SIGINT, SIGTERM or SIGHUP, so every job stops cleanly and still reports. A
+/// second SIGINT exits at once.
+pub fn stop_flag() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    stop_flag_on(&[SIGINT, SIGTERM, SIGHUP])
+}
+
+/// [`stop_flag`] for the given signals only (`fwd --config` keeps SIGHUP for reloads).
+pub fn stop_flag_on(signals: &[i32]) -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for &sig in signals {
+        if sig == signal_hook::consts::SIGINT {
+            // Registered first: runs only when the flag is already set.
+            signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+                .context("installing the SIGINT handler")?;
+        }
+        signal_hook::flag::register(sig, stop.clone())
+            .with_context(|| format!("installing the handler of signal {sig}"))?;
+    }
+    Ok(stop)
+}
+
+/// The once-a-second progress line: rewritten in place on a terminal, one line each
+/// otherwise (logs, CI).
+pub struct Live {
+    tty: bool,
+}
+
+impl Live {
+    pub fn new() -> Live {
+        Live {
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn line(&self, t: Duration, text: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            write!(err, "\r\x1b[2K[{:>4.0}s] {text}", t.as_secs_f64())
+        } else {
+            writeln!(err, "[{:>4.0}s] {text}", t.as_secs_f64())
+        };
+        let _ = err.flush();
+    }
+
+    /// A note on a line of its own (the live line, on a terminal, is cleared first).
+    pub fn done_line(&self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            writeln!(err, "\r\x1b[2K{text}")
+        } else {
+            writeln!(err, "{text}")
+        };
+    }
+
+    pub fn done(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+/// The interface index of `dev`, given by option `flag`, or a clear error naming both.
+pub fn ifindex(flag: &str, dev: &str) -> Result<u32> {
+    linerate_dataplane::units::ifindex(flag, dev).map_err(anyhow::Error::msg)
+}
+
+/// The MAC address of `dev`, given by option `flag`.
+pub fn mac_of(flag: &str, dev: &str) -> Result<[u8; 6]> {
+    linerate_dataplane::units::mac_of(flag, dev).map_err(anyhow::Error::msg)
+}
