@@ -175,6 +175,16 @@ mod tests {
         }
     }
 
+    /// `n` empty maps with room for `room` entries each.
+    fn maps(n: usize, room: usize) -> Vec<Fake> {
+        (0..n)
+            .map(|_| Fake {
+                room,
+                ..Fake::default()
+            })
+            .collect()
+    }
+
     fn learned(src: u8, in_port: u16, version: u64) -> Learned {
         let mut key = Key::default();
         key.src[15] = src;
@@ -194,16 +204,7 @@ mod tests {
     fn reports_of_replaced_logic_are_dropped_and_others_cached_on_their_port() {
         let (tx, rx) = sync_channel(16);
         let mut c = FlowCache::new(rx, Duration::from_secs(10));
-        let mut maps = vec![
-            Fake {
-                room: 8,
-                ..Fake::default()
-            },
-            Fake {
-                room: 8,
-                ..Fake::default()
-            },
-        ];
+        let mut maps = maps(2, 8);
         tx.send(learned(1, 0, 3)).unwrap();
         tx.send(learned(2, 1, 2)).unwrap();
         tx.send(learned(3, 1, 3)).unwrap();
@@ -220,10 +221,7 @@ mod tests {
     fn a_full_map_costs_the_flow_its_kernel_path_only() {
         let (tx, rx) = sync_channel(16);
         let mut c = FlowCache::new(rx, Duration::from_secs(10));
-        let mut maps = vec![Fake {
-            room: 1,
-            ..Fake::default()
-        }];
+        let mut maps = maps(1, 1);
         for src in 1..=3 {
             tx.send(learned(src, 0, 0)).unwrap();
         }
@@ -241,16 +239,7 @@ mod tests {
     fn aging_and_invalidation_reach_every_port() {
         let (tx, rx) = sync_channel(16);
         let mut c = FlowCache::new(rx, Duration::from_millis(5));
-        let mut maps = vec![
-            Fake {
-                room: 8,
-                ..Fake::default()
-            },
-            Fake {
-                room: 8,
-                ..Fake::default()
-            },
-        ];
+        let mut maps = maps(2, 8);
         tx.send(learned(1, 0, 0)).unwrap();
         tx.send(learned(2, 1, 0)).unwrap();
         c.install(&mut maps, 0);

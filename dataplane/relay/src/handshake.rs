@@ -209,12 +209,7 @@ impl Worker {
     }
 
     pub(super) fn resolved(&mut self, slot: usize, gen_: u32, result: Result<SocketAddr, Reply>) {
-        let live = self
-            .conns
-            .get(slot)
-            .and_then(|c| c.as_ref())
-            .is_some_and(|c| c.gen_ == gen_);
-        if !live {
+        if !self.is_live(slot, gen_) {
             return;
         }
         self.conn(slot).pending -= 1;

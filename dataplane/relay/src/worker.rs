@@ -99,6 +99,15 @@ impl Worker {
         unsafe { self.sq.push(e) };
     }
 
+    /// Whether `slot` still holds the connection of generation `gen_` (a completion or an
+    /// answer for a connection since closed and reused must not touch its successor).
+    pub(super) fn is_live(&self, slot: usize, gen_: u32) -> bool {
+        self.conns
+            .get(slot)
+            .and_then(|c| c.as_ref())
+            .is_some_and(|c| c.gen_ == gen_)
+    }
+
     pub(super) fn conn(&mut self, slot: usize) -> &mut Conn {
         self.conns[slot].as_deref_mut().expect("live slot")
     }
@@ -245,12 +254,7 @@ impl Worker {
             OP_CANCEL => return,
             _ => {}
         }
-        let live = self
-            .conns
-            .get(slot)
-            .and_then(|c| c.as_ref())
-            .is_some_and(|c| c.gen_ == gen_);
-        if !live {
+        if !self.is_live(slot, gen_) {
             return;
         }
         {
