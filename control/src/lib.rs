@@ -8,4 +8,5 @@
 #![deny(unsafe_code)]
 
 pub mod controller;
+pub mod seed;
 pub mod store;

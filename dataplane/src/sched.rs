@@ -159,7 +159,7 @@ impl TokenBucket {
     /// Rates a bucket takes, in bit/s: from 1 bit/s to 10 Tbit/s. Outside it the waits it
     /// computes stop meaning anything (a day per byte, or less than a nanosecond per frame)
     /// and, at the extremes, overflow a `Duration`.
-    pub const RATE_RANGE: (f64, f64) = (1.0, 1e13);
+    pub const RATE_RANGE: (f64, f64) = linerate_proto::units::RATE_RANGE;
 
     /// Starts full. `burst` must hold at least one packet of the largest size sent through it.
     pub fn new(rate_bps: f64, burst_bytes: u32) -> Result<TokenBucket, String> {

@@ -11,6 +11,8 @@
 //! whole new row or a removal: applying one twice is harmless, which is what lets the controller
 //! replay changes that raced with a full load.
 
+pub mod units;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -255,7 +255,11 @@ impl Settings {
             Some(p) => read_file(p)?,
             None => Options::default(),
         };
-        let o = flags.clone().over(below);
+        Settings::from_options(flags.clone().over(below))
+    }
+
+    /// Merged options with the defaults filled in, checked.
+    pub fn from_options(o: Options) -> Result<Settings> {
         let controller = match o.controller {
             Some(url) => Some(ControllerSpec {
                 url,
