@@ -4,5 +4,6 @@
 //! addresses, routes, placement, buffer memory) without touching the system.
 #![deny(unsafe_code)]
 
+pub mod link;
 pub mod plan;
 pub mod topo;
