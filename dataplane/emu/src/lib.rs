@@ -6,4 +6,5 @@
 
 pub mod link;
 pub mod plan;
+pub mod router;
 pub mod topo;
