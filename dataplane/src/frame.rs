@@ -205,6 +205,14 @@ impl BufferPool {
         self.frame_size - (frame.addr - self.chunk(frame.addr)) as usize
     }
 
+    /// The frame's whole buffer from its address on, writable: to receive into it, or to
+    /// write something longer than the frame (set the length after with [`BufferPool::set_len`]).
+    #[inline]
+    pub fn room_mut(&mut self, frame: &Frame) -> &mut [u8] {
+        let n = self.room(frame);
+        self.region.slice_mut(frame.addr as usize, n)
+    }
+
     /// The frame's valid bytes.
     #[inline]
     pub fn data(&self, frame: &Frame) -> &[u8] {

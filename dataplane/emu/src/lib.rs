@@ -4,7 +4,12 @@
 //! addresses, routes, placement, buffer memory) without touching the system.
 #![deny(unsafe_code)]
 
+pub mod engine;
 pub mod link;
+mod netlink;
+pub mod netns;
 pub mod plan;
 pub mod router;
+mod sys;
+mod uring;
 pub mod topo;

@@ -1,0 +1,927 @@
+//! The emulator's workers: one pinned thread per core, each owning a share of the nodes
+//! (placement by jump hash of the node's name, see [`crate::plan`]) and the link directions
+//! leaving them.
+//!
+//! A round: one clock read; the io_uring's completions (frames the hosts sent, read from
+//! their TAP devices; finished writes); frames other workers handed over; new settings from
+//! the control plane; then every link direction whose next event is due, from a timer heap
+//! (serialize, release from the delay line, lose, deliver). Delivering to a namespace node
+//! writes its TAP; to an emulated router or switch runs its logic here when this worker owns
+//! it, or hands the frame to its owner through a bounded ring, batched by the round. Then the
+//! worker submits its I/O and sleeps in io_uring until the next link event or a completion —
+//! or spins when the next event is closer than a wake-up takes. No lock, no allocation once
+//! queues have grown, nothing blocking.
+
+use crate::link::{Drop as LinkDrop, LinkDir};
+use crate::plan::{Plan, Role};
+use crate::router::{Action, Hop, Port, Router};
+use crate::topo::LinkParams;
+use crate::uring::{Done, TapIo};
+use arc_swap::ArcSwap;
+use linerate_dataplane::frame::{BufferPool, Frame};
+use linerate_dataplane::logic::{BridgeConfig, LearningBridge, Logic, Rule};
+use linerate_dataplane::ring::{Consumer, Producer, channel};
+use linerate_dataplane::sys::monotonic_ns;
+use linerate_dataplane::verdict::Verdict;
+use linerate_dataplane::wire::parse_headers;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A link direction's id: `2 × link + side` (side 0: from end `a`).
+pub type DirId = usize;
+
+/// What every worker reads and nobody changes after start.
+pub struct Topo {
+    pub nodes: Vec<TNode>,
+    pub dirs: Vec<TDir>,
+    pub workers: usize,
+    pub frame_size: usize,
+}
+
+pub struct TNode {
+    pub role: Role,
+    pub worker: usize,
+    /// Per interface: the direction that leaves it.
+    pub out: Vec<DirId>,
+}
+
+pub struct TDir {
+    pub owner: usize,
+    pub dst_node: usize,
+    pub dst_iface: usize,
+}
+
+impl Topo {
+    pub fn from_plan(p: &Plan) -> Topo {
+        let mut dirs = Vec::with_capacity(p.links.len() * 2);
+        for l in &p.links {
+            for side in 0..2 {
+                let (src, _) = l.ends[side];
+                let (dst_node, dst_iface) = l.ends[1 - side];
+                dirs.push(TDir {
+                    owner: p.nodes[src].worker,
+                    dst_node,
+                    dst_iface,
+                });
+            }
+        }
+        let nodes = p
+            .nodes
+            .iter()
+            .map(|n| TNode {
+                role: n.role,
+                worker: n.worker,
+                out: n.ifaces.iter().map(|i| 2 * i.link + i.side).collect(),
+            })
+            .collect();
+        let mtu = p
+            .links
+            .iter()
+            .flat_map(|l| l.params.iter().map(|x| x.mtu))
+            .max()
+            .unwrap_or(1500);
+        Topo {
+            nodes,
+            dirs,
+            workers: p.workers,
+            frame_size: crate::plan::frame_size(mtu),
+        }
+    }
+}
+
+/// A router's routes and pinned rules, as the control plane sets them.
+#[derive(Debug, Clone, Default)]
+pub struct RouterConf {
+    pub routes: Vec<((Ipv4Addr, u8), Vec<Hop>)>,
+    pub pins: Vec<(Rule, Hop)>,
+}
+
+/// Settings the control plane changes while the workers run: published whole, picked up by
+/// each worker at its next round (one atomic load when nothing changed).
+pub struct Live {
+    version: AtomicU64,
+    dirs: ArcSwap<Vec<Arc<LinkParams>>>,
+    routers: ArcSwap<Vec<Option<Arc<RouterConf>>>>,
+}
+
+impl Live {
+    pub fn new(dirs: Vec<Arc<LinkParams>>, routers: Vec<Option<Arc<RouterConf>>>) -> Live {
+        Live {
+            version: AtomicU64::new(1),
+            dirs: ArcSwap::from_pointee(dirs),
+            routers: ArcSwap::from_pointee(routers),
+        }
+    }
+
+    /// The settings now.
+    pub fn dirs(&self) -> Arc<Vec<Arc<LinkParams>>> {
+        self.dirs.load_full()
+    }
+
+    pub fn routers(&self) -> Arc<Vec<Option<Arc<RouterConf>>>> {
+        self.routers.load_full()
+    }
+
+    /// Publishes new settings (only entries whose `Arc` changed are re-applied).
+    pub fn publish(&self, dirs: Vec<Arc<LinkParams>>, routers: Vec<Option<Arc<RouterConf>>>) {
+        self.dirs.store(Arc::new(dirs));
+        self.routers.store(Arc::new(routers));
+        self.version.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Counters of one link direction, written by its owner once per round it was touched.
+#[derive(Default)]
+pub struct DirStats {
+    pub enqueued: AtomicU64,
+    pub delivered: AtomicU64,
+    pub delivered_bytes: AtomicU64,
+    pub drop_queue: AtomicU64,
+    pub drop_red: AtomicU64,
+    pub drop_loss: AtomicU64,
+    pub drop_down: AtomicU64,
+    /// Frames the worker had no buffer for (the pool ran dry).
+    pub drop_nobuf: AtomicU64,
+    pub late: AtomicU64,
+    pub max_late_ns: AtomicU64,
+    pub queued: AtomicU64,
+    pub queued_bytes: AtomicU64,
+    pub in_flight: AtomicU64,
+}
+
+/// Counters of one node, as one worker saw it (readers add the workers' up).
+#[derive(Default)]
+pub struct NodeStats {
+    /// Namespace nodes: frames read from their TAPs (sent by the node).
+    pub sent: AtomicU64,
+    /// Namespace nodes: frames written to their TAPs (received by the node).
+    pub received: AtomicU64,
+    /// Emulated nodes: frames forwarded, answered (ARP, ICMP), dropped.
+    pub forwarded: AtomicU64,
+    pub replies: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+struct Waker {
+    fd: EventFd,
+    sleeping: AtomicBool,
+}
+
+/// What the workers share with each other and with the control side.
+pub struct Shared {
+    pub topo: Topo,
+    pub live: Live,
+    pub dirs: Vec<DirStats>,
+    /// `[worker][node]`.
+    pub nodes: Vec<Vec<NodeStats>>,
+    /// TAP descriptors by (node, iface) flattened: any worker writes to any TAP.
+    taps: HashMap<(usize, usize), OwnedFd>,
+    wakers: Vec<Waker>,
+    pub stop: AtomicBool,
+    /// Rounds each worker ran and how many it slept.
+    pub rounds: Vec<AtomicU64>,
+}
+
+impl Shared {
+    /// Wakes worker `w` if it sleeps.
+    fn wake(&self, w: usize) {
+        if self.wakers[w].sleeping.load(Ordering::SeqCst) {
+            let _ = self.wakers[w].fd.write(1);
+        }
+    }
+
+    /// Tells every worker to stop (they drain and return their reports).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in &self.wakers {
+            let _ = w.fd.write(1);
+        }
+    }
+
+    /// Wakes every worker to look at new settings.
+    pub fn poke(&self) {
+        for w in 0..self.wakers.len() {
+            self.wake(w);
+        }
+    }
+}
+
+/// A frame crossing to another worker: the node and interface it arrives on, and a copy.
+struct Slot {
+    node: u32,
+    iface: u16,
+    len: u16,
+    data: Box<[u8]>,
+}
+
+const HANDOFF_SLOTS: usize = 4096;
+/// Submission queue entries per worker.
+const RING_ENTRIES: u32 = 4096;
+/// A next event closer than this is waited for by spinning: sleeping and waking take longer.
+const SPIN_NS: u64 = 30_000;
+/// Counters are published this often.
+const PUBLISH_NS: u64 = 20_000_000;
+
+/// A worker, built on the thread that runs it.
+pub struct Worker {
+    id: usize,
+    shared: Arc<Shared>,
+    /// Before `pool`: frames lent to the kernel go with the ring before the pool goes.
+    io: TapIo,
+    pool: BufferPool,
+    dirs: Vec<Option<LinkDir<Frame>>>,
+    /// Per direction: the time its entry in `heap` is for (`u64::MAX`: none).
+    armed: Vec<u64>,
+    heap: BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
+    routers: HashMap<usize, Router>,
+    switches: HashMap<usize, LearningBridge>,
+    /// Own TAPs, by read slot: (node, iface, fd).
+    reads: Vec<(usize, usize, RawFd)>,
+    to: Vec<Option<Producer<Slot>>>,
+    from: Vec<Option<Consumer<Slot>>>,
+    live_seen: u64,
+    dir_params: Vec<Arc<LinkParams>>,
+    router_conf: Vec<Option<Arc<RouterConf>>>,
+    touched: Vec<u32>,
+    is_touched: Vec<bool>,
+    done: Vec<Done>,
+    last_publish: u64,
+    /// Frames dropped for want of a buffer, by direction (published with the rest).
+    nobuf: Vec<u64>,
+    /// Per node: what this worker counted (published with the directions).
+    node_counts: Vec<NodeCounts>,
+    touched_nodes: Vec<u32>,
+    /// Scratch: frames a direction released this round, and a switch's ports.
+    released: Vec<(usize, usize, Frame)>,
+    ports: Vec<DirId>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct NodeCounts {
+    sent: u64,
+    received: u64,
+    forwarded: u64,
+    replies: u64,
+    dropped: u64,
+    touched: bool,
+}
+
+/// Everything the workers need, made once: the shared state and one set of handoff rings per
+/// worker pair.
+pub struct Built {
+    pub shared: Arc<Shared>,
+    rings: Vec<Vec<(Option<Producer<Slot>>, Option<Consumer<Slot>>)>>,
+}
+
+/// Builds the shared state for `plan` with the TAPs `taps` ((node, iface) -> descriptor).
+pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>) -> io::Result<Built> {
+    let topo = Topo::from_plan(plan);
+    let workers = topo.workers;
+    let dirs: Vec<Arc<LinkParams>> = plan
+        .links
+        .iter()
+        .flat_map(|l| l.params.iter().cloned().map(Arc::new))
+        .collect();
+    let routers: Vec<Option<Arc<RouterConf>>> = plan
+        .nodes
+        .iter()
+        .map(|n| (n.role == Role::Router).then(|| Arc::new(router_conf(plan, n))))
+        .collect();
+    let wakers = (0..workers)
+        .map(|_| {
+            Ok(Waker {
+                fd: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                    .map_err(|e| io::Error::from_raw_os_error(e as i32))?,
+                sleeping: AtomicBool::new(false),
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let n_dirs = topo.dirs.len();
+    let n_nodes = topo.nodes.len();
+    let frame_size = topo.frame_size;
+    let shared = Arc::new(Shared {
+        live: Live::new(dirs, routers),
+        dirs: (0..n_dirs).map(|_| DirStats::default()).collect(),
+        nodes: (0..workers)
+            .map(|_| (0..n_nodes).map(|_| NodeStats::default()).collect())
+            .collect(),
+        taps: taps.into_iter().map(|t| ((t.node, t.iface), t.fd)).collect(),
+        wakers,
+        stop: AtomicBool::new(false),
+        rounds: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+        topo,
+    });
+    // rings[from][to]
+    let mut rings: Vec<Vec<(Option<Producer<Slot>>, Option<Consumer<Slot>>)>> = (0..workers)
+        .map(|_| (0..workers).map(|_| (None, None)).collect())
+        .collect();
+    for from in 0..workers {
+        for to in 0..workers {
+            if from != to {
+                let (p, c) = channel(HANDOFF_SLOTS, || Slot {
+                    node: 0,
+                    iface: 0,
+                    len: 0,
+                    data: vec![0u8; frame_size].into_boxed_slice(),
+                });
+                rings[from][to].0 = Some(p);
+                rings[to][from].1 = Some(c);
+            }
+        }
+    }
+    Ok(Built { shared, rings })
+}
+
+/// A router's configuration from the plan: its routes and pins, next hops by MAC.
+pub fn router_conf(plan: &Plan, n: &crate::plan::Node) -> RouterConf {
+    let hop = |h: &crate::plan::NextHop| Hop {
+        iface: h.iface,
+        mac: plan.nodes[h.node].ifaces[h.node_iface].mac,
+        weight: h.weight,
+    };
+    RouterConf {
+        routes: n
+            .routes
+            .iter()
+            .map(|r| (r.prefix, r.hops.iter().map(hop).collect()))
+            .collect(),
+        pins: n
+            .pins
+            .iter()
+            .filter_map(|p| Some((format!("permit {}", p.rule).parse::<Rule>().ok()?, hop(&p.hop))))
+            .collect(),
+    }
+}
+
+impl Built {
+    /// Takes worker `w`'s rings out (once per worker).
+    fn take_rings(&mut self, w: usize) -> (Vec<Option<Producer<Slot>>>, Vec<Option<Consumer<Slot>>>) {
+        let n = self.rings.len();
+        let mut to = Vec::with_capacity(n);
+        let mut from = Vec::with_capacity(n);
+        for other in 0..n {
+            to.push(self.rings[w][other].0.take());
+            from.push(self.rings[w][other].1.take());
+        }
+        (to, from)
+    }
+
+    /// Starts every worker on its own thread (pinned to `cores[w]` when given). `plan` gives
+    /// the emulated nodes their interfaces and neighbours; `frames` is each worker's pool.
+    pub fn start(
+        mut self,
+        plan: &Plan,
+        frames: usize,
+        cores: Option<&[usize]>,
+    ) -> io::Result<Vec<std::thread::JoinHandle<io::Result<()>>>> {
+        let mut handles = Vec::new();
+        for w in 0..self.shared.topo.workers {
+            let (to, from) = self.take_rings(w);
+            let shared = self.shared.clone();
+            let nodes = emulated_nodes(plan, w);
+            let core = cores.and_then(|c| c.get(w).copied());
+            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("emu-w{w}"))
+                    .spawn(move || {
+                        if let Some(c) = core {
+                            let _ = linerate_dataplane::worker::pin(w, c);
+                        }
+                        // Timers on this thread fire when asked, not up to 50 µs later.
+                        let _ = nix::sys::prctl::set_timerslack(1);
+                        let worker = Worker::new(w, shared, frames, nodes, to, from);
+                        let mut worker = match worker {
+                            Ok(x) => {
+                                let _ = ready_tx.send(Ok(()));
+                                x
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                                return Err(e);
+                            }
+                        };
+                        worker.run()
+                    })?,
+            );
+            ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("an emulator worker died while starting")))
+                .map_err(|e| io::Error::new(e.kind(), format!("emulator worker {w}: {e}")))?;
+        }
+        Ok(handles)
+    }
+}
+
+/// What a worker builds for its emulated nodes: interfaces and neighbours.
+enum EmuNode {
+    Router(Vec<Port>, Vec<(Ipv4Addr, usize, [u8; 6])>),
+    Switch,
+}
+
+fn emulated_nodes(plan: &Plan, w: usize) -> Vec<(usize, EmuNode)> {
+    let mut out = Vec::new();
+    for (id, n) in plan.nodes.iter().enumerate() {
+        if n.worker != w {
+            continue;
+        }
+        match n.role {
+            Role::Router => {
+                let ports = n.ifaces.iter().map(|i| Port { mac: i.mac, addr: i.addr }).collect();
+                let mut neighbours = Vec::new();
+                for (k, i) in n.ifaces.iter().enumerate() {
+                    for &(m, j) in &plan.segments[i.segment].members {
+                        if m == id {
+                            continue;
+                        }
+                        let other = &plan.nodes[m].ifaces[j];
+                        if let Some((a, _)) = other.addr {
+                            neighbours.push((a, k, other.mac));
+                        }
+                    }
+                }
+                out.push((id, EmuNode::Router(ports, neighbours)));
+            }
+            Role::Switch => out.push((id, EmuNode::Switch)),
+            Role::Namespace => {}
+        }
+    }
+    out
+}
+
+impl Worker {
+    fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        frames: usize,
+        nodes: Vec<(usize, EmuNode)>,
+        to: Vec<Option<Producer<Slot>>>,
+        from: Vec<Option<Consumer<Slot>>>,
+    ) -> io::Result<Worker> {
+        let topo = &shared.topo;
+        let n_dirs = topo.dirs.len();
+        let params = shared.live.dirs();
+        let mut dirs: Vec<Option<LinkDir<Frame>>> = Vec::with_capacity(n_dirs);
+        for (d, info) in topo.dirs.iter().enumerate() {
+            dirs.push(if info.owner == id {
+                Some(
+                    LinkDir::new((*params[d]).clone(), 0x9e37_79b9_7f4a_7c15 ^ d as u64)
+                        .map_err(io::Error::other)?,
+                )
+            } else {
+                None
+            });
+        }
+        let confs = shared.live.routers();
+        let mut routers = HashMap::new();
+        let mut switches = HashMap::new();
+        for (n, kind) in nodes {
+            match kind {
+                EmuNode::Router(ports, neighbours) => {
+                    let mut r = Router::new(ports);
+                    for (a, i, mac) in neighbours {
+                        r.add_neighbour(a, i, mac);
+                    }
+                    if let Some(Some(c)) = confs.get(n) {
+                        r.set_routes(&c.routes);
+                        r.set_pins(c.pins.clone());
+                    }
+                    routers.insert(n, r);
+                }
+                EmuNode::Switch => {
+                    switches.insert(
+                        n,
+                        LearningBridge::with_config(BridgeConfig {
+                            capacity: 4096,
+                            ..BridgeConfig::default()
+                        }),
+                    );
+                }
+            }
+        }
+        let reads: Vec<(usize, usize, RawFd)> = shared
+            .taps
+            .iter()
+            .filter(|((n, _), _)| topo.nodes[*n].worker == id)
+            .map(|(&(n, i), fd)| (n, i, fd.as_raw_fd()))
+            .collect();
+        let frames = frames.max(reads.len() * 2 + 1024);
+        let pool = BufferPool::new(frames, topo.frame_size).map_err(io::Error::other)?;
+        let mut w = Worker {
+            id,
+            io: TapIo::new(RING_ENTRIES, reads.len())?,
+            pool,
+            dirs,
+            armed: vec![u64::MAX; n_dirs],
+            heap: BinaryHeap::with_capacity(n_dirs.min(1 << 20)),
+            routers,
+            switches,
+            reads,
+            to,
+            from,
+            live_seen: shared.live.version.load(Ordering::Acquire),
+            dir_params: (*params).clone(),
+            router_conf: (*confs).clone(),
+            touched: Vec::new(),
+            is_touched: vec![false; n_dirs],
+            done: Vec::with_capacity(RING_ENTRIES as usize * 4),
+            last_publish: 0,
+            nobuf: vec![0; n_dirs],
+            node_counts: vec![NodeCounts::default(); topo.nodes.len()],
+            touched_nodes: Vec::new(),
+            released: Vec::new(),
+            ports: Vec::new(),
+            shared,
+        };
+        for k in 0..w.reads.len() {
+            w.post_read(k, None)?;
+        }
+        w.post_wake()?;
+        Ok(w)
+    }
+
+    /// Lends a frame to read slot `k`'s TAP (or, without a free buffer, leaves it for the
+    /// next round: the kernel queues the TAP's frames meanwhile).
+    fn post_read(&mut self, k: usize, frame: Option<Frame>) -> io::Result<()> {
+        let Some(frame) = frame.or_else(|| self.pool.alloc()) else {
+            return Ok(());
+        };
+        let fd = self.reads[k].2;
+        self.io.read(k, fd, frame, &mut self.pool)
+    }
+
+    fn post_wake(&mut self) -> io::Result<()> {
+        self.io.watch(self.shared.wakers[self.id].fd.as_raw_fd())
+    }
+
+    fn count(&mut self, node: usize, f: impl FnOnce(&mut NodeCounts)) {
+        let c = &mut self.node_counts[node];
+        f(c);
+        if !c.touched {
+            c.touched = true;
+            self.touched_nodes.push(node as u32);
+        }
+    }
+
+    fn touch(&mut self, d: DirId) {
+        if !self.is_touched[d] {
+            self.is_touched[d] = true;
+            self.touched.push(d as u32);
+        }
+    }
+
+    /// Arms direction `d`'s timer for `at` unless it is already armed earlier.
+    fn arm(&mut self, d: DirId, at: Option<u64>) {
+        if let Some(t) = at
+            && t < self.armed[d]
+        {
+            self.armed[d] = t;
+            self.heap.push(std::cmp::Reverse((t, d as u32)));
+        }
+    }
+
+    /// A frame enters direction `d` (owned here) at `now`.
+    fn enqueue(&mut self, d: DirId, frame: Frame, now: u64) {
+        let Some(dir) = self.dirs[d].as_mut() else {
+            self.pool.free(frame);
+            return;
+        };
+        let class = if dir.classifies() {
+            let data = self.pool.data(&frame);
+            parse_headers(data).map_or(0, |h| dir.classify(data, &h))
+        } else {
+            0
+        };
+        let len = frame.len() as u32;
+        match dir.enqueue(frame, len, class, now) {
+            Ok(()) => {
+                let next = dir.next_event();
+                self.arm(d, next);
+            }
+            Err((f, _)) => self.pool.free(f),
+        }
+        self.touch(d);
+    }
+
+    /// Delivers `frame` arriving on `node`'s interface `iface`.
+    fn deliver(&mut self, node: usize, iface: usize, frame: Frame, now: u64) {
+        let topo = &self.shared.topo;
+        match topo.nodes[node].role {
+            Role::Namespace => self.write_tap(node, iface, frame),
+            Role::Router | Role::Switch if topo.nodes[node].worker == self.id => {
+                self.process(node, iface, frame, now)
+            }
+            Role::Router | Role::Switch => {
+                let owner = topo.nodes[node].worker;
+                let data = self.pool.data(&frame);
+                let ok = self.to[owner].as_mut().is_some_and(|p| {
+                    p.try_write(|s| {
+                        let n = data.len().min(s.data.len());
+                        s.data[..n].copy_from_slice(&data[..n]);
+                        s.len = n as u16;
+                        s.node = node as u32;
+                        s.iface = iface as u16;
+                    })
+                });
+                self.pool.free(frame);
+                if ok {
+                    self.shared.wake(owner);
+                } else {
+                    self.count(node, |c| c.dropped += 1);
+                }
+            }
+        }
+    }
+
+    fn write_tap(&mut self, node: usize, iface: usize, frame: Frame) {
+        let Some(fd) = self.shared.taps.get(&(node, iface)).map(|f| f.as_raw_fd()) else {
+            self.pool.free(frame);
+            return;
+        };
+        if self.io.write(fd, frame, &mut self.pool).is_ok() {
+            self.count(node, |c| c.received += 1);
+        }
+    }
+
+    /// An emulated node owned here decides for a frame.
+    fn process(&mut self, node: usize, iface: usize, mut frame: Frame, now: u64) {
+        if let Some(r) = self.routers.get_mut(&node) {
+            let len = frame.len();
+            let action = r.handle(self.pool.room_mut(&frame), len, iface);
+            match action {
+                Action::Forward(o) => {
+                    self.count(node, |c| c.forwarded += 1);
+                    let d = self.shared.topo.nodes[node].out[o];
+                    self.enqueue(d, frame, now);
+                }
+                Action::Reply { iface: o, len } => {
+                    self.count(node, |c| c.replies += 1);
+                    self.pool.set_len(&mut frame, len);
+                    let d = self.shared.topo.nodes[node].out[o];
+                    self.enqueue(d, frame, now);
+                }
+                Action::Drop(_) => {
+                    self.count(node, |c| c.dropped += 1);
+                    self.pool.free(frame);
+                }
+            }
+            return;
+        }
+        let Some(b) = self.switches.get_mut(&node) else {
+            self.pool.free(frame);
+            return;
+        };
+        let data = self.pool.data_mut(&frame);
+        let verdict = match parse_headers(data) {
+            Ok(h) => b.decide(data, &h, iface as u16),
+            Err(_) => Verdict::Drop(linerate_dataplane::verdict::DropReason::Malformed),
+        };
+        let n_ports = self.shared.topo.nodes[node].out.len();
+        match verdict {
+            Verdict::Forward(p) if (p as usize) < n_ports && p as usize != iface => {
+                self.count(node, |c| c.forwarded += 1);
+                let d = self.shared.topo.nodes[node].out[p as usize];
+                self.enqueue(d, frame, now);
+            }
+            Verdict::Broadcast => {
+                self.count(node, |c| c.forwarded += 1);
+                let mut ports = std::mem::take(&mut self.ports);
+                ports.clear();
+                ports.extend(
+                    (0..n_ports)
+                        .filter(|&p| p != iface)
+                        .map(|p| self.shared.topo.nodes[node].out[p]),
+                );
+                // A copy for each port but the last, which takes the frame itself.
+                if let Some((&last, rest)) = ports.split_last() {
+                    for &d in rest {
+                        match self.pool.clone_frame(&frame) {
+                            Some(c) => self.enqueue(d, c, now),
+                            None => self.nobuf[d] += 1,
+                        }
+                    }
+                    self.enqueue(last, frame, now);
+                } else {
+                    self.pool.free(frame);
+                }
+                self.ports = ports;
+            }
+            _ => {
+                self.count(node, |c| c.dropped += 1);
+                self.pool.free(frame);
+            }
+        }
+    }
+
+    fn on_read(&mut self, k: usize, frame: Frame, res: i32, now: u64) -> io::Result<()> {
+        if res <= 0 {
+            // A read that failed for good (the TAP is gone) is not posted again.
+            if res == -libc::EAGAIN || res == -libc::EINTR || res == 0 {
+                return self.post_read(k, Some(frame));
+            }
+            self.pool.free(frame);
+            return Ok(());
+        }
+        let (node, iface, _) = self.reads[k];
+        self.count(node, |c| c.sent += 1);
+        let d = self.shared.topo.nodes[node].out[iface];
+        self.enqueue(d, frame, now);
+        self.post_read(k, None)
+    }
+
+    fn take_handoffs(&mut self, now: u64) {
+        for w in 0..self.from.len() {
+            for _ in 0..256 {
+                let Some(mut frame) = self.pool.alloc() else { return };
+                let pool = &mut self.pool;
+                let got = self.from[w].as_mut().and_then(|c| {
+                    c.try_read(|s| {
+                        pool.fill(&mut frame, &s.data[..s.len as usize]);
+                        (s.node as usize, s.iface as usize)
+                    })
+                });
+                match got {
+                    Some((node, iface)) => self.process(node, iface, frame, now),
+                    None => {
+                        self.pool.free(frame);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes settings published since the last look.
+    fn follow_live(&mut self) {
+        let v = self.shared.live.version.load(Ordering::Acquire);
+        if v == self.live_seen {
+            return;
+        }
+        self.live_seen = v;
+        let dirs = self.shared.live.dirs();
+        for (d, p) in dirs.iter().enumerate() {
+            if Arc::ptr_eq(p, &self.dir_params[d]) {
+                continue;
+            }
+            self.dir_params[d] = p.clone();
+            if let Some(dir) = self.dirs[d].as_mut() {
+                let pool = &mut self.pool;
+                let _ = dir.set_params((**p).clone(), &mut |f, _| pool.free(f));
+                let next = dir.next_event();
+                self.arm(d, next);
+                self.touch(d);
+            }
+        }
+        let routers = self.shared.live.routers();
+        for (n, c) in routers.iter().enumerate() {
+            let same = match (c, &self.router_conf[n]) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            self.router_conf[n] = c.clone();
+            if let (Some(r), Some(c)) = (self.routers.get_mut(&n), c) {
+                r.set_routes(&c.routes);
+                r.set_pins(c.pins.clone());
+            }
+        }
+    }
+
+    /// Runs every direction whose event is due at `now`.
+    fn timers(&mut self, now: u64) {
+        let mut out = std::mem::take(&mut self.released);
+        while let Some(&std::cmp::Reverse((t, d))) = self.heap.peek() {
+            if t > now {
+                break;
+            }
+            self.heap.pop();
+            let d = d as usize;
+            if self.armed[d] != t {
+                continue; // superseded by an earlier arming
+            }
+            self.armed[d] = u64::MAX;
+            let info = &self.shared.topo.dirs[d];
+            let (dn, di) = (info.dst_node, info.dst_iface);
+            let Some(dir) = self.dirs[d].as_mut() else { continue };
+            let pool = &mut self.pool;
+            let next = dir.poll(now, &mut |f, _| out.push((dn, di, f)), &mut |f, _: LinkDrop| pool.free(f));
+            self.arm(d, next);
+            self.touch(d);
+            for (n, i, f) in out.drain(..) {
+                self.deliver(n, i, f, now);
+            }
+        }
+        self.released = out;
+    }
+
+    fn publish(&mut self, now: u64) {
+        if now < self.last_publish + PUBLISH_NS {
+            return;
+        }
+        self.last_publish = now;
+        for &d in &self.touched {
+            let d = d as usize;
+            self.is_touched[d] = false;
+            let Some(dir) = self.dirs[d].as_ref() else { continue };
+            let c = &dir.counters;
+            let s = &self.shared.dirs[d];
+            s.enqueued.store(c.enqueued, Ordering::Relaxed);
+            s.delivered.store(c.delivered, Ordering::Relaxed);
+            s.delivered_bytes.store(c.delivered_bytes, Ordering::Relaxed);
+            s.drop_queue.store(c.drop_queue, Ordering::Relaxed);
+            s.drop_red.store(c.drop_red, Ordering::Relaxed);
+            s.drop_loss.store(c.drop_loss, Ordering::Relaxed);
+            s.drop_down.store(c.drop_down, Ordering::Relaxed);
+            s.drop_nobuf.store(self.nobuf[d], Ordering::Relaxed);
+            s.late.store(c.late, Ordering::Relaxed);
+            s.max_late_ns.store(c.max_late_ns, Ordering::Relaxed);
+            s.queued.store(dir.queued() as u64, Ordering::Relaxed);
+            s.queued_bytes.store(dir.queued_bytes() as u64, Ordering::Relaxed);
+            s.in_flight.store(dir.in_flight() as u64, Ordering::Relaxed);
+        }
+        self.touched.clear();
+        for &n in &self.touched_nodes {
+            let n = n as usize;
+            let c = &mut self.node_counts[n];
+            c.touched = false;
+            let s = &self.shared.nodes[self.id][n];
+            s.sent.store(c.sent, Ordering::Relaxed);
+            s.received.store(c.received, Ordering::Relaxed);
+            s.forwarded.store(c.forwarded, Ordering::Relaxed);
+            s.replies.store(c.replies, Ordering::Relaxed);
+            s.dropped.store(c.dropped, Ordering::Relaxed);
+        }
+        self.touched_nodes.clear();
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        let mut rounds = 0u64;
+        loop {
+            let now = monotonic_ns();
+            if self.shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            rounds += 1;
+            let mut done = std::mem::take(&mut self.done);
+            self.io.reap(&mut self.pool, &mut done);
+            for d in done.drain(..) {
+                match d {
+                    Done::Read { slot, frame, res } => self.on_read(slot, frame, res, now)?,
+                    Done::Write { frame } => self.pool.free(frame),
+                    Done::Wake => self.post_wake()?,
+                }
+            }
+            self.done = done;
+            // Reads that waited for a buffer get one now.
+            for k in 0..self.reads.len() {
+                if !self.io.reading(k) {
+                    self.post_read(k, None)?;
+                }
+            }
+            self.take_handoffs(now);
+            self.follow_live();
+            self.timers(now);
+            self.publish(now);
+            self.shared.rounds[self.id].store(rounds, Ordering::Relaxed);
+            // Sleep until the next event, unless it is too close to sleep for.
+            let next = self.heap.peek().map(|r| r.0.0);
+            let now2 = monotonic_ns();
+            match next {
+                Some(t) if t <= now2 + SPIN_NS => self.io.submit(false, None)?,
+                _ => {
+                    let waker = &self.shared.wakers[self.id];
+                    waker.sleeping.store(true, Ordering::SeqCst);
+                    // A handoff pushed before `sleeping` was seen must not wait for the next
+                    // event: look once more.
+                    let pending = self.from.iter_mut().flatten().any(|c| c.ready() > 0)
+                        || self.shared.live.version.load(Ordering::Acquire) != self.live_seen
+                        || self.shared.stop.load(Ordering::Relaxed);
+                    if pending {
+                        self.io.submit(false, None)?;
+                    } else {
+                        let timeout = next.map(|t| Duration::from_nanos(t.saturating_sub(now2)));
+                        self.io.submit(true, timeout)?;
+                    }
+                    waker.sleeping.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        // Everything the worker holds goes back to its pool before the pool goes.
+        for d in 0..self.dirs.len() {
+            if let Some(dir) = self.dirs[d].as_mut() {
+                let pool = &mut self.pool;
+                dir.drain(&mut |f| pool.free(f));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,297 @@
+//! Namespace nodes (hosts, kernel-forwarded routers) made real: a network namespace per node,
+//! named `<emulation>-<node>` under `/run/netns` (so `ip netns exec` works too), one TAP
+//! interface per link end whose descriptor the emulator keeps, addresses and routes set over
+//! netlink in batches, and an `/etc/hosts` naming every node.
+//!
+//! Building runs on a few threads, each moving itself into a new namespace, configuring it
+//! from inside and coming back. Teardown removes exactly what belongs to the emulation — by
+//! name, so a run killed with `kill -9` is cleaned by the next `up` or `down` — and first
+//! stops every process still running inside those namespaces.
+
+use crate::netlink::{Netlink, Via};
+use crate::plan::{NodeId, Plan, Role};
+use crate::sys;
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const NETNS_DIR: &str = "/run/netns";
+pub const ETC_NETNS: &str = "/etc/netns";
+pub const RUN_DIR: &str = "/run/linerate";
+
+/// `<emulation>-<node>`.
+pub fn ns_name(emu: &str, node: &str) -> String {
+    format!("{emu}-{node}")
+}
+
+pub fn ns_path(emu: &str, node: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(ns_name(emu, node))
+}
+
+/// The emulation's own directory: state, control socket, hosts file, logs.
+pub fn run_dir(emu: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(emu)
+}
+
+/// The `/etc/hosts` every node of `emu` sees.
+pub fn hosts_file(emu: &str) -> PathBuf {
+    run_dir(emu).join("hosts")
+}
+
+/// A TAP device of a namespace node: the emulator reads and writes the node's frames here.
+pub struct Tap {
+    pub node: NodeId,
+    pub iface: usize,
+    pub fd: OwnedFd,
+}
+
+/// Writes the hosts file: every node's addresses under its name (the first under the bare
+/// name, each interface's as `name-ethN` as well).
+pub fn write_hosts(plan: &Plan) -> io::Result<()> {
+    let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for n in &plan.nodes {
+        let mut first = true;
+        for i in &n.ifaces {
+            if let Some((a, _)) = i.addr {
+                if first {
+                    text.push_str(&format!("{a}\t{} {}-{}\n", n.name, n.name, i.name));
+                    first = false;
+                } else {
+                    text.push_str(&format!("{a}\t{}-{}\n", n.name, i.name));
+                }
+            }
+        }
+    }
+    fs::create_dir_all(run_dir(&plan.name))?;
+    fs::write(hosts_file(&plan.name), text)
+}
+
+/// Builds every namespace node of `plan` on `threads` threads; `done` counts nodes finished.
+/// On failure what was built is left for [`destroy`] (the caller runs it).
+pub fn build(plan: &Plan, threads: usize, done: &AtomicUsize) -> io::Result<Vec<Tap>> {
+    fs::create_dir_all(NETNS_DIR)?;
+    sys::shared_mount_point(Path::new(NETNS_DIR))?;
+    write_hosts(plan)?;
+    let todo: Vec<NodeId> = (0..plan.nodes.len())
+        .filter(|&n| plan.nodes[n].role == Role::Namespace)
+        .collect();
+    let taps = Mutex::new(Vec::new());
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<io::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, 16) {
+            s.spawn(|| {
+                let home = match fs::File::open("/proc/thread-self/ns/net") {
+                    Ok(f) => OwnedFd::from(f),
+                    Err(e) => {
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        return;
+                    }
+                };
+                loop {
+                    if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                        return;
+                    }
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&n) = todo.get(k) else { return };
+                    let r = build_node(plan, n).and_then(|mine| {
+                        taps.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+                        Ok(())
+                    });
+                    // Back home whatever happened: the next node starts from the host's
+                    // namespace.
+                    let back = sys::enter(&home);
+                    if let Err(e) = r.and(back) {
+                        let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                        if f.is_none() {
+                            *f = Some(io::Error::new(
+                                e.kind(),
+                                format!("node '{}': {e}", plan.nodes[n].name),
+                            ));
+                        }
+                        return;
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    Ok(taps.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// One node, on the calling thread, which it leaves inside the node's namespace.
+fn build_node(plan: &Plan, n: NodeId) -> io::Result<Vec<Tap>> {
+    let node = &plan.nodes[n];
+    let name = ns_name(&plan.name, &node.name);
+    let path = Path::new(NETNS_DIR).join(&name);
+    // O_EXCL: a namespace of that name is a leftover (`linerate down` removes it) or someone
+    // else's; either way not ours to take.
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{}: {e} (a leftover? `linerate down --name {}` removes it)", path.display(), plan.name),
+            )
+        })?;
+    sys::new_netns()?;
+    sys::bind(Path::new("/proc/thread-self/ns/net"), &path)?;
+    // `ip netns exec` shows the node its own /etc/hosts.
+    let etc = Path::new(ETC_NETNS).join(&name);
+    fs::create_dir_all(&etc)?;
+    let _ = fs::remove_file(etc.join("hosts"));
+    std::os::unix::fs::symlink(hosts_file(&plan.name), etc.join("hosts"))?;
+    // IPv4 only: emulated routers do not route IPv6, so hosts must not fill links with
+    // neighbour discovery they cannot use.
+    for f in [
+        "/proc/sys/net/ipv6/conf/all/disable_ipv6",
+        "/proc/sys/net/ipv6/conf/default/disable_ipv6",
+    ] {
+        let _ = fs::write(f, "1");
+    }
+    if node.kind == crate::topo::Kind::Router {
+        fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+    }
+    let mut taps = Vec::with_capacity(node.ifaces.len());
+    for (i, iface) in node.ifaces.iter().enumerate() {
+        taps.push(Tap {
+            node: n,
+            iface: i,
+            fd: sys::tap(&iface.name)?,
+        });
+    }
+    let mut nl = Netlink::open()?;
+    nl.link_up(1, "lo", None, None);
+    let mut index = Vec::with_capacity(node.ifaces.len());
+    for iface in &node.ifaces {
+        let idx = nix::net::if_::if_nametoindex(iface.name.as_str())
+            .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        index.push(idx);
+        let mtu = plan.links[iface.link].params[iface.side].mtu;
+        nl.link_up(idx, &iface.name, Some(iface.mac), Some(mtu));
+        if let Some((a, len)) = iface.addr {
+            nl.add_address(idx, &iface.name, a, len);
+        }
+    }
+    // Addresses (and their connected routes) must exist before routes through them.
+    nl.commit()?;
+    if let Some(gw) = node.gateway {
+        let on = node
+            .ifaces
+            .iter()
+            .position(|i| i.addr.is_some_and(|(a, len)| same_net(a, gw, len)))
+            .unwrap_or(0);
+        nl.add_route(
+            std::net::Ipv4Addr::UNSPECIFIED,
+            0,
+            &[Via {
+                ifindex: index[on],
+                gateway: gw,
+                weight: 1,
+            }],
+        );
+    }
+    for r in &node.routes {
+        let hops: Vec<Via> = r
+            .hops
+            .iter()
+            .filter_map(|h| {
+                let gw = plan.nodes[h.node].ifaces[h.node_iface].addr?.0;
+                Some(Via {
+                    ifindex: index[h.iface],
+                    gateway: gw,
+                    weight: h.weight,
+                })
+            })
+            .collect();
+        if !hops.is_empty() {
+            nl.add_route(r.prefix.0, r.prefix.1, &hops);
+        }
+    }
+    nl.commit()?;
+    Ok(taps)
+}
+
+fn same_net(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr, len: u8) -> bool {
+    let m = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(a) & m == u32::from(b) & m
+}
+
+/// The namespaces of emulation `emu` that exist now (`/run/netns/<emu>-*`).
+pub fn namespaces_of(emu: &str) -> Vec<PathBuf> {
+    let prefix = format!("{emu}-");
+    let Ok(dir) = fs::read_dir(NETNS_DIR) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = dir
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Processes whose network namespace is the one bound at `ns`.
+pub fn pids_in(ns: &Path) -> Vec<i32> {
+    let Ok(meta) = fs::metadata(ns) else {
+        return Vec::new();
+    };
+    let want = format!("net:[{}]", meta.ino());
+    let Ok(proc_dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    proc_dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|l| l.to_string_lossy() == want)
+        })
+        .collect()
+}
+
+/// Removes everything of emulation `emu`: stops the processes inside its namespaces (TERM,
+/// then KILL after `grace`), unmounts and removes the namespaces, their `/etc/netns`
+/// entries and the emulation's directory. Returns how many namespaces went.
+pub fn destroy(emu: &str, grace: std::time::Duration) -> io::Result<usize> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let spaces = namespaces_of(emu);
+    let mut pids: Vec<i32> = spaces.iter().flat_map(|ns| pids_in(ns)).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    for &p in &pids {
+        let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
+    }
+    let t = std::time::Instant::now();
+    while pids.iter().any(|&p| Path::new(&format!("/proc/{p}")).exists()) && t.elapsed() < grace {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for &p in &pids {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
+    let mut removed = 0;
+    for ns in &spaces {
+        let _ = sys::unmount(ns);
+        match fs::remove_file(ns) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", ns.display()))),
+        }
+        if let Some(name) = ns.file_name() {
+            let _ = fs::remove_dir_all(Path::new(ETC_NETNS).join(name));
+        }
+    }
+    let _ = fs::remove_dir_all(run_dir(emu));
+    Ok(removed)
+}

@@ -1,0 +1,169 @@
+//! The emulator's system calls that need `unsafe`: creating a TAP device (an ioctl with a
+//! `struct ifreq`), and starting a program inside a node (work done in the child between fork
+//! and exec). Everything else goes through `nix`.
+#![allow(unsafe_code)]
+
+use nix::fcntl::{OFlag, open};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::stat::Mode;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn nix_err(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Creates TAP device `name` in the calling thread's network namespace and returns its
+/// descriptor (non-blocking, close-on-exec). The device lives as long as the descriptor:
+/// when the emulator exits, however it exits, its TAP devices go with it.
+pub fn tap(name: &str) -> io::Result<OwnedFd> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name '{name}' is empty or longer than 15 bytes"),
+        ));
+    }
+    let fd = open(
+        "/dev/net/tun",
+        OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io::Error::new(nix_err(e).kind(), format!("opening /dev/net/tun: {e}")))?;
+    // SAFETY: `ifreq` is plain data; all zeros is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &b) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = b as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `ifr` is, for the duration
+    // of the call; `fd` is an open /dev/net/tun descriptor.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("creating TAP {name}: {e}")));
+    }
+    Ok(fd)
+}
+
+/// What a program started inside a node sees: the node's network namespace, its own mount
+/// namespace with the node's `/etc/hosts` and a `/sys` of the node's interfaces (as `ip netns
+/// exec` arranges).
+pub struct Inside {
+    pub netns: PathBuf,
+    /// Bound over `/etc/hosts` when present.
+    pub hosts: Option<PathBuf>,
+}
+
+/// Makes `cmd` start inside `at` (the work happens in the child, between fork and exec).
+pub fn inside(cmd: &mut Command, at: &Inside) -> io::Result<()> {
+    let ns: OwnedFd = open(at.netns.as_path(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| io::Error::new(nix_err(e).kind(), format!("{}: {e}", at.netns.display())))?;
+    // Prepared before the fork: the child must not allocate.
+    let hosts: Option<std::ffi::CString> = at
+        .hosts
+        .as_ref()
+        .filter(|h| h.exists())
+        .map(|h| std::ffi::CString::new(h.as_os_str().as_encoded_bytes()))
+        .transpose()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: the closure runs in the forked child before exec: it only makes system calls
+    // (setns, unshare, mount) on values prepared before the fork, allocates nothing, and
+    // returns an error instead of panicking.
+    unsafe {
+        cmd.pre_exec(move || {
+            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(nix_err)?;
+            unshare(CloneFlags::CLONE_NEWNS).map_err(nix_err)?;
+            // Our mounts must not leak back into the host's mount namespace.
+            mount(
+                None::<&std::ffi::CStr>,
+                c"/",
+                None::<&std::ffi::CStr>,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                None::<&std::ffi::CStr>,
+            )
+            .map_err(nix_err)?;
+            // /sys as this namespace sees it (its interfaces), as `ip netns exec` does.
+            if umount2(c"/sys", MntFlags::MNT_DETACH).is_ok() {
+                let _ = mount(
+                    Some(c"sysfs"),
+                    c"/sys",
+                    Some(c"sysfs"),
+                    MsFlags::empty(),
+                    None::<&std::ffi::CStr>,
+                );
+            }
+            if let Some(h) = &hosts {
+                mount(
+                    Some(h.as_c_str()),
+                    c"/etc/hosts",
+                    None::<&std::ffi::CStr>,
+                    MsFlags::MS_BIND,
+                    None::<&std::ffi::CStr>,
+                )
+                .map_err(nix_err)?;
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// Whether `path` is a mount point (by /proc/self/mountinfo).
+pub fn is_mount_point(path: &Path) -> bool {
+    let want = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*want)))
+        .unwrap_or(false)
+}
+
+/// Enters the network namespace `fd` on the calling thread.
+pub fn enter(fd: &OwnedFd) -> io::Result<()> {
+    setns(fd, CloneFlags::CLONE_NEWNET).map_err(nix_err)
+}
+
+/// Moves the calling thread into a new network namespace.
+pub fn new_netns() -> io::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNET).map_err(nix_err)
+}
+
+/// Bind-mounts `from` over `to`.
+pub fn bind(from: &Path, to: &Path) -> io::Result<()> {
+    mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
+        io::Error::new(
+            nix_err(e).kind(),
+            format!("bind-mounting {} on {}: {e}", from.display(), to.display()),
+        )
+    })
+}
+
+/// Makes `dir` a shared mount point (bound over itself first when it is not one), so
+/// namespaces bound under it are seen from every mount namespace, as `ip netns` does.
+pub fn shared_mount_point(dir: &Path) -> io::Result<()> {
+    if !is_mount_point(dir) {
+        mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| io::Error::new(nix_err(e).kind(), format!("{}: {e}", dir.display())))?;
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| io::Error::new(nix_err(e).kind(), format!("{}: {e}", dir.display())))
+}
+
+/// Unmounts `path` (lazily, so a busy mount still goes).
+pub fn unmount(path: &Path) -> io::Result<()> {
+    umount2(path, MntFlags::MNT_DETACH).map_err(nix_err)
+}
