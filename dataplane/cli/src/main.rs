@@ -40,6 +40,23 @@ enum Cmd {
     /// token and get their routes and flow pins, whole and then as diffs; state in memory or
     /// in PostgreSQL, where triggers let any SQL client change routes live.
     Controller(cmd::controller::ControllerArgs),
+    /// Build a network from a topology file (or --topo linear,4 ...) and run it: hosts in
+    /// namespaces, routers, switches and links (rate, delay, loss, queues) emulated.
+    Up(cmd::emu::UpArgs),
+    /// Stop an emulation and remove everything it made (also what a killed `up` left).
+    Down(cmd::emu::DownArgs),
+    /// Run a command inside a node: `linerate exec h1 -- ping h2`.
+    Exec(cmd::emu::ExecArgs),
+    /// Ping from one node to another.
+    Ping(cmd::emu::PingArgs),
+    /// Every host pings every other one (or --sample N random peers each).
+    Pingall(cmd::emu::PingallArgs),
+    /// iperf3 from one node to another.
+    Iperf(cmd::emu::IperfArgs),
+    /// The emulation's nodes and links: settings, counters, drops by cause (--watch, --json).
+    Status(cmd::emu::StatusArgs),
+    /// Change a link while traffic runs: `link A B set delay=20ms loss=1%`, `link A B down`.
+    Link(cmd::emu::LinkArgs),
 }
 
 fn main() {
@@ -52,6 +69,14 @@ fn main() {
         Cmd::Selftest(a) => cmd::selftest::run(a),
         Cmd::Relay(a) => cmd::relay::run(a),
         Cmd::Controller(a) => cmd::controller::run(a),
+        Cmd::Up(a) => cmd::emu::up(a),
+        Cmd::Down(a) => cmd::emu::down(a),
+        Cmd::Exec(a) => cmd::emu::exec(a),
+        Cmd::Ping(a) => cmd::emu::ping(a),
+        Cmd::Pingall(a) => cmd::emu::pingall(a),
+        Cmd::Iperf(a) => cmd::emu::iperf(a),
+        Cmd::Status(a) => cmd::emu::status(a),
+        Cmd::Link(a) => cmd::emu::link(a),
     };
     if let Err(e) = r {
         eprintln!("linerate: {e:#}");

@@ -296,8 +296,11 @@ pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>) -> io::Result<Built> {
     let wakers = (0..workers)
         .map(|_| {
             Ok(Waker {
-                fd: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-                    .map_err(|e| io::Error::from_raw_os_error(e as i32))?,
+                fd: EventFd::from_value_and_flags(
+                    0,
+                    EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+                )
+                .map_err(|e| io::Error::from_raw_os_error(e as i32))?,
                 sleeping: AtomicBool::new(false),
             })
         })
@@ -311,7 +314,10 @@ pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>) -> io::Result<Built> {
         nodes: (0..workers)
             .map(|_| (0..n_nodes).map(|_| NodeStats::default()).collect())
             .collect(),
-        taps: taps.into_iter().map(|t| ((t.node, t.iface), t.fd)).collect(),
+        taps: taps
+            .into_iter()
+            .map(|t| ((t.node, t.iface), t.fd))
+            .collect(),
         wakers,
         stop: AtomicBool::new(false),
         rounds: (0..workers).map(|_| AtomicU64::new(0)).collect(),
@@ -354,14 +360,22 @@ pub fn router_conf(plan: &Plan, n: &crate::plan::Node) -> RouterConf {
         pins: n
             .pins
             .iter()
-            .filter_map(|p| Some((format!("permit {}", p.rule).parse::<Rule>().ok()?, hop(&p.hop))))
+            .filter_map(|p| {
+                Some((
+                    format!("permit {}", p.rule).parse::<Rule>().ok()?,
+                    hop(&p.hop),
+                ))
+            })
             .collect(),
     }
 }
 
 impl Built {
     /// Takes worker `w`'s rings out (once per worker).
-    fn take_rings(&mut self, w: usize) -> (Vec<Option<Producer<Slot>>>, Vec<Option<Consumer<Slot>>>) {
+    fn take_rings(
+        &mut self,
+        w: usize,
+    ) -> (Vec<Option<Producer<Slot>>>, Vec<Option<Consumer<Slot>>>) {
         let n = self.rings.len();
         let mut to = Vec::with_capacity(n);
         let mut from = Vec::with_capacity(n);
@@ -433,7 +447,14 @@ fn emulated_nodes(plan: &Plan, w: usize) -> Vec<(usize, EmuNode)> {
         }
         match n.role {
             Role::Router => {
-                let ports = n.ifaces.iter().map(|i| Port { mac: i.mac, addr: i.addr }).collect();
+                let ports = n
+                    .ifaces
+                    .iter()
+                    .map(|i| Port {
+                        mac: i.mac,
+                        addr: i.addr,
+                    })
+                    .collect();
                 let mut neighbours = Vec::new();
                 for (k, i) in n.ifaces.iter().enumerate() {
                     for &(m, j) in &plan.segments[i.segment].members {
@@ -738,7 +759,9 @@ impl Worker {
     fn take_handoffs(&mut self, now: u64) {
         for w in 0..self.from.len() {
             for _ in 0..256 {
-                let Some(mut frame) = self.pool.alloc() else { return };
+                let Some(mut frame) = self.pool.alloc() else {
+                    return;
+                };
                 let pool = &mut self.pool;
                 let got = self.from[w].as_mut().and_then(|c| {
                     c.try_read(|s| {
@@ -811,9 +834,15 @@ impl Worker {
             self.armed[d] = u64::MAX;
             let info = &self.shared.topo.dirs[d];
             let (dn, di) = (info.dst_node, info.dst_iface);
-            let Some(dir) = self.dirs[d].as_mut() else { continue };
+            let Some(dir) = self.dirs[d].as_mut() else {
+                continue;
+            };
             let pool = &mut self.pool;
-            let next = dir.poll(now, &mut |f, _| out.push((dn, di, f)), &mut |f, _: LinkDrop| pool.free(f));
+            let next = dir.poll(
+                now,
+                &mut |f, _| out.push((dn, di, f)),
+                &mut |f, _: LinkDrop| pool.free(f),
+            );
             self.arm(d, next);
             self.touch(d);
             for (n, i, f) in out.drain(..) {
@@ -831,12 +860,15 @@ impl Worker {
         for &d in &self.touched {
             let d = d as usize;
             self.is_touched[d] = false;
-            let Some(dir) = self.dirs[d].as_ref() else { continue };
+            let Some(dir) = self.dirs[d].as_ref() else {
+                continue;
+            };
             let c = &dir.counters;
             let s = &self.shared.dirs[d];
             s.enqueued.store(c.enqueued, Ordering::Relaxed);
             s.delivered.store(c.delivered, Ordering::Relaxed);
-            s.delivered_bytes.store(c.delivered_bytes, Ordering::Relaxed);
+            s.delivered_bytes
+                .store(c.delivered_bytes, Ordering::Relaxed);
             s.drop_queue.store(c.drop_queue, Ordering::Relaxed);
             s.drop_red.store(c.drop_red, Ordering::Relaxed);
             s.drop_loss.store(c.drop_loss, Ordering::Relaxed);
@@ -845,7 +877,8 @@ impl Worker {
             s.late.store(c.late, Ordering::Relaxed);
             s.max_late_ns.store(c.max_late_ns, Ordering::Relaxed);
             s.queued.store(dir.queued() as u64, Ordering::Relaxed);
-            s.queued_bytes.store(dir.queued_bytes() as u64, Ordering::Relaxed);
+            s.queued_bytes
+                .store(dir.queued_bytes() as u64, Ordering::Relaxed);
             s.in_flight.store(dir.in_flight() as u64, Ordering::Relaxed);
         }
         self.touched.clear();

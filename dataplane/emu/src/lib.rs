@@ -4,6 +4,8 @@
 //! addresses, routes, placement, buffer memory) without touching the system.
 #![deny(unsafe_code)]
 
+pub mod ctl;
+pub mod emulator;
 pub mod engine;
 pub mod link;
 mod netlink;
@@ -11,5 +13,5 @@ pub mod netns;
 pub mod plan;
 pub mod router;
 mod sys;
-mod uring;
 pub mod topo;
+mod uring;

@@ -238,7 +238,13 @@ impl<F> LinkDir<F> {
     }
 
     /// A frame of `len` bytes arrives at `now`: queued, or handed back with the reason.
-    pub fn enqueue(&mut self, frame: F, len: u32, class: usize, now_ns: u64) -> Result<(), (F, Drop)> {
+    pub fn enqueue(
+        &mut self,
+        frame: F,
+        len: u32,
+        class: usize,
+        now_ns: u64,
+    ) -> Result<(), (F, Drop)> {
         if !self.params.up {
             self.counters.drop_down += 1;
             return Err((frame, Drop::Down));
@@ -379,7 +385,11 @@ impl<F> LinkDir<F> {
     /// Takes new settings while running. Queued and in-flight packets keep their place when
     /// the queue's shape stays; a new discipline, limit or drop policy rebuilds the queues
     /// (packets past the new limit are dropped). A link going down drops everything it holds.
-    pub fn set_params(&mut self, params: LinkParams, dropped: &mut impl FnMut(F, Drop)) -> Result<(), String> {
+    pub fn set_params(
+        &mut self,
+        params: LinkParams,
+        dropped: &mut impl FnMut(F, Drop),
+    ) -> Result<(), String> {
         let shape_changed = params.sched != self.params.sched
             || params.drop != self.params.drop
             || params.queue_packets != self.params.queue_packets
@@ -451,7 +461,9 @@ mod tests {
     fn run(l: &mut LinkDir<u32>, mut now: u64) -> (Vec<(u32, u64)>, Vec<(u32, Drop)>) {
         let (mut got, mut lost) = (Vec::new(), Vec::new());
         loop {
-            let next = l.poll(now, &mut |f, _| got.push((f, now)), &mut |f, d| lost.push((f, d)));
+            let next = l.poll(now, &mut |f, _| got.push((f, now)), &mut |f, d| {
+                lost.push((f, d))
+            });
             match next {
                 Some(t) => now = t.max(now),
                 None => return (got, lost),
@@ -462,10 +474,14 @@ mod tests {
     #[test]
     fn the_rate_spaces_packets_and_the_delay_shifts_them() {
         // 10 Mbit/s: 1500 bytes take 1.2 ms; 5 ms of delay.
-        let mut l = LinkDir::new(params(|p| {
-            p.rate_bps = Some(10_000_000);
-            p.delay_ns = 5_000_000;
-        }), 1).unwrap();
+        let mut l = LinkDir::new(
+            params(|p| {
+                p.rate_bps = Some(10_000_000);
+                p.delay_ns = 5_000_000;
+            }),
+            1,
+        )
+        .unwrap();
         for i in 0..100 {
             l.enqueue(i, 1500, 0, 0).unwrap();
         }
@@ -498,10 +514,14 @@ mod tests {
 
     #[test]
     fn an_idle_link_starts_a_packet_when_it_arrives() {
-        let mut l = LinkDir::new(params(|p| {
-            p.rate_bps = Some(8_000_000); // 1 byte per µs
-            p.delay_ns = 1_000;
-        }), 1).unwrap();
+        let mut l = LinkDir::new(
+            params(|p| {
+                p.rate_bps = Some(8_000_000); // 1 byte per µs
+                p.delay_ns = 1_000;
+            }),
+            1,
+        )
+        .unwrap();
         l.enqueue(1, 100, 0, 5_000_000).unwrap();
         let (got, _) = run(&mut l, 5_000_000);
         assert_eq!(got, [(1, 5_000_000 + 100_000 + 1_000)]);
@@ -510,11 +530,14 @@ mod tests {
     #[test]
     fn jitter_keeps_order_unless_reordering_is_asked_for() {
         let mk = |reorder| {
-            LinkDir::new(params(|p| {
-                p.delay_ns = 10_000_000;
-                p.jitter_ns = 5_000_000;
-                p.reorder = reorder;
-            }), 7)
+            LinkDir::new(
+                params(|p| {
+                    p.delay_ns = 10_000_000;
+                    p.jitter_ns = 5_000_000;
+                    p.reorder = reorder;
+                }),
+                7,
+            )
             .unwrap()
         };
         for reorder in [false, true] {
@@ -542,10 +565,14 @@ mod tests {
     #[test]
     fn random_loss_falls_inside_its_binomial_interval() {
         let n = 200_000u32;
-        let mut l = LinkDir::new(params(|p| {
-            p.loss = Loss::Random(0.05);
-            p.queue_packets = n as usize;
-        }), 42).unwrap();
+        let mut l = LinkDir::new(
+            params(|p| {
+                p.loss = Loss::Random(0.05);
+                p.queue_packets = n as usize;
+            }),
+            42,
+        )
+        .unwrap();
         for i in 0..n {
             l.enqueue(i, 100, 0, 0).unwrap();
         }
@@ -561,15 +588,19 @@ mod tests {
     fn gilbert_elliott_loses_at_its_stationary_rate_in_bursts() {
         let n = 400_000u32;
         let (p, r, bad, good) = (0.01, 0.1, 0.7, 0.001);
-        let mut l = LinkDir::new(params(|x| {
-            x.loss = Loss::GilbertElliott {
-                p,
-                r,
-                bad_loss: bad,
-                good_loss: good,
-            };
-            x.queue_packets = n as usize;
-        }), 3).unwrap();
+        let mut l = LinkDir::new(
+            params(|x| {
+                x.loss = Loss::GilbertElliott {
+                    p,
+                    r,
+                    bad_loss: bad,
+                    good_loss: good,
+                };
+                x.queue_packets = n as usize;
+            }),
+            3,
+        )
+        .unwrap();
         for i in 0..n {
             l.enqueue(i, 100, 0, 0).unwrap();
         }
@@ -584,10 +615,14 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_at_the_tail_and_a_down_link_drops_everything() {
-        let mut l = LinkDir::new(params(|p| {
-            p.rate_bps = Some(1_000_000);
-            p.queue_packets = 10;
-        }), 1).unwrap();
+        let mut l = LinkDir::new(
+            params(|p| {
+                p.rate_bps = Some(1_000_000);
+                p.queue_packets = 10;
+            }),
+            1,
+        )
+        .unwrap();
         let mut refused = 0;
         for i in 0..20 {
             if l.enqueue(i, 1000, 0, 0).is_err() {
@@ -598,7 +633,8 @@ mod tests {
         let mut dropped = Vec::new();
         let mut down = l.params().clone();
         down.up = false;
-        l.set_params(down, &mut |f, d| dropped.push((f, d))).unwrap();
+        l.set_params(down, &mut |f, d| dropped.push((f, d)))
+            .unwrap();
         assert_eq!(dropped.len(), 10);
         assert!(dropped.iter().all(|&(_, d)| d == Drop::Down));
         assert!(matches!(l.enqueue(99, 100, 0, 0), Err((99, Drop::Down))));
@@ -619,11 +655,15 @@ mod tests {
 
     #[test]
     fn wrr_classes_share_a_saturated_link_by_weight() {
-        let mut l = LinkDir::new(params(|p| {
-            p.rate_bps = Some(1_000_000);
-            p.sched = SchedSpec::Wrr(vec![3, 1]);
-            p.queue_packets = 10_000;
-        }), 1).unwrap();
+        let mut l = LinkDir::new(
+            params(|p| {
+                p.rate_bps = Some(1_000_000);
+                p.sched = SchedSpec::Wrr(vec![3, 1]);
+                p.queue_packets = 10_000;
+            }),
+            1,
+        )
+        .unwrap();
         for i in 0..4000u32 {
             l.enqueue(i, 100, (i % 2) as usize, 0).unwrap();
         }

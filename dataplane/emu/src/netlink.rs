@@ -13,8 +13,7 @@ use netlink_packet_core::{
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -76,7 +75,11 @@ impl Netlink {
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
-        self.queue(RouteNetlinkMessage::SetLink(m), 0, format!("setting {name} up"));
+        self.queue(
+            RouteNetlinkMessage::SetLink(m),
+            0,
+            format!("setting {name} up"),
+        );
     }
 
     /// Adds `addr/len` to interface `index`.
@@ -86,7 +89,8 @@ impl Netlink {
         m.header.prefix_len = len;
         m.header.index = index;
         m.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
-        m.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+        m.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr)));
         let bcast = Ipv4Addr::from(u32::from(addr) | (u32::MAX >> len));
         m.attributes.push(AddressAttribute::Broadcast(bcast));
         self.queue(
@@ -161,7 +165,9 @@ impl Netlink {
                 let mut at = 0;
                 while at < n {
                     let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..n])
-                        .map_err(|e| io::Error::other(format!("netlink: an answer we cannot read: {e}")))?;
+                        .map_err(|e| {
+                            io::Error::other(format!("netlink: an answer we cannot read: {e}"))
+                        })?;
                     let len = msg.header.length as usize;
                     let seq = msg.header.sequence_number;
                     if let NetlinkPayload::Error(e) = &msg.payload {

@@ -52,7 +52,8 @@ pub struct Tap {
 /// Writes the hosts file: every node's addresses under its name (the first under the bare
 /// name, each interface's as `name-ethN` as well).
 pub fn write_hosts(plan: &Plan) -> io::Result<()> {
-    let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let mut text =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     for n in &plan.nodes {
         let mut first = true;
         for i in &n.ifaces {
@@ -140,7 +141,11 @@ fn build_node(plan: &Plan, n: NodeId) -> io::Result<Vec<Tap>> {
         .map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("{}: {e} (a leftover? `linerate down --name {}` removes it)", path.display(), plan.name),
+                format!(
+                    "{}: {e} (a leftover? `linerate down --name {}` removes it)",
+                    path.display(),
+                    plan.name
+                ),
             )
         })?;
     sys::new_netns()?;
@@ -254,8 +259,7 @@ pub fn pids_in(ns: &Path) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            fs::read_link(format!("/proc/{pid}/ns/net"))
-                .is_ok_and(|l| l.to_string_lossy() == want)
+            fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l.to_string_lossy() == want)
         })
         .collect()
 }
@@ -274,7 +278,11 @@ pub fn destroy(emu: &str, grace: std::time::Duration) -> io::Result<usize> {
         let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
     }
     let t = std::time::Instant::now();
-    while pids.iter().any(|&p| Path::new(&format!("/proc/{p}")).exists()) && t.elapsed() < grace {
+    while pids
+        .iter()
+        .any(|&p| Path::new(&format!("/proc/{p}")).exists())
+        && t.elapsed() < grace
+    {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     for &p in &pids {

@@ -127,20 +127,36 @@ impl Plan {
 
     /// `h1:eth0 - r1:eth2`.
     pub fn link_name(&self, l: LinkId) -> String {
-        let e = |(n, i): (NodeId, usize)| format!("{}:{}", self.nodes[n].name, self.nodes[n].ifaces[i].name);
-        format!("{} - {}", e(self.links[l].ends[0]), e(self.links[l].ends[1]))
+        let e = |(n, i): (NodeId, usize)| {
+            format!("{}:{}", self.nodes[n].name, self.nodes[n].ifaces[i].name)
+        };
+        format!(
+            "{} - {}",
+            e(self.links[l].ends[0]),
+            e(self.links[l].ends[1])
+        )
     }
 
     /// The address of `name` for `/etc/hosts`: its first addressed interface.
     pub fn address_of(&self, n: NodeId) -> Option<Ipv4Addr> {
-        self.nodes[n].ifaces.iter().find_map(|i| i.addr.map(|a| a.0))
+        self.nodes[n]
+            .ifaces
+            .iter()
+            .find_map(|i| i.addr.map(|a| a.0))
     }
 }
 
 /// The MAC of a node's interface: locally administered, from the node and interface index.
 pub fn mac_for(node: NodeId, iface: usize) -> [u8; 6] {
     let n = node as u32;
-    [0x02, 0x6c, (n >> 16) as u8, (n >> 8) as u8, n as u8, iface as u8]
+    [
+        0x02,
+        0x6c,
+        (n >> 16) as u8,
+        (n >> 8) as u8,
+        n as u8,
+        iface as u8,
+    ]
 }
 
 fn mask(len: u8) -> u32 {
@@ -198,7 +214,10 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
             (Kind::Router, Forward::Kernel) => Role::Namespace,
             (Kind::Switch, Forward::Linerate) => Role::Switch,
             (Kind::Switch, Forward::Kernel) => {
-                return err(format!("node '{}': a switch is always forwarded by linerate", n.name));
+                return err(format!(
+                    "node '{}': a switch is always forwarded by linerate",
+                    n.name
+                ));
             }
         };
         if role != Role::Namespace && !n.run.is_empty() {
@@ -244,18 +263,28 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
                 return err(format!("{what} ({end}): there is no node '{n}'"));
             };
             if let Some(i) = &i {
-                if i.is_empty() || i.len() > 15 || !i.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                if i.is_empty()
+                    || i.len() > 15
+                    || !i
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
                     return err(format!("{what} ({end}): '{i}' is not an interface name"));
                 }
                 if taken[id].contains(i) {
-                    return err(format!("{what} ({end}): interface {n}:{i} is used by two links"));
+                    return err(format!(
+                        "{what} ({end}): interface {n}:{i} is used by two links"
+                    ));
                 }
                 taken[id].push(i.clone());
             }
             ends[side] = (id, i);
         }
         if ends[0].0 == ends[1].0 {
-            return err(format!("{what}: both ends are node '{}'", nodes[ends[0].0].name));
+            return err(format!(
+                "{what}: both ends are node '{}'",
+                nodes[ends[0].0].name
+            ));
         }
         ends_raw.push(ends);
     }
@@ -305,7 +334,9 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
         let base = l.over(&t.defaults);
         links[li].cost = base.cost.unwrap_or(1);
         links[li].weight = base.weight.unwrap_or(1);
-        if nodes[links[li].ends[0].0].ifaces.len() > 255 || nodes[links[li].ends[1].0].ifaces.len() > 255 {
+        if nodes[links[li].ends[0].0].ifaces.len() > 255
+            || nodes[links[li].ends[1].0].ifaces.len() > 255
+        {
             return err(format!("{what}: a node has at most 255 interfaces"));
         }
     }
@@ -319,7 +350,11 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
             };
             i.mac = m;
         }
-        let mut given: Vec<(String, String)> = n.addresses.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut given: Vec<(String, String)> = n
+            .addresses
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if let Some(ip) = &n.ip {
             given.push(("eth0".into(), ip.clone()));
         }
@@ -330,14 +365,18 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
             }
             let (a, len) = parse_cidr(&cidr, &what)?;
             let Some(i) = nodes[id].ifaces.iter_mut().find(|i| i.name == iface) else {
-                return err(format!("{what}: the node has no interface {iface} (no link uses it)"));
+                return err(format!(
+                    "{what}: the node has no interface {iface} (no link uses it)"
+                ));
             };
             if i.addr.is_some_and(|x| x != (a, len)) {
                 return err(format!("{what}: given twice (ip and addresses)"));
             }
             let host = u32::from(a) & !mask(len);
             if host == 0 || host == !mask(len) {
-                return err(format!("{what}: {cidr} is the network or broadcast address"));
+                return err(format!(
+                    "{what}: {cidr} is the network or broadcast address"
+                ));
             }
             i.addr = Some((a, len));
         }
@@ -364,7 +403,9 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
             buffer_bytes = buffer_bytes.saturating_add(need);
             if need > o.memory {
                 let name = {
-                    let e = |(n, i): (NodeId, usize)| format!("{}:{}", nodes[n].name, nodes[n].ifaces[i].name);
+                    let e = |(n, i): (NodeId, usize)| {
+                        format!("{}:{}", nodes[n].name, nodes[n].ifaces[i].name)
+                    };
                     format!("{} - {}", e(l.ends[0]), e(l.ends[1]))
                 };
                 return err(format!(
@@ -415,8 +456,9 @@ pub fn human(bytes: u64) -> String {
 
 /// FNV-1a: a stable hash of a name (placement must not change between runs).
 pub fn fnv(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Joins interfaces into L2 segments: a link joins its two ends, a switch all of its
@@ -512,7 +554,9 @@ fn address(nodes: &mut [Node], segs: &mut [Segment], t: &Topology) -> Result<(),
     let mut used_addrs: HashMap<Ipv4Addr, (NodeId, usize)> = HashMap::new();
     for seg in segs.iter_mut() {
         for &(n, i) in &seg.members {
-            let Some((a, len)) = nodes[n].ifaces[i].addr else { continue };
+            let Some((a, len)) = nodes[n].ifaces[i].addr else {
+                continue;
+            };
             let net = (network(a, len), len);
             match seg.subnet {
                 None => seg.subnet = Some(net),
@@ -567,7 +611,9 @@ fn address(nodes: &mut [Node], segs: &mut [Segment], t: &Topology) -> Result<(),
         if addressable.is_empty() {
             continue;
         }
-        let has_host = addressable.iter().any(|&(n, _)| nodes[n].kind == Kind::Host);
+        let has_host = addressable
+            .iter()
+            .any(|&(n, _)| nodes[n].kind == Kind::Host);
         if segs[s].subnet.is_none() {
             let p2p = !has_host && addressable.len() <= 2;
             let (net, len) = loop {
@@ -581,7 +627,11 @@ fn address(nodes: &mut [Node], segs: &mut [Segment], t: &Topology) -> Result<(),
                     (lo, 24u8)
                 };
                 let end = lo + (1 << (32 - len)) - 1;
-                let limit = if p2p { pool_base as u64 + pool_size } else { pool_base as u64 + half };
+                let limit = if p2p {
+                    pool_base as u64 + pool_size
+                } else {
+                    pool_base as u64 + half
+                };
                 if end >= limit {
                     return err(format!(
                         "network.subnet {}/{} has no room left for the topology's segments",
@@ -631,9 +681,12 @@ fn gateways(nodes: &mut [Node], segs: &[Segment], t: &Topology) -> Result<(), To
         }
         if let Some(g) = &spec.gateway {
             let what = format!("node '{}': gateway", spec.name);
-            let gw: Ipv4Addr = g.parse().map_err(|_| TopoError(format!("{what}: '{g}' is not an IPv4 address")))?;
+            let gw: Ipv4Addr = g
+                .parse()
+                .map_err(|_| TopoError(format!("{what}: '{g}' is not an IPv4 address")))?;
             let on_link = nodes[id].ifaces.iter().any(|i| {
-                i.addr.is_some_and(|(a, len)| network(a, len) == network(gw, len))
+                i.addr
+                    .is_some_and(|(a, len)| network(a, len) == network(gw, len))
             });
             if !on_link {
                 return err(format!("{what}: {gw} is on none of the node's subnets"));
@@ -641,7 +694,9 @@ fn gateways(nodes: &mut [Node], segs: &[Segment], t: &Topology) -> Result<(), To
             nodes[id].gateway = Some(gw);
             continue;
         }
-        let Some(eth0) = nodes[id].ifaces.first() else { continue };
+        let Some(eth0) = nodes[id].ifaces.first() else {
+            continue;
+        };
         let seg = &segs[eth0.segment];
         nodes[id].gateway = seg
             .members
@@ -654,7 +709,12 @@ fn gateways(nodes: &mut [Node], segs: &[Segment], t: &Topology) -> Result<(), To
 
 /// Routes of every router (both kinds): to each segment's subnet not directly attached, by
 /// the routing mode; then `static` routes; then pinned paths.
-fn route(nodes: &mut [Node], links: &[Link], segs: &[Segment], t: &Topology) -> Result<(), TopoError> {
+fn route(
+    nodes: &mut [Node],
+    links: &[Link],
+    segs: &[Segment],
+    t: &Topology,
+) -> Result<(), TopoError> {
     let mode = t.routing.mode;
     let is_router = |n: &Node| n.kind == Kind::Router;
     // Routers adjacent to each segment, with their interface and its link's cost and weight.
@@ -761,12 +821,24 @@ fn route(nodes: &mut [Node], links: &[Link], segs: &[Segment], t: &Topology) -> 
         if network(a, len) != a {
             return err(format!("{what}: {} has host bits set", s.prefix));
         }
-        let hop = neighbour_hop(nodes, r, &s.via, s.weight.unwrap_or(1))
-            .ok_or_else(|| TopoError(format!("{what}: '{}' is not a neighbour of '{}'", s.via, s.node)))?;
+        let hop = neighbour_hop(nodes, r, &s.via, s.weight.unwrap_or(1)).ok_or_else(|| {
+            TopoError(format!(
+                "{what}: '{}' is not a neighbour of '{}'",
+                s.via, s.node
+            ))
+        })?;
         let prefix = (a, len);
         match nodes[r].routes.iter_mut().find(|x| x.prefix == prefix) {
-            Some(x) => *x = Route { prefix, hops: vec![hop] },
-            None => nodes[r].routes.push(Route { prefix, hops: vec![hop] }),
+            Some(x) => {
+                *x = Route {
+                    prefix,
+                    hops: vec![hop],
+                }
+            }
+            None => nodes[r].routes.push(Route {
+                prefix,
+                hops: vec![hop],
+            }),
         }
     }
     for (k, p) in t.routes.iter().enumerate() {
@@ -777,7 +849,12 @@ fn route(nodes: &mut [Node], links: &[Link], segs: &[Segment], t: &Topology) -> 
         let ids: Vec<NodeId> = p
             .path
             .iter()
-            .map(|n| nodes.iter().position(|x| x.name == *n).ok_or_else(|| TopoError(format!("{what}: there is no node '{n}'"))))
+            .map(|n| {
+                nodes
+                    .iter()
+                    .position(|x| x.name == *n)
+                    .ok_or_else(|| TopoError(format!("{what}: there is no node '{n}'")))
+            })
             .collect::<Result<_, _>>()?;
         let rule = match &p.matcher {
             Some(m) => {
@@ -791,7 +868,11 @@ fn route(nodes: &mut [Node], links: &[Link], segs: &[Segment], t: &Topology) -> 
                 let addr = |n: NodeId| nodes[n].ifaces.iter().find_map(|i| i.addr.map(|a| a.0));
                 match (addr(src), addr(dst)) {
                     (Some(s), Some(d)) => format!("any {s}/32 {d}/32"),
-                    _ => return err(format!("{what}: give match: the path's ends have no addresses")),
+                    _ => {
+                        return err(format!(
+                            "{what}: give match: the path's ends have no addresses"
+                        ));
+                    }
                 }
             }
         };
@@ -801,11 +882,17 @@ fn route(nodes: &mut [Node], links: &[Link], segs: &[Segment], t: &Topology) -> 
                 if w == 0 {
                     continue; // the source host sends to its gateway
                 }
-                return err(format!("{what}: '{}' in the middle of a path is not a router", nodes[here].name));
+                return err(format!(
+                    "{what}: '{}' in the middle of a path is not a router",
+                    nodes[here].name
+                ));
             }
             let next = &nodes[ids[w + 1]].name.clone();
             let hop = neighbour_hop(nodes, here, next, 1).ok_or_else(|| {
-                TopoError(format!("{what}: '{}' and '{next}' are not neighbours", nodes[here].name))
+                TopoError(format!(
+                    "{what}: '{}' and '{next}' are not neighbours",
+                    nodes[here].name
+                ))
             })?;
             if nodes[here].role == Role::Namespace {
                 return err(format!(
@@ -813,7 +900,10 @@ fn route(nodes: &mut [Node], links: &[Link], segs: &[Segment], t: &Topology) -> 
                     nodes[here].name
                 ));
             }
-            nodes[here].pins.push(Pin { rule: rule.clone(), hop });
+            nodes[here].pins.push(Pin {
+                rule: rule.clone(),
+                hop,
+            });
         }
     }
     Ok(())
@@ -864,15 +954,27 @@ mod tests {
         let r1 = &p.nodes[p.node("r1").unwrap()];
         let (a, len) = h1.ifaces[0].addr.unwrap();
         assert_eq!(len, 24);
-        assert_eq!(h1.gateway, Some(Ipv4Addr::from(u32::from(a) - 1)), "the router got .1");
+        assert_eq!(
+            h1.gateway,
+            Some(Ipv4Addr::from(u32::from(a) - 1)),
+            "the router got .1"
+        );
         // r1 reaches h3's subnet through r2 only.
         let h3 = &p.nodes[p.node("h3").unwrap()];
         let (h3a, _) = h3.ifaces[0].addr.unwrap();
-        let route = r1.routes.iter().find(|r| r.prefix == (network(h3a, 24), 24)).unwrap();
+        let route = r1
+            .routes
+            .iter()
+            .find(|r| r.prefix == (network(h3a, 24), 24))
+            .unwrap();
         assert_eq!(route.hops.len(), 1);
         assert_eq!(p.nodes[route.hops[0].node].name, "r2");
         // Router-to-router links get /30s from the upper half.
-        let r12 = r1.ifaces.iter().find(|i| p.nodes[p.links[i.link].ends[1 - i.side].0].name == "r2").unwrap();
+        let r12 = r1
+            .ifaces
+            .iter()
+            .find(|i| p.nodes[p.links[i.link].ends[1 - i.side].0].name == "r2")
+            .unwrap();
         assert_eq!(r12.addr.unwrap().1, 30);
         assert!(u32::from(r12.addr.unwrap().0) >= u32::from(Ipv4Addr::new(10, 128, 0, 0)));
     }
@@ -884,13 +986,25 @@ mod tests {
         let p = plan(&t, &opts()).unwrap();
         let r1 = &p.nodes[p.node("r1").unwrap()];
         let h3 = p.nodes[p.node("h3").unwrap()].ifaces[0].addr.unwrap();
-        let route = r1.routes.iter().find(|r| r.prefix == (network(h3.0, 24), 24)).unwrap();
-        let via: Vec<&str> = route.hops.iter().map(|h| p.nodes[h.node].name.as_str()).collect();
+        let route = r1
+            .routes
+            .iter()
+            .find(|r| r.prefix == (network(h3.0, 24), 24))
+            .unwrap();
+        let via: Vec<&str> = route
+            .hops
+            .iter()
+            .map(|h| p.nodes[h.node].name.as_str())
+            .collect();
         assert_eq!(via, ["r2", "r4"]);
         t.routing.mode = RoutingMode::ShortestPath;
         let p = plan(&t, &opts()).unwrap();
         let r1 = &p.nodes[p.node("r1").unwrap()];
-        let route = r1.routes.iter().find(|r| r.prefix == (network(h3.0, 24), 24)).unwrap();
+        let route = r1
+            .routes
+            .iter()
+            .find(|r| r.prefix == (network(h3.0, 24), 24))
+            .unwrap();
         assert_eq!(route.hops.len(), 1);
     }
 
@@ -943,8 +1057,16 @@ mod tests {
         .unwrap();
         let a = &p.nodes[p.node("a").unwrap()];
         let h2 = p.nodes[p.node("h2").unwrap()].ifaces[0].addr.unwrap();
-        let r = a.routes.iter().find(|r| r.prefix == (network(h2.0, 24), 24)).unwrap();
-        let w: Vec<(String, u32)> = r.hops.iter().map(|h| (p.nodes[h.node].name.clone(), h.weight)).collect();
+        let r = a
+            .routes
+            .iter()
+            .find(|r| r.prefix == (network(h2.0, 24), 24))
+            .unwrap();
+        let w: Vec<(String, u32)> = r
+            .hops
+            .iter()
+            .map(|h| (p.nodes[h.node].name.clone(), h.weight))
+            .collect();
         assert_eq!(w, [("b".to_string(), 3), ("c".to_string(), 1)]);
     }
 
@@ -952,20 +1074,59 @@ mod tests {
     fn each_bad_topology_gets_its_sentence() {
         for (text, want) in [
             ("", "no [[nodes]]"),
-            ("[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[nodes]]\nname = \"h1\"\nkind = \"host\"\n", "node 'h1': the name is used twice"),
-            ("[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[links]]\na = \"h1\"\nb = \"h9\"\n", "there is no node 'h9'"),
-            ("[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[links]]\na = \"h1\"\nb = \"h1\"\n", "both ends"),
+            (
+                "[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[nodes]]\nname = \"h1\"\nkind = \"host\"\n",
+                "node 'h1': the name is used twice",
+            ),
+            (
+                "[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[links]]\na = \"h1\"\nb = \"h9\"\n",
+                "there is no node 'h9'",
+            ),
+            (
+                "[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[links]]\na = \"h1\"\nb = \"h1\"\n",
+                "both ends",
+            ),
             ("[[nodes]]\nname = \"1h\"\nkind = \"host\"\n", "node '1h'"),
-            ("[[nodes]]\nname = \"h1\"\nkind = \"host\"\nip = \"10.0.0.1/24\"\n[[nodes]]\nname = \"h2\"\nkind = \"host\"\nip = \"10.0.0.1/24\"\n[[links]]\na = \"h1\"\nb = \"h2\"\n", "address 10.0.0.1 is given to both"),
-            ("[[nodes]]\nname = \"h1\"\nkind = \"host\"\nip = \"10.0.0.1/24\"\n[[nodes]]\nname = \"h2\"\nkind = \"host\"\nip = \"10.0.1.1/24\"\n[[links]]\na = \"h1\"\nb = \"h2\"\n", "is not in 10.0.0.0/24"),
-            ("[[nodes]]\nname = \"h1\"\nkind = \"host\"\nip = \"10.0.0.0/24\"\n[[nodes]]\nname = \"h2\"\nkind = \"host\"\n[[links]]\na = \"h1\"\nb = \"h2\"\n", "network or broadcast"),
-            ("[[nodes]]\nname = \"s1\"\nkind = \"switch\"\n[[nodes]]\nname = \"s2\"\nkind = \"switch\"\n[[links]]\na = \"s1\"\nb = \"s2\"\n[[links]]\na = \"s1\"\nb = \"s2\"\n", "loop of switches"),
-            ("[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[nodes]]\nname = \"h2\"\nkind = \"host\"\n[[links]]\na = \"h1\"\nb = \"h2\"\nrate = \"10G\"\ndelay = \"60s\"\n", "--memory"),
-            ("[[nodes]]\nname = \"r1\"\nkind = \"router\"\nrun = [\"sleep 1\"]\n", "run needs a namespace"),
-            ("[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[links]]\na = \"h1:eth0\"\nb = \"h1:eth0\"\n", "used by two links"),
-            ("[network]\nname = \"waytoolongname\"\n[[nodes]]\nname = \"h1\"\nkind = \"host\"\n", "at most 8"),
-            ("[[nodes]]\nname = \"h1\"\nkind = \"host\"\ngateway = \"1.2.3.4\"\n[[nodes]]\nname = \"h2\"\nkind = \"host\"\n[[links]]\na = \"h1\"\nb = \"h2\"\n", "gateway"),
-            ("[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[routes]]\npath = [\"h1\", \"zz\"]\n", "no node 'zz'"),
+            (
+                "[[nodes]]\nname = \"h1\"\nkind = \"host\"\nip = \"10.0.0.1/24\"\n[[nodes]]\nname = \"h2\"\nkind = \"host\"\nip = \"10.0.0.1/24\"\n[[links]]\na = \"h1\"\nb = \"h2\"\n",
+                "address 10.0.0.1 is given to both",
+            ),
+            (
+                "[[nodes]]\nname = \"h1\"\nkind = \"host\"\nip = \"10.0.0.1/24\"\n[[nodes]]\nname = \"h2\"\nkind = \"host\"\nip = \"10.0.1.1/24\"\n[[links]]\na = \"h1\"\nb = \"h2\"\n",
+                "is not in 10.0.0.0/24",
+            ),
+            (
+                "[[nodes]]\nname = \"h1\"\nkind = \"host\"\nip = \"10.0.0.0/24\"\n[[nodes]]\nname = \"h2\"\nkind = \"host\"\n[[links]]\na = \"h1\"\nb = \"h2\"\n",
+                "network or broadcast",
+            ),
+            (
+                "[[nodes]]\nname = \"s1\"\nkind = \"switch\"\n[[nodes]]\nname = \"s2\"\nkind = \"switch\"\n[[links]]\na = \"s1\"\nb = \"s2\"\n[[links]]\na = \"s1\"\nb = \"s2\"\n",
+                "loop of switches",
+            ),
+            (
+                "[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[nodes]]\nname = \"h2\"\nkind = \"host\"\n[[links]]\na = \"h1\"\nb = \"h2\"\nrate = \"10G\"\ndelay = \"60s\"\n",
+                "--memory",
+            ),
+            (
+                "[[nodes]]\nname = \"r1\"\nkind = \"router\"\nrun = [\"sleep 1\"]\n",
+                "run needs a namespace",
+            ),
+            (
+                "[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[links]]\na = \"h1:eth0\"\nb = \"h1:eth0\"\n",
+                "used by two links",
+            ),
+            (
+                "[network]\nname = \"waytoolongname\"\n[[nodes]]\nname = \"h1\"\nkind = \"host\"\n",
+                "at most 8",
+            ),
+            (
+                "[[nodes]]\nname = \"h1\"\nkind = \"host\"\ngateway = \"1.2.3.4\"\n[[nodes]]\nname = \"h2\"\nkind = \"host\"\n[[links]]\na = \"h1\"\nb = \"h2\"\n",
+                "gateway",
+            ),
+            (
+                "[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[routes]]\npath = [\"h1\", \"zz\"]\n",
+                "no node 'zz'",
+            ),
         ] {
             let e = plan_of(text).map(|_| ()).unwrap_err();
             assert!(e.0.contains(want), "{text}\n=> {e}");
@@ -978,12 +1139,23 @@ mod tests {
         t.routing.mode = RoutingMode::Ecmp;
         let p = plan(&t, &opts()).unwrap();
         // An edge router reaches a host in another pod through both of its aggregation routers.
-        let edge = p.nodes.iter().position(|n| n.kind == Kind::Router && n.ifaces.iter().any(|i| {
-            p.nodes[p.links[i.link].ends[1 - i.side].0].kind == Kind::Host
-        })).unwrap();
+        let edge = p
+            .nodes
+            .iter()
+            .position(|n| {
+                n.kind == Kind::Router
+                    && n.ifaces
+                        .iter()
+                        .any(|i| p.nodes[p.links[i.link].ends[1 - i.side].0].kind == Kind::Host)
+            })
+            .unwrap();
         let far_host = p.nodes.iter().rposition(|n| n.kind == Kind::Host).unwrap();
         let far = p.nodes[far_host].ifaces[0].addr.unwrap();
-        let r = p.nodes[edge].routes.iter().find(|r| r.prefix == (network(far.0, 24), 24)).unwrap();
+        let r = p.nodes[edge]
+            .routes
+            .iter()
+            .find(|r| r.prefix == (network(far.0, 24), 24))
+            .unwrap();
         assert_eq!(r.hops.len(), 2);
         assert!(p.nodes.iter().all(|n| n.worker < 2));
     }
@@ -993,7 +1165,12 @@ mod tests {
         let t = generate("linear,8", link_defaults("").unwrap()).unwrap();
         let a = plan(&t, &opts()).unwrap();
         let b = plan(&t, &opts()).unwrap();
-        assert!(a.nodes.iter().zip(&b.nodes).all(|(x, y)| x.worker == y.worker));
+        assert!(
+            a.nodes
+                .iter()
+                .zip(&b.nodes)
+                .all(|(x, y)| x.worker == y.worker)
+        );
         assert!(a.nodes.iter().any(|n| n.worker == 0) && a.nodes.iter().any(|n| n.worker == 1));
     }
 }

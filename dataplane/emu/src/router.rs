@@ -22,7 +22,10 @@ pub enum Action {
     /// Send it (rewritten) out of this interface.
     Forward(usize),
     /// It was replaced by a reply of this length: send it back out of this interface.
-    Reply { iface: usize, len: usize },
+    Reply {
+        iface: usize,
+        len: usize,
+    },
     Drop(Why),
 }
 
@@ -175,7 +178,9 @@ impl Router {
     }
 
     fn own(&self, a: Ipv4Addr) -> bool {
-        self.ports.iter().any(|p| p.addr.is_some_and(|(x, _)| x == a))
+        self.ports
+            .iter()
+            .any(|p| p.addr.is_some_and(|(x, _)| x == a))
     }
 
     /// Decides for the frame in `buf[..len]` that arrived on `in_iface`, rewriting it in
@@ -211,13 +216,15 @@ impl Router {
             return self.to_me(buf, len, in_iface, &hdr);
         }
         if ttl <= 1 {
-            return self.icmp_error(buf, len, in_iface, 11, 0, src)
+            return self
+                .icmp_error(buf, len, in_iface, 11, 0, src)
                 .unwrap_or(Action::Drop(Why::TtlExpired));
         }
         let hop = match self.route(&hdr, buf, dst) {
             Some(h) => h,
             None => {
-                return self.icmp_error(buf, len, in_iface, 3, 0, src)
+                return self
+                    .icmp_error(buf, len, in_iface, 3, 0, src)
                     .unwrap_or(Action::Drop(Why::NoRoute));
             }
         };
@@ -239,7 +246,11 @@ impl Router {
             return Some(*h);
         }
         if let Some(&(iface, mac)) = self.neighbours.get(&dst) {
-            return Some(Hop { iface, mac, weight: 1 });
+            return Some(Hop {
+                iface,
+                mac,
+                weight: 1,
+            });
         }
         let g = self.lookup(dst)?;
         let group = &mut self.groups[g];
@@ -355,7 +366,9 @@ impl Router {
         buf[6..12].copy_from_slice(&self.ports[in_iface].mac);
         buf[12..14].copy_from_slice(&[0x08, 0x00]);
         let ip = &mut buf[l3..l3 + 20];
-        ip.copy_from_slice(&[0x45, 0xc0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        ip.copy_from_slice(&[
+            0x45, 0xc0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]);
         ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         ip[12..16].copy_from_slice(&me.octets());
         ip[16..20].copy_from_slice(&to.octets());
@@ -426,16 +439,30 @@ mod tests {
         assert_eq!(&f[0..6], &H);
         assert_eq!(&f[6..12], &R1);
         assert_eq!(f[22], 63);
-        assert_eq!(checksum::checksum(&f[14..34]), 0, "header checksum still valid");
+        assert_eq!(
+            checksum::checksum(&f[14..34]),
+            0,
+            "header checksum still valid"
+        );
     }
 
     #[test]
     fn routes_take_the_longest_prefix() {
         let mut r = router();
-        let hop = |i, m| Hop { iface: i, mac: m, weight: 1 };
+        let hop = |i, m| Hop {
+            iface: i,
+            mac: m,
+            weight: 1,
+        };
         r.set_routes(&[
-            ((Ipv4Addr::new(10, 9, 0, 0), 16), vec![hop(1, [2, 0, 0, 0, 0, 0xa])]),
-            ((Ipv4Addr::new(10, 9, 9, 0), 24), vec![hop(0, [2, 0, 0, 0, 0, 0xb])]),
+            (
+                (Ipv4Addr::new(10, 9, 0, 0), 16),
+                vec![hop(1, [2, 0, 0, 0, 0, 0xa])],
+            ),
+            (
+                (Ipv4Addr::new(10, 9, 9, 0), 24),
+                vec![hop(0, [2, 0, 0, 0, 0, 0xb])],
+            ),
         ]);
         let mut f = frame([10, 9, 1, 1], 64);
         assert_eq!(r.handle(&mut f, 100, 0), Action::Forward(1));
@@ -450,15 +477,25 @@ mod tests {
         r.set_routes(&[(
             (Ipv4Addr::new(10, 9, 0, 0), 16),
             vec![
-                Hop { iface: 0, mac: [2, 0, 0, 0, 0, 0xa], weight: 3 },
-                Hop { iface: 1, mac: [2, 0, 0, 0, 0, 0xb], weight: 1 },
+                Hop {
+                    iface: 0,
+                    mac: [2, 0, 0, 0, 0, 0xa],
+                    weight: 3,
+                },
+                Hop {
+                    iface: 1,
+                    mac: [2, 0, 0, 0, 0, 0xb],
+                    weight: 1,
+                },
             ],
         )]);
         let mut first = Vec::new();
         for sport in 0..16u16 {
             let mut f = frame([10, 9, 1, 1], 64);
             f[34..36].copy_from_slice(&(40000 + sport).to_be_bytes());
-            let Action::Forward(i) = r.handle(&mut f, 100, 0) else { panic!() };
+            let Action::Forward(i) = r.handle(&mut f, 100, 0) else {
+                panic!()
+            };
             first.push(i);
         }
         assert_eq!(first.iter().filter(|&&i| i == 0).count(), 12);
@@ -480,7 +517,10 @@ mod tests {
         arp[22..28].copy_from_slice(&H);
         arp[28..32].copy_from_slice(&[10, 0, 1, 2]);
         arp[38..42].copy_from_slice(&[10, 0, 1, 1]);
-        assert_eq!(r.handle(&mut arp, 60, 0), Action::Reply { iface: 0, len: 42 });
+        assert_eq!(
+            r.handle(&mut arp, 60, 0),
+            Action::Reply { iface: 0, len: 42 }
+        );
         assert_eq!((arp[21], &arp[22..28], &arp[32..38]), (2, &R0[..], &H[..]));
         // A request for someone else is not ours to answer.
         arp[21] = 1;
@@ -502,7 +542,9 @@ mod tests {
             h
         });
         ping[24..26].copy_from_slice(&c.to_be_bytes());
-        let Action::Reply { iface, len } = r.handle(&mut ping, 100, 0) else { panic!() };
+        let Action::Reply { iface, len } = r.handle(&mut ping, 100, 0) else {
+            panic!()
+        };
         assert_eq!(iface, 0);
         assert_eq!(ping[34], 0, "echo reply");
         assert_eq!(&ping[26..30], &[10, 0, 1, 1]);
@@ -517,7 +559,9 @@ mod tests {
         for (dst, ttl, kind) in [([10, 0, 2, 2], 1, 11), ([192, 0, 2, 1], 64, 3)] {
             let mut f = frame(dst, ttl);
             let orig: Vec<u8> = f[14..42].to_vec();
-            let Action::Reply { iface, len } = r.handle(&mut f, 100, 0) else { panic!() };
+            let Action::Reply { iface, len } = r.handle(&mut f, 100, 0) else {
+                panic!()
+            };
             assert_eq!((iface, len), (0, 14 + 20 + 8 + 28));
             assert_eq!(f[34], kind);
             assert_eq!(&f[26..30], &[10, 0, 1, 1], "from the ingress address");

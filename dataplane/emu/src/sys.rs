@@ -44,7 +44,10 @@ pub fn tap(name: &str) -> io::Result<OwnedFd> {
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
     if r < 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("creating TAP {name}: {e}")));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("creating TAP {name}: {e}"),
+        ));
     }
     Ok(fd)
 }
@@ -60,8 +63,12 @@ pub struct Inside {
 
 /// Makes `cmd` start inside `at` (the work happens in the child, between fork and exec).
 pub fn inside(cmd: &mut Command, at: &Inside) -> io::Result<()> {
-    let ns: OwnedFd = open(at.netns.as_path(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| io::Error::new(nix_err(e).kind(), format!("{}: {e}", at.netns.display())))?;
+    let ns: OwnedFd = open(
+        at.netns.as_path(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io::Error::new(nix_err(e).kind(), format!("{}: {e}", at.netns.display())))?;
     // Prepared before the fork: the child must not allocate.
     let hosts: Option<std::ffi::CString> = at
         .hosts

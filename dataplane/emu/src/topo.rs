@@ -94,10 +94,11 @@ pub struct NodeSpec {
 
 /// A link's settings as written: every key optional, so defaults and per-direction overrides
 /// layer (`a_to_b` and `b_to_a` over the link over `[defaults]`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkSpec {
     /// `"h1:eth0"` or `"r1"` (its next free interface). Not in `[defaults]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub a: Option<String>,
     pub b: Option<String>,
     /// bit/s: `10M`, `1G`, `1500k`, or a number. Absent: as fast as the host goes.
@@ -176,7 +177,10 @@ pub struct PinnedRoute {
 pub fn parse(text: &str) -> Result<Topology, TopoError> {
     toml::from_str(text).map_err(|e| {
         let at = e.span().map_or(0, |s| s.start).min(text.len());
-        let at = (0..=at).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let at = (0..=at)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
         let line_no = text[..at].matches('\n').count() + 1;
         let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
         TopoError(format!("line {line_no} `{line}`: {}", e.message()))
@@ -330,7 +334,11 @@ pub fn parse_loss(s: &str) -> Result<Loss, String> {
         });
     }
     let p = parse_percent(t)?;
-    Ok(if p == 0.0 { Loss::None } else { Loss::Random(p) })
+    Ok(if p == 0.0 {
+        Loss::None
+    } else {
+        Loss::Random(p)
+    })
 }
 
 /// `100`, `"100p"`, `"64KB"`, `"1MB"`, `"100p,64KB"`: (packets, bytes), either optional.
@@ -338,7 +346,11 @@ fn parse_queue(v: &toml::Value) -> Result<(Option<usize>, Option<usize>), String
     let text = match v {
         toml::Value::Integer(n) => format!("{n}p"),
         toml::Value::String(s) => s.clone(),
-        other => return Err(format!("'{other}' is not a queue size like 100, \"100p\" or \"64KB\"")),
+        other => {
+            return Err(format!(
+                "'{other}' is not a queue size like 100, \"100p\" or \"64KB\""
+            ));
+        }
     };
     let (mut packets, mut bytes) = (None, None);
     for part in text.split(',') {
@@ -393,7 +405,9 @@ fn parse_drop(s: &str) -> Result<DropSpec, String> {
         return Ok(DropSpec::TailDrop);
     }
     let Some(rest) = t.strip_prefix("red") else {
-        return Err(format!("'{t}' is not taildrop or red MIN,MAX,MAX_P,WEIGHT[,gentle]"));
+        return Err(format!(
+            "'{t}' is not taildrop or red MIN,MAX,MAX_P,WEIGHT[,gentle]"
+        ));
     };
     let parts: Vec<&str> = rest.split(',').map(str::trim).collect();
     let num = |i: usize| -> Result<f64, String> {
@@ -405,7 +419,11 @@ fn parse_drop(s: &str) -> Result<DropSpec, String> {
     let gentle = match parts.get(4) {
         None => false,
         Some(&"gentle") => true,
-        Some(other) => return Err(format!("'{t}': the fifth field can only be 'gentle', not '{other}'")),
+        Some(other) => {
+            return Err(format!(
+                "'{t}': the fifth field can only be 'gentle', not '{other}'"
+            ));
+        }
     };
     let d = DropSpec::Red {
         min: num(0)?,
@@ -531,7 +549,10 @@ impl LinkSpec {
         }
         if let Some(m) = self.mtu {
             if !(MIN_MTU..=MAX_MTU).contains(&m) {
-                return Err(e("mtu", format!("{m}: must be between {MIN_MTU} and {MAX_MTU}")));
+                return Err(e(
+                    "mtu",
+                    format!("{m}: must be between {MIN_MTU} and {MAX_MTU}"),
+                ));
             }
             p.mtu = m;
         }
@@ -584,12 +605,18 @@ pub fn check_name(name: &str, what: &str) -> Result<(), TopoError> {
 
 /// `A.B.C.D/LEN`.
 pub fn parse_cidr(s: &str, what: &str) -> Result<(Ipv4Addr, u8), TopoError> {
-    let bad = || TopoError(format!("{what}: '{s}' is not an IPv4 address with a length like 10.0.0.1/24"));
+    let bad = || {
+        TopoError(format!(
+            "{what}: '{s}' is not an IPv4 address with a length like 10.0.0.1/24"
+        ))
+    };
     let (a, l) = s.trim().split_once('/').ok_or_else(bad)?;
     let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
     let len: u8 = l.parse().map_err(|_| bad())?;
     if !(1..=31).contains(&len) {
-        return err(format!("{what}: '{s}': the length must be between 1 and 31"));
+        return err(format!(
+            "{what}: '{s}': the length must be between 1 and 31"
+        ));
     }
     Ok((addr, len))
 }
@@ -794,7 +821,9 @@ pub mod generate {
                 let v = nums(spec, 2, "give torus,X,Y with both at least 3")?;
                 let (x, y) = (v[0], v[1]);
                 if x < 3 || y < 3 {
-                    return err(format!("--topo {spec}: a torus needs X and Y of at least 3"));
+                    return err(format!(
+                        "--topo {spec}: a torus needs X and Y of at least 3"
+                    ));
                 }
                 check(2 * x * y)?;
                 let rs: Vec<String> = (1..=x * y).map(|i| router(&mut nodes, i)).collect();
@@ -878,7 +907,10 @@ mod tests {
         let [ab, ba] = t.links[0].directions(&t.defaults, "link").unwrap();
         assert_eq!(ab.rate_bps, Some(50_000_000));
         assert_eq!(ba.rate_bps, Some(10_000_000), "b_to_a wins");
-        assert_eq!(ba.delay_ns, 10_000_000, "the link's key under the direction's");
+        assert_eq!(
+            ba.delay_ns, 10_000_000,
+            "the link's key under the direction's"
+        );
         assert_eq!((ab.queue_packets, ab.queue_bytes), (100, 64 << 10));
         assert!(matches!(ab.loss, Loss::GilbertElliott { .. }));
         assert_eq!(ab.sched, SchedSpec::Wrr(vec![3, 1]));
@@ -896,8 +928,11 @@ mod tests {
             (r#"rate = "1e300G""#, "rate"),
             (r#"delay = "-1ms""#, "delay"),
             (r#"delay = "2h""#, "delay"),
-            (r#"delay = "1ms"
-jitter = "2ms""#, "jitter"),
+            (
+                r#"delay = "1ms"
+jitter = "2ms""#,
+                "jitter",
+            ),
             (r#"loss = "101%""#, "loss"),
             (r#"loss = "0.5""#, "loss"),
             (r#"loss = "gemodel 1%""#, "gemodel"),
@@ -911,8 +946,13 @@ jitter = "2ms""#, "jitter"),
             (r#"cost = 0"#, "cost"),
         ] {
             let t = parse(&format!("[[links]]\na = \"x\"\nb = \"y\"\n{spec}\n")).unwrap();
-            let e = t.links[0].directions(&t.defaults, "link x - y").unwrap_err();
-            assert!(e.0.contains("link x - y") && e.0.contains(want), "{spec}: {e}");
+            let e = t.links[0]
+                .directions(&t.defaults, "link x - y")
+                .unwrap_err();
+            assert!(
+                e.0.contains("link x - y") && e.0.contains(want),
+                "{spec}: {e}"
+            );
         }
     }
 
@@ -933,7 +973,14 @@ jitter = "2ms""#, "jitter"),
         let d = link_defaults("rate=10M,delay=1ms").unwrap();
         let count = |t: &Topology, k: Kind| t.nodes.iter().filter(|n| n.kind == k).count();
         let t = generate("linear,4", d.clone()).unwrap();
-        assert_eq!((count(&t, Kind::Router), count(&t, Kind::Host), t.links.len()), (4, 4, 7));
+        assert_eq!(
+            (
+                count(&t, Kind::Router),
+                count(&t, Kind::Host),
+                t.links.len()
+            ),
+            (4, 4, 7)
+        );
         let t = generate("ring,5", d.clone()).unwrap();
         assert_eq!((count(&t, Kind::Router), t.links.len()), (5, 10));
         let t = generate("mesh,4", d.clone()).unwrap();
@@ -946,7 +993,15 @@ jitter = "2ms""#, "jitter"),
         let t = generate("torus,3,4", d.clone()).unwrap();
         assert_eq!((count(&t, Kind::Router), t.links.len()), (12, 24 + 12));
         assert_eq!(t.defaults.rate.as_deref(), Some("10M"));
-        for bad in ["linear", "linear,0", "ring,2", "tree,2", "fat-tree,3", "torus,2,2", "blob,3"] {
+        for bad in [
+            "linear",
+            "linear,0",
+            "ring,2",
+            "tree,2",
+            "fat-tree,3",
+            "torus,2,2",
+            "blob,3",
+        ] {
             assert!(generate(bad, d.clone()).is_err(), "{bad}");
         }
         assert!(link_defaults("rate=fast").is_err());
@@ -955,7 +1010,13 @@ jitter = "2ms""#, "jitter"),
 
     #[test]
     fn arbitrary_text_never_panics() {
-        for text in ["", "[[links]]\nqueue = 1.5", "\u{0}", "[[nodes]]\nname = 3", "é"] {
+        for text in [
+            "",
+            "[[links]]\nqueue = 1.5",
+            "\u{0}",
+            "[[nodes]]\nname = 3",
+            "é",
+        ] {
             if let Ok(t) = parse(text) {
                 for l in &t.links {
                     let _ = l.directions(&t.defaults, "l");

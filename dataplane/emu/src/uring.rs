@@ -74,7 +74,13 @@ impl TapIo {
     }
 
     /// Reads one frame from TAP `fd` into `frame` (whole buffer) in read slot `slot`.
-    pub fn read(&mut self, slot: usize, fd: RawFd, frame: Frame, pool: &mut BufferPool) -> io::Result<()> {
+    pub fn read(
+        &mut self,
+        slot: usize,
+        fd: RawFd,
+        frame: Frame,
+        pool: &mut BufferPool,
+    ) -> io::Result<()> {
         let buf = pool.room_mut(&frame);
         let e = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), buf.len() as u32)
             .build()
@@ -119,9 +125,13 @@ impl TapIo {
 
     /// Reads eventfd `fd`: a [`Done::Wake`] comes when someone writes it.
     pub fn watch(&mut self, fd: RawFd) -> io::Result<()> {
-        let e = opcode::Read::new(types::Fd(fd), (&mut *self.wake_counter as *mut u64).cast(), 8)
-            .build()
-            .user_data(TAG_WAKE);
+        let e = opcode::Read::new(
+            types::Fd(fd),
+            (&mut *self.wake_counter as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(TAG_WAKE);
         self.push(e)
     }
 
@@ -131,7 +141,9 @@ impl TapIo {
         let r = if !wait {
             self.ring.submit()
         } else if let Some(t) = timeout {
-            let ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+            let ts = types::Timespec::new()
+                .sec(t.as_secs())
+                .nsec(t.subsec_nanos());
             let args = types::SubmitArgs::new().timespec(&ts);
             self.ring.submitter().submit_with_args(1, &args)
         } else {

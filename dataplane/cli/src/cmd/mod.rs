@@ -1,6 +1,7 @@
 //! The `linerate` subcommands. Each module is one job: its arguments and how it runs.
 
 pub mod controller;
+pub mod emu;
 pub mod fwd;
 pub mod generate;
 pub mod pipeline;

@@ -1,0 +1,870 @@
+//! The emulation commands (library `linerate-emu`): `up` builds a network from a topology file
+//! or a generator and runs it; `down` removes it (also what a killed `up` left); `exec`,
+//! `ping`, `pingall` and `iperf` run programs inside nodes; `status` shows the live counters;
+//! `link` changes a link while traffic runs.
+
+use super::{Live, parse_duration};
+use anyhow::{Context, Result, anyhow, bail};
+use linerate_emu::ctl::{self, Answer, Request};
+use linerate_emu::emulator::{self, Emulation, Options, Status};
+use linerate_emu::plan::{self, Plan};
+use linerate_emu::topo::{self, LinkSpec, RoutingMode, generate};
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Topology file (TOML; see docs/TOPOLOGY.md).
+    file: Option<PathBuf>,
+    /// Generate a topology instead: linear,N  ring,N  mesh,N  tree,DEPTH,FANOUT  fat-tree,K
+    /// torus,X,Y (routers in that shape, each with hosts).
+    #[arg(long, conflicts_with = "file")]
+    topo: Option<String>,
+    /// Settings of every generated link, e.g. rate=10M,delay=1ms,loss=1%.
+    #[arg(long, requires = "topo")]
+    link: Option<String>,
+    /// Routing of a generated topology: shortest-path, ecmp, weighted or static.
+    #[arg(long, value_parser = ["shortest-path", "ecmp", "weighted", "static"])]
+    routing: Option<String>,
+    /// The emulation's name (default: the file's stem, or `lr`).
+    #[arg(long)]
+    name: Option<String>,
+    /// Emulator workers (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Cores to pin the workers to, one per worker (default: not pinned).
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// Memory the emulator may use for packet buffers, e.g. 2G (default: a quarter of the
+    /// available memory, at most 8G).
+    #[arg(long)]
+    memory: Option<String>,
+    /// Return once the network is up; it runs on in the background until `linerate down`.
+    #[arg(long)]
+    detach: bool,
+    /// Stop after this long (default: until Ctrl-C or `linerate down`).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Check the topology and print the plan's summary; build nothing.
+    #[arg(long)]
+    check: bool,
+    /// (Internal) this process is the detached emulator.
+    #[arg(long, hide = true)]
+    daemon: bool,
+}
+
+#[derive(clap::Args)]
+pub struct NameArg {
+    /// The emulation (default: the only one running).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    name: NameArg,
+}
+
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    /// The node to run in.
+    node: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+    #[command(flatten)]
+    name: NameArg,
+}
+
+#[derive(clap::Args)]
+pub struct PingArgs {
+    /// From this node...
+    a: String,
+    /// ...to this one (its first address).
+    b: String,
+    /// Echo requests to send.
+    #[arg(short = 'c', long, default_value_t = 3)]
+    count: u32,
+    #[command(flatten)]
+    name: NameArg,
+}
+
+#[derive(clap::Args)]
+pub struct PingallArgs {
+    /// Each host pings this many random peers instead of all of them.
+    #[arg(long)]
+    sample: Option<usize>,
+    /// Seconds each ping waits for its answer.
+    #[arg(long, default_value_t = 2)]
+    wait: u32,
+    #[command(flatten)]
+    name: NameArg,
+}
+
+#[derive(clap::Args)]
+pub struct IperfArgs {
+    /// The client (sender).
+    a: String,
+    /// The server (receiver).
+    b: String,
+    /// Seconds to send.
+    #[arg(short = 't', long, default_value_t = 5)]
+    time: u32,
+    /// Parallel streams.
+    #[arg(short = 'P', long, default_value_t = 1)]
+    parallel: u32,
+    /// Print iperf3's JSON report.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    name: NameArg,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    json: bool,
+    /// Redraw every second.
+    #[arg(long)]
+    watch: bool,
+    #[command(flatten)]
+    name: NameArg,
+}
+
+#[derive(clap::Args)]
+pub struct LinkArgs {
+    a: String,
+    b: String,
+    /// `set KEY=VALUE...` (rate, delay, jitter, loss, queue, drop, sched, reorder), `down`
+    /// or `up`.
+    #[arg(required = true)]
+    action: Vec<String>,
+    /// Change only the direction leaving this node.
+    #[arg(long)]
+    from: Option<String>,
+    #[command(flatten)]
+    name: NameArg,
+}
+
+/// The emulation a command means: `--name`, or the only one running.
+fn which(n: &NameArg) -> Result<String> {
+    if let Some(name) = &n.name {
+        return Ok(name.clone());
+    }
+    let running = emulator::running();
+    match running.as_slice() {
+        [one] => Ok(one.name.clone()),
+        [] => bail!("no emulation is running (start one with `linerate up`)"),
+        many => bail!(
+            "several emulations are running ({}): say which with --name",
+            many.iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn need_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("emulation builds namespaces and interfaces: run as root");
+    }
+    Ok(())
+}
+
+/// `2G`, `512M`: bytes.
+fn parse_memory(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| anyhow!("--memory '{s}' is not a size like 512M or 2G"))?;
+    let b = v * mult as f64;
+    if !(b >= (64u64 << 20) as f64 && b <= (1u64 << 40) as f64) {
+        bail!("--memory '{s}': must be between 64M and 1T");
+    }
+    Ok(b as u64)
+}
+
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |k| k * 1024)
+}
+
+/// Reads or generates the topology and plans it.
+fn plan_of(a: &UpArgs) -> Result<Plan> {
+    let (mut t, default_name) = match (&a.file, &a.topo) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("{}: cannot read it", f.display()))?;
+            let t = topo::parse(&text).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+            let stem: String = f
+                .file_stem()
+                .map(|s| {
+                    s.to_string_lossy()
+                        .chars()
+                        .filter(|c| c.is_ascii_alphanumeric())
+                        .take(8)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let stem = if stem.is_empty() || !stem.as_bytes()[0].is_ascii_alphabetic() {
+                "lr".to_string()
+            } else {
+                stem.to_ascii_lowercase()
+            };
+            (t, stem)
+        }
+        (None, Some(spec)) => {
+            let d = generate::link_defaults(a.link.as_deref().unwrap_or(""))?;
+            (generate::generate(spec, d)?, "lr".to_string())
+        }
+        (None, None) => bail!("give a topology file or --topo SHAPE (e.g. --topo linear,4)"),
+    };
+    if let Some(r) = &a.routing {
+        t.routing.mode = match r.as_str() {
+            "ecmp" => RoutingMode::Ecmp,
+            "weighted" => RoutingMode::Weighted,
+            "static" => RoutingMode::Static,
+            _ => RoutingMode::ShortestPath,
+        };
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = a.workers.unwrap_or(cores);
+    if !(1..=256).contains(&workers) {
+        bail!("--workers {workers}: must be between 1 and 256");
+    }
+    let memory = match &a.memory {
+        Some(m) => parse_memory(m)?,
+        None => (mem_available() / 4).clamp(256 << 20, 8 << 30),
+    };
+    let mut o = plan::Options {
+        workers,
+        memory,
+        name: default_name,
+        max_namespaces: 20_000,
+    };
+    if let Some(n) = &a.name {
+        o.name = n.clone();
+        t.network.name = Some(n.clone());
+    }
+    Ok(plan::plan(&t, &o)?)
+}
+
+struct Building(Live);
+
+impl emulator::Progress for Building {
+    fn building(&mut self, done: usize, total: usize, elapsed: Duration) {
+        let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
+        self.0.line(
+            elapsed,
+            &format!("building: {done}/{total} namespace nodes ({rate:.0}/s)"),
+        );
+    }
+}
+
+fn summary(p: &Plan, e: &Emulation) -> String {
+    let count = |k: topo::Kind| p.nodes.iter().filter(|n| n.kind == k).count();
+    format!(
+        "up: '{}': {} hosts, {} routers, {} switches, {} links on {} worker(s), built in {:.2}s \
+         ({} of buffers); `linerate status`, `linerate exec NODE -- CMD`, `linerate down`",
+        p.name,
+        count(topo::Kind::Host),
+        count(topo::Kind::Router),
+        count(topo::Kind::Switch),
+        p.links.len(),
+        p.workers,
+        e.build_time.as_secs_f64(),
+        plan::human(p.buffer_bytes),
+    )
+}
+
+pub fn up(a: UpArgs) -> Result<()> {
+    let plan = plan_of(&a)?;
+    if a.check {
+        println!(
+            "{}: {} nodes, {} links, {} segments, {} of buffers; nothing built",
+            plan.name,
+            plan.nodes.len(),
+            plan.links.len(),
+            plan.segments.len(),
+            plan::human(plan.buffer_bytes)
+        );
+        return Ok(());
+    }
+    need_root()?;
+    if a.detach {
+        return detach(&plan.name);
+    }
+    let cores = if a.cores.is_empty() {
+        None
+    } else {
+        Some(super::cores_for(&a.cores, plan.workers, "--cores")?)
+    };
+    let stop = super::stop_flag()?;
+    let mut progress = Building(Live::new());
+    let mut e = Emulation::start(
+        plan,
+        &Options {
+            cores,
+            build_threads: 4,
+        },
+        &mut progress,
+    )?;
+    progress.0.done();
+    let calls = match ctl::serve(&e.plan.name).and_then(|c| e.run_commands().map(|()| c)) {
+        Ok(c) => c,
+        Err(err) => {
+            let _ = e.stop();
+            return Err(err.into());
+        }
+    };
+    eprintln!("{}", summary(&e.plan, &e));
+    let start = Instant::now();
+    let mut failure = None;
+    while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| start.elapsed() < d) {
+        if e.worker_ended() {
+            failure = Some(anyhow!(
+                "an emulator worker stopped; stopping the emulation"
+            ));
+            break;
+        }
+        match calls.recv_timeout(Duration::from_millis(100)) {
+            Ok((Request::Down, reply)) => {
+                let _ = reply.send(Answer::ok());
+                break;
+            }
+            Ok((req, reply)) => {
+                let _ = reply.send(answer(&e, req));
+            }
+            Err(_) => {}
+        }
+    }
+    let name = e.plan.name.clone();
+    e.stop()?;
+    eprintln!("down: '{name}' removed");
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
+fn answer(e: &Emulation, req: Request) -> Answer {
+    match req {
+        Request::Status => Answer {
+            ok: true,
+            error: None,
+            status: Some(Box::new(e.status())),
+        },
+        Request::Link {
+            a,
+            b,
+            from,
+            set,
+            up,
+        } => {
+            let Some(l) = e.plan.link_between(&a, &b) else {
+                return Answer::err(format!("there is no link between '{a}' and '{b}'"));
+            };
+            let side = match &from {
+                None => None,
+                Some(f) => {
+                    let n = e.plan.node(f);
+                    match e.plan.links[l].ends.iter().position(|&(x, _)| Some(x) == n) {
+                        Some(s) => Some(s),
+                        None => {
+                            return Answer::err(format!("--from {f}: not an end of link {a} {b}"));
+                        }
+                    }
+                }
+            };
+            let mut change = set.unwrap_or_default();
+            if up.is_some() {
+                change.up = up;
+            }
+            match e.set_link(l, side, &change) {
+                Ok(()) => Answer::ok(),
+                Err(err) => Answer::err(err),
+            }
+        }
+        Request::Down => Answer::ok(),
+    }
+}
+
+/// Starts this same command again as a background emulator and returns once it is up (or
+/// says why it is not).
+fn detach(name: &str) -> Result<()> {
+    let exe = std::env::current_exe().context("finding this program")?;
+    let mut args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--detach")
+        .collect();
+    args.push("--daemon".into());
+    std::fs::create_dir_all(linerate_emu::netns::RUN_DIR)?;
+    let log_path = PathBuf::from(linerate_emu::netns::RUN_DIR).join(format!("{name}.log"));
+    let log =
+        std::fs::File::create(&log_path).with_context(|| format!("{}", log_path.display()))?;
+    let mut child = Command::new(exe);
+    child
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let mut child = child.spawn().context("starting the background emulator")?;
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the emulator stopped ({status}):\n{}", log.trim_end());
+        }
+        if let Ok(a) = ctl::call(name, &Request::Status)
+            && a.ok
+        {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "the emulator is not up after 10 minutes; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if let Some(line) = log.lines().rev().find(|l| l.starts_with("up:")) {
+        println!("{line}");
+    }
+    println!("detached: pid {}, log {}", child.id(), log_path.display());
+    Ok(())
+}
+
+pub fn down(a: DownArgs) -> Result<()> {
+    need_root()?;
+    let names: Vec<String> = match &a.name.name {
+        Some(n) => vec![n.clone()],
+        None => {
+            let r = emulator::running();
+            if r.is_empty() {
+                println!("down: no emulation is running");
+                return Ok(());
+            }
+            r.into_iter().map(|s| s.name).collect()
+        }
+    };
+    for name in names {
+        if let Ok(s) = emulator::read_state(&name)
+            && emulator::alive(s.pid)
+            && s.pid != std::process::id()
+        {
+            // Ask it to go, then make it go.
+            let _ = ctl::call(&name, &Request::Down);
+            let t = Instant::now();
+            while emulator::alive(s.pid) && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if emulator::alive(s.pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(s.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        // Whatever is left (a killed `up` leaves its namespaces and their processes).
+        let n = linerate_emu::netns::destroy(&name, Duration::from_millis(500))?;
+        println!(
+            "down: '{name}' removed{}",
+            if n > 0 {
+                format!(" ({n} leftover namespaces)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+pub fn exec(a: ExecArgs) -> Result<()> {
+    need_root()?;
+    let emu = which(&a.name)?;
+    let mut c = Command::new(&a.cmd[0]);
+    c.args(&a.cmd[1..]);
+    emulator::inside(&mut c, &emu, &a.node)?;
+    let e = c.exec();
+    bail!("{}: {e}", a.cmd[0])
+}
+
+fn address(state: &emulator::State, node: &str) -> Result<String> {
+    let n = state
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .ok_or_else(|| anyhow!("emulation '{}' has no node '{node}'", state.name))?;
+    n.addr
+        .clone()
+        .ok_or_else(|| anyhow!("node '{node}' has no address"))
+}
+
+pub fn ping(a: PingArgs) -> Result<()> {
+    need_root()?;
+    let emu = which(&a.name)?;
+    let state = emulator::read_state(&emu)?;
+    let to = address(&state, &a.b)?;
+    let mut c = Command::new("ping");
+    c.args(["-c", &a.count.to_string(), &to]);
+    emulator::inside(&mut c, &emu, &a.a)?;
+    let status = c.status().context("running ping (iputils-ping)")?;
+    if !status.success() {
+        bail!("ping {} -> {} ({to}) failed", a.a, a.b);
+    }
+    Ok(())
+}
+
+pub fn pingall(a: PingallArgs) -> Result<()> {
+    need_root()?;
+    let emu = which(&a.name)?;
+    let state = emulator::read_state(&emu)?;
+    let hosts: Vec<&emulator::StateNode> = state
+        .nodes
+        .iter()
+        .filter(|n| n.namespace && n.addr.is_some())
+        .collect();
+    // Pairs: everyone to everyone, or `sample` random peers each.
+    let mut pairs = Vec::new();
+    let mut rng = 0x2545_f491_4f6c_dd1du64 ^ std::process::id() as u64;
+    for (i, h) in hosts.iter().enumerate() {
+        let peers: Vec<usize> = match a.sample {
+            None => (0..hosts.len()).filter(|&j| j != i).collect(),
+            Some(k) => (0..k.min(hosts.len().saturating_sub(1)))
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let j = (rng as usize) % (hosts.len() - 1);
+                    if j >= i { j + 1 } else { j }
+                })
+                .collect(),
+        };
+        for j in peers {
+            pairs.push((
+                h.name.clone(),
+                hosts[j].name.clone(),
+                hosts[j].addr.clone().unwrap_or_default(),
+            ));
+        }
+    }
+    let t = Instant::now();
+    let mut ok = vec![false; pairs.len()];
+    // At most 64 pings at once.
+    for chunk in (0..pairs.len()).collect::<Vec<_>>().chunks(64) {
+        let mut running = Vec::new();
+        for &k in chunk {
+            let (from, _, to) = &pairs[k];
+            let mut c = Command::new("ping");
+            c.args(["-c", "1", "-W", &a.wait.to_string(), to])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            emulator::inside(&mut c, &emu, from)?;
+            running.push((k, c.spawn().context("running ping (iputils-ping)")?));
+        }
+        for (k, mut child) in running {
+            ok[k] = child.wait().is_ok_and(|s| s.success());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for h in &hosts {
+        let line: Vec<String> = pairs
+            .iter()
+            .zip(&ok)
+            .filter(|((from, _, _), _)| *from == h.name)
+            .map(|((_, to, _), &good)| if good { to.clone() } else { "X".into() })
+            .collect();
+        writeln!(out, "{} -> {}", h.name, line.join(" "))?;
+    }
+    let good = ok.iter().filter(|&&g| g).count();
+    let lost = pairs.len() - good;
+    writeln!(
+        out,
+        "Results: {:.0}% dropped ({good}/{} received) in {:.2}s",
+        if pairs.is_empty() {
+            0.0
+        } else {
+            lost as f64 * 100.0 / pairs.len() as f64
+        },
+        pairs.len(),
+        t.elapsed().as_secs_f64()
+    )?;
+    if lost > 0 {
+        bail!("{lost} of {} pings got no answer", pairs.len());
+    }
+    Ok(())
+}
+
+pub fn iperf(a: IperfArgs) -> Result<()> {
+    need_root()?;
+    let emu = which(&a.name)?;
+    let state = emulator::read_state(&emu)?;
+    let to = address(&state, &a.b)?;
+    // The server has the namespace to itself: iperf3's default port cannot collide there.
+    let mut server = Command::new("iperf3");
+    server
+        .args(["-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    emulator::inside(&mut server, &emu, &a.b)?;
+    let mut server = server.spawn().context("running iperf3 (Debian's iperf3)")?;
+    let t = Instant::now();
+    let out = loop {
+        let mut client = Command::new("iperf3");
+        client.args([
+            "-c",
+            &to,
+            "-t",
+            &a.time.to_string(),
+            "-P",
+            &a.parallel.to_string(),
+            "-J",
+        ]);
+        emulator::inside(&mut client, &emu, &a.a)?;
+        let out = client.output().context("running iperf3")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // The server may not listen yet: try again for a few seconds.
+        if out.status.success() || t.elapsed() > Duration::from_secs(5) || !text.contains("connect")
+        {
+            break (out.status, text);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    if a.json {
+        println!("{}", out.1);
+    }
+    let v: serde_json::Value = serde_json::from_str(&out.1).unwrap_or_default();
+    if !out.0.success() {
+        bail!(
+            "iperf3 {} -> {}: {}",
+            a.a,
+            a.b,
+            v["error"].as_str().unwrap_or("failed")
+        );
+    }
+    if !a.json {
+        let rx = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let tx = v["end"]["sum_sent"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let re = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+        println!(
+            "iperf {} -> {}: {:.2} Mbit/s received, {:.2} Mbit/s sent, {re} retransmits",
+            a.a,
+            a.b,
+            rx / 1e6,
+            tx / 1e6
+        );
+    }
+    Ok(())
+}
+
+fn fetch_status(emu: &str) -> Result<Status> {
+    let a = ctl::call(emu, &Request::Status)?;
+    match (a.ok, a.status, a.error) {
+        (true, Some(s), _) => Ok(*s),
+        (_, _, Some(e)) => bail!("{e}"),
+        _ => bail!("emulation '{emu}' sent no status"),
+    }
+}
+
+fn rate(bps: Option<u64>) -> String {
+    match bps {
+        None => "-".into(),
+        Some(r) if r >= 1_000_000_000 => format!("{:.1}G", r as f64 / 1e9),
+        Some(r) if r >= 1_000_000 => format!("{:.1}M", r as f64 / 1e6),
+        Some(r) if r >= 1_000 => format!("{:.1}k", r as f64 / 1e3),
+        Some(r) => r.to_string(),
+    }
+}
+
+fn table(s: &Status, before: Option<(&Status, f64)>) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "emulation '{}', up {:.0}s (built in {:.2}s)\n",
+        s.name, s.uptime_s, s.build_s
+    ));
+    out.push_str(&format!(
+        "{:<24} {:>6} {:>9} {:>7} {:>5} {:>8} {:>9} {:>6} {:>6} {:>6} {:>6} {:>6}  {}\n",
+        "link direction",
+        "state",
+        "rate",
+        "delay",
+        "loss",
+        "now",
+        "delivered",
+        "queue",
+        "qdrop",
+        "lost",
+        "down",
+        "nobuf",
+        "late"
+    ));
+    for (li, l) in s.links.iter().enumerate() {
+        for (side, d) in l.dirs.iter().enumerate() {
+            let (from, to) = if side == 0 {
+                (&l.a, &l.b)
+            } else {
+                (&l.b, &l.a)
+            };
+            let now = before.and_then(|(b, dt)| {
+                let prev = b.links.get(li)?.dirs.get(side)?;
+                Some((d.delivered_bytes.saturating_sub(prev.delivered_bytes)) as f64 * 8.0 / dt)
+            });
+            let late = if d.late > 0 {
+                format!("{} (max {:.0} us): settings not met", d.late, d.max_late_us)
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "{:<24} {:>6} {:>9} {:>7} {:>5} {:>8} {:>9} {:>6} {:>6} {:>6} {:>6} {:>6}  {}\n",
+                format!(
+                    "{}>{}",
+                    from.split(':').next().unwrap_or(""),
+                    to.split(':').next().unwrap_or("")
+                ),
+                if d.up { "up" } else { "DOWN" },
+                rate(d.rate_bps),
+                format!("{:.1}ms", d.delay_us / 1e3),
+                d.loss,
+                now.map_or("-".into(), |r| rate(Some(r as u64))),
+                d.delivered,
+                d.queued,
+                d.drop_queue + d.drop_red,
+                d.drop_loss,
+                d.drop_down,
+                d.drop_nobuf,
+                late
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "{:<12} {:<7} {:>3} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
+        "node", "kind", "w", "address", "sent", "received", "forwarded", "replies", "dropped"
+    ));
+    for n in &s.nodes {
+        out.push_str(&format!(
+            "{:<12} {:<7} {:>3} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
+            n.name,
+            n.kind,
+            n.worker,
+            n.addr.as_deref().unwrap_or("-"),
+            n.sent,
+            n.received,
+            n.forwarded,
+            n.replies,
+            n.dropped
+        ));
+    }
+    out
+}
+
+pub fn status(a: StatusArgs) -> Result<()> {
+    need_root()?;
+    let emu = which(&a.name)?;
+    let mut before: Option<(Status, Instant)> = None;
+    loop {
+        let s = fetch_status(&emu)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            let prev = before.as_ref().map(|(b, t)| (b, t.elapsed().as_secs_f64()));
+            let text = table(&s, prev);
+            if a.watch {
+                print!("\x1b[H\x1b[2J{text}");
+            } else {
+                print!("{text}");
+            }
+            std::io::stdout().flush()?;
+        }
+        if !a.watch {
+            return Ok(());
+        }
+        before = Some((s, Instant::now()));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+pub fn link(a: LinkArgs) -> Result<()> {
+    need_root()?;
+    let emu = which(&a.name)?;
+    let (set, up) = match a.action[0].as_str() {
+        "down" if a.action.len() == 1 => (None, Some(false)),
+        "up" if a.action.len() == 1 => (None, Some(true)),
+        "set" if a.action.len() > 1 => {
+            let mut s = LinkSpec::default();
+            for kv in &a.action[1..] {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("link set: '{kv}' is not KEY=VALUE"))?;
+                let v = v.to_string();
+                match k {
+                    "rate" => s.rate = Some(v),
+                    "delay" => s.delay = Some(v),
+                    "jitter" => s.jitter = Some(v),
+                    "loss" => s.loss = Some(v),
+                    "queue" => s.queue = Some(toml::Value::String(v)),
+                    "drop" => s.drop = Some(v),
+                    "sched" => s.sched = Some(v),
+                    "reorder" => {
+                        s.reorder = Some(
+                            v.parse()
+                                .map_err(|_| anyhow!("link set: reorder={v}: true or false"))?,
+                        )
+                    }
+                    other => bail!(
+                        "link set: unknown key '{other}' (rate, delay, jitter, loss, queue, drop, sched, reorder)"
+                    ),
+                }
+            }
+            // Checked here too, so a bad value is refused before it travels.
+            s.resolve("link set")?;
+            (Some(s), None)
+        }
+        _ => bail!(
+            "link {} {}: give `set KEY=VALUE...`, `down` or `up`",
+            a.a,
+            a.b
+        ),
+    };
+    let ans = ctl::call(
+        &emu,
+        &Request::Link {
+            a: a.a.clone(),
+            b: a.b.clone(),
+            from: a.from.clone(),
+            set,
+            up,
+        },
+    )?;
+    if !ans.ok {
+        bail!("{}", ans.error.unwrap_or_default());
+    }
+    Ok(())
+}
