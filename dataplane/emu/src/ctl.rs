@@ -24,7 +24,7 @@ pub enum Request {
         a: String,
         b: String,
         from: Option<String>,
-        set: Option<LinkSpec>,
+        set: Option<Box<LinkSpec>>,
         up: Option<bool>,
     },
     /// Stops the emulation and removes everything.

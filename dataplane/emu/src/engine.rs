@@ -243,8 +243,8 @@ pub struct Worker {
     switches: HashMap<usize, LearningBridge>,
     /// Own TAPs, by read slot: (node, iface, fd).
     reads: Vec<(usize, usize, RawFd)>,
-    to: Vec<Option<Producer<Slot>>>,
-    from: Vec<Option<Consumer<Slot>>>,
+    to: Outs,
+    from: Ins,
     live_seen: u64,
     dir_params: Vec<Arc<LinkParams>>,
     router_conf: Vec<Option<Arc<RouterConf>>>,
@@ -272,11 +272,18 @@ struct NodeCounts {
     touched: bool,
 }
 
+/// Both ends of the handoff ring between two workers, before the workers take them.
+type RingEnds = (Option<Producer<Slot>>, Option<Consumer<Slot>>);
+/// A worker's rings: to each other worker, and from each.
+type Outs = Vec<Option<Producer<Slot>>>;
+type Ins = Vec<Option<Consumer<Slot>>>;
+
 /// Everything the workers need, made once: the shared state and one set of handoff rings per
-/// worker pair.
+/// worker pair (`rings[from][to]` holds `from`'s producer and, at `[to][from]`, `to`'s
+/// consumer).
 pub struct Built {
     pub shared: Arc<Shared>,
-    rings: Vec<Vec<(Option<Producer<Slot>>, Option<Consumer<Slot>>)>>,
+    rings: Vec<Vec<RingEnds>>,
 }
 
 /// Builds the shared state for `plan` with the TAPs `taps` ((node, iface) -> descriptor).
@@ -323,10 +330,11 @@ pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>) -> io::Result<Built> {
         rounds: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         topo,
     });
-    // rings[from][to]
-    let mut rings: Vec<Vec<(Option<Producer<Slot>>, Option<Consumer<Slot>>)>> = (0..workers)
+    let mut rings: Vec<Vec<RingEnds>> = (0..workers)
         .map(|_| (0..workers).map(|_| (None, None)).collect())
         .collect();
+    // Both indices address the matrix (a ring's ends go to two places).
+    #[allow(clippy::needless_range_loop)]
     for from in 0..workers {
         for to in 0..workers {
             if from != to {
@@ -372,10 +380,7 @@ pub fn router_conf(plan: &Plan, n: &crate::plan::Node) -> RouterConf {
 
 impl Built {
     /// Takes worker `w`'s rings out (once per worker).
-    fn take_rings(
-        &mut self,
-        w: usize,
-    ) -> (Vec<Option<Producer<Slot>>>, Vec<Option<Consumer<Slot>>>) {
+    fn take_rings(&mut self, w: usize) -> (Outs, Ins) {
         let n = self.rings.len();
         let mut to = Vec::with_capacity(n);
         let mut from = Vec::with_capacity(n);
@@ -482,8 +487,8 @@ impl Worker {
         shared: Arc<Shared>,
         frames: usize,
         nodes: Vec<(usize, EmuNode)>,
-        to: Vec<Option<Producer<Slot>>>,
-        from: Vec<Option<Consumer<Slot>>>,
+        to: Outs,
+        from: Ins,
     ) -> io::Result<Worker> {
         let topo = &shared.topo;
         let n_dirs = topo.dirs.len();
@@ -852,8 +857,13 @@ impl Worker {
         self.released = out;
     }
 
-    fn publish(&mut self, now: u64) {
-        if now < self.last_publish + PUBLISH_NS {
+    /// Publishes the counters of what was touched, at most every [`PUBLISH_NS`] unless
+    /// `force` (before sleeping: an idle worker must not sit on counts).
+    fn publish(&mut self, now: u64, force: bool) {
+        if !force && now < self.last_publish + PUBLISH_NS {
+            return;
+        }
+        if self.touched.is_empty() && self.touched_nodes.is_empty() {
             return;
         }
         self.last_publish = now;
@@ -923,7 +933,7 @@ impl Worker {
             self.take_handoffs(now);
             self.follow_live();
             self.timers(now);
-            self.publish(now);
+            self.publish(now, false);
             self.shared.rounds[self.id].store(rounds, Ordering::Relaxed);
             // Sleep until the next event, unless it is too close to sleep for.
             let next = self.heap.peek().map(|r| r.0.0);
@@ -931,6 +941,7 @@ impl Worker {
             match next {
                 Some(t) if t <= now2 + SPIN_NS => self.io.submit(false, None)?,
                 _ => {
+                    self.publish(now2, true);
                     let waker = &self.shared.wakers[self.id];
                     waker.sleeping.store(true, Ordering::SeqCst);
                     // A handoff pushed before `sleeping` was seen must not wait for the next

@@ -457,8 +457,11 @@ mod tests {
         p
     }
 
-    /// Runs `l` to completion from `now`, stepping to each event; returns (frame, time).
-    fn run(l: &mut LinkDir<u32>, mut now: u64) -> (Vec<(u32, u64)>, Vec<(u32, Drop)>) {
+    /// Frames delivered with their time, and frames dropped with the reason.
+    type Outcome = (Vec<(u32, u64)>, Vec<(u32, Drop)>);
+
+    /// Runs `l` to completion from `now`, stepping to each event.
+    fn run(l: &mut LinkDir<u32>, mut now: u64) -> Outcome {
         let (mut got, mut lost) = (Vec::new(), Vec::new());
         loop {
             let next = l.poll(now, &mut |f, _| got.push((f, now)), &mut |f, d| {

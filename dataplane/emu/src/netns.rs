@@ -99,9 +99,8 @@ pub fn build(plan: &Plan, threads: usize, done: &AtomicUsize) -> io::Result<Vec<
                     }
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&n) = todo.get(k) else { return };
-                    let r = build_node(plan, n).and_then(|mine| {
+                    let r = build_node(plan, n).map(|mine| {
                         taps.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
-                        Ok(())
                     });
                     // Back home whatever happened: the next node starts from the host's
                     // namespace.

@@ -601,6 +601,7 @@ fn address(nodes: &mut [Node], segs: &mut [Segment], t: &Topology) -> Result<(),
     let overlaps = |lo: u32, hi: u32| taken.iter().any(|&(a, b)| a <= hi && lo <= b);
     let (mut next24, mut next30) = (1u64, 0u64);
     let half = pool_size / 2;
+    #[allow(clippy::needless_range_loop)] // segs[s] is written while nodes are read
     for s in 0..segs.len() {
         let addressable: Vec<(NodeId, usize)> = segs[s]
             .members

@@ -395,7 +395,7 @@ fn answer(e: &Emulation, req: Request) -> Answer {
                     }
                 }
             };
-            let mut change = set.unwrap_or_default();
+            let mut change = set.map(|b| *b).unwrap_or_default();
             if up.is_some() {
                 change.up = up;
             }
@@ -845,7 +845,7 @@ pub fn link(a: LinkArgs) -> Result<()> {
             }
             // Checked here too, so a bad value is refused before it travels.
             s.resolve("link set")?;
-            (Some(s), None)
+            (Some(Box::new(s)), None)
         }
         _ => bail!(
             "link {} {}: give `set KEY=VALUE...`, `down` or `up`",

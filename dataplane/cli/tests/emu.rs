@@ -1,0 +1,467 @@
+//! `linerate up` and friends end to end, as root: real namespaces, TAP interfaces, the
+//! emulator's workers, and unmodified programs (ping, iperf3) inside the nodes.
+//!
+//! Accuracy here is checked loosely (a busy 2-core CI host is not a benchmark rig); the
+//! targets are measured by `bench/emu-compare`.
+
+mod common;
+
+use common::linerate;
+use linerate_tests::privileged;
+use serde_json::Value;
+use std::process::Output;
+use std::time::Duration;
+
+/// One emulation at a time: they share two cores, and timings would suffer.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A name no other run uses (emulation names are at most 8 letters and digits).
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{:05x}{:x}",
+        std::process::id() & 0xfffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running emulation, taken down when dropped (also when a test fails).
+struct Emu {
+    name: String,
+}
+
+impl Emu {
+    /// `linerate up ARGS --detach --name <unique>`; a topology file is written from `file`.
+    fn up(args: &[&str], file: Option<&str>) -> Emu {
+        let name = unique();
+        let mut cmd = linerate();
+        cmd.arg("up");
+        let path = std::env::temp_dir().join(format!("{name}.toml"));
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+            cmd.arg(&path);
+        }
+        cmd.args(args).args(["--detach", "--name", &name]);
+        let out = cmd.output().unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "up failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Emu { name }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        linerate()
+            .args(args)
+            .args(["--name", &self.name])
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `linerate exec NODE -- ARGS`.
+    fn exec(&self, node: &str, args: &[&str]) -> Output {
+        linerate()
+            .args(["exec", node, "--name", &self.name, "--"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+
+    /// Packets delivered on the direction `from` -> `to` (node names).
+    fn delivered(&self, from: &str, to: &str) -> u64 {
+        let s = self.status();
+        for l in s["links"].as_array().unwrap() {
+            let (a, b) = (l["a"].as_str().unwrap(), l["b"].as_str().unwrap());
+            let node = |e: &str| e.split(':').next().unwrap().to_string();
+            if node(a) == from && node(b) == to {
+                return l["dirs"][0]["delivered"].as_u64().unwrap();
+            }
+            if node(b) == from && node(a) == to {
+                return l["dirs"][1]["delivered"].as_u64().unwrap();
+            }
+        }
+        panic!("no link {from} -> {to}");
+    }
+
+    /// The average RTT of `count` pings from `a` to `b`, and the share lost. One ping goes
+    /// first, unmeasured: it waits for ARP on both sides.
+    fn ping(&self, a: &str, b: &str, count: u32, interval: &str) -> (f64, f64) {
+        let _ = self.exec(a, &["ping", "-q", "-c", "1", "-W", "2", b]);
+        let out = self.exec(
+            a,
+            &[
+                "ping",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                interval,
+                "-W",
+                "2",
+                b,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let loss = text
+            .split(", ")
+            .find(|p| p.ends_with("packet loss"))
+            .and_then(|p| p.trim_end_matches("% packet loss").parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("ping {a} {b}: {text}"));
+        let avg = text
+            .lines()
+            .find(|l| l.starts_with("rtt"))
+            .and_then(|l| l.split('=').nth(1))
+            .and_then(|v| v.trim().split('/').nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        (avg, loss / 100.0)
+    }
+}
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        let _ = linerate().args(["down", "--name", &self.name]).output();
+    }
+}
+
+/// Nothing of emulation `name` is left: namespaces, its directory, its processes.
+fn nothing_left(name: &str) {
+    let ns = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{name}-"))
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(ns, 0, "namespaces of {name} left behind");
+    assert!(!std::path::Path::new(&format!("/run/linerate/{name}")).exists());
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", &format!("--name {name}")])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+}
+
+#[test]
+fn pingall_on_a_tree_and_a_ring_and_traffic_takes_the_shortest_path() {
+    if !privileged("emu::pingall_tree_ring") {
+        return;
+    }
+    let _one = serial();
+    let tree = Emu::up(&["--topo", "tree,2,2", "--link", "delay=100us"], None);
+    let out = tree.ok(&["pingall"]);
+    assert!(
+        out.contains("Results: 0% dropped (12/12 received)"),
+        "{out}"
+    );
+    drop(tree);
+    // A ring of 6: h1 reaches h3 through r2 (two hops), never the long way round.
+    let ring = Emu::up(&["--topo", "ring,6"], None);
+    let out = ring.ok(&["pingall"]);
+    assert!(out.contains("0% dropped (30/30"), "{out}");
+    // Counters are published every 20 ms: let pingall's last ones land first.
+    std::thread::sleep(Duration::from_millis(300));
+    let (via_r2, via_r6) = (ring.delivered("r1", "r2"), ring.delivered("r1", "r6"));
+    let (rtt, lost) = ring.ping("h1", "h3", 50, "0.01");
+    assert!(rtt > 0.0 && lost == 0.0);
+    assert!(
+        ring.delivered("r1", "r2") >= via_r2 + 50,
+        "h1 -> h3 crosses r1 -> r2"
+    );
+    assert_eq!(ring.delivered("r1", "r6"), via_r6, "and not r1 -> r6");
+    let name = ring.name.clone();
+    drop(ring);
+    nothing_left(&name);
+}
+
+const TWO_HOSTS: &str = r#"
+[[nodes]]
+name = "h1"
+kind = "host"
+[[nodes]]
+name = "h2"
+kind = "host"
+[[nodes]]
+name = "r1"
+kind = "router"
+[[links]]
+a = "h1"
+b = "r1"
+[[links]]
+a = "r1"
+b = "h2"
+rate = "50M"
+delay = "10ms"
+"#;
+
+#[test]
+fn a_10ms_link_delays_ping_and_follows_live_changes() {
+    if !privileged("emu::delay_live") {
+        return;
+    }
+    let _one = serial();
+    let e = Emu::up(&[], Some(TWO_HOSTS));
+    // 10 ms each way: 20 ms of round trip plus the hosts' own (tens of µs).
+    let (rtt, _) = e.ping("h1", "h2", 10, "0.05");
+    assert!(
+        (19.9..22.0).contains(&rtt),
+        "rtt {rtt} ms through a 10 ms link"
+    );
+    e.ok(&["link", "r1", "h2", "set", "delay=30ms"]);
+    let (rtt, _) = e.ping("h1", "h2", 10, "0.05");
+    assert!(
+        (59.9..62.0).contains(&rtt),
+        "rtt {rtt} ms after the change to 30 ms"
+    );
+    e.ok(&["link", "r1", "h2", "set", "delay=10ms"]);
+    let (rtt, _) = e.ping("h1", "h2", 10, "0.05");
+    assert!((19.9..22.0).contains(&rtt), "rtt {rtt} ms back at 10 ms");
+}
+
+#[test]
+fn iperf3_through_a_50_mbit_link_gets_50_mbit() {
+    if !privileged("emu::iperf3_rate") {
+        return;
+    }
+    let _one = serial();
+    let e = Emu::up(&[], Some(TWO_HOSTS));
+    let out = e.ok(&["iperf", "h1", "h2", "-t", "4", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let got = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap();
+    // Goodput on a 50 Mbit/s link: TCP payload per frame (1448 of 1514 bytes with timestamps).
+    let want = 50e6 * 1448.0 / 1514.0;
+    assert!(
+        got < want * 1.02,
+        "{got} bit/s is above what the link carries"
+    );
+    assert!(got > want * 0.85, "{got} bit/s, want about {want}");
+}
+
+#[test]
+fn five_percent_loss_falls_inside_its_interval_and_down_stops_traffic() {
+    if !privileged("emu::loss_and_down") {
+        return;
+    }
+    let _one = serial();
+    let e = Emu::up(
+        &[],
+        Some(&format!("{TWO_HOSTS}\n[links.a_to_b]\nloss = \"5%\"\n")),
+    );
+    // Loss on r1 -> h2 only: each echo request crosses it once.
+    let n = 2000;
+    let (_, lost) = e.ping("h1", "h2", n, "0.002");
+    let sd = (0.05f64 * 0.95 / n as f64).sqrt();
+    assert!(
+        (lost - 0.05).abs() < 2.576 * sd,
+        "lost {lost} of {n}, not 5% ± 99% interval"
+    );
+    // The link's own count agrees with what ping saw (within the pings' own replies).
+    e.ok(&["link", "r1", "h2", "down"]);
+    let (_, lost) = e.ping("h1", "h2", 3, "0.2");
+    assert_eq!(lost, 1.0, "a down link carries nothing");
+    e.ok(&["link", "r1", "h2", "up"]);
+    let (_, lost) = e.ping("h1", "h2", 20, "0.05");
+    assert!(lost < 0.3, "back up: {lost}");
+}
+
+#[test]
+fn sixteen_flows_over_two_weighted_paths_split_by_weight() {
+    if !privileged("emu::weighted_paths") {
+        return;
+    }
+    let _one = serial();
+    // h1 - a =(3)= b - d - h2 and a =(1)= c - d: weighted multipath at a.
+    let topo = r#"
+        [routing]
+        mode = "weighted"
+        [[nodes]]
+        name = "h1"
+        kind = "host"
+        [[nodes]]
+        name = "h2"
+        kind = "host"
+        [[nodes]]
+        name = "a"
+        kind = "router"
+        [[nodes]]
+        name = "b"
+        kind = "router"
+        [[nodes]]
+        name = "c"
+        kind = "router"
+        [[nodes]]
+        name = "d"
+        kind = "router"
+        [[links]]
+        a = "h1"
+        b = "a"
+        [[links]]
+        a = "a"
+        b = "b"
+        weight = 3
+        [[links]]
+        a = "a"
+        b = "c"
+        weight = 1
+        [[links]]
+        a = "b"
+        b = "d"
+        [[links]]
+        a = "c"
+        b = "d"
+        [[links]]
+        a = "d"
+        b = "h2"
+    "#;
+    let e = Emu::up(&[], Some(topo));
+    let (b0, c0) = (e.delivered("a", "b"), e.delivered("a", "c"));
+    // 16 TCP flows, each held to 2 Mbit/s: bytes per path follow flows per path.
+    let out = linerate()
+        .args([
+            "iperf", "h1", "h2", "-t", "3", "-P", "16", "--name", &e.name,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (b, c) = (e.delivered("a", "b") - b0, e.delivered("a", "c") - c0);
+    let share = b as f64 / (b + c) as f64;
+    assert!(
+        (0.65..0.85).contains(&share),
+        "{b} packets via b, {c} via c: {share}"
+    );
+}
+
+#[test]
+fn down_removes_everything_also_after_kill_9() {
+    if !privileged("emu::kill9_cleanup") {
+        return;
+    }
+    let _one = serial();
+    let e = Emu::up(&["--topo", "linear,3"], None);
+    let name = e.name.clone();
+    // A process started inside a node, that must go too.
+    let _ = e.exec("h1", &["sh", "-c", "sleep 300 >/dev/null 2>&1 &"]);
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("/run/linerate/{name}/state.json")).unwrap(),
+    )
+    .unwrap();
+    let pid = state["pid"].as_u64().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        std::path::Path::new(&format!("/run/netns/{name}-h1")).exists(),
+        "left behind by kill -9"
+    );
+    // A second `up` of the same name cleans up first and comes up.
+    let again = linerate()
+        .args(["up", "--topo", "linear,2", "--detach", "--name", &name])
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    e.ok(&["pingall"]);
+    drop(e);
+    nothing_left(&name);
+    let sleepers = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 300"])
+        .output()
+        .unwrap();
+    assert!(sleepers.stdout.is_empty(), "a node's process outlived down");
+}
+
+#[test]
+fn each_bad_topology_gets_its_sentence_and_creates_nothing() {
+    if !privileged("emu::bad_topologies") {
+        return;
+    }
+    for (text, want) in [
+        (
+            "[[nodes]]\nname = \"h1\"\nkind = \"host\"\ncolour = 1\n",
+            "colour",
+        ),
+        (
+            "[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[links]]\na = \"h1\"\nb = \"h7\"\n",
+            "there is no node 'h7'",
+        ),
+        (
+            "[[nodes]]\nname = \"h1\"\nkind = \"host\"\n[[nodes]]\nname = \"h1\"\nkind = \"host\"\n",
+            "used twice",
+        ),
+        (
+            "[[nodes]]\nname = \"a\"\nkind = \"host\"\nip = \"10.1.1.1/24\"\n[[nodes]]\nname = \"b\"\nkind = \"host\"\nip = \"10.1.1.1/24\"\n[[links]]\na = \"a\"\nb = \"b\"\n",
+            "given to both",
+        ),
+        (
+            "[[nodes]]\nname = \"a\"\nkind = \"host\"\n[[nodes]]\nname = \"b\"\nkind = \"host\"\n[[links]]\na = \"a\"\nb = \"b\"\nrate = \"1e300G\"\n",
+            "rate",
+        ),
+        (
+            "[[nodes]]\nname = \"a\"\nkind = \"host\"\n[[nodes]]\nname = \"b\"\nkind = \"host\"\n[[links]]\na = \"a\"\nb = \"b\"\ndelay = \"2h\"\n",
+            "delay",
+        ),
+        (
+            "[[nodes]]\nname = \"a\"\nkind = \"host\"\n[[nodes]]\nname = \"b\"\nkind = \"host\"\n[[links]]\na = \"a\"\nb = \"b\"\nrate = \"10G\"\ndelay = \"50s\"\n",
+            "--memory",
+        ),
+    ] {
+        let name = unique();
+        let path = std::env::temp_dir().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = linerate()
+            .args(["up"])
+            .arg(&path)
+            .args(["--name", &name, "--detach"])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text} was accepted");
+        assert!(err.contains(want), "{text}\n=> {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+        assert!(!err.contains("panicked"));
+        nothing_left(&name);
+    }
+}
