@@ -335,6 +335,10 @@ fn for_node(config: Config, caps: &[Capability]) -> Config {
             }
         }
     }
+    if caps.contains(&Capability::Emulation) {
+        c.links = config.links;
+        c.emu_routes = config.emu_routes;
+    }
     c
 }
 
@@ -354,12 +358,21 @@ fn change_for_node(change: Change, caps: &[Capability]) -> Option<Change> {
             }
             Some(Change::Port(p))
         }
+        Change::Link(_) | Change::LinkGone(_) | Change::EmuRoute(_) | Change::EmuRouteGone(_)
+            if has(Capability::Emulation) =>
+        {
+            Some(change)
+        }
         Change::Route(_)
         | Change::RouteGone(_)
         | Change::Flow(_)
         | Change::FlowGone(_)
         | Change::Port(_)
-        | Change::PortGone(_) => None,
+        | Change::PortGone(_)
+        | Change::Link(_)
+        | Change::LinkGone(_)
+        | Change::EmuRoute(_)
+        | Change::EmuRouteGone(_) => None,
     }
 }
 

@@ -9,9 +9,9 @@
 
 use anyhow::{Context, ensure};
 use linerate_proto::{
-    self as proto, Capability, Change, Config, ControllerMsg, Counter, ErrorMsg, Flow, FlowMatch,
-    Hello, Mac, Metrics, NodeMsg, PortSettings, Prefix, ProtoError, Refusal, Route, Scheduler,
-    Shaper,
+    self as proto, Capability, Change, Config, ControllerMsg, Counter, EmuRoute, ErrorMsg, Flow,
+    FlowMatch, Hello, LinkDir, Mac, Metrics, NodeMsg, PortSettings, Prefix, ProtoError, Refusal,
+    Route, Scheduler, Shaper,
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -153,7 +153,59 @@ fn full_config() -> Config {
     ] {
         c.ports.insert(s.port.clone(), s);
     }
+    for l in [
+        link_dir(1, "h1:eth0", "r1:eth0"),
+        link_dir(2, "r1:eth0", "h1:eth0"),
+    ] {
+        c.links.insert(l.id, l);
+    }
+    for r in [
+        emu_route(1, "r1", "10.0.2.0/24", "r2", 3, None),
+        emu_route(2, "r1", "10.0.2.0/24", "r3", 1, None),
+        emu_route(
+            3,
+            "r1",
+            "0.0.0.0/0",
+            "r3",
+            1,
+            Some("udp any any dport 5001"),
+        ),
+    ] {
+        c.emu_routes.insert(r.id, r);
+    }
     c
+}
+
+fn link_dir(id: u64, from: &str, to: &str) -> LinkDir {
+    LinkDir {
+        id,
+        from: from.into(),
+        to: to.into(),
+        rate_bps: Some(50_000_000),
+        delay_us: 10_000,
+        jitter_us: 1_000,
+        loss_ppm: Some(50_000),
+        queue_packets: Some(1_000),
+        up: true,
+    }
+}
+
+fn emu_route(
+    id: u64,
+    router: &str,
+    prefix: &str,
+    via: &str,
+    weight: u32,
+    m: Option<&str>,
+) -> EmuRoute {
+    EmuRoute {
+        id,
+        router: router.into(),
+        prefix: p(prefix),
+        via: via.into(),
+        weight,
+        matcher: m.map(Into::into),
+    }
 }
 
 /// One of every `Change`, as the controller sends them: removals, then new rows.
@@ -181,6 +233,16 @@ fn every_change() -> ControllerMsg {
             }),
             link_rate_bps: Some(40_000_000_000),
         }),
+        Change::LinkGone(2),
+        Change::EmuRouteGone(3),
+        Change::Link(LinkDir {
+            rate_bps: None,
+            loss_ppm: None,
+            queue_packets: None,
+            up: false,
+            ..link_dir(3, "r1:eth1", "r2:eth0")
+        }),
+        Change::EmuRoute(emu_route(4, "r2", "10.0.1.0/24", "r1", 1, None)),
     ])
 }
 
@@ -194,7 +256,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>, Expect)> {
     let full = ControllerMsg::Full(full_config());
 
     let mut other_version = frame(&full);
-    other_version[2..4].copy_from_slice(&2u16.to_le_bytes());
+    other_version[2..4].copy_from_slice(&(proto::VERSION + 1).to_le_bytes());
     let mut bad_magic = frame(&hello());
     bad_magic[..2].copy_from_slice(b"lr");
     let full_frame = frame(&full);
@@ -249,7 +311,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>, Expect)> {
             "controller_error_version.bin",
             ControllerMsg::Error(ErrorMsg {
                 refusal: Refusal::Version,
-                message: "peer speaks protocol version 2, this build speaks version 1".into(),
+                message: "peer speaks protocol version 3, this build speaks version 2".into(),
             }),
         ),
         ctl(
@@ -260,9 +322,12 @@ fn seeds() -> Vec<(&'static str, Vec<u8>, Expect)> {
             }),
         ),
         (
-            "refused_version_2_full.bin",
+            "refused_version_3_full.bin",
             other_version,
-            Expect::Refused(ProtoError::Version { theirs: 2, ours: 1 }),
+            Expect::Refused(ProtoError::Version {
+                theirs: proto::VERSION + 1,
+                ours: proto::VERSION,
+            }),
         ),
         (
             "refused_bad_magic_hello.bin",

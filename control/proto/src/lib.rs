@@ -20,7 +20,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"LR";
 /// Magic and version.
@@ -192,12 +192,57 @@ pub struct PortSettings {
     pub link_rate_bps: Option<u64>,
 }
 
+/// One direction of an emulated link, as the store holds it (an emulator applies it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkDir {
+    pub id: u64,
+    /// `node:interface` of the sending end and of the receiving end.
+    pub from: String,
+    pub to: String,
+    /// bit/s; `None`: not shaped.
+    pub rate_bps: Option<u64>,
+    pub delay_us: u64,
+    pub jitter_us: u64,
+    /// Random loss in parts per million; `None`: the loss model the topology gave.
+    pub loss_ppm: Option<u32>,
+    /// Queue bound in packets; `None`: as the topology gave.
+    pub queue_packets: Option<u32>,
+    pub up: bool,
+}
+
+/// A route of an emulated router: traffic for `prefix` goes to neighbour `via`. Several for
+/// one prefix spread flows by weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmuRoute {
+    pub id: u64,
+    /// The emulated router.
+    pub router: String,
+    pub prefix: Prefix,
+    /// The neighbouring node packets go to.
+    pub via: String,
+    pub weight: u32,
+    /// Only packets matching this rule (as in `fwd --filter` without its action, e.g.
+    /// `udp any any dport 5001`): a per-flow route, tried before the prefix routes. The
+    /// emulator parses it; a rule it cannot read is logged and the row ignored.
+    pub matcher: Option<String>,
+}
+
+/// Longest rule an emulated route may carry.
+pub const MAX_MATCHER: usize = 256;
+
+/// Longest delay a link direction takes (60 s), µs.
+pub const MAX_DELAY_US: u64 = 60_000_000;
+
 /// A node's whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
     pub routes: BTreeMap<u64, Route>,
     pub flows: BTreeMap<u64, Flow>,
     pub ports: BTreeMap<String, PortSettings>,
+    /// An emulator's link directions, by id.
+    pub links: BTreeMap<u64, LinkDir>,
+    /// An emulator's routers' routes, by id.
+    pub emu_routes: BTreeMap<u64, EmuRoute>,
 }
 
 /// One row of configuration set or removed.
@@ -209,6 +254,10 @@ pub enum Change {
     FlowGone(u64),
     Port(PortSettings),
     PortGone(String),
+    Link(LinkDir),
+    LinkGone(u64),
+    EmuRoute(EmuRoute),
+    EmuRouteGone(u64),
 }
 
 impl Config {
@@ -221,6 +270,10 @@ impl Config {
             Change::FlowGone(id) => self.flows.remove(id).is_some(),
             Change::Port(p) => self.ports.insert(p.port.clone(), p.clone()).as_ref() != Some(p),
             Change::PortGone(port) => self.ports.remove(port).is_some(),
+            Change::Link(l) => self.links.insert(l.id, l.clone()).as_ref() != Some(l),
+            Change::LinkGone(id) => self.links.remove(id).is_some(),
+            Change::EmuRoute(r) => self.emu_routes.insert(r.id, r.clone()).as_ref() != Some(r),
+            Change::EmuRouteGone(id) => self.emu_routes.remove(id).is_some(),
         }
     }
 
@@ -257,6 +310,26 @@ impl Config {
                 .filter(|p| self.ports.get(&p.port) != Some(p))
                 .map(|p| Change::Port(p.clone())),
         );
+        out.extend(
+            (self.links.keys())
+                .filter(|id| !new.links.contains_key(id))
+                .map(|&id| Change::LinkGone(id)),
+        );
+        out.extend(
+            (self.emu_routes.keys())
+                .filter(|id| !new.emu_routes.contains_key(id))
+                .map(|&id| Change::EmuRouteGone(id)),
+        );
+        out.extend(
+            (new.links.values())
+                .filter(|l| self.links.get(&l.id) != Some(l))
+                .map(|l| Change::Link(l.clone())),
+        );
+        out.extend(
+            (new.emu_routes.values())
+                .filter(|r| self.emu_routes.get(&r.id) != Some(r))
+                .map(|r| Change::EmuRoute(r.clone())),
+        );
         out
     }
 }
@@ -269,15 +342,18 @@ pub enum Capability {
     Scheduler,
     Shaper,
     Metrics,
+    /// An emulator: it takes link directions and emulated routers' routes.
+    Emulation,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 6] = [
         Capability::Routes,
         Capability::Flows,
         Capability::Scheduler,
         Capability::Shaper,
         Capability::Metrics,
+        Capability::Emulation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -287,6 +363,7 @@ impl Capability {
             Capability::Scheduler => "scheduler",
             Capability::Shaper => "shaper",
             Capability::Metrics => "metrics",
+            Capability::Emulation => "emulation",
         }
     }
 }
@@ -465,6 +542,58 @@ impl Validate for PortSettings {
     }
 }
 
+impl Validate for LinkDir {
+    fn validate(&self) -> Result<(), ProtoError> {
+        check_name("link.from", &self.from)?;
+        check_name("link.to", &self.to)?;
+        if self
+            .rate_bps
+            .is_some_and(|r| !(1..=MAX_RATE_BPS).contains(&r))
+        {
+            return Err(invalid(
+                "link.rate_bps",
+                "must be between 1 bit/s and 10 Tbit/s",
+            ));
+        }
+        if self.delay_us > MAX_DELAY_US {
+            return Err(invalid("link.delay_us", "at most 60 s"));
+        }
+        if self.jitter_us > self.delay_us {
+            return Err(invalid("link.jitter_us", "more than the delay"));
+        }
+        if self.loss_ppm.is_some_and(|l| l > 1_000_000) {
+            return Err(invalid("link.loss_ppm", "at most 1000000 (all)"));
+        }
+        if self
+            .queue_packets
+            .is_some_and(|q| !(1..=1_000_000).contains(&q))
+        {
+            return Err(invalid("link.queue_packets", "between 1 and 1000000"));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for EmuRoute {
+    fn validate(&self) -> Result<(), ProtoError> {
+        self.prefix.validate()?;
+        check_name("emu_route.router", &self.router)?;
+        check_name("emu_route.via", &self.via)?;
+        if let Some(m) = &self.matcher
+            && (m.is_empty() || m.len() > MAX_MATCHER || m.chars().any(|c| c.is_control()))
+        {
+            return Err(invalid(
+                "emu_route.matcher",
+                "must be 1 to 256 bytes of printable text",
+            ));
+        }
+        if self.weight == 0 {
+            return Err(invalid("emu_route.weight", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 impl Validate for Change {
     fn validate(&self) -> Result<(), ProtoError> {
         match self {
@@ -472,7 +601,12 @@ impl Validate for Change {
             Change::Flow(f) => f.validate(),
             Change::Port(p) => p.validate(),
             Change::PortGone(p) => check_name("port", p),
-            Change::RouteGone(_) | Change::FlowGone(_) => Ok(()),
+            Change::Link(l) => l.validate(),
+            Change::EmuRoute(r) => r.validate(),
+            Change::RouteGone(_)
+            | Change::FlowGone(_)
+            | Change::LinkGone(_)
+            | Change::EmuRouteGone(_) => Ok(()),
         }
     }
 }
@@ -496,6 +630,21 @@ impl Validate for Config {
                 return Err(invalid("config.ports", "key differs from the port's name"));
             }
             p.validate()?;
+        }
+        for (id, l) in &self.links {
+            if *id != l.id {
+                return Err(invalid("config.links", "key differs from the link's id"));
+            }
+            l.validate()?;
+        }
+        for (id, r) in &self.emu_routes {
+            if *id != r.id {
+                return Err(invalid(
+                    "config.emu_routes",
+                    "key differs from the route's id",
+                ));
+            }
+            r.validate()?;
         }
         Ok(())
     }

@@ -130,7 +130,13 @@ fn apply_to(s: &mut State, node: &str, change: Change, told: &mut Vec<(String, C
         Change::Flow(f) => s.flow_node.insert(f.id, node.to_string()),
         Change::RouteGone(id) => s.route_node.remove(id),
         Change::FlowGone(id) => s.flow_node.remove(id),
-        Change::Port(_) | Change::PortGone(_) => None,
+        // Ports are keyed by name within a node; an emulation's rows belong to its emulator.
+        Change::Port(_)
+        | Change::PortGone(_)
+        | Change::Link(_)
+        | Change::LinkGone(_)
+        | Change::EmuRoute(_)
+        | Change::EmuRouteGone(_) => None,
     };
     if let Some(old) = moved_from.filter(|old| old != node) {
         let gone = match &change {
@@ -138,7 +144,12 @@ fn apply_to(s: &mut State, node: &str, change: Change, told: &mut Vec<(String, C
             Change::Flow(f) => Some(Change::FlowGone(f.id)),
             // A removal names its id only: it removes from whichever node holds it.
             Change::RouteGone(_) | Change::FlowGone(_) => Some(change.clone()),
-            Change::Port(_) | Change::PortGone(_) => None,
+            Change::Port(_)
+            | Change::PortGone(_)
+            | Change::Link(_)
+            | Change::LinkGone(_)
+            | Change::EmuRoute(_)
+            | Change::EmuRouteGone(_) => None,
         };
         if let Some(gone) = gone {
             if let Some(c) = s.configs.get_mut(&old) {
