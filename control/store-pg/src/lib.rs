@@ -52,13 +52,14 @@ impl From<Db> for StoreError {
     }
 }
 use linerate_proto::{
-    Capability, Change, Config, Flow, FlowMatch, Mac, Metrics, PortSettings, Prefix, Route,
-    Scheduler, Shaper, Validate, check_name,
+    Capability, Change, Config, EmuRoute, Flow, FlowMatch, LinkDir, Mac, Metrics, PortSettings,
+    Prefix, Route, Scheduler, Shaper, Validate, check_name,
 };
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -237,6 +238,75 @@ impl PgStore {
     /// The store's connection pool (its `search_path` is the store's schema).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Replaces emulation `node`'s links and nodes with `links` and `nodes` (`name`, `kind`,
+    /// address), in one transaction: what `linerate up` writes from its topology. Its route
+    /// rows stay (they are the operator's).
+    pub async fn replace_emulation(
+        &self,
+        node: &str,
+        links: &[LinkDir],
+        nodes: &[(String, String, Option<IpAddr>)],
+    ) -> Result<(), StoreError> {
+        Ok(self.replace_emu(node, links, nodes).await?)
+    }
+
+    async fn replace_emu(
+        &self,
+        node: &str,
+        links: &[LinkDir],
+        nodes: &[(String, String, Option<IpAddr>)],
+    ) -> Result<(), Db> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM links WHERE node = $1")
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM emu_nodes WHERE node = $1")
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        for l in links {
+            write_link(&mut tx, node, l, true).await?;
+        }
+        for (name, kind, addr) in nodes {
+            sqlx::query(
+                "INSERT INTO emu_nodes (node, name, kind, address) VALUES ($1, $2, $3, $4::inet)",
+            )
+            .bind(node)
+            .bind(name)
+            .bind(kind)
+            .bind(addr.map(|a| a.to_string()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes link direction `link` of emulation `node` (`linerate link ... set`).
+    pub async fn update_link(&self, node: &str, link: &LinkDir) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(Db::from)?;
+        write_link(&mut conn, node, link, false)
+            .await
+            .map_err(Db::from)?;
+        Ok(())
+    }
+
+    /// Removes emulation `node`'s links and nodes (`linerate down`).
+    pub async fn forget_emulation(&self, node: &str) -> Result<(), StoreError> {
+        for sql in [
+            "DELETE FROM links WHERE node = $1",
+            "DELETE FROM emu_nodes WHERE node = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(node)
+                .execute(&self.pool)
+                .await
+                .map_err(Db::from)?;
+        }
+        Ok(())
     }
 
     /// Metrics reports dropped because the writer was behind, they held more than
@@ -522,6 +592,8 @@ enum Table {
     Routes,
     Flows,
     PortSettings,
+    Links,
+    EmuRoutes,
 }
 
 impl Table {
@@ -530,6 +602,8 @@ impl Table {
             "routes" => Some(Table::Routes),
             "flows" => Some(Table::Flows),
             "port_settings" => Some(Table::PortSettings),
+            "links" => Some(Table::Links),
+            "emu_routes" => Some(Table::EmuRoutes),
             _ => None,
         }
     }
@@ -539,6 +613,8 @@ impl Table {
             Table::Routes => "routes",
             Table::Flows => "flows",
             Table::PortSettings => "port_settings",
+            Table::Links => "links",
+            Table::EmuRoutes => "emu_routes",
         }
     }
 }
@@ -576,6 +652,32 @@ struct PortRow {
     shaper_rate_bps: Option<i64>,
     shaper_burst_bytes: Option<i64>,
     link_rate_bps: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct LinkRow {
+    id: i64,
+    node: String,
+    src: String,
+    dst: String,
+    rate_bps: Option<i64>,
+    delay_us: i64,
+    jitter_us: i64,
+    loss_ppm: Option<i64>,
+    queue_packets: Option<i64>,
+    up: bool,
+}
+
+#[derive(Deserialize)]
+struct EmuRouteRow {
+    id: i64,
+    node: String,
+    router: String,
+    prefix: String,
+    via: String,
+    weight: i64,
+    #[serde(rename = "match")]
+    matcher: Option<String>,
 }
 
 /// What identifies a row: enough to remove it from its node when the rest is unusable.
@@ -672,6 +774,33 @@ fn row_change(table: Table, row: &Value) -> Result<(String, Change), String> {
             };
             (p.node, Change::Port(settings))
         }
+        Table::Links => {
+            let l: LinkRow = json(row)?;
+            let dir = LinkDir {
+                id: int("id", l.id)?,
+                from: l.src,
+                to: l.dst,
+                rate_bps: opt_int("rate_bps", l.rate_bps)?,
+                delay_us: int("delay_us", l.delay_us)?,
+                jitter_us: int("jitter_us", l.jitter_us)?,
+                loss_ppm: opt_int("loss_ppm", l.loss_ppm)?,
+                queue_packets: opt_int("queue_packets", l.queue_packets)?,
+                up: l.up,
+            };
+            (l.node, Change::Link(dir))
+        }
+        Table::EmuRoutes => {
+            let r: EmuRouteRow = json(row)?;
+            let route = EmuRoute {
+                id: int("id", r.id)?,
+                router: r.router,
+                prefix: prefix("prefix", &r.prefix)?,
+                via: r.via,
+                weight: int("weight", r.weight)?,
+                matcher: r.matcher,
+            };
+            (r.node, Change::EmuRoute(route))
+        }
     };
     change.validate().map_err(|e| e.to_string())?;
     Ok((node, change))
@@ -681,13 +810,14 @@ fn row_change(table: Table, row: &Value) -> Result<(String, Change), String> {
 fn row_gone(table: Table, row: &Value) -> Result<(String, Change), String> {
     let k: RowKey = json(row)?;
     let gone = match table {
-        Table::Routes | Table::Flows => {
+        Table::Routes | Table::Flows | Table::Links | Table::EmuRoutes => {
             let id = k.id.ok_or("no id")?;
             let id = int("id", id)?;
-            if table == Table::Routes {
-                Change::RouteGone(id)
-            } else {
-                Change::FlowGone(id)
+            match table {
+                Table::Routes => Change::RouteGone(id),
+                Table::Flows => Change::FlowGone(id),
+                Table::Links => Change::LinkGone(id),
+                _ => Change::EmuRouteGone(id),
             }
         }
         Table::PortSettings => {
@@ -792,9 +922,45 @@ fn events_for(payload: &str) -> Vec<StoreEvent> {
 
 fn row_key(table: Table, row: &Value) -> Option<Value> {
     match table {
-        Table::Routes | Table::Flows => row.get("id").cloned(),
+        Table::Routes | Table::Flows | Table::Links | Table::EmuRoutes => row.get("id").cloned(),
         Table::PortSettings => row.get("port").cloned(),
     }
+}
+
+/// Inserts (`insert`) or updates link direction `l` of emulation `node`.
+async fn write_link(
+    conn: &mut sqlx::PgConnection,
+    node: &str,
+    l: &LinkDir,
+    insert: bool,
+) -> Result<(), sqlx::Error> {
+    let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let sql = if insert {
+        "INSERT INTO links (id, node, src, dst, rate_bps, delay_us, jitter_us, loss_ppm,
+                            queue_packets, up)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    } else {
+        "UPDATE links SET src = $3, dst = $4, rate_bps = $5, delay_us = $6, jitter_us = $7,
+                          loss_ppm = $8, queue_packets = $9, up = $10
+         WHERE id = $1 AND node = $2"
+    };
+    sqlx::query(sql)
+        .bind(big(l.id))
+        .bind(node)
+        .bind(&l.from)
+        .bind(&l.to)
+        .bind(l.rate_bps.map(big))
+        .bind(big(l.delay_us))
+        .bind(big(l.jitter_us))
+        .bind(l.loss_ppm.map(|v| i32::try_from(v).unwrap_or(i32::MAX)))
+        .bind(
+            l.queue_packets
+                .map(|v| i32::try_from(v).unwrap_or(i32::MAX)),
+        )
+        .bind(l.up)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// `table`'s rows of `node` as JSON, in key order.
@@ -808,6 +974,10 @@ async fn rows_of(
         Table::Flows => "SELECT row_to_json(t)::text FROM flows t WHERE node = $1 ORDER BY id",
         Table::PortSettings => {
             "SELECT row_to_json(t)::text FROM port_settings t WHERE node = $1 ORDER BY port"
+        }
+        Table::Links => "SELECT row_to_json(t)::text FROM links t WHERE node = $1 ORDER BY id",
+        Table::EmuRoutes => {
+            "SELECT row_to_json(t)::text FROM emu_routes t WHERE node = $1 ORDER BY id"
         }
     };
     sqlx::query_scalar(sql).bind(node).fetch_all(conn).await
@@ -842,7 +1012,13 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         let mut config = Config::default();
-        for table in [Table::Routes, Table::Flows, Table::PortSettings] {
+        for table in [
+            Table::Routes,
+            Table::Flows,
+            Table::PortSettings,
+            Table::Links,
+            Table::EmuRoutes,
+        ] {
             for text in rows_of(&mut tx, table, node).await? {
                 let row: Value = match serde_json::from_str(&text) {
                     Ok(v) => v,
@@ -1240,6 +1416,109 @@ mod tests {
             changed("n1", Change::RouteGone(r1)),
         ];
         assert_eq!(events_so_far(&store, &mut rx).await, want);
+    }
+
+    #[tokio::test]
+    async fn emulation_rows_reach_their_emulator_and_up_replaces_links() {
+        let Some(url) = privileged("store::pg::emulation_rows") else {
+            return;
+        };
+        let schema = TestSchema::new(&url);
+        let store = schema.store().await;
+        let dir = |id: u64, from: &str, to: &str| LinkDir {
+            id,
+            from: from.into(),
+            to: to.into(),
+            rate_bps: Some(50_000_000),
+            delay_us: 10_000,
+            jitter_us: 0,
+            loss_ppm: Some(0),
+            queue_packets: Some(1000),
+            up: true,
+        };
+        let (ab, ba) = (dir(1, "h1:eth0", "r1:eth0"), dir(2, "r1:eth0", "h1:eth0"));
+        let nodes = vec![
+            (
+                "h1".to_string(),
+                "host".to_string(),
+                Some("10.0.0.1".parse().unwrap()),
+            ),
+            ("r1".to_string(), "router".to_string(), None),
+        ];
+        store
+            .replace_emulation("emu", &[dir(9, "x:eth0", "y:eth0")], &nodes)
+            .await
+            .unwrap();
+        // A second `up` replaces the first one's links.
+        store
+            .replace_emulation("emu", &[ab.clone(), ba.clone()], &nodes)
+            .await
+            .unwrap();
+        let c = store.node_config("emu").await.unwrap();
+        assert_eq!(
+            c.links.values().cloned().collect::<Vec<_>>(),
+            [ab.clone(), ba.clone()]
+        );
+        let mut rx = store.subscribe();
+        exec(
+            &store,
+            "UPDATE links SET delay_us = 20000 WHERE src LIKE 'h1:%'",
+        )
+        .await;
+        let slower = LinkDir {
+            delay_us: 20_000,
+            ..ab.clone()
+        };
+        store
+            .update_link(
+                "emu",
+                &LinkDir {
+                    up: false,
+                    ..ba.clone()
+                },
+            )
+            .await
+            .unwrap();
+        exec(
+            &store,
+            "INSERT INTO emu_routes (id, node, router, prefix, via, weight, match)
+             VALUES (7, 'emu', 'r1', '10.0.2.0/24', 'r3', 3, 'udp any any dport 5001')",
+        )
+        .await;
+        exec(&store, "DELETE FROM emu_routes WHERE id = 7").await;
+        exec(&store, "DELETE FROM links WHERE id = 1").await;
+        // The database refuses what the emulator could not apply.
+        for bad in [
+            "UPDATE links SET jitter_us = 30000 WHERE id = 2",
+            "UPDATE links SET loss_ppm = 1000001 WHERE id = 2",
+            "UPDATE links SET delay_us = -1 WHERE id = 2",
+            "INSERT INTO emu_routes (node, router, prefix, via, weight) VALUES ('emu', 'r1', '10.0.0.0/8', 'r2', 0)",
+        ] {
+            assert!(
+                sqlx::query(bad).execute(store.pool()).await.is_err(),
+                "{bad}"
+            );
+        }
+        let want = [
+            changed("emu", Change::Link(slower)),
+            changed("emu", Change::Link(LinkDir { up: false, ..ba })),
+            changed(
+                "emu",
+                Change::EmuRoute(EmuRoute {
+                    id: 7,
+                    router: "r1".into(),
+                    prefix: "10.0.2.0/24".parse().unwrap(),
+                    via: "r3".into(),
+                    weight: 3,
+                    matcher: Some("udp any any dport 5001".into()),
+                }),
+            ),
+            changed("emu", Change::EmuRouteGone(7)),
+            changed("emu", Change::LinkGone(1)),
+        ];
+        assert_eq!(events_so_far(&store, &mut rx).await, want);
+        store.forget_emulation("emu").await.unwrap();
+        assert!(store.node_config("emu").await.unwrap().links.is_empty());
     }
 
     #[tokio::test]

@@ -208,39 +208,42 @@ impl Emulation {
     }
 
     /// Applies `change` (keys as in the topology file) to link `l`: both directions, or the
-    /// one leaving end `from` (0: `a`, 1: `b`).
+    /// one leaving end `from` (0: `a`, 1: `b`). Returns the directions changed (`2 * l +
+    /// side`) and their settings now.
     pub fn set_link(
         &self,
         l: LinkId,
         from: Option<usize>,
         change: &LinkSpec,
-    ) -> Result<(), String> {
-        let mut dirs: Vec<Arc<LinkParams>> = (*self.shared.live.dirs()).clone();
+    ) -> Result<Vec<(usize, Arc<LinkParams>)>, String> {
         let what = format!("link {}", self.plan.link_name(l));
-        for side in 0..2 {
-            if from.is_some_and(|f| f != side) {
-                continue;
+        let out = self.shared.live.update(|dirs, _| {
+            let mut out = Vec::new();
+            for side in 0..2 {
+                if from.is_some_and(|f| f != side) {
+                    continue;
+                }
+                let p = change
+                    .over(&spec_of(&dirs[2 * l + side]))
+                    .resolve(&what)
+                    .map_err(|e| e.0)?;
+                dirs[2 * l + side] = Arc::new(p);
+                out.push((2 * l + side, dirs[2 * l + side].clone()));
             }
-            let p = change
-                .over(&spec_of(&dirs[2 * l + side]))
-                .resolve(&what)
-                .map_err(|e| e.0)?;
-            dirs[2 * l + side] = Arc::new(p);
-        }
-        let routers = (*self.shared.live.routers()).clone();
-        self.shared.live.publish(dirs, routers);
+            Ok::<_, String>(out)
+        })?;
         self.shared.poke();
-        Ok(())
+        Ok(out)
     }
 
     /// Replaces router `n`'s routes and pins.
     pub fn set_router(&self, n: NodeId, conf: RouterConf) {
-        let dirs = (*self.shared.live.dirs()).clone();
-        let mut routers = (*self.shared.live.routers()).clone();
-        if let Some(slot) = routers.get_mut(n) {
-            *slot = Some(Arc::new(conf));
-        }
-        self.shared.live.publish(dirs, routers);
+        let _ = self.shared.live.update(|_, routers| {
+            if let Some(slot) = routers.get_mut(n) {
+                *slot = Some(Arc::new(conf));
+            }
+            Ok::<_, ()>(())
+        });
         self.shared.poke();
     }
 

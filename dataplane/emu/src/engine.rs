@@ -106,6 +106,9 @@ pub struct RouterConf {
 /// each worker at its next round (one atomic load when nothing changed).
 pub struct Live {
     version: AtomicU64,
+    /// Held by a writer from its read to its publish, so two writers (the control socket, the
+    /// agent) never lose each other's change.
+    writer: std::sync::Mutex<()>,
     dirs: ArcSwap<Vec<Arc<LinkParams>>>,
     routers: ArcSwap<Vec<Option<Arc<RouterConf>>>>,
 }
@@ -114,6 +117,7 @@ impl Live {
     pub fn new(dirs: Vec<Arc<LinkParams>>, routers: Vec<Option<Arc<RouterConf>>>) -> Live {
         Live {
             version: AtomicU64::new(1),
+            writer: std::sync::Mutex::new(()),
             dirs: ArcSwap::from_pointee(dirs),
             routers: ArcSwap::from_pointee(routers),
         }
@@ -128,11 +132,23 @@ impl Live {
         self.routers.load_full()
     }
 
-    /// Publishes new settings (only entries whose `Arc` changed are re-applied).
-    pub fn publish(&self, dirs: Vec<Arc<LinkParams>>, routers: Vec<Option<Arc<RouterConf>>>) {
+    /// Changes the settings with `f` (given copies of both tables) and publishes them when it
+    /// returns `Ok` (only entries whose `Arc` changed are re-applied by the workers).
+    pub fn update<T, E>(
+        &self,
+        f: impl FnOnce(&mut Vec<Arc<LinkParams>>, &mut Vec<Option<Arc<RouterConf>>>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let _w = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut dirs = (*self.dirs.load_full()).clone();
+        let mut routers = (*self.routers.load_full()).clone();
+        let out = f(&mut dirs, &mut routers)?;
         self.dirs.store(Arc::new(dirs));
         self.routers.store(Arc::new(routers));
         self.version.fetch_add(1, Ordering::Release);
+        Ok(out)
     }
 }
 

@@ -4,6 +4,7 @@
 //! addresses, routes, placement, buffer memory) without touching the system.
 #![deny(unsafe_code)]
 
+pub mod control;
 pub mod ctl;
 pub mod emulator;
 pub mod engine;
