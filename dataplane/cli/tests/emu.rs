@@ -465,3 +465,152 @@ fn each_bad_topology_gets_its_sentence_and_creates_nothing() {
         nothing_left(&name);
     }
 }
+
+/// `psql` on `url` with `search_path` set to `schema`.
+fn psql(url: &str, schema: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([url, "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGOPTIONS", format!("-csearch_path={schema}"))
+        .output()
+        .expect("psql (Debian's postgresql-client)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_route_changed_in_postgresql_moves_a_running_iperf3_flow() {
+    if !privileged("emu::sql_route") {
+        return;
+    }
+    let Some(url) = linerate_tests::privileged_db("emu::sql_route") else {
+        return;
+    };
+    let _one = serial();
+    // h1 - a - b - d - h2 and a - c - d: shortest paths go through b (lower name on a tie).
+    let topo = r#"
+        [[nodes]]
+        name = "h1"
+        kind = "host"
+        [[nodes]]
+        name = "h2"
+        kind = "host"
+        [[nodes]]
+        name = "a"
+        kind = "router"
+        [[nodes]]
+        name = "b"
+        kind = "router"
+        [[nodes]]
+        name = "c"
+        kind = "router"
+        [[nodes]]
+        name = "d"
+        kind = "router"
+        [defaults]
+        rate = "20M"
+        delay = "1ms"
+        [[links]]
+        a = "h1"
+        b = "a"
+        [[links]]
+        a = "a"
+        b = "b"
+        [[links]]
+        a = "a"
+        b = "c"
+        [[links]]
+        a = "b"
+        b = "d"
+        [[links]]
+        a = "c"
+        b = "d"
+        [[links]]
+        a = "d"
+        b = "h2"
+    "#;
+    let schema = format!("emu_{}", unique());
+    let e = Emu::up(
+        &["--database", &url, "--database-schema", &schema],
+        Some(topo),
+    );
+    let name = e.name.clone();
+    let sql = |q: &str| psql(&url, &schema, q);
+    // `up` wrote the links (two directions each) and the nodes.
+    assert_eq!(
+        sql(&format!("SELECT count(*) FROM links WHERE node = '{name}'")),
+        "12"
+    );
+    let h2 = sql(&format!(
+        "SELECT host(address) FROM emu_nodes WHERE node = '{name}' AND name = 'h2'"
+    ));
+    let h2_net = sql(&format!("SELECT network(set_masklen('{h2}'::inet, 24))"));
+
+    // A link changed in SQL: 1 ms more each way on h1's link.
+    let (before, _) = e.ping("h1", "h2", 5, "0.05");
+    sql(&format!(
+        "UPDATE links SET delay_us = 11000 WHERE node = '{name}' AND (src LIKE 'h1:%' OR dst LIKE 'h1:%')"
+    ));
+    let (after, _) = e.ping("h1", "h2", 5, "0.05");
+    assert!(
+        (after - before - 20.0).abs() < 2.0,
+        "rtt {before} ms before, {after} ms after 10 ms more each way"
+    );
+
+    // A running TCP flow, moved from b to c by a route written in SQL.
+    let iperf = linerate()
+        .args(["iperf", "h1", "h2", "-t", "6", "--json", "--name", &name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (b0, c0) = (e.delivered("a", "b"), e.delivered("a", "c"));
+    assert!(
+        b0 > 1000,
+        "the flow is not on b before the change: {b0} packets"
+    );
+    sql(&format!(
+        "INSERT INTO emu_routes (node, router, prefix, via) VALUES ('{name}', 'a', '{h2_net}', 'c')"
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    let (b1, c1) = (e.delivered("a", "b"), e.delivered("a", "c"));
+    let out = iperf.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "iperf3 broke: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        c1 - c0 > 1000,
+        "the flow did not move to c: {} packets",
+        c1 - c0
+    );
+    // Only what was in flight when the route changed (a few ms of 20 Mbit/s) went via b after.
+    assert!(b1 - b0 < 200, "{} packets still went via b", b1 - b0);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        bps > 10e6,
+        "the flow got {bps} bit/s through 20 Mbit/s links"
+    );
+
+    // Deleting the row brings the computed route back.
+    sql(&format!("DELETE FROM emu_routes WHERE node = '{name}'"));
+    let b2 = e.delivered("a", "b");
+    e.ping("h1", "h2", 5, "0.02");
+    assert!(e.delivered("a", "b") - b2 >= 5, "pings did not return to b");
+    drop(e);
+    // `down` forgot the emulation's links.
+    assert_eq!(
+        sql(&format!("SELECT count(*) FROM links WHERE node = '{name}'")),
+        "0"
+    );
+    sql(&format!("DROP SCHEMA {schema} CASCADE"));
+}

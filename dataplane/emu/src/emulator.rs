@@ -406,6 +406,9 @@ pub struct Status {
     pub build_s: f64,
     pub nodes: Vec<NodeStatus>,
     pub links: Vec<LinkStatus>,
+    /// The control plane (filled in by `up`, which runs it).
+    #[serde(default)]
+    pub control: Option<crate::control::ControlStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -536,5 +539,6 @@ fn status(e: &Emulation) -> Status {
         build_s: e.build_time.as_secs_f64(),
         nodes,
         links,
+        control: None,
     }
 }

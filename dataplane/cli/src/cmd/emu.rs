@@ -3,8 +3,10 @@
 //! `ping`, `pingall` and `iperf` run programs inside nodes; `status` shows the live counters;
 //! `link` changes a link while traffic runs.
 
+use super::emu_control::Control;
 use super::{Live, parse_duration};
 use anyhow::{Context, Result, anyhow, bail};
+use linerate_emu::control::link_row;
 use linerate_emu::ctl::{self, Answer, Request};
 use linerate_emu::emulator::{self, Emulation, Options, Status};
 use linerate_emu::plan::{self, Plan};
@@ -52,6 +54,14 @@ pub struct UpArgs {
     /// Check the topology and print the plan's summary; build nothing.
     #[arg(long)]
     check: bool,
+    /// Keep the emulation's configuration in this PostgreSQL database (tables `links`,
+    /// `emu_routes`, `emu_nodes`; see docs/CONTROL.md), e.g.
+    /// postgres://user:pass@127.0.0.1/linerate. Default: an in-memory store.
+    #[arg(long)]
+    database: Option<String>,
+    /// The database schema to use (created when missing).
+    #[arg(long, default_value = "public", requires = "database")]
+    database_schema: String,
     /// (Internal) this process is the detached emulator.
     #[arg(long, hide = true)]
     daemon: bool,
@@ -329,14 +339,27 @@ pub fn up(a: UpArgs) -> Result<()> {
         &mut progress,
     )?;
     progress.0.done();
+    let control = match Control::start(&e, a.database.as_deref(), &a.database_schema) {
+        Ok(c) => c,
+        Err(err) => {
+            let _ = e.stop();
+            return Err(err);
+        }
+    };
     let calls = match ctl::serve(&e.plan.name).and_then(|c| e.run_commands().map(|()| c)) {
         Ok(c) => c,
         Err(err) => {
+            control.stop();
             let _ = e.stop();
             return Err(err.into());
         }
     };
     eprintln!("{}", summary(&e.plan, &e));
+    eprintln!(
+        "control: controller {} ({})",
+        control.status().controller,
+        control.status().store
+    );
     let start = Instant::now();
     let mut failure = None;
     while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| start.elapsed() < d) {
@@ -352,12 +375,13 @@ pub fn up(a: UpArgs) -> Result<()> {
                 break;
             }
             Ok((req, reply)) => {
-                let _ = reply.send(answer(&e, req));
+                let _ = reply.send(answer(&e, &control, req));
             }
             Err(_) => {}
         }
     }
     let name = e.plan.name.clone();
+    control.stop();
     e.stop()?;
     eprintln!("down: '{name}' removed");
     match failure {
@@ -366,13 +390,17 @@ pub fn up(a: UpArgs) -> Result<()> {
     }
 }
 
-fn answer(e: &Emulation, req: Request) -> Answer {
+fn answer(e: &Emulation, control: &Control, req: Request) -> Answer {
     match req {
-        Request::Status => Answer {
-            ok: true,
-            error: None,
-            status: Some(Box::new(e.status())),
-        },
+        Request::Status => {
+            let mut s = e.status();
+            s.control = Some(control.status());
+            Answer {
+                ok: true,
+                error: None,
+                status: Some(Box::new(s)),
+            }
+        }
         Request::Link {
             a,
             b,
@@ -399,9 +427,19 @@ fn answer(e: &Emulation, req: Request) -> Answer {
             if up.is_some() {
                 change.up = up;
             }
-            match e.set_link(l, side, &change) {
+            // Applied at once (keys the store has no column for take effect only this way),
+            // then written to the store, which sends the same values back through the agent:
+            // the store and the network never disagree.
+            let changed = match e.set_link(l, side, &change) {
+                Ok(c) => c,
+                Err(err) => return Answer::err(err),
+            };
+            let rows: Vec<_> = (changed.iter())
+                .map(|(d, p)| link_row(&e.plan, d / 2, d % 2, p))
+                .collect();
+            match control.write_links(&rows) {
                 Ok(()) => Answer::ok(),
-                Err(err) => Answer::err(err),
+                Err(err) => Answer::err(format!("{err:#}")),
             }
         }
         Request::Down => Answer::ok(),
@@ -710,6 +748,24 @@ fn table(s: &Status, before: Option<(&Status, f64)>) -> String {
         "emulation '{}', up {:.0}s (built in {:.2}s)\n",
         s.name, s.uptime_s, s.build_s
     ));
+    if let Some(c) = &s.control {
+        out.push_str(&format!(
+            "control: {} ({}), agent {}, {} updates applied{}\n",
+            c.controller,
+            c.store,
+            if c.connected {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            c.updates,
+            if c.ignored > 0 {
+                format!(", {} rows ignored (last: {})", c.ignored, c.last_ignored)
+            } else {
+                String::new()
+            }
+        ));
+    }
     out.push_str(&format!(
         "{:<24} {:>6} {:>9} {:>7} {:>5} {:>8} {:>9} {:>6} {:>6} {:>6} {:>6} {:>6}  {}\n",
         "link direction",

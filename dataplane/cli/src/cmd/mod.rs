@@ -2,6 +2,7 @@
 
 pub mod controller;
 pub mod emu;
+mod emu_control;
 pub mod fwd;
 pub mod generate;
 pub mod pipeline;
