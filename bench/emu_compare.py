@@ -492,11 +492,97 @@ def fmt_rates(v):
 
 
 # ---------------------------------------------------------------------------------------------
+# How hosts reach the emulator: TAP read and written through io_uring (what `up` uses) against
+# veth with AF_XDP (copy mode: veth has no zero copy), the same iperf3 runs through each.
+
+def sh(*cmd, check=True):
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+def iperf_pair(client, server, addr):
+    """UDP 64-byte flood and one TCP stream from `client` to `server` (argv prefixes)."""
+    res = {}
+    for label, extra in [("udp64", ["-u", "-b", "0", "-l", "64"]), ("tcp", [])]:
+        srv = subprocess.Popen([*server, "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        r = subprocess.run([*client, "iperf3", "-c", addr, "-t", "5", "-J", *extra],
+                           capture_output=True, text=True, timeout=60)
+        try:
+            srv.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+        end = json.loads(r.stdout)["end"]
+        if label == "udp64":
+            s = end["sum"]
+            got = s["packets"] - s["lost_packets"]
+            res[label] = {"sent_pps": s["packets"] / s["seconds"],
+                          "received_pps": got / s["seconds"], "lost_pct": s["lost_percent"]}
+        else:
+            res[label] = {"bps": end["sum_received"]["bits_per_second"]}
+    return res
+
+
+def bench_io(out):
+    res = {}
+    # One worker each: fwd runs one, and the iperf3s need the other core.
+    lr_up(["--workers", "1"], TWO.format(params=""))
+    h2 = addr_of(lr_status(), "h2")
+    ex = lambda n: [LR, "exec", n, "--name", NAME, "--"]
+    res["tap_io_uring"] = iperf_pair(ex("h1"), ex("h2"), h2)
+    lr_down()
+
+    names = ["lrio-a", "lrio-b"]
+    for n in names:
+        sh("ip", "netns", "del", n, check=False)
+    sh("ip", "link", "del", "lrio-a1", check=False)
+    sh("ip", "link", "del", "lrio-b1", check=False)
+    fwd = None
+    try:
+        macs = {}
+        for side, ip in [("a", "10.99.0.1"), ("b", "10.99.0.2")]:
+            ns = f"lrio-{side}"
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "add", f"lrio-{side}0", "netns", ns, "type", "veth", "peer", "name",
+               f"lrio-{side}1")
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", f"lrio-{side}0")
+            sh("ip", "-n", ns, "link", "set", f"lrio-{side}0", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "link", "set", f"lrio-{side}1", "up")
+            # Checksums must be in the frames: AF_XDP copies them as they are (a TAP gets them
+            # filled in by the kernel).
+            sh("ip", "netns", "exec", ns, "ethtool", "-K", f"lrio-{side}0", "tx", "off")
+            j = json.loads(sh("ip", "-n", ns, "-j", "link", "show", f"lrio-{side}0").stdout)
+            macs[side] = j[0]["address"]
+        # The steering program hands ARP to the host: the namespaces know each other's MAC.
+        sh("ip", "-n", "lrio-a", "neigh", "add", "10.99.0.2", "lladdr", macs["b"], "dev",
+           "lrio-a0", "nud", "permanent")
+        sh("ip", "-n", "lrio-b", "neigh", "add", "10.99.0.1", "lladdr", macs["a"], "dev",
+           "lrio-b0", "nud", "permanent")
+        fwd = subprocess.Popen([LR, "fwd", "--port", "lrio-a1", "--port", "lrio-b1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2)
+        nx = lambda n: ["ip", "netns", "exec", n]
+        res["veth_af_xdp"] = iperf_pair(nx("lrio-a"), nx("lrio-b"), "10.99.0.2")
+    finally:
+        if fwd:
+            fwd.terminate()
+            fwd.wait()
+        for n in names:
+            sh("ip", "netns", "del", n, check=False)
+    out["io"] = res
+    for k, v in res.items():
+        print(f"{k:>13}: UDP 64 B sent {v['udp64']['sent_pps'] / 1e3:.0f} kpps, received "
+              f"{v['udp64']['received_pps'] / 1e3:.0f} kpps ({v['udp64']['lost_pct']:.1f}% lost); "
+              f"TCP {v['tcp']['bps'] / 1e9:.2f} Gbit/s", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10,100,500")
-    ap.add_argument("--only", choices=["build", "iperf16", "accuracy"])
+    ap.add_argument("--only", choices=["build", "iperf16", "accuracy", "io"])
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "emu-compare.json"))
     a = ap.parse_args()
     from mininet.log import setLogLevel
@@ -514,6 +600,8 @@ def main():
             bench_iperf16(out)
         if a.only in (None, "accuracy"):
             bench_accuracy(out)
+        if a.only in (None, "io"):
+            bench_io(out)
     finally:
         lr("down", "--name", NAME, check=False)
         mn_cleanup()
