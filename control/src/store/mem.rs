@@ -47,6 +47,16 @@ impl MemStore {
         MemStore::default()
     }
 
+    /// A store that buffers `events` changes for a slow subscriber (instead of
+    /// [`EVENT_BUFFER`]) before it must resync: the buffer is allocated whole, at about 160
+    /// bytes per event, so a store serving one node (an emulator) needs far fewer.
+    pub fn with_event_buffer(events: usize) -> Self {
+        MemStore {
+            state: Mutex::default(),
+            events: broadcast::channel(events.max(1)).0,
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

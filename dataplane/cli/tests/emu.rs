@@ -606,6 +606,14 @@ fn a_route_changed_in_postgresql_moves_a_running_iperf3_flow() {
     let b2 = e.delivered("a", "b");
     e.ping("h1", "h2", 5, "0.02");
     assert!(e.delivered("a", "b") - b2 >= 5, "pings did not return to b");
+    // The emulator's counters reached the metrics table (reports go every second).
+    let reported = sql(&format!(
+        "SELECT coalesce(max(value), 0) FROM metrics WHERE node = '{name}' AND name = 'link_tx_packets'"
+    ));
+    assert!(
+        reported.parse::<u64>().unwrap() > 1000,
+        "link counters in metrics: {reported}"
+    );
     drop(e);
     // `down` forgot the emulation's links.
     assert_eq!(

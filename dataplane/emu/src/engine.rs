@@ -236,7 +236,9 @@ struct Slot {
     data: Box<[u8]>,
 }
 
-const HANDOFF_SLOTS: usize = 4096;
+/// Frames in flight from one worker to another: each slot holds a frame-sized copy, so the
+/// rings cost workers × (workers - 1) × 1024 × 2 KiB, touched at start.
+const HANDOFF_SLOTS: usize = 1024;
 /// Submission queue entries per worker.
 const RING_ENTRIES: u32 = 4096;
 /// A next event closer than this is waited for by spinning: sleeping and waking take longer.

@@ -66,7 +66,9 @@ impl Control {
             let _g = rt.enter();
             match database {
                 None => {
-                    let store = Arc::new(MemStore::new());
+                    // One node: a short event buffer (a lagging session resyncs) instead of the
+                    // shared controller's 10 MiB one.
+                    let store = Arc::new(MemStore::with_event_buffer(1024));
                     store.set_config(&node, seed.clone());
                     let c = controller::spawn(listener, store.clone(), opts)?;
                     (Backing::Mem(store), c, "in memory".to_string())
