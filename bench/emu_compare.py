@@ -30,6 +30,16 @@ def settle():
     time.sleep(1.0)
 
 
+def mem_steady():
+    """MemAvailable as the median of 5 readings over a second (other processes move it by a few
+    MiB, which is the whole footprint of a small topology)."""
+    v = []
+    for _ in range(5):
+        v.append(mem_available())
+        time.sleep(0.2)
+    return statistics.median(v)
+
+
 def lr(*args, check=True, capture=True):
     r = subprocess.run([LR, *args], capture_output=capture, text=True)
     if check and r.returncode != 0:
@@ -105,13 +115,13 @@ def mn_cleanup():
 def mn_build(topo):
     """(build seconds, memory added, net) for a Mininet topology."""
     settle()
-    before = mem_available()
+    before = mem_steady()
     t = time.monotonic()
     net = mn_net(topo)
     net.start()
     took = time.monotonic() - t
     settle()
-    return took, before - mem_available(), net
+    return took, before - mem_steady(), net
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,10 +130,10 @@ def build_row(label, lr_topo, mn_topo_fn, nodes, pingall):
     row = {"topology": label, "nodes": nodes}
     # linerate
     settle()
-    before = mem_available()
+    before = mem_steady()
     row["lr_build_s"] = lr_up(["--topo", lr_topo])
     settle()
-    row["lr_mem_bytes"] = before - mem_available()
+    row["lr_mem_bytes"] = before - mem_steady()
     if pingall:
         t = time.monotonic()
         out = lr("pingall", "--name", NAME).stdout

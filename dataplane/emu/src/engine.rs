@@ -242,7 +242,10 @@ const HANDOFF_SLOTS: usize = 1024;
 /// Submission queue entries per worker.
 const RING_ENTRIES: u32 = 4096;
 /// A next event closer than this is waited for by spinning: sleeping and waking take longer.
+/// The worker widens it to what its timed sleeps have really overslept (a VM's timer wake-ups
+/// can be hundreds of µs late), up to [`MAX_EARLY_NS`], so deadlines are met by spinning.
 const SPIN_NS: u64 = 30_000;
+const MAX_EARLY_NS: u64 = 1_000_000;
 /// Counters are published this often.
 const PUBLISH_NS: u64 = 20_000_000;
 
@@ -264,6 +267,10 @@ pub struct Worker {
     to: Outs,
     from: Ins,
     live_seen: u64,
+    /// How late a timed sleep ends, on average (ns, an EWMA of the last few), and so how long
+    /// before its next deadline the worker wakes to spin the rest of the way.
+    oversleep_ns: u64,
+    early_ns: u64,
     dir_params: Vec<Arc<LinkParams>>,
     router_conf: Vec<Option<Arc<RouterConf>>>,
     touched: Vec<u32>,
@@ -570,6 +577,8 @@ impl Worker {
             to,
             from,
             live_seen: shared.live.version.load(Ordering::Acquire),
+            oversleep_ns: 0,
+            early_ns: SPIN_NS,
             dir_params: (*params).clone(),
             router_conf: (*confs).clone(),
             touched: Vec::new(),
@@ -957,7 +966,7 @@ impl Worker {
             let next = self.heap.peek().map(|r| r.0.0);
             let now2 = monotonic_ns();
             match next {
-                Some(t) if t <= now2 + SPIN_NS => self.io.submit(false, None)?,
+                Some(t) if t <= now2 + self.early_ns => self.io.submit(false, None)?,
                 _ => {
                     self.publish(now2, true);
                     let waker = &self.shared.wakers[self.id];
@@ -970,8 +979,20 @@ impl Worker {
                     if pending {
                         self.io.submit(false, None)?;
                     } else {
-                        let timeout = next.map(|t| Duration::from_nanos(t.saturating_sub(now2)));
+                        // Wake `early_ns` before the deadline and spin the rest.
+                        let wake_at = next.map(|t| t - self.early_ns);
+                        let timeout = wake_at.map(|w| Duration::from_nanos(w.saturating_sub(now2)));
                         self.io.submit(true, timeout)?;
+                        if let Some(w) = wake_at {
+                            // Woken by the timer (not by a packet, which comes earlier): learn
+                            // how late timed wake-ups are here.
+                            let late = monotonic_ns().saturating_sub(w);
+                            if late > 0 {
+                                self.oversleep_ns = (self.oversleep_ns * 7 + late) / 8;
+                                self.early_ns = (2 * self.oversleep_ns + 20_000)
+                                    .clamp(SPIN_NS, MAX_EARLY_NS);
+                            }
+                        }
                     }
                     waker.sleeping.store(false, Ordering::SeqCst);
                 }

@@ -484,7 +484,8 @@ fn detach(name: &str) -> Result<()> {
                 log_path.display()
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // A status call is cheap: a short poll keeps `--detach` from adding its own delay.
+        std::thread::sleep(Duration::from_millis(5));
     }
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     if let Some(line) = log.lines().rev().find(|l| l.starts_with("up:")) {
