@@ -989,8 +989,8 @@ impl Worker {
                             let late = monotonic_ns().saturating_sub(w);
                             if late > 0 {
                                 self.oversleep_ns = (self.oversleep_ns * 7 + late) / 8;
-                                self.early_ns = (2 * self.oversleep_ns + 20_000)
-                                    .clamp(SPIN_NS, MAX_EARLY_NS);
+                                self.early_ns =
+                                    (2 * self.oversleep_ns + 20_000).clamp(SPIN_NS, MAX_EARLY_NS);
                             }
                         }
                     }
