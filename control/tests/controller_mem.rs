@@ -241,10 +241,10 @@ async fn bad_peers_are_refused_and_logged_while_good_nodes_carry_on() {
         refused_with(addr, vec![Message::text("hello?")]).await,
         Some(Refusal::Malformed)
     );
-    let mut v2 = hello("future");
-    v2[2..4].copy_from_slice(&2u16.to_le_bytes());
+    let mut future = hello("future");
+    future[2..4].copy_from_slice(&(proto::VERSION + 1).to_le_bytes());
     assert_eq!(
-        refused_with(addr, vec![Message::binary(v2)]).await,
+        refused_with(addr, vec![Message::binary(future)]).await,
         Some(Refusal::Version)
     );
     let metrics = proto::encode(&NodeMsg::Metrics(proto::Metrics {
@@ -262,7 +262,7 @@ async fn bad_peers_are_refused_and_logged_while_good_nodes_carry_on() {
             addr,
             vec![
                 Message::binary(hello("late")),
-                Message::binary(b"LR\x01\x00\xff\xff".to_vec())
+                Message::binary(b"LR\x02\x00\xff\xff".to_vec())
             ]
         )
         .await,
@@ -287,7 +287,7 @@ async fn bad_peers_are_refused_and_logged_while_good_nodes_carry_on() {
     for needle in [
         "missing bearer token",
         "wrong bearer token",
-        "peer speaks protocol version 2, this build speaks version 1",
+        "peer speaks protocol version 3, this build speaks version 2",
         "expected a binary hello, got a text frame",
         "the first message must be a hello",
         "frame body is not a valid message",

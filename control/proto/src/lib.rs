@@ -849,17 +849,27 @@ mod tests {
     #[test]
     fn other_versions_are_refused_by_name() {
         let mut f = encode(&ControllerMsg::Diff(vec![])).unwrap();
-        f[2..4].copy_from_slice(&2u16.to_le_bytes());
+        f[2..4].copy_from_slice(&(VERSION + 1).to_le_bytes());
         let e = decode::<ControllerMsg>(&f).unwrap_err();
-        assert_eq!(e, ProtoError::Version { theirs: 2, ours: 1 });
+        assert_eq!(
+            e,
+            ProtoError::Version {
+                theirs: VERSION + 1,
+                ours: VERSION
+            }
+        );
         assert_eq!(
             e.to_string(),
-            "peer speaks protocol version 2, this build speaks version 1"
+            "peer speaks protocol version 3, this build speaks version 2"
         );
-        f[2..4].copy_from_slice(&0u16.to_le_bytes());
+        // Version 1 (before emulation) is refused too: postcard has no optional fields.
+        f[2..4].copy_from_slice(&1u16.to_le_bytes());
         assert_eq!(
             decode::<ControllerMsg>(&f),
-            Err(ProtoError::Version { theirs: 0, ours: 1 })
+            Err(ProtoError::Version {
+                theirs: 1,
+                ours: VERSION
+            })
         );
         assert_eq!(refusal_for(&e), Refusal::Version);
     }
@@ -885,12 +895,12 @@ mod tests {
         assert_eq!(decode::<NodeMsg>(&f), Err(ProtoError::Malformed));
         // An enum tag no version defines.
         assert_eq!(
-            decode::<NodeMsg>(b"LR\x01\x00\x09"),
+            decode::<NodeMsg>(b"LR\x02\x00\x09"),
             Err(ProtoError::Malformed)
         );
         // A length prefix far beyond the frame.
         assert_eq!(
-            decode::<NodeMsg>(b"LR\x01\x00\x00\xff\xff\xff\xff\x0f"),
+            decode::<NodeMsg>(b"LR\x02\x00\x00\xff\xff\xff\xff\x0f"),
             Err(ProtoError::Malformed)
         );
     }
@@ -993,7 +1003,7 @@ mod tests {
         fn decode_of_valid_header_and_random_body_never_panics(
             body in proptest::collection::vec(any::<u8>(), 0..512)
         ) {
-            let mut f = b"LR\x01\x00".to_vec();
+            let mut f = b"LR\x02\x00".to_vec();
             f.extend(body);
             let _ = decode::<NodeMsg>(&f);
             let _ = decode::<ControllerMsg>(&f);

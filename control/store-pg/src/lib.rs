@@ -285,7 +285,8 @@ impl PgStore {
         Ok(())
     }
 
-    /// Writes link direction `link` of emulation `node` (`linerate link ... set`).
+    /// Writes link direction `link` of emulation `node` (`linerate link ... set`), putting
+    /// the row back if it was deleted.
     pub async fn update_link(&self, node: &str, link: &LinkDir) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(Db::from)?;
         write_link(&mut conn, node, link, false)
@@ -927,7 +928,8 @@ fn row_key(table: Table, row: &Value) -> Option<Value> {
     }
 }
 
-/// Inserts (`insert`) or updates link direction `l` of emulation `node`.
+/// Inserts (`insert`) or writes (inserting when missing) link direction `l` of emulation
+/// `node`.
 async fn write_link(
     conn: &mut sqlx::PgConnection,
     node: &str,
@@ -940,9 +942,13 @@ async fn write_link(
                             queue_packets, up)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
     } else {
-        "UPDATE links SET src = $3, dst = $4, rate_bps = $5, delay_us = $6, jitter_us = $7,
-                          loss_ppm = $8, queue_packets = $9, up = $10
-         WHERE id = $1 AND node = $2"
+        // A row deleted meanwhile (its direction went down) comes back.
+        "INSERT INTO links (id, node, src, dst, rate_bps, delay_us, jitter_us, loss_ppm,
+                            queue_packets, up)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (id) DO UPDATE SET src = $3, dst = $4, rate_bps = $5, delay_us = $6,
+             jitter_us = $7, loss_ppm = $8, queue_packets = $9, up = $10
+         WHERE links.node = $2"
     };
     sqlx::query(sql)
         .bind(big(l.id))
@@ -1487,6 +1493,7 @@ mod tests {
         .await;
         exec(&store, "DELETE FROM emu_routes WHERE id = 7").await;
         exec(&store, "DELETE FROM links WHERE id = 1").await;
+        store.update_link("emu", &ab).await.unwrap();
         // The database refuses what the emulator could not apply.
         for bad in [
             "UPDATE links SET jitter_us = 30000 WHERE id = 2",
@@ -1515,6 +1522,7 @@ mod tests {
             ),
             changed("emu", Change::EmuRouteGone(7)),
             changed("emu", Change::LinkGone(1)),
+            changed("emu", Change::Link(ab.clone())),
         ];
         assert_eq!(events_so_far(&store, &mut rx).await, want);
         store.forget_emulation("emu").await.unwrap();
