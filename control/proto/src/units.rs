@@ -4,6 +4,20 @@
 
 use std::time::Duration;
 
+/// A file parser's error as one sentence naming the line and its text: `line 3 `rate =
+/// "fast"`: MESSAGE`. `at` is the byte offset the parser blamed (clamped into `text`, moved
+/// back to a character boundary), if it gave one.
+pub fn at_line(text: &str, at: Option<usize>, message: &str) -> String {
+    let at = at.unwrap_or(0).min(text.len());
+    let at = (0..=at)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let line_no = text[..at].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    format!("line {line_no} `{line}`: {message}")
+}
+
 /// `5s`, `500ms`, `1m` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s

@@ -45,6 +45,11 @@ fn round_us(ns: u64) -> u64 {
     ns.saturating_add(500) / 1000
 }
 
+/// `p`'s jitter as its row holds it: whole µs, never above the delay's.
+fn jitter_us(p: &LinkParams) -> u64 {
+    round_us(p.jitter_ns).min(round_us(p.delay_ns))
+}
+
 /// Direction `side` of link `l` with settings `p`, as a row.
 pub fn link_row(plan: &Plan, l: LinkId, side: usize, p: &LinkParams) -> LinkDir {
     row_of(
@@ -62,7 +67,7 @@ fn row_of(id: u64, from: String, to: String, p: &LinkParams) -> LinkDir {
         to,
         rate_bps: p.rate_bps,
         delay_us: round_us(p.delay_ns),
-        jitter_us: round_us(p.jitter_ns).min(round_us(p.delay_ns)),
+        jitter_us: jitter_us(p),
         loss_ppm: match p.loss {
             Loss::None => Some(0),
             Loss::Random(x) => Some((x * 1e6).round().clamp(0.0, 1e6) as u32),
@@ -93,7 +98,7 @@ pub fn params_from_row(base: &LinkParams, row: &LinkDir) -> LinkParams {
     if row.delay_us != round_us(base.delay_ns) {
         p.delay_ns = row.delay_us.saturating_mul(1000);
     }
-    if row.jitter_us != round_us(base.jitter_ns).min(round_us(base.delay_ns)) {
+    if row.jitter_us != jitter_us(base) {
         p.jitter_ns = row.jitter_us.saturating_mul(1000);
     }
     p.jitter_ns = p.jitter_ns.min(p.delay_ns);

@@ -6,7 +6,7 @@
 //! a missing node or a duplicate name is one [`TopoError`] naming the key, the node or the link
 //! (and the line, for syntax), and nothing is built.
 
-use linerate_proto::units::{parse_mac, parse_rate};
+use linerate_proto::units::{at_line, parse_mac, parse_rate};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -175,16 +175,8 @@ pub struct PinnedRoute {
 
 /// Reads a topology from TOML text. Syntax errors name the line.
 pub fn parse(text: &str) -> Result<Topology, TopoError> {
-    toml::from_str(text).map_err(|e| {
-        let at = e.span().map_or(0, |s| s.start).min(text.len());
-        let at = (0..=at)
-            .rev()
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(0);
-        let line_no = text[..at].matches('\n').count() + 1;
-        let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-        TopoError(format!("line {line_no} `{line}`: {}", e.message()))
-    })
+    toml::from_str(text)
+        .map_err(|e| TopoError(at_line(text, e.span().map(|s| s.start), e.message())))
 }
 
 /// The settings of one link direction, resolved to numbers and checked.

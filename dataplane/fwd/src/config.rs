@@ -190,17 +190,9 @@ pub fn read_file(path: &Path) -> Result<Options> {
 /// The text of a `--config` file as [`Options`] (the fuzz target's entry point): never
 /// panics; an error names the line and its text.
 pub fn parse_file(text: &str) -> Result<Options, String> {
-    toml::from_str(text).map_err(|e| {
-        // Name the line, and so the key, whatever the message says.
-        let at = e.span().map_or(0, |s| s.start).min(text.len());
-        let at = (0..=at)
-            .rev()
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(0);
-        let line_no = text[..at].matches('\n').count() + 1;
-        let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-        format!("line {line_no} `{line}`: {}", e.message())
-    })
+    // Name the line, and so the key, whatever the message says.
+    toml::from_str(text)
+        .map_err(|e| linerate_proto::units::at_line(text, e.span().map(|s| s.start), e.message()))
 }
 
 /// What the switching logic is built from: the part of the settings a reload applies.

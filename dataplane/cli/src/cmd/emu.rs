@@ -355,11 +355,8 @@ pub fn up(a: UpArgs) -> Result<()> {
         }
     };
     eprintln!("{}", summary(&e.plan, &e));
-    eprintln!(
-        "control: controller {} ({})",
-        control.status().controller,
-        control.status().store
-    );
+    let c = control.status();
+    eprintln!("control: controller {} ({})", c.controller, c.store);
     let start = Instant::now();
     let mut failure = None;
     while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| start.elapsed() < d) {
