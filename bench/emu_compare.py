@@ -541,6 +541,13 @@ def bench_io(out):
     ex = lambda n: [LR, "exec", n, "--name", NAME, "--"]
     res["tap_io_uring"] = iperf_pair(ex("h1"), ex("h2"), h2)
     lr_down()
+    # The emulator's own veth + AF_XDP host ports (`up --host-io xdp`).
+    lr_up(["--workers", "1", "--host-io", "xdp"], TWO.format(params=""))
+    h2 = addr_of(lr_status(), "h2")
+    res["emu_veth_af_xdp"] = iperf_pair(ex("h1"), ex("h2"), h2)
+    st = lr_status()
+    res["emu_veth_af_xdp"]["host_dropped"] = sum(n.get("host_dropped", 0) for n in st["nodes"])
+    lr_down()
 
     names = ["lrio-a", "lrio-b"]
     for n in names:
@@ -587,12 +594,31 @@ def bench_io(out):
               f"TCP {v['tcp']['bps'] / 1e9:.2f} Gbit/s", flush=True)
 
 
+def bench_hostio_build(sizes, out):
+    """Build time, teardown and memory of `up --host-io tap` against `--host-io xdp`."""
+    rows = []
+    for n in sizes:
+        for io in ["tap", "xdp"]:
+            settle()
+            before = mem_steady()
+            took = lr_up(["--topo", f"linear,{n}", "--host-io", io])
+            settle()
+            mem = before - mem_steady()
+            down = lr_down()
+            row = {"topology": f"linear,{n}", "nodes": 2 * n, "host_io": io, "build_s": took,
+                   "mem_bytes": mem, "down_s": down}
+            rows.append(row)
+            print(f"linear,{n:<5} {io}: build {took:6.2f}s ({took / (2 * n) * 1e3:5.2f} ms/node), "
+                  f"memory {mem / (2 * n) / 2**20:5.2f} MiB/node, down {down:5.2f}s", flush=True)
+    out["hostio_build"] = rows
+
+
 # ---------------------------------------------------------------------------------------------
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10,100,500")
-    ap.add_argument("--only", choices=["build", "iperf16", "accuracy", "io"])
+    ap.add_argument("--only", choices=["build", "iperf16", "accuracy", "io", "hostio"])
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "emu-compare.json"))
     a = ap.parse_args()
     from mininet.log import setLogLevel
@@ -612,6 +638,8 @@ def main():
             bench_accuracy(out)
         if a.only in (None, "io"):
             bench_io(out)
+        if a.only in (None, "hostio"):
+            bench_hostio_build([n for n in sizes if n >= 100] or sizes, out)
     finally:
         lr("down", "--name", NAME, check=False)
         mn_cleanup()

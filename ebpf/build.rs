@@ -10,7 +10,8 @@ fn main() -> Result<()> {
     println!("cargo:rerun-if-changed=bpf/steer.h");
     println!("cargo:rerun-if-changed=bpf/gen.h");
     compile("steer", Path::new(&out))?;
-    compile("gen", Path::new(&out))
+    compile("gen", Path::new(&out))?;
+    compile("emu", Path::new(&out))
 }
 
 fn compile(name: &str, out: &Path) -> Result<()> {

@@ -622,3 +622,74 @@ fn a_route_changed_in_postgresql_moves_a_running_iperf3_flow() {
     );
     sql(&format!("DROP SCHEMA {schema} CASCADE"));
 }
+
+/// Whether a BPF program named `name` is loaded anywhere on the host.
+fn bpf_program_loaded(name: &str) -> bool {
+    aya::programs::loaded_programs()
+        .flatten()
+        .any(|p| p.name_as_str() == Some(name))
+}
+
+#[test]
+fn hosts_over_veth_and_af_xdp_carry_ping_and_iperf3_and_leave_nothing() {
+    if !privileged("emu::host_io_xdp") {
+        return;
+    }
+    let _one = serial();
+    // Two workers: frames for a host owned by the other worker cross the handoff rings to
+    // the worker that owns its socket.
+    let e = Emu::up(&["--host-io", "xdp", "--workers", "2"], Some(TWO_HOSTS));
+    let name = e.name.clone();
+    let ports = std::process::Command::new("ip")
+        .args(["-n", &format!("{name}-.ports"), "link", "show"])
+        .output()
+        .unwrap();
+    let ports = String::from_utf8_lossy(&ports.stdout);
+    assert_eq!(
+        ports.matches("prog/xdp").count(),
+        2,
+        "each host interface's emulator end has the program: {ports}"
+    );
+    assert!(bpf_program_loaded("linerate_emu"));
+    e.ok(&["pingall"]);
+    // The link's rate holds over this path too.
+    let out = e.ok(&["iperf", "h1", "h2", "-t", "4", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let got = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap();
+    let want = 50e6 * 1448.0 / 1514.0;
+    assert!(
+        got < want * 1.02 && got > want * 0.85,
+        "{got} bit/s, want about {want}"
+    );
+    let s = e.status();
+    let h1 = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "h1")
+        .unwrap();
+    assert!(h1["sent"].as_u64().unwrap() > 1000, "{h1}");
+    // kill -9: the kernel detaches the program with the process; `down` removes the rest.
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("/run/linerate/{name}/state.json")).unwrap(),
+    )
+    .unwrap();
+    let pid = state["pid"].as_u64().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    drop(e);
+    nothing_left(&name);
+    // Freeing a program after its last holder closed is deferred: give it a moment.
+    let t = std::time::Instant::now();
+    while bpf_program_loaded("linerate_emu") && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !bpf_program_loaded("linerate_emu"),
+        "the XDP program outlived the emulation"
+    );
+}

@@ -3,7 +3,7 @@
 //! holds while the network runs.
 
 use crate::engine::{self, RouterConf, Shared};
-use crate::netns::{self, Tap};
+use crate::netns::{self, HostEnd, HostIo};
 use crate::plan::{LinkId, NodeId, Plan, Role};
 use crate::topo::{LinkParams, LinkSpec, Loss};
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,8 @@ pub struct Options {
     pub cores: Option<Vec<usize>>,
     /// Threads that build namespaces.
     pub build_threads: usize,
+    /// How hosts' interfaces reach the emulator.
+    pub host_io: HostIo,
 }
 
 /// What the state file records: enough for `down`, `exec`, `ping` and `pingall` to find the
@@ -93,6 +95,9 @@ pub struct Emulation {
     pub shared: Arc<Shared>,
     handles: Vec<std::thread::JoinHandle<io::Result<()>>>,
     children: Vec<(NodeId, Child)>,
+    /// `--host-io xdp`: the program on the emulator's ends of the veth pairs (detached when
+    /// this goes, after the workers).
+    _xdp: Option<linerate_ebpf::EmuPorts>,
     pub started: Instant,
     /// How long building took (namespaces, TAPs, workers).
     pub build_time: Duration,
@@ -129,8 +134,8 @@ impl Emulation {
             .filter(|n| n.role == Role::Namespace)
             .count();
         let done = AtomicUsize::new(0);
-        let taps: io::Result<Vec<Tap>> = std::thread::scope(|s| {
-            let h = s.spawn(|| netns::build(&plan, o.build_threads, &done));
+        let ends: io::Result<Vec<HostEnd>> = std::thread::scope(|s| {
+            let h = s.spawn(|| netns::build(&plan, o.host_io, o.build_threads, &done));
             while !h.is_finished() {
                 progress.building(done.load(Ordering::Relaxed), total, t0.elapsed());
                 std::thread::sleep(Duration::from_millis(100));
@@ -139,7 +144,7 @@ impl Emulation {
                 .unwrap_or_else(|_| Err(io::Error::other("the builder panicked")))
         });
         progress.building(done.load(Ordering::Relaxed), total, t0.elapsed());
-        let taps = match taps {
+        let ends = match ends {
             Ok(t) => t,
             Err(e) => {
                 let _ = netns::destroy(&plan.name, Duration::from_millis(200));
@@ -147,13 +152,31 @@ impl Emulation {
             }
         };
         let started = (|| {
-            let built = engine::build(&plan, taps)?;
+            let mut taps = Vec::new();
+            let mut veths = Vec::new();
+            for e in ends {
+                match e {
+                    HostEnd::Tap(t) => taps.push(t),
+                    HostEnd::Veth { node, iface, peer } => {
+                        let n = &plan.nodes[node];
+                        let mtu = plan.links[n.ifaces[iface].link].params[n.ifaces[iface].side].mtu;
+                        veths.push((node, iface, peer, mtu));
+                    }
+                }
+            }
+            let (xdp, ports) = if veths.is_empty() {
+                (None, Vec::new())
+            } else {
+                let (prog, ports) = crate::hostport::open(&plan.name, &veths)?;
+                (Some(prog), ports)
+            };
+            let built = engine::build(&plan, taps, ports)?;
             let shared = built.shared.clone();
             let frames = frames_per_worker(&plan);
             let handles = built.start(&plan, frames, o.cores.as_deref())?;
-            Ok::<_, io::Error>((shared, handles))
+            Ok::<_, io::Error>((shared, handles, xdp))
         })();
-        let (shared, handles) = match started {
+        let (shared, handles, xdp) = match started {
             Ok(x) => x,
             Err(e) => {
                 let _ = netns::destroy(&plan.name, Duration::from_millis(200));
@@ -165,6 +188,7 @@ impl Emulation {
             shared,
             handles,
             children: Vec::new(),
+            _xdp: xdp,
             started: Instant::now(),
             build_time: t0.elapsed(),
         })
@@ -422,6 +446,9 @@ pub struct NodeStatus {
     pub forwarded: u64,
     pub replies: u64,
     pub dropped: u64,
+    /// Frames to a host over `--host-io xdp` that found no buffer or room on its ring.
+    #[serde(default)]
+    pub host_dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -481,6 +508,7 @@ fn status(e: &Emulation) -> Status {
                 forwarded: sum(|x| &x.forwarded),
                 replies: sum(|x| &x.replies),
                 dropped: sum(|x| &x.dropped),
+                host_dropped: sum(|x| &x.host_dropped),
             }
         })
         .collect();

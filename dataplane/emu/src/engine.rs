@@ -12,14 +12,17 @@
 //! or spins when the next event is closer than a wake-up takes. No lock, no allocation once
 //! queues have grown, nothing blocking.
 
+use crate::hostport::HostPort;
 use crate::link::{Drop as LinkDrop, LinkDir};
 use crate::plan::{Plan, Role};
 use crate::router::{Action, Hop, Port, Router};
 use crate::topo::LinkParams;
 use crate::uring::{Done, TapIo};
 use arc_swap::ArcSwap;
+use linerate_dataplane::batch::Batch;
 use linerate_dataplane::frame::{BufferPool, Frame};
 use linerate_dataplane::logic::{BridgeConfig, LearningBridge, Logic, Rule};
+use linerate_dataplane::port::Port as _;
 use linerate_dataplane::ring::{Consumer, Producer, channel};
 use linerate_dataplane::sys::monotonic_ns;
 use linerate_dataplane::verdict::Verdict;
@@ -182,6 +185,9 @@ pub struct NodeStats {
     pub forwarded: AtomicU64,
     pub replies: AtomicU64,
     pub dropped: AtomicU64,
+    /// Namespace nodes over AF_XDP: frames lost between the node and the emulator (to the
+    /// node: no buffer or TX room; from it: the socket's ring full or no buffer lent).
+    pub host_dropped: AtomicU64,
 }
 
 struct Waker {
@@ -198,6 +204,8 @@ pub struct Shared {
     pub nodes: Vec<Vec<NodeStats>>,
     /// TAP descriptors by (node, iface) flattened: any worker writes to any TAP.
     taps: HashMap<(usize, usize), OwnedFd>,
+    /// AF_XDP host ports, by the worker that owns their node (each takes its own at start).
+    host_ports: Vec<std::sync::Mutex<Vec<HostPort>>>,
     wakers: Vec<Waker>,
     pub stop: AtomicBool,
     /// Rounds each worker ran and how many it slept.
@@ -248,6 +256,10 @@ const SPIN_NS: u64 = 30_000;
 const MAX_EARLY_NS: u64 = 1_000_000;
 /// Counters are published this often.
 const PUBLISH_NS: u64 = 20_000_000;
+/// AF_XDP host ports: frames read from one port per round before the others get their turn,
+/// and frames gathered for one before they are put on its TX ring.
+const RX_BATCH: usize = 64;
+const TX_BATCH: usize = 64;
 
 /// A worker, built on the thread that runs it.
 pub struct Worker {
@@ -264,6 +276,18 @@ pub struct Worker {
     switches: HashMap<usize, LearningBridge>,
     /// Own TAPs, by read slot: (node, iface, fd).
     reads: Vec<(usize, usize, RawFd)>,
+    /// Own AF_XDP host ports (poll slot = index), those to read this round, those with
+    /// frames to send or whose sends have not completed.
+    hports: Vec<HostPort>,
+    hport_of: HashMap<(usize, usize), usize>,
+    hport_tx: Vec<Batch>,
+    rx_ready: Vec<u32>,
+    rx_again: Vec<u32>,
+    tx_busy: Vec<u32>,
+    is_tx_busy: Vec<bool>,
+    rx_batch: Batch,
+    /// Per host port: frames its socket lost on the way in (kernel counters, as last read).
+    port_lost: Vec<u64>,
     to: Outs,
     from: Ins,
     live_seen: u64,
@@ -294,6 +318,9 @@ struct NodeCounts {
     forwarded: u64,
     replies: u64,
     dropped: u64,
+    host_dropped: u64,
+    /// Lost by the kernel on the way in, over all the node's ports (as last read).
+    host_rx_dropped: u64,
     touched: bool,
 }
 
@@ -311,8 +338,9 @@ pub struct Built {
     rings: Vec<Vec<RingEnds>>,
 }
 
-/// Builds the shared state for `plan` with the TAPs `taps` ((node, iface) -> descriptor).
-pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>) -> io::Result<Built> {
+/// Builds the shared state for `plan` with the TAPs `taps` ((node, iface) -> descriptor) and
+/// the AF_XDP host ports `ports`.
+pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>, ports: Vec<HostPort>) -> io::Result<Built> {
     let topo = Topo::from_plan(plan);
     let workers = topo.workers;
     let dirs: Vec<Arc<LinkParams>> = plan
@@ -340,6 +368,10 @@ pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>) -> io::Result<Built> {
     let n_dirs = topo.dirs.len();
     let n_nodes = topo.nodes.len();
     let frame_size = topo.frame_size;
+    let mut by_worker: Vec<Vec<HostPort>> = (0..workers).map(|_| Vec::new()).collect();
+    for p in ports {
+        by_worker[topo.nodes[p.node].worker].push(p);
+    }
     let shared = Arc::new(Shared {
         live: Live::new(dirs, routers),
         dirs: (0..n_dirs).map(|_| DirStats::default()).collect(),
@@ -350,6 +382,7 @@ pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>) -> io::Result<Built> {
             .into_iter()
             .map(|t| ((t.node, t.iface), t.fd))
             .collect(),
+        host_ports: by_worker.into_iter().map(std::sync::Mutex::new).collect(),
         wakers,
         stop: AtomicBool::new(false),
         rounds: (0..workers).map(|_| AtomicU64::new(0)).collect(),
@@ -562,11 +595,31 @@ impl Worker {
             .filter(|((n, _), _)| topo.nodes[*n].worker == id)
             .map(|(&(n, i), fd)| (n, i, fd.as_raw_fd()))
             .collect();
+        let hports = std::mem::take(
+            &mut *shared.host_ports[id]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let hport_of = hports
+            .iter()
+            .enumerate()
+            .map(|(k, p)| ((p.node, p.iface), k))
+            .collect();
         let frames = frames.max(reads.len() * 2 + 1024);
         let pool = BufferPool::new(frames, topo.frame_size).map_err(io::Error::other)?;
         let mut w = Worker {
             id,
             io: TapIo::new(RING_ENTRIES, reads.len())?,
+            hport_tx: hports.iter().map(|_| Batch::new(TX_BATCH)).collect(),
+            // Every port is read once at start: that lends its first buffers to the kernel.
+            rx_ready: (0..hports.len() as u32).collect(),
+            rx_again: Vec::new(),
+            tx_busy: Vec::new(),
+            is_tx_busy: vec![false; hports.len()],
+            rx_batch: Batch::new(RX_BATCH),
+            port_lost: vec![0; hports.len()],
+            hports,
+            hport_of,
             pool,
             dirs,
             armed: vec![u64::MAX; n_dirs],
@@ -665,13 +718,18 @@ impl Worker {
     /// Delivers `frame` arriving on `node`'s interface `iface`.
     fn deliver(&mut self, node: usize, iface: usize, frame: Frame, now: u64) {
         let topo = &self.shared.topo;
+        let owner = topo.nodes[node].worker;
         match topo.nodes[node].role {
-            Role::Namespace => self.write_tap(node, iface, frame),
-            Role::Router | Role::Switch if topo.nodes[node].worker == self.id => {
+            Role::Namespace
+                if owner == self.id || self.shared.taps.contains_key(&(node, iface)) =>
+            {
+                self.give_host(node, iface, frame)
+            }
+            Role::Router | Role::Switch if owner == self.id => {
                 self.process(node, iface, frame, now)
             }
-            Role::Router | Role::Switch => {
-                let owner = topo.nodes[node].worker;
+            // Another worker's node: its emulated logic or its AF_XDP port is that worker's.
+            Role::Namespace | Role::Router | Role::Switch => {
                 let data = self.pool.data(&frame);
                 let ok = self.to[owner].as_mut().is_some_and(|p| {
                     p.try_write(|s| {
@@ -692,18 +750,123 @@ impl Worker {
         }
     }
 
-    fn write_tap(&mut self, node: usize, iface: usize, frame: Frame) {
-        let Some(fd) = self.shared.taps.get(&(node, iface)).map(|f| f.as_raw_fd()) else {
+    /// Gives `frame` to namespace node `node` on interface `iface`: its TAP, or its AF_XDP
+    /// port (owned here).
+    fn give_host(&mut self, node: usize, iface: usize, frame: Frame) {
+        if let Some(fd) = self.shared.taps.get(&(node, iface)).map(|f| f.as_raw_fd()) {
+            if self.io.write(fd, frame, &mut self.pool).is_ok() {
+                self.count(node, |c| c.received += 1);
+            }
+            return;
+        }
+        let Some(&k) = self.hport_of.get(&(node, iface)) else {
             self.pool.free(frame);
             return;
         };
-        if self.io.write(fd, frame, &mut self.pool).is_ok() {
+        if self.hport_tx[k].is_full() {
+            self.flush_port(k);
+        }
+        let hp = &mut self.hports[k];
+        let mut copy = hp.pool.alloc();
+        if copy.is_none() {
+            hp.port.reclaim(&mut hp.pool);
+            copy = hp.pool.alloc();
+        }
+        let sent = match copy {
+            Some(mut c) if !self.hport_tx[k].is_full() => {
+                hp.pool.fill(&mut c, self.pool.data(&frame));
+                // Cannot fail: checked for room above.
+                let _ = self.hport_tx[k].push(c);
+                true
+            }
+            Some(c) => {
+                hp.pool.free(c);
+                false
+            }
+            None => false,
+        };
+        self.pool.free(frame);
+        if sent {
             self.count(node, |c| c.received += 1);
+            self.mark_tx(k);
+        } else {
+            self.count(node, |c| c.host_dropped += 1);
         }
     }
 
-    /// An emulated node owned here decides for a frame.
+    fn mark_tx(&mut self, k: usize) {
+        if !self.is_tx_busy[k] {
+            self.is_tx_busy[k] = true;
+            self.tx_busy.push(k as u32);
+        }
+    }
+
+    /// Puts port `k`'s gathered frames on its TX ring, kicks it and takes back completed ones.
+    fn flush_port(&mut self, k: usize) {
+        let hp = &mut self.hports[k];
+        let _ = hp.port.send(&mut hp.pool, &mut self.hport_tx[k]);
+        hp.port.reclaim(&mut hp.pool);
+    }
+
+    /// Every port with frames to send or sends in flight: flushed; those still busy stay.
+    fn flush_ports(&mut self) {
+        let mut busy = std::mem::take(&mut self.tx_busy);
+        busy.retain(|&k| {
+            let k = k as usize;
+            self.flush_port(k);
+            let still = !self.hport_tx[k].is_empty() || self.hports[k].port.tx_in_flight() > 0;
+            self.is_tx_busy[k] = still;
+            still
+        });
+        self.tx_busy = busy;
+    }
+
+    /// Reads the ports that polled readable (up to [`RX_BATCH`] frames each); a port that
+    /// gave a whole batch is read again next round, the others wait on their poll.
+    fn read_ports(&mut self, now: u64) -> io::Result<()> {
+        let mut ready = std::mem::take(&mut self.rx_ready);
+        let mut batch = std::mem::replace(&mut self.rx_batch, Batch::new(0));
+        for &k in &ready {
+            let k = k as usize;
+            let hp = &mut self.hports[k];
+            let n = hp.port.recv(&mut hp.pool, &mut batch).unwrap_or(0);
+            let (node, iface) = (hp.node, hp.iface);
+            let d = self.shared.topo.nodes[node].out[iface];
+            for f in batch.drain() {
+                let got = self.pool.alloc().map(|mut c| {
+                    self.pool.fill(&mut c, self.hports[k].pool.data(&f));
+                    c
+                });
+                self.hports[k].pool.free(f);
+                match got {
+                    Some(c) => {
+                        self.count(node, |x| x.sent += 1);
+                        self.enqueue(d, c, now);
+                    }
+                    None => self.nobuf[d] += 1,
+                }
+            }
+            let hp = &mut self.hports[k];
+            hp.port.refill(&mut hp.pool);
+            if n >= RX_BATCH {
+                self.rx_again.push(k as u32);
+            } else {
+                let fd = self.hports[k].port.fd().unwrap_or(-1);
+                self.io.poll(k, fd)?;
+            }
+        }
+        self.rx_batch = batch;
+        ready.clear();
+        // Ports read again next round, and the list's storage kept for the round after.
+        self.rx_ready = std::mem::replace(&mut self.rx_again, ready);
+        Ok(())
+    }
+
+    /// An emulated node owned here decides for a frame (a namespace node owned here gets it).
     fn process(&mut self, node: usize, iface: usize, mut frame: Frame, now: u64) {
+        if self.shared.topo.nodes[node].role == Role::Namespace {
+            return self.give_host(node, iface, frame);
+        }
         if let Some(r) = self.routers.get_mut(&node) {
             let len = frame.len();
             let action = r.handle(self.pool.room_mut(&frame), len, iface);
@@ -919,6 +1082,23 @@ impl Worker {
             s.in_flight.store(dir.in_flight() as u64, Ordering::Relaxed);
         }
         self.touched.clear();
+        // What the kernel lost on the way in from a host (ring full, no buffer lent), read
+        // from the sockets of the nodes touched since the last publish.
+        for hp in &self.hports {
+            if self.node_counts[hp.node].touched {
+                self.node_counts[hp.node].host_rx_dropped = 0;
+            }
+        }
+        for (k, hp) in self.hports.iter().enumerate() {
+            let c = &mut self.node_counts[hp.node];
+            if !c.touched {
+                continue;
+            }
+            if let Some(Ok(st)) = hp.port.statistics() {
+                self.port_lost[k] = st.rx_dropped + st.rx_ring_full + st.rx_fill_ring_empty_descs;
+            }
+            c.host_rx_dropped += self.port_lost[k];
+        }
         for &n in &self.touched_nodes {
             let n = n as usize;
             let c = &mut self.node_counts[n];
@@ -929,6 +1109,8 @@ impl Worker {
             s.forwarded.store(c.forwarded, Ordering::Relaxed);
             s.replies.store(c.replies, Ordering::Relaxed);
             s.dropped.store(c.dropped, Ordering::Relaxed);
+            s.host_dropped
+                .store(c.host_dropped + c.host_rx_dropped, Ordering::Relaxed);
         }
         self.touched_nodes.clear();
     }
@@ -948,6 +1130,7 @@ impl Worker {
                     Done::Read { slot, frame, res } => self.on_read(slot, frame, res, now)?,
                     Done::Write { frame } => self.pool.free(frame),
                     Done::Wake => self.post_wake()?,
+                    Done::Poll { slot } => self.rx_ready.push(slot as u32),
                 }
             }
             self.done = done;
@@ -957,15 +1140,23 @@ impl Worker {
                     self.post_read(k, None)?;
                 }
             }
+            if !self.rx_ready.is_empty() {
+                self.read_ports(now)?;
+            }
             self.take_handoffs(now);
             self.follow_live();
             self.timers(now);
+            if !self.tx_busy.is_empty() {
+                self.flush_ports();
+            }
             self.publish(now, false);
             self.shared.rounds[self.id].store(rounds, Ordering::Relaxed);
             // Sleep until the next event, unless it is too close to sleep for.
             let next = self.heap.peek().map(|r| r.0.0);
             let now2 = monotonic_ns();
+            let busy = !self.rx_ready.is_empty() || !self.tx_busy.is_empty();
             match next {
+                _ if busy => self.io.submit(false, None)?,
                 Some(t) if t <= now2 + self.early_ns => self.io.submit(false, None)?,
                 _ => {
                     self.publish(now2, true);
@@ -999,6 +1190,10 @@ impl Worker {
             }
         }
         // Everything the worker holds goes back to its pool before the pool goes.
+        for (hp, tx) in self.hports.iter_mut().zip(&mut self.hport_tx) {
+            hp.pool.free_batch(tx);
+            hp.port.release(&mut hp.pool);
+        }
         for d in 0..self.dirs.len() {
             if let Some(dir) = self.dirs[d].as_mut() {
                 let pool = &mut self.pool;

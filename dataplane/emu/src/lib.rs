@@ -8,6 +8,7 @@ pub mod control;
 pub mod ctl;
 pub mod emulator;
 pub mod engine;
+mod hostport;
 pub mod link;
 mod netlink;
 pub mod netns;

@@ -11,7 +11,9 @@ use netlink_packet_core::{
     NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteProtocol, RouteScope, RouteType,
 };
@@ -79,6 +81,35 @@ impl Netlink {
             RouteNetlinkMessage::SetLink(m),
             0,
             format!("setting {name} up"),
+        );
+    }
+
+    /// Creates veth pair `name` (here, with `mac` and `mtu`, down) and `peer` (in the network
+    /// namespace `peer_ns`, with `mtu`).
+    pub fn add_veth(
+        &mut self,
+        name: &str,
+        mac: [u8; 6],
+        mtu: u32,
+        peer: &str,
+        peer_ns: std::os::fd::RawFd,
+    ) {
+        let mut p = LinkMessage::default();
+        p.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        p.attributes.push(LinkAttribute::Mtu(mtu));
+        p.attributes.push(LinkAttribute::NetNsFd(peer_ns));
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+        ]));
+        self.queue(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!("creating veth pair {name} and {peer}"),
         );
     }
 

@@ -13,7 +13,7 @@ use crate::plan::{NodeId, Plan, Role};
 use crate::sys;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -49,6 +49,39 @@ pub struct Tap {
     pub fd: OwnedFd,
 }
 
+/// How namespace nodes' interfaces reach the emulator (`linerate up --host-io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostIo {
+    /// A TAP device per interface, read and written through the workers' io_uring.
+    #[default]
+    Tap,
+    /// A veth pair per interface: the node's end is its interface, the emulator's end lives in
+    /// the emulation's ports namespace with an XDP program and an AF_XDP socket.
+    Xdp,
+}
+
+/// A namespace node's interface as built.
+pub enum HostEnd {
+    Tap(Tap),
+    /// The node's end of a veth pair; `peer` is the emulator's end, in the ports namespace.
+    Veth {
+        node: NodeId,
+        iface: usize,
+        peer: String,
+    },
+}
+
+/// The namespace holding the emulator's ends of the veth pairs (`--host-io xdp`): named like
+/// a node's but with a `.`, which no node name has.
+pub fn ports_ns_path(emu: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(format!("{emu}-.ports"))
+}
+
+/// The emulator's end of node `n`'s interface `i` (unique in the ports namespace).
+fn peer_name(n: NodeId, i: usize) -> String {
+    format!("n{n}i{i}")
+}
+
 /// Writes the hosts file: every node's addresses under its name (the first under the bare
 /// name, each interface's as `name-ethN` as well).
 pub fn write_hosts(plan: &Plan) -> io::Result<()> {
@@ -71,12 +104,49 @@ pub fn write_hosts(plan: &Plan) -> io::Result<()> {
     fs::write(hosts_file(&plan.name), text)
 }
 
+/// Creates the ports namespace of `emu` (IPv6 off: the emulator's ends must not speak) and
+/// returns a descriptor of it.
+fn make_ports_ns(emu: &str) -> io::Result<OwnedFd> {
+    let path = ports_ns_path(emu);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            sys::new_netns()?;
+            sys::bind(Path::new("/proc/thread-self/ns/net"), &path)?;
+            for f in [
+                "/proc/sys/net/ipv6/conf/all/disable_ipv6",
+                "/proc/sys/net/ipv6/conf/default/disable_ipv6",
+            ] {
+                let _ = fs::write(f, "1");
+            }
+            Ok::<_, io::Error>(())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the ports namespace's builder panicked")))
+    })?;
+    Ok(OwnedFd::from(fs::File::open(&path)?))
+}
+
 /// Builds every namespace node of `plan` on `threads` threads; `done` counts nodes finished.
 /// On failure what was built is left for [`destroy`] (the caller runs it).
-pub fn build(plan: &Plan, threads: usize, done: &AtomicUsize) -> io::Result<Vec<Tap>> {
+pub fn build(
+    plan: &Plan,
+    io: HostIo,
+    threads: usize,
+    done: &AtomicUsize,
+) -> io::Result<Vec<HostEnd>> {
     fs::create_dir_all(NETNS_DIR)?;
     sys::shared_mount_point(Path::new(NETNS_DIR))?;
     write_hosts(plan)?;
+    let ports = match io {
+        HostIo::Tap => None,
+        HostIo::Xdp => Some(make_ports_ns(&plan.name)?),
+    };
+    let ports = ports.as_ref().map(|f| f.as_raw_fd());
     let todo: Vec<NodeId> = (0..plan.nodes.len())
         .filter(|&n| plan.nodes[n].role == Role::Namespace)
         .collect();
@@ -99,7 +169,7 @@ pub fn build(plan: &Plan, threads: usize, done: &AtomicUsize) -> io::Result<Vec<
                     }
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&n) = todo.get(k) else { return };
-                    let r = build_node(plan, n).map(|mine| {
+                    let r = build_node(plan, n, ports).map(|mine| {
                         taps.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
                     });
                     // Back home whatever happened: the next node starts from the host's
@@ -126,8 +196,9 @@ pub fn build(plan: &Plan, threads: usize, done: &AtomicUsize) -> io::Result<Vec<
     Ok(taps.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
 
-/// One node, on the calling thread, which it leaves inside the node's namespace.
-fn build_node(plan: &Plan, n: NodeId) -> io::Result<Vec<Tap>> {
+/// One node, on the calling thread, which it leaves inside the node's namespace. With `ports`
+/// (the ports namespace) its interfaces are veth pairs, else TAP devices.
+fn build_node(plan: &Plan, n: NodeId, ports: Option<RawFd>) -> io::Result<Vec<HostEnd>> {
     let node = &plan.nodes[n];
     let name = ns_name(&plan.name, &node.name);
     let path = Path::new(NETNS_DIR).join(&name);
@@ -165,15 +236,35 @@ fn build_node(plan: &Plan, n: NodeId) -> io::Result<Vec<Tap>> {
     if node.kind == crate::topo::Kind::Router {
         fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
     }
-    let mut taps = Vec::with_capacity(node.ifaces.len());
-    for (i, iface) in node.ifaces.iter().enumerate() {
-        taps.push(Tap {
-            node: n,
-            iface: i,
-            fd: sys::tap(&iface.name)?,
-        });
-    }
+    let mut ends = Vec::with_capacity(node.ifaces.len());
     let mut nl = Netlink::open()?;
+    match ports {
+        None => {
+            for (i, iface) in node.ifaces.iter().enumerate() {
+                ends.push(HostEnd::Tap(Tap {
+                    node: n,
+                    iface: i,
+                    fd: sys::tap(&iface.name)?,
+                }));
+            }
+        }
+        Some(ports) => {
+            for (i, iface) in node.ifaces.iter().enumerate() {
+                let peer = peer_name(n, i);
+                let mtu = plan.links[iface.link].params[iface.side].mtu;
+                nl.add_veth(&iface.name, iface.mac, mtu, &peer, ports);
+                ends.push(HostEnd::Veth {
+                    node: n,
+                    iface: i,
+                    peer,
+                });
+            }
+            nl.commit()?;
+            for iface in &node.ifaces {
+                sys::tx_checksum_off(&iface.name)?;
+            }
+        }
+    }
     nl.link_up(1, "lo", None, None);
     let mut index = Vec::with_capacity(node.ifaces.len());
     for iface in &node.ifaces {
@@ -222,7 +313,7 @@ fn build_node(plan: &Plan, n: NodeId) -> io::Result<Vec<Tap>> {
         }
     }
     nl.commit()?;
-    Ok(taps)
+    Ok(ends)
 }
 
 fn same_net(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr, len: u8) -> bool {

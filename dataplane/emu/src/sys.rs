@@ -1,5 +1,5 @@
-//! The emulator's system calls that need `unsafe`: creating a TAP device (an ioctl with a
-//! `struct ifreq`), and starting a program inside a node (work done in the child between fork
+//! The emulator's system calls that need `unsafe`: creating a TAP device and turning a veth's
+//! checksum offload off (ioctls with a `struct ifreq`), and starting a program inside a node (work done in the child between fork
 //! and exec). Everything else goes through `nix`.
 #![allow(unsafe_code)]
 
@@ -50,6 +50,46 @@ pub fn tap(name: &str) -> io::Result<OwnedFd> {
         ));
     }
     Ok(fd)
+}
+
+/// Turns transmit checksum offload off on interface `name` of the calling thread's network
+/// namespace (`ethtool -K name tx off`): frames it sends then carry their checksums, which an
+/// AF_XDP socket at the other end of a veth needs (it gets the bytes as they are).
+pub fn tx_checksum_off(name: &str) -> io::Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(nix_err)?;
+    let mut v = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    // SAFETY: `ifreq` is plain data; all zeros is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &b) in ifr.ifr_name.iter_mut().zip(name.as_bytes().iter().take(15)) {
+        *dst = b as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&raw mut v).cast();
+    // SAFETY: SIOCETHTOOL reads `ifr` and the `ethtool_value` it points to, both alive and
+    // of the layout the kernel expects for ETHTOOL_STXCSUM, for the duration of the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("turning transmit checksum offload off on {name}: {e}"),
+        ));
+    }
+    Ok(())
 }
 
 /// What a program started inside a node sees: the node's network namespace, its own mount

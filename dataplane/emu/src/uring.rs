@@ -1,7 +1,7 @@
 //! A worker's io_uring for TAP devices, as a safe type that owns what it lends the kernel:
 //! a frame given to [`TapIo::read`] or [`TapIo::write`] stays here until its completion is
 //! reaped, and comes back with it. Also a read of the worker's wake-up eventfd, and waiting
-//! with a timeout (no timer request to cancel). The engine's only `unsafe` is here.
+//! with a timeout (no timer request to cancel), and polls of AF_XDP sockets. The engine's only `unsafe` is here.
 #![allow(unsafe_code)]
 
 use io_uring::{IoUring, opcode, squeue, types};
@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+const TAG_POLL: u64 = 0;
 const TAG_READ: u64 = 1 << 62;
 const TAG_WRITE: u64 = 2 << 62;
 const TAG_WAKE: u64 = 3 << 62;
@@ -23,6 +24,8 @@ pub enum Done {
     Write { frame: Frame },
     /// The wake-up eventfd was written (its read must be posted again).
     Wake,
+    /// Poll slot `slot`'s descriptor became readable (one-shot: post it again to hear more).
+    Poll { slot: usize },
 }
 
 pub struct TapIo {
@@ -123,6 +126,15 @@ impl TapIo {
         }
     }
 
+    /// Waits for `fd` to be readable: a [`Done::Poll`] for `slot` comes when it is (at once if
+    /// it already is).
+    pub fn poll(&mut self, slot: usize, fd: RawFd) -> io::Result<()> {
+        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(TAG_POLL | slot as u64);
+        self.push(e)
+    }
+
     /// Reads eventfd `fd`: a [`Done::Wake`] comes when someone writes it.
     pub fn watch(&mut self, fd: RawFd) -> io::Result<()> {
         let e = opcode::Read::new(
@@ -186,7 +198,7 @@ impl TapIo {
                     }
                 }
                 TAG_WAKE => out.push(Done::Wake),
-                _ => {}
+                _ => out.push(Done::Poll { slot }),
             }
         }
     }

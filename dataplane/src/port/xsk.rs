@@ -65,12 +65,21 @@ impl XskPort {
         self.sock.as_ref().is_some_and(XskSocket::is_zero_copy)
     }
 
+    /// Frames put on TX whose completion has not come back yet (the port must be visited,
+    /// through [`Port::reclaim`], until this is zero).
+    pub fn tx_in_flight(&self) -> u32 {
+        self.in_tx
+    }
+
     /// Kernel statistics of the socket.
     pub fn statistics(&self) -> Option<Result<libc::xdp_statistics, XskError>> {
         self.sock.as_ref().map(XskSocket::statistics)
     }
 
-    fn refill(&mut self, pool: &mut BufferPool) {
+    /// Tops the FILL ring up to its target from `pool` (`recv` does this first; a caller that
+    /// just gave received frames back calls it after, so the kernel is never left without a
+    /// buffer to receive the next frame into while the worker waits for it).
+    pub fn refill(&mut self, pool: &mut BufferPool) {
         let Some(sock) = self.sock.as_mut() else {
             return;
         };

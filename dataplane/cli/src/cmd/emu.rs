@@ -62,9 +62,20 @@ pub struct UpArgs {
     /// The database schema to use (created when missing).
     #[arg(long, default_value = "public", requires = "database")]
     database_schema: String,
+    /// How hosts' interfaces reach the emulator: `tap` (TAP devices through io_uring) or
+    /// `xdp` (veth pairs with AF_XDP sockets; faster for bulk TCP, more memory per interface).
+    /// See docs/BENCHMARKS.md for the figures.
+    #[arg(long, value_enum, default_value_t = HostIoArg::Tap)]
+    host_io: HostIoArg,
     /// (Internal) this process is the detached emulator.
     #[arg(long, hide = true)]
     daemon: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum HostIoArg {
+    Tap,
+    Xdp,
 }
 
 #[derive(clap::Args)]
@@ -335,6 +346,10 @@ pub fn up(a: UpArgs) -> Result<()> {
         &Options {
             cores,
             build_threads: 4,
+            host_io: match a.host_io {
+                HostIoArg::Tap => linerate_emu::netns::HostIo::Tap,
+                HostIoArg::Xdp => linerate_emu::netns::HostIo::Xdp,
+            },
         },
         &mut progress,
     )?;
