@@ -848,7 +848,9 @@ fn table(s: &Status, before: Option<(&Status, f64)>) -> String {
             n.received,
             n.forwarded,
             n.replies,
-            n.dropped
+            // A host drops nothing itself: its column shows what was lost between it and
+            // the emulator (`--host-io xdp`).
+            n.dropped + n.host_dropped
         ));
     }
     out
