@@ -203,6 +203,8 @@ fn pingall_on_a_tree_and_a_ring_and_traffic_takes_the_shortest_path() {
     let name = ring.name.clone();
     drop(ring);
     nothing_left(&name);
+    // It went when asked: its detached log goes too (a killed run's stays).
+    assert!(!std::path::Path::new(&format!("/run/linerate/{name}.log")).exists());
 }
 
 const TWO_HOSTS: &str = r#"

@@ -521,6 +521,9 @@ pub fn down(a: DownArgs) -> Result<()> {
         }
     };
     for name in names {
+        // A detached run's log is kept when it ended badly (killed, or dead before `down`),
+        // for a post-mortem; removed when it went when asked.
+        let mut clean = false;
         if let Ok(s) = emulator::read_state(&name)
             && emulator::alive(s.pid)
             && s.pid != std::process::id()
@@ -536,10 +539,17 @@ pub fn down(a: DownArgs) -> Result<()> {
                     nix::unistd::Pid::from_raw(s.pid as i32),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+            } else {
+                clean = true;
             }
         }
         // Whatever is left (a killed `up` leaves its namespaces and their processes).
         let n = linerate_emu::netns::destroy(&name, Duration::from_millis(500))?;
+        if clean {
+            let _ = std::fs::remove_file(
+                PathBuf::from(linerate_emu::netns::RUN_DIR).join(format!("{name}.log")),
+            );
+        }
         println!(
             "down: '{name}' removed{}",
             if n > 0 {
