@@ -101,6 +101,8 @@ pub struct Emulation {
     pub started: Instant,
     /// How long building took (namespaces, TAPs, workers).
     pub build_time: Duration,
+    /// Host limits raised for this run (a line each; put back at `down`).
+    pub raised: Vec<String>,
 }
 
 /// Removes the leftovers of a previous run of `name` (namespaces, state), unless its `up` is
@@ -126,6 +128,13 @@ impl Emulation {
     pub fn start(plan: Plan, o: &Options, progress: &mut dyn Progress) -> io::Result<Emulation> {
         let t0 = Instant::now();
         clear_leftovers(&plan.name)?;
+        let host_ifaces = plan
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Namespace)
+            .map(|n| n.ifaces.len())
+            .sum();
+        let raised = crate::limits::raise(&plan.name, host_ifaces)?;
         std::fs::create_dir_all(netns::run_dir(&plan.name))?;
         write_state(&plan)?;
         let total = plan
@@ -189,6 +198,7 @@ impl Emulation {
             handles,
             children: Vec::new(),
             _xdp: xdp,
+            raised,
             started: Instant::now(),
             build_time: t0.elapsed(),
         })

@@ -9,6 +9,7 @@ pub mod ctl;
 pub mod emulator;
 pub mod engine;
 mod hostport;
+pub mod limits;
 pub mod link;
 mod netlink;
 pub mod netns;

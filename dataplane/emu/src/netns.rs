@@ -336,12 +336,17 @@ pub fn namespaces_of(emu: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Processes whose network namespace is the one bound at `ns`.
-pub fn pids_in(ns: &Path) -> Vec<i32> {
-    let Ok(meta) = fs::metadata(ns) else {
+/// Processes whose network namespace is one of those bound at `spaces`, found in one pass
+/// over `/proc` (a pass per namespace would cost namespaces × processes reads).
+pub fn pids_in(spaces: &[PathBuf]) -> Vec<i32> {
+    let want: std::collections::HashSet<String> = spaces
+        .iter()
+        .filter_map(|ns| fs::metadata(ns).ok())
+        .map(|m| format!("net:[{}]", m.ino()))
+        .collect();
+    if want.is_empty() {
         return Vec::new();
-    };
-    let want = format!("net:[{}]", meta.ino());
+    }
     let Ok(proc_dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -349,7 +354,8 @@ pub fn pids_in(ns: &Path) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l.to_string_lossy() == want)
+            fs::read_link(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|l| want.contains(&*l.to_string_lossy()))
         })
         .collect()
 }
@@ -361,9 +367,7 @@ pub fn destroy(emu: &str, grace: std::time::Duration) -> io::Result<usize> {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let spaces = namespaces_of(emu);
-    let mut pids: Vec<i32> = spaces.iter().flat_map(|ns| pids_in(ns)).collect();
-    pids.sort_unstable();
-    pids.dedup();
+    let pids = pids_in(&spaces);
     for &p in &pids {
         let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
     }
@@ -391,5 +395,6 @@ pub fn destroy(emu: &str, grace: std::time::Duration) -> io::Result<usize> {
         }
     }
     let _ = fs::remove_dir_all(run_dir(emu));
+    crate::limits::restore(emu)?;
     Ok(removed)
 }

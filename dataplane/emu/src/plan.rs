@@ -108,7 +108,8 @@ pub struct Plan {
     pub segments: Vec<Segment>,
     pub by_name: HashMap<String, NodeId>,
     pub workers: usize,
-    /// Buffers the emulator needs for its queues and delay lines, in bytes.
+    /// Buffers the emulator gives its queues and delay lines, in bytes: what they can hold
+    /// together, at most `--memory`.
     pub buffer_bytes: u64,
 }
 
@@ -390,9 +391,13 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
     for n in nodes.iter_mut() {
         n.worker = linerate_dataplane::shard::jump_hash(fnv(&n.name), o.workers as u32) as usize;
     }
-    // Buffers: what each link direction can hold queued plus in flight.
+    // Buffers: what each link direction can hold queued plus in flight. Frames in flight
+    // (the bandwidth-delay products) must all fit; full queues everywhere at once need not
+    // (the workers' pools are shared by their links: past them a frame is dropped and
+    // counted as `nobuf`).
     let mut buffer_bytes = 0u64;
-    for (li, l) in links.iter().enumerate() {
+    let mut flight_bytes = 0u64;
+    for l in &links {
         for p in &l.params {
             let frame = frame_size(p.mtu) as u64;
             let rate = p.rate_bps.map_or(UNSHAPED_RATE, |r| r as f64);
@@ -401,6 +406,7 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
             let queued = (p.queue_packets as u64).min((p.queue_bytes as u64).div_ceil(64));
             let need = (in_flight + queued) * frame;
             buffer_bytes = buffer_bytes.saturating_add(need);
+            flight_bytes = flight_bytes.saturating_add(in_flight * frame);
             if need > o.memory {
                 let name = {
                     let e = |(n, i): (NodeId, usize)| {
@@ -415,14 +421,13 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
                     human(o.memory)
                 ));
             }
-            let _ = li;
         }
     }
-    if buffer_bytes > o.memory {
+    if flight_bytes > o.memory {
         return err(format!(
-            "the links' bandwidth-delay products and queues need {} of buffers together, more than \
-             the {} the emulator may use (--memory)",
-            human(buffer_bytes),
+            "the links' bandwidth-delay products need {} of buffers together, more than the {} \
+             the emulator may use (--memory)",
+            human(flight_bytes),
             human(o.memory)
         ));
     }
@@ -433,7 +438,7 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
         segments,
         by_name,
         workers: o.workers,
-        buffer_bytes,
+        buffer_bytes: buffer_bytes.min(o.memory),
     })
 }
 

@@ -18,8 +18,8 @@ fn nix_err(e: nix::Error) -> io::Error {
 }
 
 /// Creates TAP device `name` in the calling thread's network namespace and returns its
-/// descriptor (non-blocking, close-on-exec). The device lives as long as the descriptor:
-/// when the emulator exits, however it exits, its TAP devices go with it.
+/// descriptor (non-blocking, close-on-exec). The device is persistent: it lives as long as its
+/// namespace (which `down` removes, also after a killed run).
 pub fn tap(name: &str) -> io::Result<OwnedFd> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
@@ -47,6 +47,18 @@ pub fn tap(name: &str) -> io::Result<OwnedFd> {
         return Err(io::Error::new(
             e.kind(),
             format!("creating TAP {name}: {e}"),
+        ));
+    }
+    // Persistent: closing the descriptor then leaves the device to its namespace, whose
+    // removal unregisters all of them in one batch. A TAP that is not persistent unregisters
+    // itself on close, one at a time with an RCU grace period each: 1,000 hosts took 10 s.
+    // SAFETY: TUNSETPERSIST takes its argument by value; `fd` is the TAP just created.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("making TAP {name} persistent: {e}"),
         ));
     }
     Ok(fd)

@@ -314,7 +314,11 @@ fn summary(p: &Plan, e: &Emulation) -> String {
         p.workers,
         e.build_time.as_secs_f64(),
         plan::human(p.buffer_bytes),
-    )
+    ) + &e
+        .raised
+        .iter()
+        .map(|r| format!("\nup: raised for this run (put back at `down`): {r}"))
+        .collect::<String>()
 }
 
 pub fn up(a: UpArgs) -> Result<()> {
