@@ -14,6 +14,7 @@ pub mod link;
 mod netlink;
 pub mod netns;
 pub mod plan;
+pub mod probe;
 pub mod router;
 mod sys;
 pub mod topo;

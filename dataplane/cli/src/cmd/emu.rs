@@ -636,23 +636,20 @@ pub fn pingall(a: PingallArgs) -> Result<()> {
         }
     }
     let t = Instant::now();
-    let mut ok = vec![false; pairs.len()];
-    // At most 64 pings at once.
-    for chunk in (0..pairs.len()).collect::<Vec<_>>().chunks(64) {
-        let mut running = Vec::new();
-        for &k in chunk {
-            let (from, _, to) = &pairs[k];
-            let mut c = Command::new("ping");
-            c.args(["-c", "1", "-W", &a.wait.to_string(), to])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            emulator::inside(&mut c, &emu, from)?;
-            running.push((k, c.spawn().context("running ping (iputils-ping)")?));
-        }
-        for (k, mut child) in running {
-            ok[k] = child.wait().is_ok_and(|s| s.success());
-        }
-    }
+    // Sent from inside each source's namespace by this process, a window at a time; a probe
+    // unanswered within --wait is sent once more.
+    let probes: Vec<linerate_emu::probe::Probe> = pairs
+        .iter()
+        .map(|(from, _, to)| {
+            Ok(linerate_emu::probe::Probe {
+                from: from.clone(),
+                to: to
+                    .parse()
+                    .with_context(|| format!("node address '{to}' in the state file"))?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let ok = linerate_emu::probe::ping_all(&emu, &probes, Duration::from_secs(a.wait.into()), 2)?;
     let mut out = std::io::stdout().lock();
     for h in &hosts {
         let line: Vec<String> = pairs

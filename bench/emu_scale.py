@@ -1,0 +1,153 @@
+"""bench/emu-scale: build, teardown and memory per node of `linerate up` at growing sizes."""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LR = os.path.join(ROOT, "target", "release", "linerate")
+NAME = "lrscale"
+
+# Published and measured peers for the table (per node).
+PEERS = [
+    ("Nextmini (published: 800 nodes in 55.4 s, 2.1-4.4 MB/node)", 55.4 / 800, 2.1 * 2**20),
+    ("Mininet 2.3 here (linear,500: 1,000 nodes, bench/emu-compare)", 62.2 / 1000, 0.76 * 2**20),
+]
+
+
+def mem_available():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable")
+
+
+def settle():
+    subprocess.run(["sync"])
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+    time.sleep(2)
+
+
+def lr(*args, check=True):
+    r = subprocess.run([LR, *args], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"linerate {' '.join(args)}: {r.stdout}{r.stderr}")
+    return r
+
+
+def rss_of(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def nodes_of(spec):
+    kind, *n = spec.split(",")
+    n = [int(x) for x in n]
+    if kind == "tree":
+        depth, fanout = n
+        routers = sum(fanout ** i for i in range(depth))
+        return routers + fanout ** depth
+    if kind == "linear":
+        return 2 * n[0]
+    if kind == "fat-tree":
+        k = n[0]
+        return 5 * k * k // 4 + k ** 3 // 4
+    raise SystemExit(f"nodes of {spec}: tree, linear or fat-tree")
+
+
+def one(spec):
+    lr("down", "--name", NAME, check=False)
+    settle()
+    before = mem_available()
+    t = time.monotonic()
+    lr("up", "--topo", spec, "--name", NAME, "--detach")
+    build = time.monotonic() - t
+    settle()
+    mem = before - mem_available()
+    with open(f"/run/linerate/{NAME}/state.json") as f:
+        state = json.load(f)
+    rss = rss_of(state["pid"])
+    t = time.monotonic()
+    r = lr("pingall", "--name", NAME, "--sample", "1", check=False)
+    ping_s = time.monotonic() - t
+    result = (r.stdout.strip().splitlines() or [""])[-1]
+    t = time.monotonic()
+    lr("down", "--name", NAME)
+    down = time.monotonic() - t
+    n = nodes_of(spec)
+    row = {"topology": spec, "nodes": n, "hosts": sum(1 for x in state["nodes"] if x["namespace"]),
+           "build_s": build, "down_s": down, "mem_bytes": mem, "emulator_rss_bytes": rss,
+           "pingall_s": ping_s, "pingall": result, "pingall_ok": r.returncode == 0}
+    print(f"{spec:<11} {n:>6} nodes | build {build:7.2f} s ({build / n * 1e3:5.2f} ms/node) | "
+          f"down {down:6.2f} s ({down / n * 1e3:5.2f} ms/node) | memory {mem / n / 2**20:5.2f} "
+          f"MiB/node (emulator {rss / n / 2**20:5.2f}) | pingall --sample 1 {ping_s:6.2f} s: "
+          f"{result}", flush=True)
+    return row
+
+
+def svg(rows, path):
+    """Three small log-x charts: build ms/node, down ms/node, memory MiB/node."""
+    W, H, P = 300, 220, 45
+    xs = [r["nodes"] for r in rows]
+    import math
+    lo, hi = math.log10(min(xs)), math.log10(max(xs))
+    span = max(hi - lo, 1e-9)
+    panels = [("build, ms per node", [r["build_s"] / r["nodes"] * 1e3 for r in rows]),
+              ("teardown, ms per node", [r["down_s"] / r["nodes"] * 1e3 for r in rows]),
+              ("host memory, MiB per node", [r["mem_bytes"] / r["nodes"] / 2**20 for r in rows])]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * W}" height="{H}" '
+           'font-family="sans-serif" font-size="11">']
+    for i, (title, ys) in enumerate(panels):
+        x0 = i * W
+        top = max(max(ys) * 1.2, 1e-9)
+        out.append(f'<text x="{x0 + W / 2}" y="15" text-anchor="middle">{title}</text>')
+        out.append(f'<line x1="{x0 + P}" y1="{H - P}" x2="{x0 + W - 10}" y2="{H - P}" stroke="black"/>')
+        out.append(f'<line x1="{x0 + P}" y1="{H - P}" x2="{x0 + P}" y2="25" stroke="black"/>')
+        pts = []
+        for x, y in zip(xs, ys):
+            px = x0 + P + (math.log10(x) - lo) / span * (W - P - 20)
+            py = H - P - y / top * (H - P - 30)
+            pts.append((px, py))
+            out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3"/>')
+            out.append(f'<text x="{px:.1f}" y="{py - 6:.1f}" text-anchor="middle">{y:.2f}</text>')
+            out.append(f'<text x="{px:.1f}" y="{H - P + 14}" text-anchor="middle">{x}</text>')
+        out.append('<polyline fill="none" stroke="steelblue" points="' +
+                   " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+        out.append(f'<text x="{x0 + W / 2}" y="{H - 8}" text-anchor="middle">nodes (log)</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--topos", default="tree,2,10;tree,3,10;tree,4,10",
+                    help="topology specs separated by ';'")
+    a = ap.parse_args()
+    out = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
+           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
+    try:
+        for spec in [s for s in a.topos.split(";") if s]:
+            out["rows"].append(one(spec))
+    finally:
+        lr("down", "--name", NAME, check=False)
+        os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)
+        with open(os.path.join(ROOT, "target", "emu-scale.json"), "w") as f:
+            json.dump(out, f, indent=2)
+    for label, s_per_node, mem_per_node in PEERS:
+        print(f"{label}: {s_per_node * 1e3:.1f} ms/node, {mem_per_node / 2**20:.2f} MiB/node")
+    if out["rows"]:
+        svg(out["rows"], os.path.join(ROOT, "target", "emu-scale.svg"))
+        print("results: target/emu-scale.json, target/emu-scale.svg")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
