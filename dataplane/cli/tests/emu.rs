@@ -695,3 +695,41 @@ fn hosts_over_veth_and_af_xdp_carry_ping_and_iperf3_and_leave_nothing() {
         "the XDP program outlived the emulation"
     );
 }
+
+#[test]
+fn a_thousand_namespace_hosts_build_answer_a_sampled_pingall_and_leave_nothing() {
+    if !privileged("emu::scale_1000") {
+        return;
+    }
+    let _one = serial();
+    // 1,111 nodes: 1,000 hosts in namespaces under 111 emulated routers.
+    let e = Emu::up(&["--topo", "tree,3,10"], None);
+    let name = e.name.clone();
+    let s = e.status();
+    assert_eq!(s["nodes"].as_array().unwrap().len(), 1111);
+    let hosts = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .flatten()
+        .filter(|d| {
+            let n = d.file_name().to_string_lossy().into_owned();
+            n.starts_with(&format!("{name}-h"))
+        })
+        .count();
+    assert_eq!(hosts, 1000);
+    // Every host pings a random peer.
+    let out = e.ok(&["pingall", "--sample", "1"]);
+    assert!(
+        out.contains("Results: 0% dropped (1000/1000 received)"),
+        "{}",
+        out.lines().last().unwrap_or("")
+    );
+    drop(e);
+    nothing_left(&name);
+    // Nothing of the emulation's limits is left raised either.
+    assert!(
+        !std::path::Path::new("/run/linerate/sysctl.json").exists()
+            || !std::fs::read_to_string("/run/linerate/sysctl.json")
+                .unwrap_or_default()
+                .contains(&format!("\"{name}\""))
+    );
+}

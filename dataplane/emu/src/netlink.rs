@@ -12,7 +12,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteProtocol, RouteScope, RouteType,
@@ -63,6 +64,24 @@ impl Netlink {
         let mut buf = vec![0u8; m.buffer_len()];
         m.serialize(&mut buf);
         self.queued.push((self.seq, buf, what));
+    }
+
+    /// Gives interface `index` no IPv6 link-local address (address generation mode `none`),
+    /// so it sends no neighbour discovery: queued before the interface goes up. This is
+    /// `disable_ipv6` without a sysctl write per namespace, whose /proc/sys lookups grow with
+    /// the number of namespaces.
+    pub fn no_ipv6(&mut self, index: u32, name: &str) {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
+        self.queue(
+            RouteNetlinkMessage::SetLink(m),
+            0,
+            format!("turning IPv6 address generation off on {name}"),
+        );
     }
 
     /// Sets interface `index` up, with `mac` and `mtu` when given.

@@ -225,14 +225,6 @@ fn build_node(plan: &Plan, n: NodeId, ports: Option<RawFd>) -> io::Result<Vec<Ho
     fs::create_dir_all(&etc)?;
     let _ = fs::remove_file(etc.join("hosts"));
     std::os::unix::fs::symlink(hosts_file(&plan.name), etc.join("hosts"))?;
-    // IPv4 only: emulated routers do not route IPv6, so hosts must not fill links with
-    // neighbour discovery they cannot use.
-    for f in [
-        "/proc/sys/net/ipv6/conf/all/disable_ipv6",
-        "/proc/sys/net/ipv6/conf/default/disable_ipv6",
-    ] {
-        let _ = fs::write(f, "1");
-    }
     if node.kind == crate::topo::Kind::Router {
         fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
     }
@@ -272,6 +264,9 @@ fn build_node(plan: &Plan, n: NodeId, ports: Option<RawFd>) -> io::Result<Vec<Ho
             .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
         index.push(idx);
         let mtu = plan.links[iface.link].params[iface.side].mtu;
+        // IPv4 only: emulated routers do not route IPv6, so hosts must not fill links with
+        // neighbour discovery they cannot use.
+        nl.no_ipv6(idx, &iface.name);
         nl.link_up(idx, &iface.name, Some(iface.mac), Some(mtu));
         if let Some((a, len)) = iface.addr {
             nl.add_address(idx, &iface.name, a, len);
