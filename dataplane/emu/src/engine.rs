@@ -102,6 +102,8 @@ impl Topo {
 #[derive(Debug, Clone, Default)]
 pub struct RouterConf {
     pub routes: Vec<((Ipv4Addr, u8), Vec<Hop>)>,
+    /// For destinations in the emulation's subnets that no route covers.
+    pub default: Option<Vec<Hop>>,
     pub pins: Vec<(Rule, Hop)>,
 }
 
@@ -204,6 +206,8 @@ pub struct Shared {
     pub nodes: Vec<Vec<NodeStats>>,
     /// TAP descriptors by (node, iface) flattened: any worker writes to any TAP.
     taps: HashMap<(usize, usize), OwnedFd>,
+    /// The emulation's subnets, which routers' defaults serve.
+    pub subnets: Arc<crate::router::Subnets>,
     /// AF_XDP host ports, by the worker that owns their node (each takes its own at start).
     host_ports: Vec<std::sync::Mutex<Vec<HostPort>>>,
     wakers: Vec<Waker>,
@@ -383,6 +387,9 @@ pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>, ports: Vec<HostPort>) ->
             .map(|t| ((t.node, t.iface), t.fd))
             .collect(),
         host_ports: by_worker.into_iter().map(std::sync::Mutex::new).collect(),
+        subnets: Arc::new(crate::router::Subnets::new(
+            plan.segments.iter().filter_map(|s| s.subnet),
+        )),
         wakers,
         stop: AtomicBool::new(false),
         rounds: (0..workers).map(|_| AtomicU64::new(0)).collect(),
@@ -423,6 +430,7 @@ pub fn router_conf(plan: &Plan, n: &crate::plan::Node) -> RouterConf {
             .iter()
             .map(|r| (r.prefix, r.hops.iter().map(hop).collect()))
             .collect(),
+        default: n.default.as_ref().map(|d| d.iter().map(hop).collect()),
         pins: n
             .pins
             .iter()
@@ -568,12 +576,12 @@ impl Worker {
         for (n, kind) in nodes {
             match kind {
                 EmuNode::Router(ports, neighbours) => {
-                    let mut r = Router::new(ports);
+                    let mut r = Router::new(ports, shared.subnets.clone());
                     for (a, i, mac) in neighbours {
                         r.add_neighbour(a, i, mac);
                     }
                     if let Some(Some(c)) = confs.get(n) {
-                        r.set_routes(&c.routes);
+                        r.set_routes(&c.routes, c.default.as_deref());
                         r.set_pins(c.pins.clone());
                     }
                     routers.insert(n, r);
@@ -1008,7 +1016,7 @@ impl Worker {
             }
             self.router_conf[n] = c.clone();
             if let (Some(r), Some(c)) = (self.routers.get_mut(&n), c) {
-                r.set_routes(&c.routes);
+                r.set_routes(&c.routes, c.default.as_deref());
                 r.set_pins(c.pins.clone());
             }
         }

@@ -50,7 +50,7 @@ pub struct Route {
     pub hops: Vec<NextHop>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NextHop {
     /// This node's interface (index into its `ifaces`).
     pub iface: usize,
@@ -76,10 +76,27 @@ pub struct Node {
     /// A namespace's default gateway.
     pub gateway: Option<Ipv4Addr>,
     pub routes: Vec<Route>,
+    /// An emulated router's most common next hops, taken out of `routes`: used for a
+    /// destination in one of the plan's subnets that no route covers (others are
+    /// unreachable, as without it). Keeps each router's table to its exceptions: in a tree,
+    /// the subtree below it.
+    pub default: Option<Vec<NextHop>>,
     pub pins: Vec<Pin>,
     pub run: Vec<String>,
     /// The worker that owns the node's packets.
     pub worker: usize,
+}
+
+impl Node {
+    /// The next hops towards `prefix` (one of the plan's subnets): its route, else the
+    /// router's default.
+    pub fn hops_for(&self, prefix: (Ipv4Addr, u8)) -> Option<&[NextHop]> {
+        self.routes
+            .iter()
+            .find(|r| r.prefix == prefix)
+            .map(|r| r.hops.as_slice())
+            .or(self.default.as_deref())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +251,7 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
             ifaces: Vec::new(),
             gateway: None,
             routes: Vec::new(),
+            default: None,
             pins: Vec::new(),
             run: n.run.clone(),
             worker: 0,
@@ -737,82 +755,76 @@ fn route(
         }
     }
     if mode != RoutingMode::Static {
+        // Per router: its distinct next-hop sets, and (prefix, set) per destination.
+        let mut sets: Vec<Vec<Vec<NextHop>>> = vec![Vec::new(); nodes.len()];
+        let mut set_ids: Vec<HashMap<Vec<NextHop>, u32>> = vec![HashMap::new(); nodes.len()];
+        let mut found: Vec<Vec<((Ipv4Addr, u8), u32)>> = vec![Vec::new(); nodes.len()];
+        // A segment with one router on it (a host's link, say) is reached through that router
+        // exactly as every other segment with only that router is: its paths are the
+        // router's, worked out once.
+        let mut by_single: HashMap<NodeId, Vec<(NodeId, u32)>> = HashMap::new();
         for (d, dseg) in segs.iter().enumerate() {
             let Some(prefix) = dseg.subnet else { continue };
-            // Dijkstra from the destination: dist of a router = cost to reach the segment.
-            let mut dist = vec![u64::MAX; nodes.len()];
-            let mut seg_dist = vec![u64::MAX; segs.len()];
-            let mut heap = BinaryHeap::new();
-            seg_dist[d] = 0;
-            heap.push(std::cmp::Reverse((0u64, false, d)));
-            while let Some(std::cmp::Reverse((c, is_node, x))) = heap.pop() {
-                if is_node {
-                    if c > dist[x] {
-                        continue;
+            let routers_on: Vec<NodeId> = dseg
+                .members
+                .iter()
+                .map(|&(n, _)| n)
+                .filter(|&n| is_router(&nodes[n]))
+                .collect();
+            let single = match (&routers_on[..], &attach[d][..]) {
+                ([r], [(a, ..)]) if r == a => Some(*r),
+                _ => None,
+            };
+            if let Some(r) = single
+                && let Some(done) = by_single.get(&r)
+            {
+                for &(x, id) in done {
+                    found[x].push((prefix, id));
+                }
+                continue;
+            }
+            let hops = paths_to(nodes, links, segs, &attach, d, mode);
+            let mut done = Vec::with_capacity(hops.len());
+            for (x, h) in hops {
+                let next = sets[x].len() as u32;
+                let id = *set_ids[x].entry(h.clone()).or_insert_with(|| {
+                    sets[x].push(h);
+                    next
+                });
+                found[x].push((prefix, id));
+                done.push((x, id));
+            }
+            if let Some(r) = single {
+                by_single.insert(r, done);
+            }
+        }
+        for (x, routes) in found.into_iter().enumerate() {
+            if routes.is_empty() {
+                continue;
+            }
+            // An emulated router keeps its most common set (used by two or more) as its
+            // default; a kernel-forwarded one gets every route (its kernel has no such rule).
+            let default = (nodes[x].role == Role::Router)
+                .then(|| {
+                    let mut count = vec![0u32; sets[x].len()];
+                    for &(_, id) in &routes {
+                        count[id as usize] += 1;
                     }
-                    // A router reaches every segment it is attached to at no further cost for
-                    // the segment's other routers: they go through it.
-                    for iface in &nodes[x].ifaces {
-                        let s = iface.segment;
-                        if c < seg_dist[s] {
-                            seg_dist[s] = c;
-                            heap.push(std::cmp::Reverse((c, false, s)));
-                        }
-                    }
-                } else {
-                    if c > seg_dist[x] {
-                        continue;
-                    }
-                    for &(r, _, cost, _) in &attach[x] {
-                        let nc = c + cost as u64;
-                        if nc < dist[r] {
-                            dist[r] = nc;
-                            heap.push(std::cmp::Reverse((nc, true, r)));
-                        }
-                    }
+                    let best =
+                        (0..count.len()).max_by_key(|&i| (count[i], std::cmp::Reverse(i)))?;
+                    (count[best] >= 2).then_some(best as u32)
+                })
+                .flatten();
+            nodes[x].routes.reserve(routes.len());
+            for (prefix, id) in routes {
+                if Some(id) != default {
+                    nodes[x].routes.push(Route {
+                        prefix,
+                        hops: sets[x][id as usize].clone(),
+                    });
                 }
             }
-            for r in 0..nodes.len() {
-                if !is_router(&nodes[r]) || dist[r] == u64::MAX {
-                    continue;
-                }
-                if nodes[r].ifaces.iter().any(|i| i.segment == d) {
-                    continue; // directly attached
-                }
-                let mut hops = Vec::new();
-                for (i, iface) in nodes[r].ifaces.iter().enumerate() {
-                    let s = iface.segment;
-                    let l = &links[iface.link];
-                    if !(l.params[0].up && l.params[1].up) || seg_dist[s] == u64::MAX {
-                        continue;
-                    }
-                    if l.cost as u64 + seg_dist[s] != dist[r] {
-                        continue;
-                    }
-                    // Every router on that segment that is that close (not r itself).
-                    for &(nb, nbi, _, _) in &attach[s] {
-                        if nb != r && dist[nb] == seg_dist[s] {
-                            hops.push(NextHop {
-                                iface: i,
-                                node: nb,
-                                node_iface: nbi,
-                                weight: l.weight,
-                            });
-                        }
-                    }
-                }
-                hops.sort_by_key(|h| (nodes[h.node].name.clone(), h.iface));
-                hops.dedup();
-                if hops.is_empty() {
-                    continue;
-                }
-                match mode {
-                    RoutingMode::ShortestPath => hops.truncate(1),
-                    RoutingMode::Ecmp => hops.iter_mut().for_each(|h| h.weight = 1),
-                    RoutingMode::Weighted | RoutingMode::Static => {}
-                }
-                nodes[r].routes.push(Route { prefix, hops });
-            }
+            nodes[x].default = default.map(|id| sets[x][id as usize].clone());
         }
     }
     for s in &t.routing.static_routes {
@@ -915,6 +927,100 @@ fn route(
     Ok(())
 }
 
+/// Every router's next hops towards segment `d` (Dijkstra from the destination), in the
+/// routing mode's form; routers on `d` itself and routers that cannot reach it get none.
+fn paths_to(
+    nodes: &[Node],
+    links: &[Link],
+    segs: &[Segment],
+    attach: &[Vec<(NodeId, usize, u32, u32)>],
+    d: usize,
+    mode: RoutingMode,
+) -> Vec<(NodeId, Vec<NextHop>)> {
+    let is_router = |n: &Node| n.kind == Kind::Router;
+    let mut out = Vec::new();
+    // Dijkstra from the destination: dist of a router = cost to reach the segment.
+    let mut dist = vec![u64::MAX; nodes.len()];
+    let mut seg_dist = vec![u64::MAX; segs.len()];
+    let mut heap = BinaryHeap::new();
+    seg_dist[d] = 0;
+    heap.push(std::cmp::Reverse((0u64, false, d)));
+    while let Some(std::cmp::Reverse((c, is_node, x))) = heap.pop() {
+        if is_node {
+            if c > dist[x] {
+                continue;
+            }
+            // A router reaches every segment it is attached to at no further cost for
+            // the segment's other routers: they go through it.
+            for iface in &nodes[x].ifaces {
+                let s = iface.segment;
+                if c < seg_dist[s] {
+                    seg_dist[s] = c;
+                    heap.push(std::cmp::Reverse((c, false, s)));
+                }
+            }
+        } else {
+            if c > seg_dist[x] {
+                continue;
+            }
+            for &(r, _, cost, _) in &attach[x] {
+                let nc = c + cost as u64;
+                if nc < dist[r] {
+                    dist[r] = nc;
+                    heap.push(std::cmp::Reverse((nc, true, r)));
+                }
+            }
+        }
+    }
+    for r in 0..nodes.len() {
+        if !is_router(&nodes[r]) || dist[r] == u64::MAX {
+            continue;
+        }
+        if nodes[r].ifaces.iter().any(|i| i.segment == d) {
+            continue; // directly attached
+        }
+        let mut hops = Vec::new();
+        for (i, iface) in nodes[r].ifaces.iter().enumerate() {
+            let s = iface.segment;
+            let l = &links[iface.link];
+            if !(l.params[0].up && l.params[1].up) || seg_dist[s] == u64::MAX {
+                continue;
+            }
+            if l.cost as u64 + seg_dist[s] != dist[r] {
+                continue;
+            }
+            // Every router on that segment that is that close (not r itself).
+            for &(nb, nbi, _, _) in &attach[s] {
+                if nb != r && dist[nb] == seg_dist[s] {
+                    hops.push(NextHop {
+                        iface: i,
+                        node: nb,
+                        node_iface: nbi,
+                        weight: l.weight,
+                    });
+                }
+            }
+        }
+        hops.sort_by(|a, b| {
+            nodes[a.node]
+                .name
+                .cmp(&nodes[b.node].name)
+                .then(a.iface.cmp(&b.iface))
+        });
+        hops.dedup();
+        if hops.is_empty() {
+            continue;
+        }
+        match mode {
+            RoutingMode::ShortestPath => hops.truncate(1),
+            RoutingMode::Ecmp => hops.iter_mut().for_each(|h| h.weight = 1),
+            RoutingMode::Weighted | RoutingMode::Static => {}
+        }
+        out.push((r, hops));
+    }
+    out
+}
+
 /// The next hop from router `r` to its neighbour named `via` (sharing a segment).
 fn neighbour_hop(nodes: &[Node], r: NodeId, via: &str, weight: u32) -> Option<NextHop> {
     let nb = nodes.iter().position(|n| n.name == via)?;
@@ -968,13 +1074,9 @@ mod tests {
         // r1 reaches h3's subnet through r2 only.
         let h3 = &p.nodes[p.node("h3").unwrap()];
         let (h3a, _) = h3.ifaces[0].addr.unwrap();
-        let route = r1
-            .routes
-            .iter()
-            .find(|r| r.prefix == (network(h3a, 24), 24))
-            .unwrap();
-        assert_eq!(route.hops.len(), 1);
-        assert_eq!(p.nodes[route.hops[0].node].name, "r2");
+        let route = r1.hops_for((network(h3a, 24), 24)).unwrap();
+        assert_eq!(route.len(), 1);
+        assert_eq!(p.nodes[route[0].node].name, "r2");
         // Router-to-router links get /30s from the upper half.
         let r12 = r1
             .ifaces
@@ -992,13 +1094,8 @@ mod tests {
         let p = plan(&t, &opts()).unwrap();
         let r1 = &p.nodes[p.node("r1").unwrap()];
         let h3 = p.nodes[p.node("h3").unwrap()].ifaces[0].addr.unwrap();
-        let route = r1
-            .routes
-            .iter()
-            .find(|r| r.prefix == (network(h3.0, 24), 24))
-            .unwrap();
+        let route = r1.hops_for((network(h3.0, 24), 24)).unwrap();
         let via: Vec<&str> = route
-            .hops
             .iter()
             .map(|h| p.nodes[h.node].name.as_str())
             .collect();
@@ -1006,12 +1103,8 @@ mod tests {
         t.routing.mode = RoutingMode::ShortestPath;
         let p = plan(&t, &opts()).unwrap();
         let r1 = &p.nodes[p.node("r1").unwrap()];
-        let route = r1
-            .routes
-            .iter()
-            .find(|r| r.prefix == (network(h3.0, 24), 24))
-            .unwrap();
-        assert_eq!(route.hops.len(), 1);
+        let route = r1.hops_for((network(h3.0, 24), 24)).unwrap();
+        assert_eq!(route.len(), 1);
     }
 
     #[test]
@@ -1063,13 +1156,8 @@ mod tests {
         .unwrap();
         let a = &p.nodes[p.node("a").unwrap()];
         let h2 = p.nodes[p.node("h2").unwrap()].ifaces[0].addr.unwrap();
-        let r = a
-            .routes
-            .iter()
-            .find(|r| r.prefix == (network(h2.0, 24), 24))
-            .unwrap();
+        let r = a.hops_for((network(h2.0, 24), 24)).unwrap();
         let w: Vec<(String, u32)> = r
-            .hops
             .iter()
             .map(|h| (p.nodes[h.node].name.clone(), h.weight))
             .collect();
@@ -1157,13 +1245,49 @@ mod tests {
             .unwrap();
         let far_host = p.nodes.iter().rposition(|n| n.kind == Kind::Host).unwrap();
         let far = p.nodes[far_host].ifaces[0].addr.unwrap();
-        let r = p.nodes[edge]
-            .routes
-            .iter()
-            .find(|r| r.prefix == (network(far.0, 24), 24))
-            .unwrap();
-        assert_eq!(r.hops.len(), 2);
+        let r = p.nodes[edge].hops_for((network(far.0, 24), 24)).unwrap();
+        assert_eq!(r.len(), 2);
         assert!(p.nodes.iter().all(|n| n.worker < 2));
+    }
+
+    #[test]
+    fn routers_keep_their_exceptions_and_every_subnet_is_still_reached() {
+        for spec in ["tree,3,3", "fat-tree,4", "ring,6", "torus,3,4"] {
+            let t = generate(spec, link_defaults("").unwrap()).unwrap();
+            let p = plan(&t, &opts()).unwrap();
+            let routers: Vec<NodeId> = (0..p.nodes.len())
+                .filter(|&n| p.nodes[n].role == Role::Router)
+                .collect();
+            let subnets: Vec<(usize, (Ipv4Addr, u8))> = p
+                .segments
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| Some((i, s.subnet?)))
+                .collect();
+            let written: usize = routers.iter().map(|&r| p.nodes[r].routes.len()).sum();
+            assert!(
+                written * 2 < routers.len() * subnets.len(),
+                "{spec}: {written} routes written for {} routers and {} subnets",
+                routers.len(),
+                subnets.len()
+            );
+            // From every router, following next hops reaches a router on the subnet.
+            for &from in &routers {
+                for &(seg, prefix) in &subnets {
+                    let mut at = from;
+                    for step in 0.. {
+                        assert!(step <= p.nodes.len(), "{spec}: a loop towards {prefix:?}");
+                        if p.nodes[at].ifaces.iter().any(|i| i.segment == seg) {
+                            break;
+                        }
+                        let hops = p.nodes[at].hops_for(prefix).unwrap_or_else(|| {
+                            panic!("{spec}: {} has no way to {prefix:?}", p.nodes[at].name)
+                        });
+                        at = hops[0].node;
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub enum Why {
 }
 
 /// A next hop: out of `iface` to the neighbour with MAC `mac`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Hop {
     pub iface: usize,
     pub mac: [u8; 6],
@@ -81,6 +81,36 @@ pub struct Port {
     pub addr: Option<(Ipv4Addr, u8)>,
 }
 
+/// The emulation's subnets, one table shared by every router: a router's default route
+/// (its most common next hops, see `plan`) serves only destinations in one of them, so an
+/// address nobody has stays unreachable, as with every route written out.
+#[derive(Debug, Default)]
+pub struct Subnets {
+    lens: Vec<u8>,
+    nets: std::collections::HashSet<(u8, u32)>,
+}
+
+impl Subnets {
+    pub fn new(subnets: impl IntoIterator<Item = (Ipv4Addr, u8)>) -> Subnets {
+        let mut s = Subnets::default();
+        for (net, len) in subnets {
+            s.nets.insert((len, u32::from(net) & mask(len)));
+            if !s.lens.contains(&len) {
+                s.lens.push(len);
+            }
+        }
+        s.lens.sort_unstable_by(|a, b| b.cmp(a));
+        s
+    }
+
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        let a = u32::from(a);
+        self.lens
+            .iter()
+            .any(|&len| self.nets.contains(&(len, a & mask(len))))
+    }
+}
+
 /// Flows remembered per router for multipath affinity.
 const FLOWS: usize = 4096;
 
@@ -89,7 +119,11 @@ pub struct Router {
     /// Prefix lengths in use, longest first, and the routes: (length, network) -> group.
     lens: Vec<u8>,
     table: HashMap<(u8, u32), usize>,
+    /// Next-hop groups, one per distinct set of hops (routes through the same hops share
+    /// one), and the default's.
     groups: Vec<Group>,
+    default: Option<usize>,
+    subnets: std::sync::Arc<Subnets>,
     /// Addresses on connected segments: address -> (interface, MAC).
     neighbours: HashMap<Ipv4Addr, (usize, [u8; 6])>,
     pins: Vec<(Rule, Hop)>,
@@ -111,12 +145,15 @@ fn mask(len: u8) -> u32 {
 }
 
 impl Router {
-    pub fn new(ports: Vec<Port>) -> Router {
+    /// A router with interfaces `ports` in an emulation whose subnets are `subnets`.
+    pub fn new(ports: Vec<Port>, subnets: std::sync::Arc<Subnets>) -> Router {
         Router {
             ports,
             lens: Vec::new(),
             table: HashMap::new(),
             groups: Vec::new(),
+            default: None,
+            subnets,
             neighbours: HashMap::new(),
             pins: Vec::new(),
             flows: None,
@@ -135,28 +172,40 @@ impl Router {
 
     /// Replaces the routes: `(prefix, hops)`; a route with several hops spreads flows by
     /// weight, each flow keeping its hop.
-    pub fn set_routes(&mut self, routes: &[((Ipv4Addr, u8), Vec<Hop>)]) {
+    pub fn set_routes(&mut self, routes: &[((Ipv4Addr, u8), Vec<Hop>)], default: Option<&[Hop]>) {
         self.table.clear();
         self.groups.clear();
+        self.default = None;
+        let mut by_hops: HashMap<Vec<Hop>, usize> = HashMap::new();
         let mut lens: Vec<u8> = Vec::new();
+        let mut group_of = |groups: &mut Vec<Group>, hops: &[Hop]| -> usize {
+            if let Some(&g) = by_hops.get(hops) {
+                return g;
+            }
+            groups.push(Group {
+                total: hops.iter().map(|h| h.weight.max(1) as i64).sum(),
+                current: vec![0; hops.len()],
+                hops: hops.to_vec(),
+            });
+            by_hops.insert(hops.to_vec(), groups.len() - 1);
+            groups.len() - 1
+        };
         for ((net, len), hops) in routes {
             if hops.is_empty() {
                 continue;
             }
             let key = (*len, u32::from(*net) & mask(*len));
-            let g = self.groups.len();
-            self.groups.push(Group {
-                total: hops.iter().map(|h| h.weight.max(1) as i64).sum(),
-                current: vec![0; hops.len()],
-                hops: hops.clone(),
-            });
+            let g = group_of(&mut self.groups, hops);
             self.table.insert(key, g);
             if !lens.contains(len) {
                 lens.push(*len);
             }
-            if hops.len() > 1 && self.flows.is_none() {
-                self.flows = Some(FlowTable::new(FLOWS));
-            }
+        }
+        if let Some(hops) = default.filter(|h| !h.is_empty()) {
+            self.default = Some(group_of(&mut self.groups, hops));
+        }
+        if self.groups.iter().any(|g| g.hops.len() > 1) && self.flows.is_none() {
+            self.flows = Some(FlowTable::new(FLOWS));
         }
         lens.sort_unstable_by(|a, b| b.cmp(a));
         self.lens = lens;
@@ -175,6 +224,7 @@ impl Router {
         self.lens
             .iter()
             .find_map(|&len| self.table.get(&(len, d & mask(len))).copied())
+            .or_else(|| self.default.filter(|_| self.subnets.contains(dst)))
     }
 
     fn own(&self, a: Ipv4Addr) -> bool {
@@ -395,16 +445,23 @@ mod tests {
     const H: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
 
     fn router() -> Router {
-        let mut r = Router::new(vec![
-            Port {
-                mac: R0,
-                addr: Some((Ipv4Addr::new(10, 0, 1, 1), 24)),
-            },
-            Port {
-                mac: R1,
-                addr: Some((Ipv4Addr::new(10, 0, 2, 1), 24)),
-            },
-        ]);
+        let mut r = Router::new(
+            vec![
+                Port {
+                    mac: R0,
+                    addr: Some((Ipv4Addr::new(10, 0, 1, 1), 24)),
+                },
+                Port {
+                    mac: R1,
+                    addr: Some((Ipv4Addr::new(10, 0, 2, 1), 24)),
+                },
+            ],
+            std::sync::Arc::new(Subnets::new([
+                (Ipv4Addr::new(10, 0, 1, 0), 24),
+                (Ipv4Addr::new(10, 0, 2, 0), 24),
+                (Ipv4Addr::new(10, 7, 0, 0), 16),
+            ])),
+        );
         r.add_neighbour(Ipv4Addr::new(10, 0, 2, 2), 1, H);
         r
     }
@@ -454,16 +511,19 @@ mod tests {
             mac: m,
             weight: 1,
         };
-        r.set_routes(&[
-            (
-                (Ipv4Addr::new(10, 9, 0, 0), 16),
-                vec![hop(1, [2, 0, 0, 0, 0, 0xa])],
-            ),
-            (
-                (Ipv4Addr::new(10, 9, 9, 0), 24),
-                vec![hop(0, [2, 0, 0, 0, 0, 0xb])],
-            ),
-        ]);
+        r.set_routes(
+            &[
+                (
+                    (Ipv4Addr::new(10, 9, 0, 0), 16),
+                    vec![hop(1, [2, 0, 0, 0, 0, 0xa])],
+                ),
+                (
+                    (Ipv4Addr::new(10, 9, 9, 0), 24),
+                    vec![hop(0, [2, 0, 0, 0, 0, 0xb])],
+                ),
+            ],
+            None,
+        );
         let mut f = frame([10, 9, 1, 1], 64);
         assert_eq!(r.handle(&mut f, 100, 0), Action::Forward(1));
         let mut f = frame([10, 9, 9, 1], 64);
@@ -472,23 +532,54 @@ mod tests {
     }
 
     #[test]
+    fn the_default_serves_the_emulations_subnets_only() {
+        let mut r = router();
+        let hop = |i, m| Hop {
+            iface: i,
+            mac: m,
+            weight: 1,
+        };
+        r.set_routes(
+            &[(
+                (Ipv4Addr::new(10, 7, 9, 0), 24),
+                vec![hop(0, [2, 0, 0, 0, 0, 0xb])],
+            )],
+            Some(&[hop(1, [2, 0, 0, 0, 0, 0xa])]),
+        );
+        // In a subnet of the emulation, no route: the default.
+        let mut f = frame([10, 7, 1, 1], 64);
+        assert_eq!(r.handle(&mut f, 100, 0), Action::Forward(1));
+        assert_eq!(f[5], 0xa);
+        // A route is still more specific than the default.
+        let mut f = frame([10, 7, 9, 1], 64);
+        assert_eq!(r.handle(&mut f, 100, 0), Action::Forward(0));
+        // An address no subnet holds: unreachable, answered with ICMP.
+        let mut f = frame([192, 168, 1, 1], 64);
+        let a = r.handle(&mut f, 100, 0);
+        assert!(matches!(a, Action::Reply { .. }), "{a:?}");
+    }
+
+    #[test]
     fn multipath_splits_new_flows_by_weight_and_each_flow_keeps_its_hop() {
         let mut r = router();
-        r.set_routes(&[(
-            (Ipv4Addr::new(10, 9, 0, 0), 16),
-            vec![
-                Hop {
-                    iface: 0,
-                    mac: [2, 0, 0, 0, 0, 0xa],
-                    weight: 3,
-                },
-                Hop {
-                    iface: 1,
-                    mac: [2, 0, 0, 0, 0, 0xb],
-                    weight: 1,
-                },
-            ],
-        )]);
+        r.set_routes(
+            &[(
+                (Ipv4Addr::new(10, 9, 0, 0), 16),
+                vec![
+                    Hop {
+                        iface: 0,
+                        mac: [2, 0, 0, 0, 0, 0xa],
+                        weight: 3,
+                    },
+                    Hop {
+                        iface: 1,
+                        mac: [2, 0, 0, 0, 0, 0xb],
+                        weight: 1,
+                    },
+                ],
+            )],
+            None,
+        );
         let mut first = Vec::new();
         for sport in 0..16u16 {
             let mut f = frame([10, 9, 1, 1], 64);
