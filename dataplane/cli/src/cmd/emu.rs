@@ -504,7 +504,8 @@ fn detach(name: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    if let Some(line) = log.lines().rev().find(|l| l.starts_with("up:")) {
+    // The summary and what it raised for the run (lines the emulator wrote once up).
+    for line in log.lines().filter(|l| l.starts_with("up:")) {
         println!("{line}");
     }
     println!("detached: pid {}, log {}", child.id(), log_path.display());
