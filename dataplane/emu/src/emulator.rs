@@ -394,6 +394,7 @@ fn write_state(plan: &Plan) -> io::Result<()> {
                 name: n.name.clone(),
                 kind: match n.kind {
                     crate::topo::Kind::Host => "host",
+                    crate::topo::Kind::Virtual => "virtual",
                     crate::topo::Kind::Router => "router",
                     crate::topo::Kind::Switch => "switch",
                 }

@@ -507,6 +507,7 @@ impl Built {
 /// What a worker builds for its emulated nodes: interfaces and neighbours.
 enum EmuNode {
     Router(Vec<Port>, Vec<(Ipv4Addr, usize, [u8; 6])>),
+    Virtual(Vec<Port>, Vec<(Ipv4Addr, usize, [u8; 6])>),
     Switch,
 }
 
@@ -517,7 +518,7 @@ fn emulated_nodes(plan: &Plan, w: usize) -> Vec<(usize, EmuNode)> {
             continue;
         }
         match n.role {
-            Role::Router => {
+            Role::Router | Role::Virtual => {
                 let ports = n
                     .ifaces
                     .iter()
@@ -538,7 +539,14 @@ fn emulated_nodes(plan: &Plan, w: usize) -> Vec<(usize, EmuNode)> {
                         }
                     }
                 }
-                out.push((id, EmuNode::Router(ports, neighbours)));
+                out.push((
+                    id,
+                    if n.role == Role::Router {
+                        EmuNode::Router(ports, neighbours)
+                    } else {
+                        EmuNode::Virtual(ports, neighbours)
+                    },
+                ));
             }
             Role::Switch => out.push((id, EmuNode::Switch)),
             Role::Namespace => {}
@@ -583,6 +591,13 @@ impl Worker {
                     if let Some(Some(c)) = confs.get(n) {
                         r.set_routes(&c.routes, c.default.as_deref());
                         r.set_pins(c.pins.clone());
+                    }
+                    routers.insert(n, r);
+                }
+                EmuNode::Virtual(ports, neighbours) => {
+                    let mut r = Router::host(ports, shared.subnets.clone());
+                    for (a, i, mac) in neighbours {
+                        r.add_neighbour(a, i, mac);
                     }
                     routers.insert(n, r);
                 }
@@ -733,11 +748,11 @@ impl Worker {
             {
                 self.give_host(node, iface, frame)
             }
-            Role::Router | Role::Switch if owner == self.id => {
+            Role::Router | Role::Switch | Role::Virtual if owner == self.id => {
                 self.process(node, iface, frame, now)
             }
             // Another worker's node: its emulated logic or its AF_XDP port is that worker's.
-            Role::Namespace | Role::Router | Role::Switch => {
+            Role::Namespace | Role::Router | Role::Switch | Role::Virtual => {
                 let data = self.pool.data(&frame);
                 let ok = self.to[owner].as_mut().is_some_and(|p| {
                     p.try_write(|s| {

@@ -28,6 +28,8 @@ pub enum Role {
     Router,
     /// An emulated learning bridge inside the emulator.
     Switch,
+    /// A host inside the emulator: no namespace.
+    Virtual,
 }
 
 #[derive(Debug, Clone)]
@@ -88,12 +90,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// The next hops towards `prefix` (one of the plan's subnets): its route, else the
-    /// router's default.
+    /// The next hops towards `prefix` (one of the plan's subnets): the longest route that
+    /// covers it, else the router's default.
     pub fn hops_for(&self, prefix: (Ipv4Addr, u8)) -> Option<&[NextHop]> {
+        let (net, len) = (u32::from(prefix.0), prefix.1);
         self.routes
             .iter()
-            .find(|r| r.prefix == prefix)
+            .filter(|r| r.prefix.1 <= len && u32::from(r.prefix.0) == net & mask(r.prefix.1))
+            .max_by_key(|r| r.prefix.1)
             .map(|r| r.hops.as_slice())
             .or(self.default.as_deref())
     }
@@ -234,6 +238,13 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
             (Kind::Switch, Forward::Kernel) => {
                 return err(format!(
                     "node '{}': a switch is always forwarded by linerate",
+                    n.name
+                ));
+            }
+            (Kind::Virtual, Forward::Linerate) => Role::Virtual,
+            (Kind::Virtual, Forward::Kernel) => {
+                return err(format!(
+                    "node '{}': forward applies to routers (a host is forwarded by nobody)",
                     n.name
                 ));
             }
@@ -624,6 +635,22 @@ fn address(nodes: &mut [Node], segs: &mut [Segment], t: &Topology) -> Result<(),
     let overlaps = |lo: u32, hi: u32| taken.iter().any(|&(a, b)| a <= hi && lo <= b);
     let (mut next24, mut next30) = (1u64, 0u64);
     let half = pool_size / 2;
+    // A host's segment gets a /24 (room to add hosts by hand), unless there are more such
+    // segments than the pool's lower half holds (a compact network of 100,000 hosts): then a
+    // host alone with its router gets a /30 like a router-to-router link.
+    let wants_24 = segs
+        .iter()
+        .filter(|s| s.subnet.is_none())
+        .filter(|s| {
+            let m: Vec<_> = s
+                .members
+                .iter()
+                .filter(|&&(n, _)| nodes[n].role != Role::Switch)
+                .collect();
+            !m.is_empty() && (m.len() > 2 || m.iter().any(|&&(n, _)| nodes[n].kind.is_host()))
+        })
+        .count() as u64;
+    let tight = wants_24 + 1 > half / 256;
     #[allow(clippy::needless_range_loop)] // segs[s] is written while nodes are read
     for s in 0..segs.len() {
         let addressable: Vec<(NodeId, usize)> = segs[s]
@@ -635,11 +662,9 @@ fn address(nodes: &mut [Node], segs: &mut [Segment], t: &Topology) -> Result<(),
         if addressable.is_empty() {
             continue;
         }
-        let has_host = addressable
-            .iter()
-            .any(|&(n, _)| nodes[n].kind == Kind::Host);
+        let has_host = addressable.iter().any(|&(n, _)| nodes[n].kind.is_host());
         if segs[s].subnet.is_none() {
-            let p2p = !has_host && addressable.len() <= 2;
+            let p2p = (!has_host || tight) && addressable.len() <= 2;
             let (net, len) = loop {
                 let (lo, len) = if p2p {
                     let lo = pool_base as u64 + half + next30 * 4;
@@ -700,7 +725,7 @@ fn address(nodes: &mut [Node], segs: &mut [Segment], t: &Topology) -> Result<(),
 
 fn gateways(nodes: &mut [Node], segs: &[Segment], t: &Topology) -> Result<(), TopoError> {
     for (id, spec) in t.nodes.iter().enumerate() {
-        if nodes[id].kind != Kind::Host {
+        if !nodes[id].kind.is_host() {
             continue;
         }
         if let Some(g) = &spec.gateway {
@@ -755,76 +780,135 @@ fn route(
         }
     }
     if mode != RoutingMode::Static {
-        // Per router: its distinct next-hop sets, and (prefix, set) per destination.
-        let mut sets: Vec<Vec<Vec<NextHop>>> = vec![Vec::new(); nodes.len()];
-        let mut set_ids: Vec<HashMap<Vec<NextHop>, u32>> = vec![HashMap::new(); nodes.len()];
-        let mut found: Vec<Vec<((Ipv4Addr, u8), u32)>> = vec![Vec::new(); nodes.len()];
-        // A segment with one router on it (a host's link, say) is reached through that router
-        // exactly as every other segment with only that router is: its paths are the
-        // router's, worked out once.
-        let mut by_single: HashMap<NodeId, Vec<(NodeId, u32)>> = HashMap::new();
+        // Destinations: a segment with one router on it (a host's link, say) is reached
+        // through that router exactly as every other such segment of that router: one
+        // class per router, worked out once. Every other segment (a switch's) is a class of
+        // its own.
+        let mut classes: Vec<(Dest, Vec<((Ipv4Addr, u8), usize)>)> = Vec::new();
+        let mut class_of_router: HashMap<NodeId, usize> = HashMap::new();
         for (d, dseg) in segs.iter().enumerate() {
             let Some(prefix) = dseg.subnet else { continue };
-            let routers_on: Vec<NodeId> = dseg
-                .members
-                .iter()
-                .map(|&(n, _)| n)
-                .filter(|&n| is_router(&nodes[n]))
-                .collect();
-            let single = match (&routers_on[..], &attach[d][..]) {
-                ([r], [(a, ..)]) if r == a => Some(*r),
+            let mut routers_on = dseg.members.iter().filter(|&&(n, _)| is_router(&nodes[n]));
+            let single = match (routers_on.next(), routers_on.next(), &attach[d][..]) {
+                (Some(&(r, _)), None, [(a, ..)]) if r == *a => Some(r),
+                // A link between two routers is reached through its first router (the
+                // second is its neighbour there): a path at most one hop longer than the
+                // shortest for half the network, and one class per router instead of one
+                // per link, which is what keeps 100,000-node plans quadratic in routers only.
+                (Some(&(r, _)), Some(&(r2, _)), [(a, ..), (b, ..)])
+                    if dseg.members.len() == 2 && r == *a && r2 == *b =>
+                {
+                    Some(r)
+                }
                 _ => None,
             };
-            if let Some(r) = single
-                && let Some(done) = by_single.get(&r)
-            {
-                for &(x, id) in done {
-                    found[x].push((prefix, id));
+            match single {
+                Some(r) => {
+                    let c = *class_of_router.entry(r).or_insert_with(|| {
+                        classes.push((Dest::Router(r), Vec::new()));
+                        classes.len() - 1
+                    });
+                    classes[c].1.push((prefix, d));
                 }
-                continue;
-            }
-            let hops = paths_to(nodes, links, segs, &attach, d, mode);
-            let mut done = Vec::with_capacity(hops.len());
-            for (x, h) in hops {
-                let next = sets[x].len() as u32;
-                let id = *set_ids[x].entry(h.clone()).or_insert_with(|| {
-                    sets[x].push(h);
-                    next
-                });
-                found[x].push((prefix, id));
-                done.push((x, id));
-            }
-            if let Some(r) = single {
-                by_single.insert(r, done);
+                None => classes.push((Dest::Segment(d), vec![(prefix, d)])),
             }
         }
-        for (x, routes) in found.into_iter().enumerate() {
-            if routes.is_empty() {
+        // Two passes, so that no (router, destination) pair is ever stored: the first counts
+        // each router's next-hop sets (an emulated router's most common becomes its
+        // default), the second writes out the rest.
+        let mut paths = Paths::new(nodes, &attach, mode);
+        let routers = paths.routers.clone();
+        let mut sets: Vec<hashbrown::HashMap<Vec<NextHop>, (u32, u64)>> =
+            vec![hashbrown::HashMap::new(); nodes.len()];
+        let mut hops = Vec::new();
+        for (d, prefixes) in &classes {
+            paths.run(*d);
+            for &x in &routers {
+                paths.hops(x, &mut hops);
+                if hops.is_empty() {
+                    continue;
+                }
+                let next = sets[x].len() as u32;
+                match sets[x].get_mut(hops.as_slice()) {
+                    Some(e) => e.1 += prefixes.len() as u64,
+                    None => {
+                        sets[x].insert(hops.clone(), (next, prefixes.len() as u64));
+                    }
+                }
+            }
+        }
+        let mut default: Vec<Option<u32>> = vec![None; nodes.len()];
+        let mut default_hops: Vec<Option<Vec<NextHop>>> = vec![None; nodes.len()];
+        for &x in &routers {
+            if nodes[x].role != Role::Router {
+                continue; // a kernel-forwarded router gets every route
+            }
+            let best = sets[x]
+                .iter()
+                .filter(|(_, (_, n))| *n >= 2)
+                .max_by_key(|(_, (id, n))| (*n, std::cmp::Reverse(*id)));
+            if let Some((h, (id, _))) = best {
+                default[x] = Some(*id);
+                default_hops[x] = Some(h.clone());
+            }
+        }
+        // Routes as (prefix, set number); a class's prefixes aggregated once, since every
+        // router reaches all of them through the same hops.
+        let mut found: Vec<Vec<((Ipv4Addr, u8), u32)>> = vec![Vec::new(); nodes.len()];
+        for (d, prefixes) in &classes {
+            let merged: Vec<(Ipv4Addr, u8)> =
+                aggregated(prefixes.iter().map(|&(p, _)| (p, ())).collect())
+                    .into_iter()
+                    .map(|(p, ())| p)
+                    .collect();
+            paths.run(*d);
+            for &x in &routers {
+                paths.hops(x, &mut hops);
+                if hops.is_empty() {
+                    continue;
+                }
+                let Some(id) = sets[x].get(hops.as_slice()).map(|e| e.0) else {
+                    continue;
+                };
+                if Some(id) == default[x] {
+                    continue;
+                }
+                // A router on one of these segments (the far end of a link folded into its
+                // first router's class) takes them one by one, leaving out its own.
+                let on_one = prefixes
+                    .iter()
+                    .any(|&(_, seg)| nodes[x].ifaces.iter().any(|i| i.segment == seg));
+                if on_one {
+                    for &(prefix, seg) in prefixes {
+                        if !nodes[x].ifaces.iter().any(|i| i.segment == seg) {
+                            found[x].push((prefix, id));
+                        }
+                    }
+                } else {
+                    found[x].extend(merged.iter().map(|&p| (p, id)));
+                }
+            }
+        }
+        drop(paths);
+        for (x, d) in default_hops.into_iter().enumerate() {
+            nodes[x].default = d;
+        }
+        for (x, entries) in found.into_iter().enumerate() {
+            if entries.is_empty() {
                 continue;
             }
-            // An emulated router keeps its most common set (used by two or more) as its
-            // default; a kernel-forwarded one gets every route (its kernel has no such rule).
-            let default = (nodes[x].role == Role::Router)
-                .then(|| {
-                    let mut count = vec![0u32; sets[x].len()];
-                    for &(_, id) in &routes {
-                        count[id as usize] += 1;
-                    }
-                    let best =
-                        (0..count.len()).max_by_key(|&i| (count[i], std::cmp::Reverse(i)))?;
-                    (count[best] >= 2).then_some(best as u32)
-                })
-                .flatten();
-            nodes[x].routes.reserve(routes.len());
-            for (prefix, id) in routes {
-                if Some(id) != default {
+            let mut by_id: Vec<Option<&Vec<NextHop>>> = vec![None; sets[x].len()];
+            for (h, (id, _)) in &sets[x] {
+                by_id[*id as usize] = Some(h);
+            }
+            for (prefix, id) in aggregated(entries) {
+                if let Some(h) = by_id[id as usize] {
                     nodes[x].routes.push(Route {
                         prefix,
-                        hops: sets[x][id as usize].clone(),
+                        hops: h.clone(),
                     });
                 }
             }
-            nodes[x].default = default.map(|id| sets[x][id as usize].clone());
         }
     }
     for s in &t.routing.static_routes {
@@ -927,98 +1011,247 @@ fn route(
     Ok(())
 }
 
-/// Every router's next hops towards segment `d` (Dijkstra from the destination), in the
-/// routing mode's form; routers on `d` itself and routers that cannot reach it get none.
-fn paths_to(
-    nodes: &[Node],
-    links: &[Link],
-    segs: &[Segment],
-    attach: &[Vec<(NodeId, usize, u32, u32)>],
-    d: usize,
-    mode: RoutingMode,
-) -> Vec<(NodeId, Vec<NextHop>)> {
-    let is_router = |n: &Node| n.kind == Kind::Router;
-    let mut out = Vec::new();
-    // Dijkstra from the destination: dist of a router = cost to reach the segment.
-    let mut dist = vec![u64::MAX; nodes.len()];
-    let mut seg_dist = vec![u64::MAX; segs.len()];
-    let mut heap = BinaryHeap::new();
-    seg_dist[d] = 0;
-    heap.push(std::cmp::Reverse((0u64, false, d)));
-    while let Some(std::cmp::Reverse((c, is_node, x))) = heap.pop() {
-        if is_node {
-            if c > dist[x] {
+/// Merges two routes whose prefixes are the halves of one prefix and whose next hops are the
+/// same into a route to that prefix, again and again: exactly the same forwarding for every
+/// address, and a core router of a fat tree holds a few routes per pod instead of one per
+/// subnet. Sorted by prefix after.
+#[cfg(test)]
+fn aggregate(routes: &mut Vec<Route>) {
+    let entries = routes.drain(..).map(|r| (r.prefix, r.hops)).collect();
+    routes.extend(
+        aggregated(entries)
+            .into_iter()
+            .map(|(prefix, hops)| Route { prefix, hops }),
+    );
+}
+
+/// [`aggregate`] over any next-hop value (an interned set's number, say).
+fn aggregated<T: PartialEq>(entries: Vec<((Ipv4Addr, u8), T)>) -> Vec<((Ipv4Addr, u8), T)> {
+    let mut table: hashbrown::HashMap<(u8, u32), T> = entries
+        .into_iter()
+        .map(|((net, len), v)| ((len, u32::from(net)), v))
+        .collect();
+    for len in (1..=32u8).rev() {
+        let mut nets: Vec<u32> = table
+            .keys()
+            .filter(|(l, _)| *l == len)
+            .map(|&(_, n)| n)
+            .collect();
+        nets.sort_unstable();
+        for net in nets {
+            let bit = 1u32 << (32 - len);
+            if net & bit != 0 {
+                continue; // the upper half: merged from its lower one
+            }
+            let parent = (len - 1, net);
+            let same = match (table.get(&(len, net)), table.get(&(len, net | bit))) {
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            };
+            if !same || table.contains_key(&parent) {
                 continue;
             }
-            // A router reaches every segment it is attached to at no further cost for
-            // the segment's other routers: they go through it.
-            for iface in &nodes[x].ifaces {
-                let s = iface.segment;
-                if c < seg_dist[s] {
-                    seg_dist[s] = c;
-                    heap.push(std::cmp::Reverse((c, false, s)));
+            if let Some(v) = table.remove(&(len, net)) {
+                table.remove(&(len, net | bit));
+                table.insert(parent, v);
+            }
+        }
+    }
+    let mut out: Vec<((Ipv4Addr, u8), T)> = table
+        .into_iter()
+        .map(|((len, net), v)| ((Ipv4Addr::from(net), len), v))
+        .collect();
+    out.sort_by_key(|(p, _)| (u32::from(p.0), p.1));
+    out
+}
+
+/// A destination of the route computation: a router (every segment only it serves), or a
+/// segment.
+#[derive(Debug, Clone, Copy)]
+enum Dest {
+    Router(NodeId),
+    Segment(usize),
+}
+
+/// Shortest paths over the routers only (hosts are segments' ends, never transit), with
+/// buffers kept between runs: a run per destination is O(routers + links), whatever the
+/// number of hosts.
+struct Paths<'a> {
+    nodes: &'a [Node],
+    attach: &'a [Vec<(NodeId, usize, u32, u32)>],
+    mode: RoutingMode,
+    /// Router node ids, and each router's index among them.
+    routers: Vec<NodeId>,
+    index: Vec<u32>,
+    /// Per router index: the segments it shares with another router (link up), with its
+    /// interface there.
+    segs_of: Vec<Vec<(usize, usize)>>,
+    dist: Vec<u64>,
+    /// Per router index, after a run: the next hops that reach the destination at its cost
+    /// (recorded while relaxing, so reading them is free).
+    parents: Vec<Vec<NextHop>>,
+    /// After a run: the nodes that are the destination or on it.
+    on: Vec<NodeId>,
+    heap: BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
+    /// Every link costs the same (the default): breadth-first order is shortest-first, and
+    /// a queue replaces the heap (whose pops were 41% of a 100,000-node plan).
+    uniform: bool,
+    queue: std::collections::VecDeque<u32>,
+    /// Each node's place in the order of names.
+    rank: Vec<u32>,
+}
+
+impl<'a> Paths<'a> {
+    fn new(
+        nodes: &'a [Node],
+        attach: &'a [Vec<(NodeId, usize, u32, u32)>],
+        mode: RoutingMode,
+    ) -> Paths<'a> {
+        let routers: Vec<NodeId> = (0..nodes.len())
+            .filter(|&n| nodes[n].kind == Kind::Router)
+            .collect();
+        let mut index = vec![u32::MAX; nodes.len()];
+        for (k, &r) in routers.iter().enumerate() {
+            index[r] = k as u32;
+        }
+        let mut segs_of = vec![Vec::new(); routers.len()];
+        for (s, a) in attach.iter().enumerate() {
+            // A segment with one router leads nowhere else (a host's link).
+            if a.len() < 2 {
+                continue;
+            }
+            for &(r, i, _, _) in a {
+                segs_of[index[r] as usize].push((s, i));
+            }
+        }
+        let mut costs = attach.iter().flatten().map(|&(_, _, c, _)| c);
+        let first = costs.next();
+        let uniform = costs.all(|c| Some(c) == first);
+        let mut by_name: Vec<NodeId> = (0..nodes.len()).collect();
+        by_name.sort_by(|&a, &b| nodes[a].name.cmp(&nodes[b].name));
+        let mut rank = vec![0u32; nodes.len()];
+        for (i, &n) in by_name.iter().enumerate() {
+            rank[n] = i as u32;
+        }
+        Paths {
+            rank,
+            uniform,
+            queue: std::collections::VecDeque::new(),
+            nodes,
+            attach,
+            mode,
+            dist: vec![u64::MAX; routers.len()],
+            parents: vec![Vec::new(); routers.len()],
+            on: Vec::new(),
+            routers,
+            index,
+            segs_of,
+            heap: BinaryHeap::new(),
+        }
+    }
+
+    /// Every router's cost to reach `d` (Dijkstra from the destination: a router on a
+    /// segment reaches it at its link's cost; a router reaches a segment another router on it
+    /// reaches at its own link's cost more; a destination router is reached at no cost).
+    fn run(&mut self, d: Dest) {
+        self.dist.fill(u64::MAX);
+        self.parents.iter_mut().for_each(Vec::clear);
+        self.on.clear();
+        let sources: Vec<(NodeId, u64)> = match d {
+            Dest::Router(r) => vec![(r, 0)],
+            Dest::Segment(s) => {
+                self.on
+                    .extend(self.nodes.iter().enumerate().filter_map(|(n, node)| {
+                        node.ifaces.iter().any(|i| i.segment == s).then_some(n)
+                    }));
+                self.attach[s]
+                    .iter()
+                    .map(|&(r, _, c, _)| (r, c as u64))
+                    .collect()
+            }
+        };
+        if let Dest::Router(r) = d {
+            self.on.push(r);
+        }
+        // Breadth-first needs every source at one distance (a segment's routers, at its
+        // links' one cost; a router at zero).
+        let flat = self.uniform && sources.windows(2).all(|w| w[0].1 == w[1].1);
+        for (r, cost) in sources {
+            let k = self.index[r] as usize;
+            if cost < self.dist[k] {
+                self.dist[k] = cost;
+                if flat {
+                    self.queue.push_back(k as u32);
+                } else {
+                    self.heap.push(std::cmp::Reverse((cost, k as u32)));
                 }
             }
-        } else {
-            if c > seg_dist[x] {
+        }
+        loop {
+            let (c, y) = if flat {
+                let Some(y) = self.queue.pop_front() else {
+                    break;
+                };
+                (self.dist[y as usize], y as usize)
+            } else {
+                let Some(std::cmp::Reverse((c, y))) = self.heap.pop() else {
+                    break;
+                };
+                (c, y as usize)
+            };
+            if c > self.dist[y] {
                 continue;
             }
-            for &(r, _, cost, _) in &attach[x] {
-                let nc = c + cost as u64;
-                if nc < dist[r] {
-                    dist[r] = nc;
-                    heap.push(std::cmp::Reverse((nc, true, r)));
+            let yn = self.routers[y];
+            for &(s, yi) in &self.segs_of[y] {
+                for &(x, xi, cost, weight) in &self.attach[s] {
+                    if x == yn {
+                        continue;
+                    }
+                    let k = self.index[x] as usize;
+                    let nc = c + cost as u64;
+                    let hop = NextHop {
+                        iface: xi,
+                        node: yn,
+                        node_iface: yi,
+                        weight,
+                    };
+                    if nc < self.dist[k] {
+                        self.dist[k] = nc;
+                        self.parents[k].clear();
+                        self.parents[k].push(hop);
+                        if flat {
+                            self.queue.push_back(k as u32);
+                        } else {
+                            self.heap.push(std::cmp::Reverse((nc, k as u32)));
+                        }
+                    } else if nc == self.dist[k] {
+                        self.parents[k].push(hop);
+                    }
                 }
             }
         }
     }
-    for r in 0..nodes.len() {
-        if !is_router(&nodes[r]) || dist[r] == u64::MAX {
-            continue;
+
+    /// After [`Paths::run`]: router `x`'s next hops towards the destination (none when it
+    /// is the destination, is on it, or cannot reach it), in the routing mode's form.
+    fn hops(&self, x: NodeId, out: &mut Vec<NextHop>) {
+        out.clear();
+        let k = self.index[x] as usize;
+        if self.dist[k] == u64::MAX || self.on.contains(&x) {
+            return;
         }
-        if nodes[r].ifaces.iter().any(|i| i.segment == d) {
-            continue; // directly attached
-        }
-        let mut hops = Vec::new();
-        for (i, iface) in nodes[r].ifaces.iter().enumerate() {
-            let s = iface.segment;
-            let l = &links[iface.link];
-            if !(l.params[0].up && l.params[1].up) || seg_dist[s] == u64::MAX {
-                continue;
-            }
-            if l.cost as u64 + seg_dist[s] != dist[r] {
-                continue;
-            }
-            // Every router on that segment that is that close (not r itself).
-            for &(nb, nbi, _, _) in &attach[s] {
-                if nb != r && dist[nb] == seg_dist[s] {
-                    hops.push(NextHop {
-                        iface: i,
-                        node: nb,
-                        node_iface: nbi,
-                        weight: l.weight,
-                    });
-                }
-            }
-        }
-        hops.sort_by(|a, b| {
-            nodes[a.node]
-                .name
-                .cmp(&nodes[b.node].name)
-                .then(a.iface.cmp(&b.iface))
-        });
-        hops.dedup();
-        if hops.is_empty() {
-            continue;
-        }
-        match mode {
-            RoutingMode::ShortestPath => hops.truncate(1),
-            RoutingMode::Ecmp => hops.iter_mut().for_each(|h| h.weight = 1),
+        out.extend_from_slice(&self.parents[k]);
+        // By the neighbour's name (its rank among the names: comparing strings here was most
+        // of a large fat tree's plan), then interface.
+        out.sort_unstable_by_key(|h| (self.rank[h.node], h.iface, h.node_iface, h.weight));
+        out.dedup();
+        match self.mode {
+            RoutingMode::ShortestPath => out.truncate(1),
+            RoutingMode::Ecmp => out.iter_mut().for_each(|h| h.weight = 1),
             RoutingMode::Weighted | RoutingMode::Static => {}
         }
-        out.push((r, hops));
     }
-    out
 }
 
 /// The next hop from router `r` to its neighbour named `via` (sharing a segment).
@@ -1288,6 +1521,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn halves_with_the_same_hops_become_their_prefix_and_nothing_else_moves() {
+        let h = |node| {
+            vec![NextHop {
+                iface: 0,
+                node,
+                node_iface: 0,
+                weight: 1,
+            }]
+        };
+        let r = |a: [u8; 4], len, node| Route {
+            prefix: (Ipv4Addr::from(a), len),
+            hops: h(node),
+        };
+        let mut routes = vec![
+            r([10, 0, 0, 0], 24, 1),
+            r([10, 0, 1, 0], 24, 1),
+            r([10, 0, 2, 0], 24, 1),
+            r([10, 0, 3, 0], 24, 2), // other hops: 10.0.2.0/24 stays alone
+            r([10, 0, 4, 0], 24, 1), // its half 10.0.5.0/24 is not routed here: stays
+            r([10, 1, 0, 0], 30, 3),
+            r([10, 1, 0, 4], 30, 3),
+        ];
+        aggregate(&mut routes);
+        let got: Vec<(String, usize)> = routes
+            .iter()
+            .map(|r| (format!("{}/{}", r.prefix.0, r.prefix.1), r.hops[0].node))
+            .collect();
+        let want = [
+            ("10.0.0.0/23", 1),
+            ("10.0.2.0/24", 1),
+            ("10.0.3.0/24", 2),
+            ("10.0.4.0/24", 1),
+            ("10.1.0.0/29", 3),
+        ];
+        assert_eq!(
+            got,
+            want.iter()
+                .map(|(p, n)| (p.to_string(), *n))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

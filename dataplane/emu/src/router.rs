@@ -41,6 +41,8 @@ pub enum Why {
     NoRoute,
     /// TTL ran out and the time-exceeded could not be sent.
     TtlExpired,
+    /// A virtual host got a packet for someone else.
+    NotForUs,
 }
 
 /// A next hop: out of `iface` to the neighbour with MAC `mac`.
@@ -130,6 +132,8 @@ pub struct Router {
     /// Multipath affinity: a flow keeps the hop it was given (allocated with the first group
     /// of more than one hop).
     flows: Option<FlowTable<FlowKey, u8>>,
+    /// A virtual host: answers for its addresses and forwards nothing.
+    host: bool,
     pub counters: RouterCounters,
 }
 
@@ -157,7 +161,16 @@ impl Router {
             neighbours: HashMap::new(),
             pins: Vec::new(),
             flows: None,
+            host: false,
             counters: RouterCounters::default(),
+        }
+    }
+
+    /// A virtual host on `ports`: ARP and ping for its addresses answered, nothing forwarded.
+    pub fn host(ports: Vec<Port>, subnets: std::sync::Arc<Subnets>) -> Router {
+        Router {
+            host: true,
+            ..Router::new(ports, subnets)
         }
     }
 
@@ -264,6 +277,9 @@ impl Router {
         };
         if self.own(dst) {
             return self.to_me(buf, len, in_iface, &hdr);
+        }
+        if self.host {
+            return Action::Drop(Why::NotForUs);
         }
         if ttl <= 1 {
             return self

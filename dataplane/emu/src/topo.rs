@@ -60,6 +60,17 @@ pub enum Kind {
     Router,
     /// A learning bridge inside the emulator.
     Switch,
+    /// A host that exists only inside the emulator (no namespace, no process): it answers
+    /// ARP and ping for its address; its traffic comes from synthetic flows. `up --compact`
+    /// makes a generated topology's hosts virtual.
+    Virtual,
+}
+
+impl Kind {
+    /// A host, in a namespace or virtual.
+    pub fn is_host(self) -> bool {
+        matches!(self, Kind::Host | Kind::Virtual)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -62,6 +62,11 @@ pub struct UpArgs {
     /// The database schema to use (created when missing).
     #[arg(long, default_value = "public", requires = "database")]
     database_schema: String,
+    /// Compact mode: every host (`kind = "host"`) becomes `kind = "virtual"`, a host inside
+    /// the emulator with no namespace: it answers ARP and ping; its traffic comes from
+    /// synthetic flows.
+    #[arg(long)]
+    compact: bool,
     /// How hosts' interfaces reach the emulator: `tap` (TAP devices through io_uring) or
     /// `xdp` (veth pairs with AF_XDP sockets; faster for bulk TCP, more memory per interface).
     /// See docs/BENCHMARKS.md for the figures.
@@ -259,6 +264,12 @@ fn plan_of(a: &UpArgs) -> Result<Plan> {
         }
         (None, None) => bail!("give a topology file or --topo SHAPE (e.g. --topo linear,4)"),
     };
+    if a.compact {
+        // Hosts inside the emulator only: no namespace, no kernel interface.
+        for n in t.nodes.iter_mut().filter(|n| n.kind == topo::Kind::Host) {
+            n.kind = topo::Kind::Virtual;
+        }
+    }
     if let Some(r) = &a.routing {
         t.routing.mode = match r.as_str() {
             "ecmp" => RoutingMode::Ecmp,
@@ -304,10 +315,11 @@ impl emulator::Progress for Building {
 fn summary(p: &Plan, e: &Emulation) -> String {
     let count = |k: topo::Kind| p.nodes.iter().filter(|n| n.kind == k).count();
     format!(
-        "up: '{}': {} hosts, {} routers, {} switches, {} links on {} worker(s), built in {:.2}s \
+        "up: '{}': {} hosts ({} virtual), {} routers, {} switches, {} links on {} worker(s), built in {:.2}s \
          ({} of buffers); `linerate status`, `linerate exec NODE -- CMD`, `linerate down`",
         p.name,
-        count(topo::Kind::Host),
+        count(topo::Kind::Host) + count(topo::Kind::Virtual),
+        count(topo::Kind::Virtual),
         count(topo::Kind::Router),
         count(topo::Kind::Switch),
         p.links.len(),
@@ -607,15 +619,19 @@ pub fn pingall(a: PingallArgs) -> Result<()> {
     need_root()?;
     let emu = which(&a.name)?;
     let state = emulator::read_state(&emu)?;
+    // Namespace hosts ping; every host (virtual ones too) answers.
     let hosts: Vec<&emulator::StateNode> = state
         .nodes
         .iter()
-        .filter(|n| n.namespace && n.addr.is_some())
+        .filter(|n| (n.kind == "host" || n.kind == "virtual") && n.addr.is_some())
         .collect();
     // Pairs: everyone to everyone, or `sample` random peers each.
     let mut pairs = Vec::new();
     let mut rng = 0x2545_f491_4f6c_dd1du64 ^ std::process::id() as u64;
     for (i, h) in hosts.iter().enumerate() {
+        if !h.namespace {
+            continue;
+        }
         let peers: Vec<usize> = match a.sample {
             None => (0..hosts.len()).filter(|&j| j != i).collect(),
             Some(k) => (0..k.min(hosts.len().saturating_sub(1)))
@@ -652,7 +668,7 @@ pub fn pingall(a: PingallArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     let ok = linerate_emu::probe::ping_all(&emu, &probes, Duration::from_secs(a.wait.into()), 2)?;
     let mut out = std::io::stdout().lock();
-    for h in &hosts {
+    for h in hosts.iter().filter(|h| h.namespace) {
         let line: Vec<String> = pairs
             .iter()
             .zip(&ok)
