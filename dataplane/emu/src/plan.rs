@@ -784,7 +784,7 @@ fn route(
         // through that router exactly as every other such segment of that router: one
         // class per router, worked out once. Every other segment (a switch's) is a class of
         // its own.
-        let mut classes: Vec<(Dest, Vec<((Ipv4Addr, u8), usize)>)> = Vec::new();
+        let mut classes: Vec<(Dest, Vec<PrefixOf>)> = Vec::new();
         let mut class_of_router: HashMap<NodeId, usize> = HashMap::new();
         for (d, dseg) in segs.iter().enumerate() {
             let Some(prefix) = dseg.subnet else { continue };
@@ -1064,6 +1064,9 @@ fn aggregated<T: PartialEq>(entries: Vec<((Ipv4Addr, u8), T)>) -> Vec<((Ipv4Addr
     out.sort_by_key(|(p, _)| (u32::from(p.0), p.1));
     out
 }
+
+/// A subnet and its segment.
+type PrefixOf = ((Ipv4Addr, u8), usize);
 
 /// A destination of the route computation: a router (every segment only it serves), or a
 /// segment.
