@@ -733,3 +733,72 @@ fn a_thousand_namespace_hosts_build_answer_a_sampled_pingall_and_leave_nothing()
                 .contains(&format!("\"{name}\""))
     );
 }
+
+#[test]
+fn virtual_hosts_live_in_the_emulator_and_answer_ping() {
+    if !privileged("emu::virtual_hosts") {
+        return;
+    }
+    let _one = serial();
+    let e = Emu::up(
+        &[],
+        Some(
+            r#"
+[[nodes]]
+name = "h1"
+kind = "host"
+[[nodes]]
+name = "v1"
+kind = "virtual"
+[[nodes]]
+name = "v2"
+kind = "virtual"
+[[nodes]]
+name = "s1"
+kind = "switch"
+[[nodes]]
+name = "r1"
+kind = "router"
+[[links]]
+a = "h1"
+b = "r1"
+[[links]]
+a = "r1"
+b = "s1"
+[[links]]
+a = "s1"
+b = "v1"
+[[links]]
+a = "s1"
+b = "v2"
+"#,
+        ),
+    );
+    let name = e.name.clone();
+    // Only h1 has a namespace.
+    let spaces: Vec<String> = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .flatten()
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{name}-")))
+        .collect();
+    assert_eq!(spaces, [format!("{name}-h1")]);
+    let out = e.ok(&["pingall"]);
+    assert!(out.contains("h1 -> v1 v2"), "{out}");
+    assert!(out.contains("0% dropped (2/2 received)"), "{out}");
+    // By name too.
+    let (_, lost) = e.ping("h1", "v2", 3, "0.2");
+    assert_eq!(lost, 0.0);
+    std::thread::sleep(Duration::from_millis(100));
+    let s = e.status();
+    let v2 = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "v2")
+        .unwrap();
+    assert_eq!(v2["kind"], "virtual");
+    assert!(v2["replies"].as_u64().unwrap() >= 4, "{v2}");
+    drop(e);
+    nothing_left(&name);
+}
