@@ -199,6 +199,10 @@ pub struct Options {
     pub name: String,
     /// Largest number of namespace nodes (hosts and kernel routers).
     pub max_namespaces: usize,
+    /// Work out the computed routes (shortest paths); without, everything is checked but the
+    /// routers get only static routes and pinned paths (a check that builds nothing: the
+    /// paths cannot fail, and are most of a large plan's time).
+    pub paths: bool,
 }
 
 /// Unshaped links are taken to carry this much when buffers are sized (bit/s).
@@ -415,7 +419,7 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
     let mut segments = segments;
     address(&mut nodes, &mut segments, t)?;
     gateways(&mut nodes, &segments, t)?;
-    route(&mut nodes, &links, &segments, t)?;
+    route(&mut nodes, &links, &segments, t, o.paths)?;
     // Placement: a pure function of the node's name, so the same file places the same way.
     for n in nodes.iter_mut() {
         n.worker = linerate_dataplane::shard::jump_hash(fnv(&n.name), o.workers as u32) as usize;
@@ -763,6 +767,7 @@ fn route(
     links: &[Link],
     segs: &[Segment],
     t: &Topology,
+    paths: bool,
 ) -> Result<(), TopoError> {
     let mode = t.routing.mode;
     let is_router = |n: &Node| n.kind == Kind::Router;
@@ -779,7 +784,7 @@ fn route(
             }
         }
     }
-    if mode != RoutingMode::Static {
+    if mode != RoutingMode::Static && paths {
         // Destinations: a segment with one router on it (a host's link, say) is reached
         // through that router exactly as every other such segment of that router: one
         // class per router, worked out once. Every other segment (a switch's) is a class of
@@ -1283,6 +1288,7 @@ mod tests {
 
     fn opts() -> Options {
         Options {
+            paths: true,
             workers: 2,
             memory: 1 << 30,
             name: "t".into(),

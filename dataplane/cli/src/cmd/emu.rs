@@ -292,6 +292,8 @@ fn plan_of(a: &UpArgs) -> Result<Plan> {
         memory,
         name: default_name,
         max_namespaces: 20_000,
+        // A `--detach` parent only checks: the emulator it starts works the paths out.
+        paths: !(a.detach && !a.daemon),
     };
     if let Some(n) = &a.name {
         o.name = n.clone();
