@@ -293,7 +293,7 @@ fn plan_of(a: &UpArgs) -> Result<Plan> {
         name: default_name,
         max_namespaces: 20_000,
         // A `--detach` parent only checks: the emulator it starts works the paths out.
-        paths: !(a.detach && !a.daemon),
+        paths: !a.detach || a.daemon,
     };
     if let Some(n) = &a.name {
         o.name = n.clone();
