@@ -818,27 +818,42 @@ fn route(
                 None => classes.push((Dest::Segment(d), vec![(prefix, d)])),
             }
         }
-        // Two passes, so that no (router, destination) pair is ever stored: the first counts
-        // each router's next-hop sets (an emulated router's most common becomes its
-        // default), the second writes out the rest.
+        // Two passes: the first counts each router's next-hop sets (an emulated router's most
+        // common becomes its default), the second writes out the rest. The second searches
+        // again unless the (destination, router) table fitted in memory.
         let mut paths = Paths::new(nodes, &attach, mode);
         let routers = paths.routers.clone();
         let mut sets: Vec<hashbrown::HashMap<Vec<NextHop>, (u32, u64)>> =
             vec![hashbrown::HashMap::new(); nodes.len()];
         let mut hops = Vec::new();
-        for (d, prefixes) in &classes {
+        // The (destination, router) -> set table, when it fits in 256 MiB: then the second
+        // pass reads it instead of searching again.
+        let cells = classes.len().saturating_mul(routers.len());
+        let mut table: Vec<u32> = if cells <= 64 << 20 {
+            vec![u32::MAX; cells]
+        } else {
+            Vec::new()
+        };
+        for (c, (d, prefixes)) in classes.iter().enumerate() {
             paths.run(*d);
-            for &x in &routers {
+            for (k, &x) in routers.iter().enumerate() {
                 paths.hops(x, &mut hops);
                 if hops.is_empty() {
                     continue;
                 }
                 let next = sets[x].len() as u32;
-                match sets[x].get_mut(hops.as_slice()) {
-                    Some(e) => e.1 += prefixes.len() as u64,
+                let id = match sets[x].get_mut(hops.as_slice()) {
+                    Some(e) => {
+                        e.1 += prefixes.len() as u64;
+                        e.0
+                    }
                     None => {
                         sets[x].insert(hops.clone(), (next, prefixes.len() as u64));
+                        next
                     }
+                };
+                if let Some(cell) = table.get_mut(c * routers.len() + k) {
+                    *cell = id;
                 }
             }
         }
@@ -860,19 +875,26 @@ fn route(
         // Routes as (prefix, set number); a class's prefixes aggregated once, since every
         // router reaches all of them through the same hops.
         let mut found: Vec<Vec<((Ipv4Addr, u8), u32)>> = vec![Vec::new(); nodes.len()];
-        for (d, prefixes) in &classes {
+        for (c, (d, prefixes)) in classes.iter().enumerate() {
             let merged: Vec<(Ipv4Addr, u8)> =
                 aggregated(prefixes.iter().map(|&(p, _)| (p, ())).collect())
                     .into_iter()
                     .map(|(p, ())| p)
                     .collect();
-            paths.run(*d);
-            for &x in &routers {
-                paths.hops(x, &mut hops);
-                if hops.is_empty() {
-                    continue;
-                }
-                let Some(id) = sets[x].get(hops.as_slice()).map(|e| e.0) else {
+            if table.is_empty() {
+                paths.run(*d);
+            }
+            for (k, &x) in routers.iter().enumerate() {
+                let id = if table.is_empty() {
+                    paths.hops(x, &mut hops);
+                    if hops.is_empty() {
+                        continue;
+                    }
+                    sets[x].get(hops.as_slice()).map(|e| e.0)
+                } else {
+                    Some(table[c * routers.len() + k]).filter(|&id| id != u32::MAX)
+                };
+                let Some(id) = id else {
                     continue;
                 };
                 if Some(id) == default[x] {
