@@ -63,7 +63,42 @@ def nodes_of(spec):
     raise SystemExit(f"nodes of {spec}: tree, linear or fat-tree")
 
 
-def one(spec, compact=False):
+def events_per_second(state, pairs=8, secs=4.0):
+    """Link events per second (a frame leaving a link direction) with `pairs` UDP floods of
+    64-byte datagrams between random namespace hosts, summed over every link, all workers."""
+    import random
+    hosts = [n for n in state["nodes"] if n["namespace"] and n["kind"] == "host"]
+    rng = random.Random(7)
+    chosen = [tuple(rng.sample(hosts, 2)) for _ in range(pairs)]
+    procs = []
+    for a, b in chosen:
+        procs.append(subprocess.Popen([LR, "exec", b["name"], "--name", NAME, "--", "iperf3",
+                                       "-s", "-1"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    time.sleep(1.0)
+    for a, b in chosen:
+        procs.append(subprocess.Popen([LR, "exec", a["name"], "--name", NAME, "--", "iperf3",
+                                       "-c", b["addr"], "-u", "-b", "0", "-l", "64", "-t",
+                                       str(int(secs) + 3)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    time.sleep(2.0)
+
+    def delivered():
+        st = json.loads(lr("status", "--json", "--name", NAME).stdout)
+        return sum(d["delivered"] for l in st["links"] for d in l["dirs"]), time.monotonic()
+
+    e0, t0 = delivered()
+    time.sleep(secs)
+    e1, t1 = delivered()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return (e1 - e0) / (t1 - t0)
+
+
+def one(spec, compact=False, events=False):
     lr("down", "--name", NAME, check=False)
     settle()
     before = mem_available()
@@ -83,6 +118,7 @@ def one(spec, compact=False):
         r = lr("pingall", "--name", NAME, "--sample", "1", check=False)
         result = (r.stdout.strip().splitlines() or [""])[-1]
     ping_s = time.monotonic() - t
+    eps = events_per_second(state) if events and not compact else None
     t = time.monotonic()
     lr("down", "--name", NAME)
     down = time.monotonic() - t
@@ -90,11 +126,11 @@ def one(spec, compact=False):
     row = {"topology": spec, "nodes": n, "hosts": sum(1 for x in state["nodes"] if x["namespace"]),
            "build_s": build, "down_s": down, "mem_bytes": mem, "emulator_rss_bytes": rss,
            "pingall_s": ping_s, "pingall": result, "pingall_ok": r is None or r.returncode == 0,
-           "compact": compact}
+           "compact": compact, "events_per_s": eps}
     print(f"{spec + (' compact' if compact else ''):<19} {n:>6} nodes | build {build:7.2f} s ({build / n * 1e3:5.2f} ms/node) | "
           f"down {down:6.2f} s ({down / n * 1e3:5.2f} ms/node) | memory {mem / n / 2**20:5.2f} "
           f"MiB/node (emulator {rss / n / 2**20:5.2f}) | pingall --sample 1 {ping_s:6.2f} s: "
-          f"{result}", flush=True)
+          f"{result}" + (f" | {eps / 1e3:.0f} k link events/s" if eps else ""), flush=True)
     return row
 
 
@@ -138,12 +174,14 @@ def main():
                     help="namespace-mode topology specs separated by ';'")
     ap.add_argument("--compact", default="fat-tree,16;fat-tree,32;fat-tree,48;tree,5,10",
                     help="compact-mode (virtual hosts) topology specs separated by ';'")
+    ap.add_argument("--events", action="store_true",
+                    help="also measure link events per second under 8 UDP floods (namespace rows)")
     a = ap.parse_args()
     out = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
     try:
         for spec in [s for s in a.topos.split(";") if s]:
-            out["rows"].append(one(spec))
+            out["rows"].append(one(spec, events=a.events))
         for spec in [s for s in a.compact.split(";") if s]:
             out["rows"].append(one(spec, compact=True))
     finally:
