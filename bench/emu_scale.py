@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from emu_compare import mem_available
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR = os.path.join(ROOT, "target", "release", "linerate")
 NAME = "lrscale"
@@ -16,14 +18,6 @@ PEERS = [
     ("Nextmini (published: 800 nodes in 55.4 s, 2.1-4.4 MB/node)", 55.4 / 800, 2.1 * 2**20),
     ("Mininet 2.3 here (linear,500: 1,000 nodes, bench/emu-compare)", 62.2 / 1000, 0.76 * 2**20),
 ]
-
-
-def mem_available():
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemAvailable")
 
 
 def settle():

@@ -86,6 +86,19 @@ impl Emu {
             .unwrap()
     }
 
+    /// `kill -9` of the emulator (its pid from the state file).
+    fn kill_9(&self) {
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("/run/linerate/{}/state.json", self.name)).unwrap(),
+        )
+        .unwrap();
+        let pid = state["pid"].as_u64().unwrap();
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+
     fn status(&self) -> Value {
         serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
     }
@@ -380,15 +393,7 @@ fn down_removes_everything_also_after_kill_9() {
     let name = e.name.clone();
     // A process started inside a node, that must go too.
     let _ = e.exec("h1", &["sh", "-c", "sleep 300 >/dev/null 2>&1 &"]);
-    let state: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("/run/linerate/{name}/state.json")).unwrap(),
-    )
-    .unwrap();
-    let pid = state["pid"].as_u64().unwrap();
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
+    e.kill_9();
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         std::path::Path::new(&format!("/run/netns/{name}-h1")).exists(),
@@ -674,15 +679,7 @@ fn hosts_over_veth_and_af_xdp_carry_ping_and_iperf3_and_leave_nothing() {
         .unwrap();
     assert!(h1["sent"].as_u64().unwrap() > 1000, "{h1}");
     // kill -9: the kernel detaches the program with the process; `down` removes the rest.
-    let state: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("/run/linerate/{name}/state.json")).unwrap(),
-    )
-    .unwrap();
-    let pid = state["pid"].as_u64().unwrap();
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
+    e.kill_9();
     drop(e);
     nothing_left(&name);
     // Freeing a program after its last holder closed is deferred: give it a moment.

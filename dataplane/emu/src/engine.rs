@@ -743,9 +743,8 @@ impl Worker {
         let topo = &self.shared.topo;
         let owner = topo.nodes[node].worker;
         match topo.nodes[node].role {
-            Role::Namespace
-                if owner == self.id || self.shared.taps.contains_key(&(node, iface)) =>
-            {
+            // Any worker writes any TAP; an AF_XDP port (no TAPs) is its owner's.
+            Role::Namespace if owner == self.id || !self.shared.taps.is_empty() => {
                 self.give_host(node, iface, frame)
             }
             Role::Router | Role::Switch | Role::Virtual if owner == self.id => {

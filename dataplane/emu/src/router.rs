@@ -460,6 +460,14 @@ mod tests {
     const R1: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
     const H: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
 
+    fn hop(iface: usize, mac: [u8; 6]) -> Hop {
+        Hop {
+            iface,
+            mac,
+            weight: 1,
+        }
+    }
+
     fn router() -> Router {
         let mut r = Router::new(
             vec![
@@ -522,11 +530,6 @@ mod tests {
     #[test]
     fn routes_take_the_longest_prefix() {
         let mut r = router();
-        let hop = |i, m| Hop {
-            iface: i,
-            mac: m,
-            weight: 1,
-        };
         r.set_routes(
             &[
                 (
@@ -550,11 +553,6 @@ mod tests {
     #[test]
     fn the_default_serves_the_emulations_subnets_only() {
         let mut r = router();
-        let hop = |i, m| Hop {
-            iface: i,
-            mac: m,
-            weight: 1,
-        };
         r.set_routes(
             &[(
                 (Ipv4Addr::new(10, 7, 9, 0), 24),

@@ -17,6 +17,22 @@ fn nix_err(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
+/// The last OS error, with `what` failed in front of it.
+fn os_error(what: String) -> io::Error {
+    let e = io::Error::last_os_error();
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// A zeroed `struct ifreq` naming interface `name` (at most 15 bytes, checked by callers).
+fn ifreq_named(name: &str) -> libc::ifreq {
+    // SAFETY: `ifreq` is plain data; all zeros is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &b) in ifr.ifr_name.iter_mut().zip(name.as_bytes().iter().take(15)) {
+        *dst = b as libc::c_char;
+    }
+    ifr
+}
+
 /// Creates TAP device `name` in the calling thread's network namespace and returns its
 /// descriptor (non-blocking, close-on-exec). The device is persistent: it lives as long as its
 /// namespace (which `down` removes, also after a killed run).
@@ -33,21 +49,13 @@ pub fn tap(name: &str) -> io::Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(|e| io::Error::new(nix_err(e).kind(), format!("opening /dev/net/tun: {e}")))?;
-    // SAFETY: `ifreq` is plain data; all zeros is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, &b) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *dst = b as libc::c_char;
-    }
+    let mut ifr = ifreq_named(name);
     ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `ifr` is, for the duration
     // of the call; `fd` is an open /dev/net/tun descriptor.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
     if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("creating TAP {name}: {e}"),
-        ));
+        return Err(os_error(format!("creating TAP {name}")));
     }
     // Persistent: closing the descriptor then leaves the device to its namespace, whose
     // removal unregisters all of them in one batch. A TAP that is not persistent unregisters
@@ -55,11 +63,7 @@ pub fn tap(name: &str) -> io::Result<OwnedFd> {
     // SAFETY: TUNSETPERSIST takes its argument by value; `fd` is the TAP just created.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) };
     if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("making TAP {name} persistent: {e}"),
-        ));
+        return Err(os_error(format!("making TAP {name} persistent")));
     }
     Ok(fd)
 }
@@ -85,21 +89,15 @@ pub fn tx_checksum_off(name: &str) -> io::Result<()> {
         cmd: ETHTOOL_STXCSUM,
         data: 0,
     };
-    // SAFETY: `ifreq` is plain data; all zeros is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, &b) in ifr.ifr_name.iter_mut().zip(name.as_bytes().iter().take(15)) {
-        *dst = b as libc::c_char;
-    }
+    let mut ifr = ifreq_named(name);
     ifr.ifr_ifru.ifru_data = (&raw mut v).cast();
     // SAFETY: SIOCETHTOOL reads `ifr` and the `ethtool_value` it points to, both alive and
     // of the layout the kernel expects for ETHTOOL_STXCSUM, for the duration of the call.
     let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
     if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("turning transmit checksum offload off on {name}: {e}"),
-        ));
+        return Err(os_error(format!(
+            "turning transmit checksum offload off on {name}"
+        )));
     }
     Ok(())
 }
