@@ -338,6 +338,7 @@ fn for_node(config: Config, caps: &[Capability]) -> Config {
     if caps.contains(&Capability::Emulation) {
         c.links = config.links;
         c.emu_routes = config.emu_routes;
+        c.emu_flows = config.emu_flows;
     }
     c
 }
@@ -358,7 +359,12 @@ fn change_for_node(change: Change, caps: &[Capability]) -> Option<Change> {
             }
             Some(Change::Port(p))
         }
-        Change::Link(_) | Change::LinkGone(_) | Change::EmuRoute(_) | Change::EmuRouteGone(_)
+        Change::Link(_)
+        | Change::LinkGone(_)
+        | Change::EmuRoute(_)
+        | Change::EmuRouteGone(_)
+        | Change::EmuFlow(_)
+        | Change::EmuFlowGone(_)
             if has(Capability::Emulation) =>
         {
             Some(change)
@@ -372,7 +378,9 @@ fn change_for_node(change: Change, caps: &[Capability]) -> Option<Change> {
         | Change::Link(_)
         | Change::LinkGone(_)
         | Change::EmuRoute(_)
-        | Change::EmuRouteGone(_) => None,
+        | Change::EmuRouteGone(_)
+        | Change::EmuFlow(_)
+        | Change::EmuFlowGone(_) => None,
     }
 }
 

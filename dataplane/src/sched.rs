@@ -20,6 +20,10 @@ use std::collections::VecDeque;
 /// Anything with a length on the wire.
 pub trait Packet {
     fn wire_len(&self) -> u32;
+    /// Its flow's weight under [`Discipline::Wfq`] (at least 1).
+    fn weight(&self) -> u32 {
+        1
+    }
 }
 
 impl Packet for crate::frame::Frame {
@@ -259,7 +263,14 @@ pub enum Discipline {
     Wrr(Vec<u32>),
     /// Deficit round robin: class `i` earns `quanta[i]` bytes of credit per round.
     Drr(Vec<u32>),
+    /// Weighted fair queueing by flow: this many queues (flows hashed onto them), served by
+    /// deficit round robin; a queue earns its head packet's weight × [`WFQ_QUANTUM`] bytes
+    /// per round.
+    Wfq(usize),
 }
+
+/// Bytes a weight-1 flow earns per round under [`Discipline::Wfq`].
+pub const WFQ_QUANTUM: u32 = 1514;
 
 impl Discipline {
     /// How many classes it serves, or why its weights/quanta are unusable.
@@ -272,6 +283,8 @@ impl Discipline {
                 }
                 Ok(w.len())
             }
+            Discipline::Wfq(n) if (1..=4096).contains(n) => Ok(*n),
+            Discipline::Wfq(n) => Err(format!("wfq: {n} queues, give 1 to 4096")),
         }
     }
 }
@@ -448,11 +461,15 @@ impl<T: Packet> Scheduler<T> {
                 }
                 None
             }
-            Discipline::Drr(q) => {
+            Discipline::Drr(_) | Discipline::Wfq(_) => {
                 // Bounded: each full cycle adds a quantum to every backlogged class, so a head
                 // packet of at most `max_len` bytes is reached within max_len / min_quantum
                 // cycles.
                 for _ in 0..(n * 64 * 1024) {
+                    let quantum = match &self.discipline {
+                        Discipline::Drr(q) => Some(q[self.turn] as i64),
+                        _ => None,
+                    };
                     let cl = &mut self.classes[self.turn];
                     match cl.queue.front() {
                         None => {
@@ -460,7 +477,8 @@ impl<T: Packet> Scheduler<T> {
                         }
                         Some(head) => {
                             if !self.granted {
-                                cl.credit += q[self.turn] as i64;
+                                cl.credit += quantum
+                                    .unwrap_or(head.weight().max(1) as i64 * WFQ_QUANTUM as i64);
                                 self.granted = true;
                             }
                             if cl.credit >= head.wire_len() as i64 {
@@ -481,7 +499,7 @@ impl<T: Packet> Scheduler<T> {
         match &self.discipline {
             Discipline::Fcfs => {}
             Discipline::Wrr(_) => self.classes[c].credit -= 1,
-            Discipline::Drr(_) => {
+            Discipline::Drr(_) | Discipline::Wfq(_) => {
                 self.classes[c].credit -= len as i64;
                 if self.classes[c].queue.len() == 1 {
                     // Emptied: an idle class keeps no credit (DRR).

@@ -228,6 +228,40 @@ pub struct EmuRoute {
     pub matcher: Option<String>,
 }
 
+/// A synthetic flow of an emulation (a row of `emu_flows`): started when it arrives, stopped
+/// when it goes. Lengths, rates and times in the row's units; the emulator checks the rest
+/// (that `src` and `dst` are hosts, the combination of fields) and reports what it refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmuFlow {
+    pub id: u64,
+    /// Default: `row<id>`.
+    pub name: Option<String>,
+    pub src: String,
+    pub dst: String,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    pub bytes: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub rate_bps: Option<u64>,
+    pub weight: u32,
+    /// Delay after the row arrives, ms.
+    pub start_ms: u64,
+    pub on_ms: Option<u64>,
+    pub off_ms: Option<u64>,
+    pub packet: Option<u32>,
+    pub port: Option<u16>,
+    pub cc: Option<String>,
+}
+
+impl EmuFlow {
+    /// The name the emulation knows it by.
+    pub fn flow_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("row{}", self.id))
+    }
+}
+
 /// Longest rule an emulated route may carry.
 pub const MAX_MATCHER: usize = 256;
 
@@ -244,6 +278,9 @@ pub struct Config {
     pub links: BTreeMap<u64, LinkDir>,
     /// An emulator's routers' routes, by id.
     pub emu_routes: BTreeMap<u64, EmuRoute>,
+    /// An emulator's synthetic flows, by id.
+    #[serde(default)]
+    pub emu_flows: BTreeMap<u64, EmuFlow>,
 }
 
 /// One row of configuration set or removed.
@@ -259,6 +296,9 @@ pub enum Change {
     LinkGone(u64),
     EmuRoute(EmuRoute),
     EmuRouteGone(u64),
+    /// Boxed: a flow row is several times the size of the other changes.
+    EmuFlow(Box<EmuFlow>),
+    EmuFlowGone(u64),
 }
 
 impl Config {
@@ -275,6 +315,8 @@ impl Config {
             Change::LinkGone(id) => self.links.remove(id).is_some(),
             Change::EmuRoute(r) => self.emu_routes.insert(r.id, r.clone()).as_ref() != Some(r),
             Change::EmuRouteGone(id) => self.emu_routes.remove(id).is_some(),
+            Change::EmuFlow(f) => self.emu_flows.insert(f.id, (**f).clone()).as_ref() != Some(&**f),
+            Change::EmuFlowGone(id) => self.emu_flows.remove(id).is_some(),
         }
     }
 
@@ -330,6 +372,16 @@ impl Config {
             (new.emu_routes.values())
                 .filter(|r| self.emu_routes.get(&r.id) != Some(r))
                 .map(|r| Change::EmuRoute(r.clone())),
+        );
+        out.extend(
+            (self.emu_flows.keys())
+                .filter(|id| !new.emu_flows.contains_key(id))
+                .map(|&id| Change::EmuFlowGone(id)),
+        );
+        out.extend(
+            (new.emu_flows.values())
+                .filter(|f| self.emu_flows.get(&f.id) != Some(f))
+                .map(|f| Change::EmuFlow(Box::new(f.clone()))),
         );
         out
     }
@@ -595,6 +647,29 @@ impl Validate for EmuRoute {
     }
 }
 
+impl Validate for EmuFlow {
+    fn validate(&self) -> Result<(), ProtoError> {
+        if let Some(n) = &self.name {
+            check_name("emu_flow.name", n)?;
+        }
+        check_name("emu_flow.src", &self.src)?;
+        check_name("emu_flow.dst", &self.dst)?;
+        if self.proto != "tcp" && self.proto != "udp" {
+            return Err(invalid("emu_flow.proto", "tcp or udp"));
+        }
+        if self.bytes.is_none() && self.duration_ms.is_none() {
+            return Err(invalid("emu_flow.bytes", "bytes, duration_ms or both"));
+        }
+        if !(1..=63).contains(&self.weight) {
+            return Err(invalid("emu_flow.weight", "between 1 and 63"));
+        }
+        if let Some(c) = &self.cc {
+            check_text("emu_flow.cc", c, 16)?;
+        }
+        Ok(())
+    }
+}
+
 impl Validate for Change {
     fn validate(&self) -> Result<(), ProtoError> {
         match self {
@@ -604,10 +679,12 @@ impl Validate for Change {
             Change::PortGone(p) => check_name("port", p),
             Change::Link(l) => l.validate(),
             Change::EmuRoute(r) => r.validate(),
+            Change::EmuFlow(f) => f.validate(),
             Change::RouteGone(_)
             | Change::FlowGone(_)
             | Change::LinkGone(_)
-            | Change::EmuRouteGone(_) => Ok(()),
+            | Change::EmuRouteGone(_)
+            | Change::EmuFlowGone(_) => Ok(()),
         }
     }
 }
@@ -646,6 +723,15 @@ impl Validate for Config {
                 ));
             }
             r.validate()?;
+        }
+        for (id, f) in &self.emu_flows {
+            if *id != f.id {
+                return Err(invalid(
+                    "config.emu_flows",
+                    "key differs from the flow's id",
+                ));
+            }
+            f.validate()?;
         }
         Ok(())
     }

@@ -146,7 +146,9 @@ fn apply_to(s: &mut State, node: &str, change: Change, told: &mut Vec<(String, C
         | Change::Link(_)
         | Change::LinkGone(_)
         | Change::EmuRoute(_)
-        | Change::EmuRouteGone(_) => None,
+        | Change::EmuRouteGone(_)
+        | Change::EmuFlow(_)
+        | Change::EmuFlowGone(_) => None,
     };
     if let Some(old) = moved_from.filter(|old| old != node) {
         let gone = match &change {
@@ -159,7 +161,9 @@ fn apply_to(s: &mut State, node: &str, change: Change, told: &mut Vec<(String, C
             | Change::Link(_)
             | Change::LinkGone(_)
             | Change::EmuRoute(_)
-            | Change::EmuRouteGone(_) => None,
+            | Change::EmuRouteGone(_)
+            | Change::EmuFlow(_)
+            | Change::EmuFlowGone(_) => None,
         };
         if let Some(gone) = gone {
             if let Some(c) = s.configs.get_mut(&old) {

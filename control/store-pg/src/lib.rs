@@ -52,8 +52,8 @@ impl From<Db> for StoreError {
     }
 }
 use linerate_proto::{
-    Capability, Change, Config, EmuRoute, Flow, FlowMatch, LinkDir, Mac, Metrics, PortSettings,
-    Prefix, Route, Scheduler, Shaper, Validate, check_name,
+    Capability, Change, Config, EmuFlow, EmuRoute, Flow, FlowMatch, LinkDir, Mac, Metrics,
+    PortSettings, Prefix, Route, Scheduler, Shaper, Validate, check_name,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -264,6 +264,11 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM emu_nodes WHERE node = $1")
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        // Flow rows ask a running emulation for flows: a new run starts without any.
+        sqlx::query("DELETE FROM emu_flows WHERE node = $1")
             .bind(node)
             .execute(&mut *tx)
             .await?;
@@ -595,6 +600,7 @@ enum Table {
     PortSettings,
     Links,
     EmuRoutes,
+    EmuFlows,
 }
 
 impl Table {
@@ -605,6 +611,7 @@ impl Table {
             "port_settings" => Some(Table::PortSettings),
             "links" => Some(Table::Links),
             "emu_routes" => Some(Table::EmuRoutes),
+            "emu_flows" => Some(Table::EmuFlows),
             _ => None,
         }
     }
@@ -616,6 +623,7 @@ impl Table {
             Table::PortSettings => "port_settings",
             Table::Links => "links",
             Table::EmuRoutes => "emu_routes",
+            Table::EmuFlows => "emu_flows",
         }
     }
 }
@@ -679,6 +687,26 @@ struct EmuRouteRow {
     weight: i64,
     #[serde(rename = "match")]
     matcher: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EmuFlowRow {
+    id: i64,
+    node: String,
+    name: Option<String>,
+    src: String,
+    dst: String,
+    proto: String,
+    bytes: Option<i64>,
+    duration_ms: Option<i64>,
+    rate_bps: Option<i64>,
+    weight: i64,
+    start_ms: i64,
+    on_ms: Option<i64>,
+    off_ms: Option<i64>,
+    packet: Option<i64>,
+    port: Option<i64>,
+    cc: Option<String>,
 }
 
 /// What identifies a row: enough to remove it from its node when the rest is unusable.
@@ -802,6 +830,27 @@ fn row_change(table: Table, row: &Value) -> Result<(String, Change), String> {
             };
             (r.node, Change::EmuRoute(route))
         }
+        Table::EmuFlows => {
+            let f: EmuFlowRow = json(row)?;
+            let flow = EmuFlow {
+                id: int("id", f.id)?,
+                name: f.name,
+                src: f.src,
+                dst: f.dst,
+                proto: f.proto,
+                bytes: opt_int("bytes", f.bytes)?,
+                duration_ms: opt_int("duration_ms", f.duration_ms)?,
+                rate_bps: opt_int("rate_bps", f.rate_bps)?,
+                weight: int("weight", f.weight)?,
+                start_ms: int("start_ms", f.start_ms)?,
+                on_ms: opt_int("on_ms", f.on_ms)?,
+                off_ms: opt_int("off_ms", f.off_ms)?,
+                packet: opt_int("packet", f.packet)?,
+                port: opt_int("port", f.port)?,
+                cc: f.cc,
+            };
+            (f.node, Change::EmuFlow(Box::new(flow)))
+        }
     };
     change.validate().map_err(|e| e.to_string())?;
     Ok((node, change))
@@ -811,13 +860,14 @@ fn row_change(table: Table, row: &Value) -> Result<(String, Change), String> {
 fn row_gone(table: Table, row: &Value) -> Result<(String, Change), String> {
     let k: RowKey = json(row)?;
     let gone = match table {
-        Table::Routes | Table::Flows | Table::Links | Table::EmuRoutes => {
+        Table::Routes | Table::Flows | Table::Links | Table::EmuRoutes | Table::EmuFlows => {
             let id = k.id.ok_or("no id")?;
             let id = int("id", id)?;
             match table {
                 Table::Routes => Change::RouteGone(id),
                 Table::Flows => Change::FlowGone(id),
                 Table::Links => Change::LinkGone(id),
+                Table::EmuFlows => Change::EmuFlowGone(id),
                 _ => Change::EmuRouteGone(id),
             }
         }
@@ -923,7 +973,9 @@ fn events_for(payload: &str) -> Vec<StoreEvent> {
 
 fn row_key(table: Table, row: &Value) -> Option<Value> {
     match table {
-        Table::Routes | Table::Flows | Table::Links | Table::EmuRoutes => row.get("id").cloned(),
+        Table::Routes | Table::Flows | Table::Links | Table::EmuRoutes | Table::EmuFlows => {
+            row.get("id").cloned()
+        }
         Table::PortSettings => row.get("port").cloned(),
     }
 }
@@ -985,6 +1037,9 @@ async fn rows_of(
         Table::EmuRoutes => {
             "SELECT row_to_json(t)::text FROM emu_routes t WHERE node = $1 ORDER BY id"
         }
+        Table::EmuFlows => {
+            "SELECT row_to_json(t)::text FROM emu_flows t WHERE node = $1 ORDER BY id"
+        }
     };
     sqlx::query_scalar(sql).bind(node).fetch_all(conn).await
 }
@@ -1024,6 +1079,7 @@ impl PgStore {
             Table::PortSettings,
             Table::Links,
             Table::EmuRoutes,
+            Table::EmuFlows,
         ] {
             for text in rows_of(&mut tx, table, node).await? {
                 let row: Value = match serde_json::from_str(&text) {

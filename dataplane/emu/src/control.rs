@@ -17,12 +17,15 @@ use crate::router::Hop;
 use crate::topo::{LinkParams, Loss};
 use linerate_agent::Dataplane;
 use linerate_dataplane::logic::Rule;
-use linerate_proto::{Change, Config, Counter, EmuRoute, LinkDir, MAX_COUNTERS};
+use linerate_proto::{Change, Config, Counter, EmuFlow, EmuRoute, LinkDir, MAX_COUNTERS};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// Counters reported per flow.
+const FLOW_COUNTERS: usize = 6;
 
 /// The id of link `l`'s direction leaving end `side`.
 pub fn dir_id(l: LinkId, side: usize) -> u64 {
@@ -133,25 +136,32 @@ pub struct ControlStatus {
 pub struct EmuDataplane {
     plan: Arc<Plan>,
     shared: Arc<Shared>,
+    flows: Arc<crate::flows::FlowCtl>,
     /// The routers' configuration as the plan computed it.
     computed: Vec<Option<Arc<RouterConf>>>,
     last: Config,
     pub status: Arc<Mutex<ControlStatus>>,
     /// Where the next metrics report starts (reports carry at most [`MAX_COUNTERS`]).
     cursor: usize,
+    /// Per flow: its (state, bytes received) when last reported. Flows that moved are
+    /// reported first, so a flow's finish reaches the store within a report or two however
+    /// many links the rotation has to get through.
+    flow_seen: Vec<(u8, u64)>,
 }
 
 impl EmuDataplane {
     /// `seeded`: what the store was given at `up` (what the emulation runs with now).
-    pub fn new(plan: Arc<Plan>, shared: Arc<Shared>, seeded: Config) -> EmuDataplane {
-        let computed = (*shared.live.routers()).clone();
+    pub fn new(flows: Arc<crate::flows::FlowCtl>, seeded: Config) -> EmuDataplane {
+        let computed = (*flows.shared.live.routers()).clone();
         EmuDataplane {
-            plan,
-            shared,
+            plan: flows.plan.clone(),
+            shared: flows.shared.clone(),
+            flows,
             computed,
             last: seeded,
             status: Arc::default(),
             cursor: 0,
+            flow_seen: Vec::new(),
         }
     }
 
@@ -244,6 +254,34 @@ impl EmuDataplane {
         ))
     }
 
+    /// Starts the flow of row `row`.
+    fn start_flow(&self, row: &EmuFlow) -> Result<(), String> {
+        let toml = crate::flows::FlowToml {
+            name: Some(row.flow_name()),
+            src: row.src.clone(),
+            dst: row.dst.clone(),
+            proto: Some(row.proto.clone()),
+            bytes: row
+                .bytes
+                .map(|b| toml::Value::Integer(i64::try_from(b).unwrap_or(i64::MAX))),
+            duration: row.duration_ms.map(|d| format!("{d}ms")),
+            rate: row.rate_bps.map(|r| r.to_string()),
+            weight: Some(row.weight),
+            start: Some(format!("{}ms", row.start_ms)).filter(|_| row.start_ms > 0),
+            on: row.on_ms.map(|d| format!("{d}ms")),
+            off: row
+                .off_ms
+                .map(|d| if d == 0 { "0".into() } else { format!("{d}ms") }),
+            packet: row.packet,
+            port: row.port,
+            cc: row.cc.clone(),
+        };
+        let spec = toml
+            .resolve(&self.plan, &row.flow_name())
+            .map_err(|e| e.0)?;
+        self.flows.add(spec, Some(row.id)).map(|_| ())
+    }
+
     /// Every counter, in a fixed order: per link direction (by its sending end), per node.
     fn all_counters(&self) -> Vec<Counter> {
         let p = &self.plan;
@@ -285,6 +323,61 @@ impl EmuDataplane {
         }
         out
     }
+    /// The counters of flows that moved since they were last reported (`port` is the flow's
+    /// name; times on the wall clock, for SQL), at most `max`.
+    fn flow_counters(&mut self, max: usize) -> Vec<Counter> {
+        let s = &self.shared;
+        let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = Vec::new();
+        let mono = linerate_dataplane::sys::monotonic_ns();
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let wall = |t: u64| {
+            if t == 0 {
+                0
+            } else {
+                unix_ms.saturating_sub(mono.saturating_sub(t) / 1_000_000)
+            }
+        };
+        for f in s.flows.all() {
+            if out.len() + FLOW_COUNTERS > max {
+                break;
+            }
+            let st = &f.stats;
+            let state = st.state();
+            let now = (state as u8, ld(&st.received_bytes));
+            if self.flow_seen.len() <= f.id {
+                self.flow_seen.resize(f.id + 1, (u8::MAX, 0));
+            }
+            if self.flow_seen[f.id] == now {
+                continue;
+            }
+            self.flow_seen[f.id] = now;
+            let name = &f.spec.name;
+            let mut c = |n: &str, value: u64| {
+                out.push(Counter {
+                    name: n.into(),
+                    port: Some(name.clone()),
+                    value,
+                })
+            };
+            c("flow_state", state as u64);
+            c("flow_tx_bytes", ld(&st.sent_bytes));
+            c("flow_rx_bytes", now.1);
+            c("flow_started_ms", wall(ld(&st.started_ns)));
+            c(
+                "flow_finished_ms",
+                if state == crate::flows::State::Finished {
+                    wall(ld(&st.finished_ns))
+                } else {
+                    0
+                },
+            );
+            c("flow_fct_us", st.fct_ns().map_or(0, |n| n.div_ceil(1000)));
+        }
+        out
+    }
 }
 
 impl Dataplane for EmuDataplane {
@@ -314,6 +407,25 @@ impl Dataplane for EmuDataplane {
                 Change::EmuRouteGone(id) => {
                     if let Some(old) = self.last.emu_routes.get(&id) {
                         routers.insert(old.router.clone());
+                    }
+                }
+                Change::EmuFlow(f) => {
+                    if self.last.emu_flows.contains_key(&f.id) {
+                        self.ignore(format!(
+                            "the change to flow row {}: a started flow is not changed (delete \
+                             the row and insert another)",
+                            f.id
+                        ));
+                    } else if let Err(why) = self.start_flow(&f) {
+                        self.ignore(format!("flow row {}: {why}", f.id));
+                    }
+                }
+                Change::EmuFlowGone(id) => {
+                    if let Some(old) = self.last.emu_flows.get(&id)
+                        && let Some(f) = self.shared.flows.by_name(&old.flow_name())
+                        && f.row == Some(id)
+                    {
+                        self.flows.stop(&f);
                     }
                 }
                 // Not the emulator's (the controller sends none).
@@ -362,17 +474,17 @@ impl Dataplane for EmuDataplane {
     }
 
     fn metrics(&mut self) -> Vec<Counter> {
+        let mut out = self.flow_counters(MAX_COUNTERS / 2);
+        let room = MAX_COUNTERS - out.len();
         let all = self.all_counters();
-        if all.len() <= MAX_COUNTERS {
-            return all;
+        if all.len() <= room {
+            out.extend(all);
+            return out;
         }
         let start = self.cursor % all.len();
-        self.cursor = start + MAX_COUNTERS;
-        all.into_iter()
-            .cycle()
-            .skip(start)
-            .take(MAX_COUNTERS)
-            .collect()
+        self.cursor = start + room;
+        out.extend(all.into_iter().cycle().skip(start).take(room));
+        out
     }
 }
 

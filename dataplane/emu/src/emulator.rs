@@ -91,8 +91,10 @@ pub trait Progress {
 }
 
 pub struct Emulation {
-    pub plan: Plan,
+    pub plan: Arc<Plan>,
     pub shared: Arc<Shared>,
+    /// Starts and stops synthetic flows.
+    pub flows: Arc<crate::flows::FlowCtl>,
     handles: Vec<std::thread::JoinHandle<io::Result<()>>>,
     children: Vec<(NodeId, Child)>,
     /// `--host-io xdp`: the program on the emulator's ends of the veth pairs (detached when
@@ -192,7 +194,9 @@ impl Emulation {
                 return Err(e);
             }
         };
+        let plan = Arc::new(plan);
         Ok(Emulation {
+            flows: Arc::new(crate::flows::FlowCtl::new(shared.clone(), plan.clone())),
             plan,
             shared,
             handles,
@@ -286,8 +290,19 @@ impl Emulation {
         status(self)
     }
 
+    /// Starts the topology's flows.
+    pub fn start_flows(&self) -> io::Result<()> {
+        for f in &self.plan.flows {
+            self.flows
+                .add(f.clone(), None)
+                .map_err(|e| io::Error::other(format!("flow '{}': {e}", f.name)))?;
+        }
+        Ok(())
+    }
+
     /// Stops the workers and the nodes' commands and removes everything built.
     pub fn stop(mut self) -> io::Result<()> {
+        self.flows.shutdown();
         self.shared.stop();
         let mut first = Ok(());
         for (w, h) in self.handles.drain(..).enumerate() {
@@ -361,6 +376,7 @@ fn spec_of(p: &LinkParams) -> LinkSpec {
                 "drr:{}",
                 q.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
             ),
+            crate::topo::SchedSpec::Wfq(n) => format!("wfq:{n}"),
         }),
         classes: Some(p.classes.clone()),
         mtu: Some(p.mtu),
@@ -441,6 +457,9 @@ pub struct Status {
     pub build_s: f64,
     pub nodes: Vec<NodeStatus>,
     pub links: Vec<LinkStatus>,
+    /// Synthetic flows, in the order added.
+    #[serde(default)]
+    pub flows: Vec<crate::flows::FlowStatus>,
     /// The control plane (filled in by `up`, which runs it).
     #[serde(default)]
     pub control: Option<crate::control::ControlStatus>,
@@ -578,6 +597,10 @@ fn status(e: &Emulation) -> Status {
         build_s: e.build_time.as_secs_f64(),
         nodes,
         links,
+        flows: {
+            let now = linerate_dataplane::sys::monotonic_ns();
+            s.flows.all().iter().map(|f| f.status(p, now)).collect()
+        },
         control: None,
     }
 }

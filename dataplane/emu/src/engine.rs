@@ -12,10 +12,12 @@
 //! or spins when the next event is closer than a wake-up takes. No lock, no allocation once
 //! queues have grown, nothing blocking.
 
+use crate::flows::{Flow, Registry};
 use crate::hostport::HostPort;
-use crate::link::{Drop as LinkDrop, LinkDir};
+use crate::link::{Class, Drop as LinkDrop, LinkDir};
 use crate::plan::{Plan, Role};
 use crate::router::{Action, Hop, Port, Router};
+use crate::stack::{Side, VHost};
 use crate::topo::LinkParams;
 use crate::uring::{Done, TapIo};
 use arc_swap::ArcSwap;
@@ -214,6 +216,25 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// Rounds each worker ran and how many it slept.
     pub rounds: Vec<AtomicU64>,
+    /// The synthetic flows.
+    pub flows: Registry,
+    /// Per worker: flow ends for its virtual hosts to take on, and hosts to look at (a
+    /// flow asked to stop). `inbox_gen` moves when any is posted.
+    inbox: Vec<std::sync::Mutex<Vec<Msg>>>,
+    inbox_gen: AtomicU64,
+}
+
+/// What the control side posts to a worker about flows.
+pub enum Msg {
+    /// Virtual host `node` takes on `side` of `flow`, on local port `port`.
+    End {
+        node: usize,
+        flow: Arc<Flow>,
+        side: Side,
+        port: u16,
+    },
+    /// Look at `node`'s flows now (one was asked to stop).
+    Poke(usize),
 }
 
 impl Shared {
@@ -230,6 +251,17 @@ impl Shared {
         for w in &self.wakers {
             let _ = w.fd.write(1);
         }
+    }
+
+    /// Posts `m` to the worker owning `node` and wakes it.
+    pub fn post(&self, node: usize, m: Msg) {
+        let w = self.topo.nodes[node].worker;
+        self.inbox[w]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(m);
+        self.inbox_gen.fetch_add(1, Ordering::Release);
+        let _ = self.wakers[w].fd.write(1);
     }
 
     /// Wakes every worker to look at new settings.
@@ -251,6 +283,9 @@ struct Slot {
 /// Frames in flight from one worker to another: each slot holds a frame-sized copy, so the
 /// rings cost workers × (workers - 1) × 1024 × 2 KiB, touched at start.
 const HANDOFF_SLOTS: usize = 1024;
+/// Frames waiting for room in one other worker's ring before they count as dropped: a burst
+/// (a thousand flows' first windows) waits rather than being lost to the emulator itself.
+const SPILL_MAX: usize = 64 * 1024;
 /// Submission queue entries per worker.
 const RING_ENTRIES: u32 = 4096;
 /// A next event closer than this is waited for by spinning: sleeping and waking take longer.
@@ -313,6 +348,16 @@ pub struct Worker {
     /// Scratch: frames a direction released this round, and a switch's ports.
     released: Vec<(usize, usize, Frame)>,
     ports: Vec<DirId>,
+    /// Virtual hosts with flow ends (timer ids `dirs.len() + index`), by node, and those to
+    /// poll this round.
+    vhosts: Vec<VHost>,
+    vhost_node: Vec<usize>,
+    vhost_of: HashMap<usize, usize>,
+    vdirty: Vec<u32>,
+    vout: Vec<Vec<u8>>,
+    inbox_seen: u64,
+    /// Per other worker: frames its ring had no room for, oldest first.
+    spill: Vec<std::collections::VecDeque<(u32, u16, Frame)>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -393,6 +438,11 @@ pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>, ports: Vec<HostPort>) ->
         wakers,
         stop: AtomicBool::new(false),
         rounds: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+        flows: Registry::default(),
+        inbox: (0..workers)
+            .map(|_| std::sync::Mutex::new(Vec::new()))
+            .collect(),
+        inbox_gen: AtomicU64::new(0),
         topo,
     });
     let mut rings: Vec<Vec<RingEnds>> = (0..workers)
@@ -507,7 +557,7 @@ impl Built {
 /// What a worker builds for its emulated nodes: interfaces and neighbours.
 enum EmuNode {
     Router(Vec<Port>, Vec<(Ipv4Addr, usize, [u8; 6])>),
-    Virtual(Vec<Port>, Vec<(Ipv4Addr, usize, [u8; 6])>),
+    Virtual(Vec<Port>, Vec<(Ipv4Addr, usize, [u8; 6])>, Option<Ipv4Addr>),
     Switch,
 }
 
@@ -544,7 +594,7 @@ fn emulated_nodes(plan: &Plan, w: usize) -> Vec<(usize, EmuNode)> {
                     if n.role == Role::Router {
                         EmuNode::Router(ports, neighbours)
                     } else {
-                        EmuNode::Virtual(ports, neighbours)
+                        EmuNode::Virtual(ports, neighbours, n.gateway)
                     },
                 ));
             }
@@ -594,8 +644,9 @@ impl Worker {
                     }
                     routers.insert(n, r);
                 }
-                EmuNode::Virtual(ports, neighbours) => {
+                EmuNode::Virtual(ports, neighbours, gateway) => {
                     let mut r = Router::host(ports, shared.subnets.clone());
+                    r.set_gateway(gateway);
                     for (a, i, mac) in neighbours {
                         r.add_neighbour(a, i, mac);
                     }
@@ -666,6 +717,15 @@ impl Worker {
             touched_nodes: Vec::new(),
             released: Vec::new(),
             ports: Vec::new(),
+            vhosts: Vec::new(),
+            vhost_node: Vec::new(),
+            vhost_of: HashMap::new(),
+            vdirty: Vec::new(),
+            vout: Vec::new(),
+            inbox_seen: 0,
+            spill: (0..topo.workers)
+                .map(|_| std::collections::VecDeque::new())
+                .collect(),
             shared,
         };
         for k in 0..w.reads.len() {
@@ -723,9 +783,9 @@ impl Worker {
         };
         let class = if dir.classifies() {
             let data = self.pool.data(&frame);
-            parse_headers(data).map_or(0, |h| dir.classify(data, &h))
+            parse_headers(data).map_or(Class::ZERO, |h| dir.classify(data, &h))
         } else {
-            0
+            Class::ZERO
         };
         let len = frame.len() as u32;
         match dir.enqueue(frame, len, class, now) {
@@ -752,22 +812,53 @@ impl Worker {
             }
             // Another worker's node: its emulated logic or its AF_XDP port is that worker's.
             Role::Namespace | Role::Router | Role::Switch | Role::Virtual => {
-                let data = self.pool.data(&frame);
-                let ok = self.to[owner].as_mut().is_some_and(|p| {
-                    p.try_write(|s| {
-                        let n = data.len().min(s.data.len());
-                        s.data[..n].copy_from_slice(&data[..n]);
-                        s.len = n as u16;
-                        s.node = node as u32;
-                        s.iface = iface as u16;
-                    })
-                });
-                self.pool.free(frame);
-                if ok {
+                if self.spill[owner].is_empty() && self.hand_over(owner, node, iface, &frame) {
+                    self.pool.free(frame);
                     self.shared.wake(owner);
+                } else if self.spill[owner].len() < SPILL_MAX {
+                    // The ring is full: the frame waits here, in order, for the next round.
+                    self.spill[owner].push_back((node as u32, iface as u16, frame));
                 } else {
+                    self.pool.free(frame);
                     self.count(node, |c| c.dropped += 1);
                 }
+            }
+        }
+    }
+
+    /// Copies `frame` into the ring to worker `owner`; false when the ring is full.
+    fn hand_over(&mut self, owner: usize, node: usize, iface: usize, frame: &Frame) -> bool {
+        let data = self.pool.data(frame);
+        self.to[owner].as_mut().is_some_and(|p| {
+            p.try_write(|s| {
+                let n = data.len().min(s.data.len());
+                s.data[..n].copy_from_slice(&data[..n]);
+                s.len = n as u16;
+                s.node = node as u32;
+                s.iface = iface as u16;
+            })
+        })
+    }
+
+    /// Frames that found another worker's ring full, handed over as it has room.
+    fn flush_spill(&mut self) {
+        for owner in 0..self.spill.len() {
+            let mut moved = false;
+            while let Some((node, iface, _)) = self.spill[owner].front() {
+                let (node, iface) = (*node as usize, *iface as usize);
+                let Some((_, _, f)) = self.spill[owner].pop_front() else {
+                    break;
+                };
+                if self.hand_over(owner, node, iface, &f) {
+                    self.pool.free(f);
+                    moved = true;
+                } else {
+                    self.spill[owner].push_front((node as u32, iface as u16, f));
+                    break;
+                }
+            }
+            if moved {
+                self.shared.wake(owner);
             }
         }
     }
@@ -889,6 +980,13 @@ impl Worker {
         if self.shared.topo.nodes[node].role == Role::Namespace {
             return self.give_host(node, iface, frame);
         }
+        if let Some(&k) = self.vhost_of.get(&node)
+            && self.give_vhost(k, &frame, now)
+        {
+            self.count(node, |c| c.received += 1);
+            self.pool.free(frame);
+            return;
+        }
         if let Some(r) = self.routers.get_mut(&node) {
             let len = frame.len();
             let action = r.handle(self.pool.room_mut(&frame), len, iface);
@@ -975,7 +1073,7 @@ impl Worker {
 
     fn take_handoffs(&mut self, now: u64) {
         for w in 0..self.from.len() {
-            for _ in 0..256 {
+            for _ in 0..HANDOFF_SLOTS {
                 let Some(mut frame) = self.pool.alloc() else {
                     return;
                 };
@@ -1045,6 +1143,14 @@ impl Worker {
             }
             self.heap.pop();
             let d = d as usize;
+            if d >= self.armed.len() {
+                let k = d - self.armed.len();
+                if self.vhosts[k].armed == t {
+                    self.vhosts[k].armed = u64::MAX;
+                    self.mark_vhost(k);
+                }
+                continue;
+            }
             if self.armed[d] != t {
                 continue; // superseded by an earlier arming
             }
@@ -1137,6 +1243,170 @@ impl Worker {
         self.touched_nodes.clear();
     }
 
+    fn mark_vhost(&mut self, k: usize) {
+        if !self.vhosts[k].dirty {
+            self.vhosts[k].dirty = true;
+            self.vdirty.push(k as u32);
+        }
+    }
+
+    /// A frame for virtual host `k`: TCP goes to its stack, UDP to its counters. False when
+    /// neither wants it (ARP, ping, anything else: the host's router answers).
+    fn give_vhost(&mut self, k: usize, frame: &Frame, now: u64) -> bool {
+        let data = self.pool.data(frame);
+        let Ok(h) = parse_headers(data) else {
+            return false;
+        };
+        let linerate_dataplane::wire::L3::Ipv4 { dst, .. } = h.l3 else {
+            return false;
+        };
+        let vh = &mut self.vhosts[k];
+        if h.vlan.is_some() || dst != vh.addr() {
+            return false;
+        }
+        let l3 = h.l3_offset as usize;
+        let total = data
+            .get(l3 + 2..l3 + 4)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+        let Some(ip) = data.get(l3..l3 + total) else {
+            return false;
+        };
+        match h.proto {
+            6 => {
+                vh.rx_tcp(ip);
+                self.mark_vhost(k);
+                true
+            }
+            17 => {
+                let payload = total.saturating_sub(h.l4_offset as usize - l3 + 8);
+                vh.rx_udp(h.dst_port, payload, now)
+            }
+            _ => false,
+        }
+    }
+
+    /// Flow ends and pokes posted for this worker's virtual hosts.
+    fn take_inbox(&mut self, now: u64) {
+        let g = self.shared.inbox_gen.load(Ordering::Acquire);
+        if g == self.inbox_seen {
+            return;
+        }
+        self.inbox_seen = g;
+        let msgs = std::mem::take(
+            &mut *self.shared.inbox[self.id]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for m in msgs {
+            match m {
+                Msg::End {
+                    node,
+                    flow,
+                    side,
+                    port,
+                } => {
+                    let Some(k) = self.vhost(node, now) else {
+                        flow.stats.fail(format!(
+                            "'{}' is not a virtual host with an address",
+                            flow.spec.name
+                        ));
+                        continue;
+                    };
+                    self.vhosts[k].add(flow, side, port);
+                    self.mark_vhost(k);
+                }
+                Msg::Poke(node) => {
+                    if let Some(&k) = self.vhost_of.get(&node) {
+                        self.mark_vhost(k);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Virtual host `node`'s stack, made on its first flow.
+    fn vhost(&mut self, node: usize, now: u64) -> Option<usize> {
+        if let Some(&k) = self.vhost_of.get(&node) {
+            return Some(k);
+        }
+        let r = self.routers.get(&node)?;
+        let (addr, len) = r.ports().first()?.addr?;
+        let mtu = self.shared.topo.nodes[node]
+            .out
+            .first()
+            .map_or(1500, |&d| self.dir_params[d].mtu as usize);
+        let k = self.vhosts.len();
+        self.vhosts.push(VHost::new(
+            addr,
+            len,
+            mtu,
+            0x5851_f42d_4c95_7f2d ^ node as u64,
+            now,
+        ));
+        self.vhost_node.push(node);
+        self.vhost_of.insert(node, k);
+        Some(k)
+    }
+
+    /// Polls the virtual hosts that got packets or whose timers fired, sending what they make.
+    fn poll_vhosts(&mut self, now: u64) {
+        let mut dirty = std::mem::take(&mut self.vdirty);
+        let mut out = std::mem::take(&mut self.vout);
+        for &k in &dirty {
+            let k = k as usize;
+            let node = self.vhost_node[k];
+            self.vhosts[k].dirty = false;
+            let next = self.vhosts[k].poll(now, &mut out);
+            for p in out.drain(..) {
+                self.send_from_vhost(node, &p, now);
+                self.vhosts[k].recycle(p);
+            }
+            if let Some(t) = next
+                && t < self.vhosts[k].armed
+            {
+                self.vhosts[k].armed = t;
+                self.heap
+                    .push(std::cmp::Reverse((t, (self.armed.len() + k) as u32)));
+            }
+        }
+        dirty.clear();
+        // Hosts made dirty while sending (a frame to a host of this worker) wait a round.
+        dirty.append(&mut self.vdirty);
+        self.vdirty = dirty;
+        self.vout = out;
+    }
+
+    /// Frames IPv4 packet `ip` from virtual host `node` to its next hop and queues it.
+    fn send_from_vhost(&mut self, node: usize, ip: &[u8], now: u64) {
+        let Some(r) = self.routers.get(&node) else {
+            return;
+        };
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        let Some((iface, mac)) = r.next_hop(dst) else {
+            self.count(node, |c| c.dropped += 1);
+            return;
+        };
+        let src_mac = r.ports()[iface].mac;
+        let d = self.shared.topo.nodes[node].out[iface];
+        let Some(mut f) = self.pool.alloc() else {
+            self.nobuf[d] += 1;
+            return;
+        };
+        let room = self.pool.room_mut(&f);
+        if room.len() < 14 + ip.len() {
+            self.pool.free(f);
+            self.count(node, |c| c.dropped += 1);
+            return;
+        }
+        room[0..6].copy_from_slice(&mac);
+        room[6..12].copy_from_slice(&src_mac);
+        room[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        room[14..14 + ip.len()].copy_from_slice(ip);
+        self.pool.set_len(&mut f, 14 + ip.len());
+        self.count(node, |c| c.sent += 1);
+        self.enqueue(d, f, now);
+    }
+
     fn run(&mut self) -> io::Result<()> {
         let mut rounds = 0u64;
         loop {
@@ -1165,9 +1435,16 @@ impl Worker {
             if !self.rx_ready.is_empty() {
                 self.read_ports(now)?;
             }
+            if self.spill.iter().any(|q| !q.is_empty()) {
+                self.flush_spill();
+            }
             self.take_handoffs(now);
             self.follow_live();
+            self.take_inbox(now);
             self.timers(now);
+            if !self.vdirty.is_empty() {
+                self.poll_vhosts(now);
+            }
             if !self.tx_busy.is_empty() {
                 self.flush_ports();
             }
@@ -1176,7 +1453,9 @@ impl Worker {
             // Sleep until the next event, unless it is too close to sleep for.
             let next = self.heap.peek().map(|r| r.0.0);
             let now2 = monotonic_ns();
-            let busy = !self.rx_ready.is_empty() || !self.tx_busy.is_empty();
+            let busy = !self.rx_ready.is_empty()
+                || !self.tx_busy.is_empty()
+                || self.spill.iter().any(|q| !q.is_empty());
             match next {
                 _ if busy => self.io.submit(false, None)?,
                 Some(t) if t <= now2 + self.early_ns => self.io.submit(false, None)?,
@@ -1188,6 +1467,8 @@ impl Worker {
                     // event: look once more.
                     let pending = self.from.iter_mut().flatten().any(|c| c.ready() > 0)
                         || self.shared.live.version.load(Ordering::Acquire) != self.live_seen
+                        || self.shared.inbox_gen.load(Ordering::Acquire) != self.inbox_seen
+                        || !self.vdirty.is_empty()
                         || self.shared.stop.load(Ordering::Relaxed);
                     if pending {
                         self.io.submit(false, None)?;
@@ -1215,6 +1496,11 @@ impl Worker {
         for (hp, tx) in self.hports.iter_mut().zip(&mut self.hport_tx) {
             hp.pool.free_batch(tx);
             hp.port.release(&mut hp.pool);
+        }
+        for q in &mut self.spill {
+            for (_, _, f) in q.drain(..) {
+                self.pool.free(f);
+            }
         }
         for d in 0..self.dirs.len() {
             if let Some(dir) = self.dirs[d].as_mut() {

@@ -56,6 +56,7 @@ pub const LATE_NS: u64 = 50_000;
 struct Queued<F> {
     frame: F,
     len: u32,
+    weight: u32,
     arrived_ns: u64,
 }
 
@@ -63,6 +64,24 @@ impl<F> Packet for Queued<F> {
     fn wire_len(&self) -> u32 {
         self.len
     }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+/// Where a packet queues on a direction: its class, and its flow's weight (`wfq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Class {
+    pub class: usize,
+    pub weight: u32,
+}
+
+impl Class {
+    /// Class 0, weight 1: what a direction without classes puts every packet in.
+    pub const ZERO: Class = Class {
+        class: 0,
+        weight: 1,
+    };
 }
 
 /// A packet in flight: due at `release_ns`; `seq` keeps equal times in sending order.
@@ -168,6 +187,7 @@ fn scheduler<F>(p: &LinkParams) -> Result<(Scheduler<Queued<F>>, Classifier), St
         SchedSpec::Fcfs => Discipline::Fcfs,
         SchedSpec::Wrr(w) => Discipline::Wrr(w.clone()),
         SchedSpec::Drr(q) => Discipline::Drr(q.clone()),
+        SchedSpec::Wfq(n) => Discipline::Wfq(*n),
     };
     let policy = match p.drop {
         DropSpec::TailDrop => DropPolicy::TailDrop,
@@ -223,18 +243,31 @@ impl<F> LinkDir<F> {
         &self.params
     }
 
-    /// The traffic class of a packet (by its headers), for [`LinkDir::enqueue`].
-    pub fn classify(&self, pkt: &[u8], hdr: &linerate_dataplane::wire::Headers) -> usize {
+    /// The traffic class of a packet (by its headers), for [`LinkDir::enqueue`]: by the
+    /// class rules, or under `wfq` its flow's queue (a hash of its addresses and ports) and
+    /// weight (its DSCP, 0 counting as 1).
+    pub fn classify(&self, pkt: &[u8], hdr: &linerate_dataplane::wire::Headers) -> Class {
+        if let SchedSpec::Wfq(n) = self.params.sched {
+            let h = linerate_dataplane::shard::flow_hash(hdr, pkt);
+            return Class {
+                class: (h % n as u64) as usize,
+                weight: linerate_dataplane::sched::dscp(pkt, hdr)
+                    .map_or(1, |d| u32::from(d).max(1)),
+            };
+        }
         if self.classifier.rules.is_empty() {
-            0
+            Class::ZERO
         } else {
-            self.classifier.classify(pkt, hdr)
+            Class {
+                class: self.classifier.classify(pkt, hdr),
+                weight: 1,
+            }
         }
     }
 
     /// Whether the direction needs headers to classify.
     pub fn classifies(&self) -> bool {
-        !self.classifier.rules.is_empty()
+        !self.classifier.rules.is_empty() || matches!(self.params.sched, SchedSpec::Wfq(_))
     }
 
     /// A frame of `len` bytes arrives at `now`: queued, or handed back with the reason.
@@ -242,7 +275,7 @@ impl<F> LinkDir<F> {
         &mut self,
         frame: F,
         len: u32,
-        class: usize,
+        class: Class,
         now_ns: u64,
     ) -> Result<(), (F, Drop)> {
         if !self.params.up {
@@ -252,9 +285,10 @@ impl<F> LinkDir<F> {
         let q = Queued {
             frame,
             len,
+            weight: class.weight,
             arrived_ns: now_ns,
         };
-        match self.sched.enqueue(class, q) {
+        match self.sched.enqueue(class.class, q) {
             Ok(()) => {
                 self.counters.enqueued += 1;
                 Ok(())
@@ -486,7 +520,7 @@ mod tests {
         )
         .unwrap();
         for i in 0..100 {
-            l.enqueue(i, 1500, 0, 0).unwrap();
+            l.enqueue(i, 1500, Class::ZERO, 0).unwrap();
         }
         let (got, lost) = run(&mut l, 0);
         assert!(lost.is_empty());
@@ -503,7 +537,7 @@ mod tests {
         // virtual, so packets serialized late catch up.
         let mut l = LinkDir::new(params(|p| p.rate_bps = Some(1_000_000)), 1).unwrap();
         for i in 0..100 {
-            l.enqueue(i, 1250, 0, 0).unwrap(); // 10 ms each
+            l.enqueue(i, 1250, Class::ZERO, 0).unwrap(); // 10 ms each
         }
         let mut got = 0;
         let mut now = 0;
@@ -525,7 +559,7 @@ mod tests {
             1,
         )
         .unwrap();
-        l.enqueue(1, 100, 0, 5_000_000).unwrap();
+        l.enqueue(1, 100, Class::ZERO, 5_000_000).unwrap();
         let (got, _) = run(&mut l, 5_000_000);
         assert_eq!(got, [(1, 5_000_000 + 100_000 + 1_000)]);
     }
@@ -546,7 +580,7 @@ mod tests {
         for reorder in [false, true] {
             let mut l = mk(reorder);
             for i in 0..1000u32 {
-                l.enqueue(i, 100, 0, i as u64 * 10_000).unwrap();
+                l.enqueue(i, 100, Class::ZERO, i as u64 * 10_000).unwrap();
                 l.poll(i as u64 * 10_000, &mut |_, _| {}, &mut |_, _| {});
             }
             let (got, _) = run(&mut l, 0);
@@ -577,7 +611,7 @@ mod tests {
         )
         .unwrap();
         for i in 0..n {
-            l.enqueue(i, 100, 0, 0).unwrap();
+            l.enqueue(i, 100, Class::ZERO, 0).unwrap();
         }
         let (got, lost) = run(&mut l, 0);
         assert_eq!(got.len() + lost.len(), n as usize);
@@ -605,7 +639,7 @@ mod tests {
         )
         .unwrap();
         for i in 0..n {
-            l.enqueue(i, 100, 0, 0).unwrap();
+            l.enqueue(i, 100, Class::ZERO, 0).unwrap();
         }
         let (_, lost) = run(&mut l, 0);
         let want = p / (p + r) * bad + r / (p + r) * good;
@@ -628,7 +662,7 @@ mod tests {
         .unwrap();
         let mut refused = 0;
         for i in 0..20 {
-            if l.enqueue(i, 1000, 0, 0).is_err() {
+            if l.enqueue(i, 1000, Class::ZERO, 0).is_err() {
                 refused += 1;
             }
         }
@@ -640,18 +674,21 @@ mod tests {
             .unwrap();
         assert_eq!(dropped.len(), 10);
         assert!(dropped.iter().all(|&(_, d)| d == Drop::Down));
-        assert!(matches!(l.enqueue(99, 100, 0, 0), Err((99, Drop::Down))));
+        assert!(matches!(
+            l.enqueue(99, 100, Class::ZERO, 0),
+            Err((99, Drop::Down))
+        ));
     }
 
     #[test]
     fn a_live_change_of_delay_applies_to_the_next_packets() {
         let mut l = LinkDir::new(params(|p| p.delay_ns = 10_000_000), 1).unwrap();
-        l.enqueue(1, 100, 0, 0).unwrap();
+        l.enqueue(1, 100, Class::ZERO, 0).unwrap();
         l.poll(0, &mut |_, _| {}, &mut |_, _| {});
         let mut p = l.params().clone();
         p.delay_ns = 30_000_000;
         l.set_params(p, &mut |_, _| {}).unwrap();
-        l.enqueue(2, 100, 0, 1_000_000).unwrap();
+        l.enqueue(2, 100, Class::ZERO, 1_000_000).unwrap();
         let (got, _) = run(&mut l, 1_000_000);
         assert_eq!(got, [(1, 10_000_000), (2, 31_000_000)]);
     }
@@ -668,7 +705,16 @@ mod tests {
         )
         .unwrap();
         for i in 0..4000u32 {
-            l.enqueue(i, 100, (i % 2) as usize, 0).unwrap();
+            l.enqueue(
+                i,
+                100,
+                Class {
+                    class: (i % 2) as usize,
+                    weight: 1,
+                },
+                0,
+            )
+            .unwrap();
         }
         // Half a second: 625 packets of 800 µs.
         let mut got = Vec::new();

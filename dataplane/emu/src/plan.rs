@@ -128,6 +128,8 @@ pub struct Plan {
     pub links: Vec<Link>,
     pub segments: Vec<Segment>,
     pub by_name: HashMap<String, NodeId>,
+    /// The topology's `[[flows]]`, checked.
+    pub flows: Vec<crate::flows::FlowSpec>,
     pub workers: usize,
     /// Buffers the emulator gives its queues and delay lines, in bytes: what they can hold
     /// together, at most `--memory`.
@@ -464,15 +466,18 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
             human(o.memory)
         ));
     }
-    Ok(Plan {
+    let mut plan = Plan {
         name,
         nodes,
         links,
         segments,
         by_name,
+        flows: Vec::new(),
         workers: o.workers,
         buffer_bytes: buffer_bytes.min(o.memory),
-    })
+    };
+    plan.flows = crate::flows::resolve_all(&plan, &t.flows)?;
+    Ok(plan)
 }
 
 /// The buffer a frame of this MTU needs (Ethernet header and slack; a power of two).

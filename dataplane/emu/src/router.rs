@@ -134,6 +134,8 @@ pub struct Router {
     flows: Option<FlowTable<FlowKey, u8>>,
     /// A virtual host: answers for its addresses and forwards nothing.
     host: bool,
+    /// A virtual host's default gateway.
+    gateway: Option<Ipv4Addr>,
     pub counters: RouterCounters,
 }
 
@@ -162,6 +164,7 @@ impl Router {
             pins: Vec::new(),
             flows: None,
             host: false,
+            gateway: None,
             counters: RouterCounters::default(),
         }
     }
@@ -176,6 +179,20 @@ impl Router {
 
     pub fn ports(&self) -> &[Port] {
         &self.ports
+    }
+
+    /// A virtual host's default gateway (one of its neighbours).
+    pub fn set_gateway(&mut self, gw: Option<Ipv4Addr>) {
+        self.gateway = gw;
+    }
+
+    /// Where a virtual host sends a packet for `dst`: the neighbour itself on a connected
+    /// segment, else its gateway. `(interface, MAC)`.
+    pub fn next_hop(&self, dst: Ipv4Addr) -> Option<(usize, [u8; 6])> {
+        self.neighbours
+            .get(&dst)
+            .or_else(|| self.neighbours.get(&self.gateway?))
+            .copied()
     }
 
     /// A neighbour on a connected segment.

@@ -38,6 +38,9 @@ pub struct Topology {
     /// Paths pinned by the user.
     #[serde(default)]
     pub routes: Vec<PinnedRoute>,
+    /// Synthetic flows started once the network is up.
+    #[serde(default)]
+    pub flows: Vec<crate::flows::FlowToml>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -125,7 +128,8 @@ pub struct LinkSpec {
     pub queue: Option<toml::Value>,
     /// `taildrop` or `red MIN,MAX,MAX_P,WEIGHT[,gentle]` (thresholds in packets).
     pub drop: Option<String>,
-    /// `fcfs`, `wrr:W1,W2,...` or `drr:Q1,Q2,...`, with `classes` rules as in `fwd --class`.
+    /// `fcfs`, `wrr:W1,W2,...` or `drr:Q1,Q2,...`, with `classes` rules as in `fwd --class`;
+    /// or `wfq[:N]`: per-flow fair queueing weighted by each flow's DSCP.
     pub sched: Option<String>,
     pub classes: Option<Vec<String>>,
     pub mtu: Option<u32>,
@@ -241,7 +245,13 @@ pub enum SchedSpec {
     Fcfs,
     Wrr(Vec<u32>),
     Drr(Vec<u32>),
+    /// Per-flow queues (this many, flows hashed onto them) served by DRR in proportion to
+    /// each flow's weight, its packets' DSCP (synthetic flows set it from their `weight`).
+    Wfq(usize),
 }
+
+/// Queues of `sched = "wfq"` when not given.
+pub const WFQ_QUEUES: usize = 64;
 
 /// Largest settings a link takes: beyond these the numbers stop meaning anything on one host.
 pub const MAX_DELAY_NS: u64 = 60_000_000_000;
@@ -396,9 +406,16 @@ fn parse_sched(s: &str) -> Result<SchedSpec, String> {
     };
     match t.split_once(':') {
         None if t == "fcfs" => Ok(SchedSpec::Fcfs),
+        None if t == "wfq" => Ok(SchedSpec::Wfq(WFQ_QUEUES)),
+        Some(("wfq", n)) => match n.trim().parse::<usize>() {
+            Ok(n) if (1..=4096).contains(&n) => Ok(SchedSpec::Wfq(n)),
+            _ => Err(format!("'{t}': wfq:N takes 1 to 4096 queues")),
+        },
         Some(("wrr", w)) => Ok(SchedSpec::Wrr(nums(w)?)),
         Some(("drr", q)) => Ok(SchedSpec::Drr(nums(q)?)),
-        _ => Err(format!("'{t}' is not fcfs, wrr:W1,W2,... or drr:Q1,Q2,...")),
+        _ => Err(format!(
+            "'{t}' is not fcfs, wrr:W1,W2,..., drr:Q1,Q2,... or wfq[:N]"
+        )),
     }
 }
 
@@ -529,6 +546,15 @@ impl LinkSpec {
         let classes = match &p.sched {
             SchedSpec::Fcfs => 1,
             SchedSpec::Wrr(w) | SchedSpec::Drr(w) => w.len(),
+            SchedSpec::Wfq(_) => {
+                if self.classes.as_ref().is_some_and(|c| !c.is_empty()) {
+                    return Err(e(
+                        "classes",
+                        "wfq queues by flow: it takes no class rules".into(),
+                    ));
+                }
+                1
+            }
         };
         if classes > 8 {
             return Err(e("sched", format!("{classes} classes: at most 8")));
@@ -855,6 +881,7 @@ pub mod generate {
             links,
             routing: RoutingSection::default(),
             routes: Vec::new(),
+            flows: Vec::new(),
         })
     }
 }

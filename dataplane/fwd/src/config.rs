@@ -484,6 +484,8 @@ pub fn port_traffic(
     let classes = match &discipline {
         Discipline::Fcfs => 1,
         Discipline::Wrr(w) | Discipline::Drr(w) => w.len(),
+        // Not offered by `fwd` (its ports classify by rules only).
+        Discipline::Wfq(n) => *n,
     };
     let rules = class
         .iter()

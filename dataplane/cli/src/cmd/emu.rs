@@ -67,6 +67,11 @@ pub struct UpArgs {
     /// synthetic flows.
     #[arg(long)]
     compact: bool,
+    /// Synthetic flows to start once the network is up: a TOML file of `[[flows]]` entries
+    /// (as in a topology file; see docs/TOPOLOGY.md), added to the topology's own. Gives a
+    /// generated topology (`--topo`) its traffic.
+    #[arg(long)]
+    flows: Option<PathBuf>,
     /// How hosts' interfaces reach the emulator: `tap` (TAP devices through io_uring) or
     /// `xdp` (veth pairs with AF_XDP sockets; faster for bulk TCP, more memory per interface).
     /// See docs/BENCHMARKS.md for the figures.
@@ -264,6 +269,24 @@ fn plan_of(a: &UpArgs) -> Result<Plan> {
         }
         (None, None) => bail!("give a topology file or --topo SHAPE (e.g. --topo linear,4)"),
     };
+    if let Some(f) = &a.flows {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FlowsFile {
+            #[serde(default)]
+            flows: Vec<linerate_emu::flows::FlowToml>,
+        }
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("--flows {}: cannot read it", f.display()))?;
+        let ff: FlowsFile = toml::from_str(&text).map_err(|e| {
+            anyhow!(
+                "--flows {}: {}",
+                f.display(),
+                linerate_proto::units::at_line(&text, e.span().map(|s| s.start), e.message())
+            )
+        })?;
+        t.flows.extend(ff.flows);
+    }
     if a.compact {
         // Hosts inside the emulator only: no namespace, no kernel interface.
         for n in t.nodes.iter_mut().filter(|n| n.kind == topo::Kind::Host) {
@@ -379,7 +402,10 @@ pub fn up(a: UpArgs) -> Result<()> {
             return Err(err);
         }
     };
-    let calls = match ctl::serve(&e.plan.name).and_then(|c| e.run_commands().map(|()| c)) {
+    let calls = match ctl::serve(&e.plan.name)
+        .and_then(|c| e.run_commands().map(|()| c))
+        .and_then(|c| e.start_flows().map(|()| c))
+    {
         Ok(c) => c,
         Err(err) => {
             control.stop();

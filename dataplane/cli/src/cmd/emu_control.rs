@@ -100,7 +100,7 @@ impl Control {
             }
         };
         let url = format!("ws://{}/", controller.local_addr());
-        let dataplane = EmuDataplane::new(Arc::new(e.plan.clone()), e.shared.clone(), seed);
+        let dataplane = EmuDataplane::new(e.flows.clone(), seed);
         let status = dataplane.status.clone();
         let mut aopts = AgentOptions::new(url.clone(), token, node.clone());
         aopts.capabilities = vec![Capability::Emulation, Capability::Metrics];
