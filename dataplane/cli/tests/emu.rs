@@ -799,3 +799,402 @@ b = "v2"
     drop(e);
     nothing_left(&name);
 }
+
+/// The flows of `status` once every one has ended (finished, failed or stopped), or after
+/// `guard` (then the caller's checks fail on the flows still running, saying which).
+fn flows_when_done(e: &Emu, guard: Duration) -> Vec<Value> {
+    let t = std::time::Instant::now();
+    loop {
+        let s = e.status();
+        let flows = s["flows"].as_array().unwrap().clone();
+        let running = flows
+            .iter()
+            .any(|f| f["state"] == "running" || f["state"] == "waiting");
+        if !running || t.elapsed() > guard {
+            return flows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn flow<'a>(flows: &'a [Value], name: &str) -> &'a Value {
+    flows
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no flow {name} in {flows:?}"))
+}
+
+#[test]
+fn synthetic_flows_between_virtual_and_namespace_hosts_count_every_byte() {
+    if !privileged("emu::flows_mixed") {
+        return;
+    }
+    let _one = serial();
+    // v1, v2 live in the emulator; h1, h3 are namespaces whose kernels run their ends.
+    let e = Emu::up(
+        &[],
+        Some(
+            r#"
+[defaults]
+rate = "50M"
+delay = "1ms"
+[[nodes]]
+name = "h1"
+kind = "host"
+[[nodes]]
+name = "h3"
+kind = "host"
+[[nodes]]
+name = "v1"
+kind = "virtual"
+[[nodes]]
+name = "v2"
+kind = "virtual"
+[[nodes]]
+name = "r1"
+kind = "router"
+[[nodes]]
+name = "r2"
+kind = "router"
+[[links]]
+a = "h1"
+b = "r1"
+[[links]]
+a = "h3"
+b = "r1"
+[[links]]
+a = "v1"
+b = "r1"
+[[links]]
+a = "r1"
+b = "r2"
+[[links]]
+a = "r2"
+b = "v2"
+rate = "10M"
+[[flows]]
+name = "ns-to-v"
+src = "h1"
+dst = "v1"
+bytes = "3MB"
+[[flows]]
+name = "v-to-ns"
+src = "v1"
+dst = "h3"
+bytes = 2345678
+cc = "reno"
+[[flows]]
+name = "ns-to-ns"
+src = "h3"
+dst = "h1"
+bytes = "1MB"
+[[flows]]
+name = "ten"
+src = "v1"
+dst = "v2"
+bytes = "3MB"
+[[flows]]
+name = "cbr"
+src = "h1"
+dst = "v1"
+proto = "udp"
+rate = "2M"
+duration = "1s"
+[[flows]]
+name = "onoff"
+src = "v2"
+dst = "h3"
+proto = "udp"
+rate = "4M"
+bytes = 200000
+packet = 1000
+on = "100ms"
+off = "100ms"
+[[flows]]
+name = "later"
+src = "h3"
+dst = "v2"
+bytes = 50000
+start = "1s"
+"#,
+        ),
+    );
+    let flows = flows_when_done(&e, Duration::from_secs(120));
+    for name in ["ns-to-v", "v-to-ns", "ns-to-ns", "ten", "later"] {
+        let f = flow(&flows, name);
+        assert_eq!(f["state"], "finished", "{f}");
+        assert_eq!(f["received_bytes"], f["sent_bytes"], "{f}");
+        assert!(f["fct_s"].as_f64().unwrap() > 0.0, "{f}");
+    }
+    assert_eq!(flow(&flows, "ns-to-v")["received_bytes"], 3_000_000);
+    assert_eq!(flow(&flows, "v-to-ns")["received_bytes"], 2_345_678);
+    assert_eq!(flow(&flows, "later")["received_bytes"], 50_000);
+    // `later` waited for its start time.
+    assert!(flow(&flows, "later")["started_s"].as_f64().unwrap() >= 1.0);
+    // One TCP flow alone on a 10 Mbit/s link: 9 to 10 Mbit/s of payload.
+    let ten = flow(&flows, "ten")["throughput_bps"].as_f64().unwrap();
+    assert!(
+        (9e6..=10e6).contains(&ten),
+        "TCP over 10 Mbit/s: {ten} bit/s"
+    );
+    // UDP: one second at 2 Mbit/s of 1472-byte payloads; on/off sent all its bytes in
+    // 1000-byte packets, only during its on periods.
+    let cbr = flow(&flows, "cbr");
+    assert_eq!(cbr["state"], "finished", "{cbr}");
+    let sent = cbr["sent_bytes"].as_u64().unwrap();
+    assert!((240_000..=260_000).contains(&sent), "{cbr}");
+    assert!(cbr["received_bytes"].as_u64().unwrap() <= sent);
+    let onoff = flow(&flows, "onoff");
+    assert_eq!(onoff["sent_bytes"], 200_000, "{onoff}");
+    assert_eq!(onoff["sent_packets"], 200, "{onoff}");
+    // 400 kbit of payload at 4 Mbit/s is 0.4 s of sending: with 100 ms off between each
+    // 100 ms on, at least 0.7 s from first to last.
+    assert!(onoff["fct_s"].as_f64().unwrap() >= 0.7, "{onoff}");
+    let name = e.name.clone();
+    drop(e);
+    nothing_left(&name);
+}
+
+#[test]
+fn flows_sharing_a_wfq_link_split_it_by_weight() {
+    if !privileged("emu::flows_wfq") {
+        return;
+    }
+    let _one = serial();
+    let e = Emu::up(
+        &[],
+        Some(
+            r#"
+[[nodes]]
+name = "a"
+kind = "virtual"
+[[nodes]]
+name = "b"
+kind = "virtual"
+[[nodes]]
+name = "c"
+kind = "virtual"
+[[nodes]]
+name = "r1"
+kind = "router"
+[[nodes]]
+name = "r2"
+kind = "router"
+[[links]]
+a = "a"
+b = "r1"
+[[links]]
+a = "b"
+b = "r1"
+[[links]]
+a = "r1"
+b = "r2"
+rate = "10M"
+delay = "2ms"
+sched = "wfq"
+queue = 20
+[[links]]
+a = "r2"
+b = "c"
+[[flows]]
+name = "u3"
+src = "a"
+dst = "c"
+proto = "udp"
+rate = "20M"
+duration = "3s"
+weight = 3
+[[flows]]
+name = "u1"
+src = "b"
+dst = "c"
+proto = "udp"
+rate = "20M"
+duration = "3s"
+weight = 1
+[[flows]]
+name = "t3"
+src = "a"
+dst = "c"
+duration = "4s"
+weight = 3
+start = "4s"
+[[flows]]
+name = "t1"
+src = "b"
+dst = "c"
+duration = "4s"
+weight = 1
+start = "4s"
+"#,
+        ),
+    );
+    let flows = flows_when_done(&e, Duration::from_secs(60));
+    // Two UDP floods, each twice the link: the scheduler alone decides, 3 to 1 (short
+    // queues: what they hold when the floods stop drains at other shares).
+    let got = |n: &str| flow(&flows, n)["received_bytes"].as_f64().unwrap();
+    let udp = got("u3") / got("u1");
+    assert!((2.7..=3.3).contains(&udp), "UDP split {udp}: {flows:?}");
+    // Two TCP flows: each rate over its own life, about 3 to 1.
+    let rate = |n: &str| flow(&flows, n)["throughput_bps"].as_f64().unwrap();
+    let tcp = rate("t3") / rate("t1");
+    assert!((2.2..=3.8).contains(&tcp), "TCP split {tcp}: {flows:?}");
+    assert!(rate("t3") + rate("t1") > 8e6, "{flows:?}");
+}
+
+#[test]
+fn a_10000_node_compact_fat_tree_finishes_1000_tcp_flows_to_the_byte() {
+    if !privileged("emu::flows_10k") {
+        return;
+    }
+    let _one = serial();
+    // fat-tree,34: 9,826 virtual hosts and 1,445 routers (11,271 nodes); flows between
+    // hosts picked by a fixed generator, 10 to 60 kB each, all starting together.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut text = String::new();
+    let mut want = Vec::new();
+    for i in 0..1000 {
+        let a = next(9826) + 1;
+        let mut b = next(9826) + 1;
+        if b == a {
+            b = a % 9826 + 1;
+        }
+        let bytes = 10_000 + next(50_000);
+        want.push((format!("f{i}"), bytes));
+        text.push_str(&format!(
+            "[[flows]]\nname = \"f{i}\"\nsrc = \"h{a}\"\ndst = \"h{b}\"\nbytes = {bytes}\n\n"
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("flows-{}.toml", unique()));
+    std::fs::write(&path, text).unwrap();
+    let e = Emu::up(
+        &[
+            "--topo",
+            "fat-tree,34",
+            "--compact",
+            "--flows",
+            path.to_str().unwrap(),
+        ],
+        None,
+    );
+    let _ = std::fs::remove_file(&path);
+    let flows = flows_when_done(&e, Duration::from_secs(600));
+    assert_eq!(flows.len(), 1000);
+    for (name, bytes) in &want {
+        let f = flow(&flows, name);
+        assert_eq!(f["state"], "finished", "{f}");
+        assert_eq!(f["received_bytes"].as_u64(), Some(*bytes), "{f}");
+    }
+    // Nothing was lost inside the emulator (no handoff or buffer drops).
+    let s = e.status();
+    let dropped: u64 = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["dropped"].as_u64().unwrap())
+        .sum();
+    let nobuf: u64 = s["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["dirs"].as_array().unwrap().iter())
+        .map(|d| d["drop_nobuf"].as_u64().unwrap())
+        .sum();
+    assert_eq!((dropped, nobuf), (0, 0));
+}
+
+#[test]
+fn a_flow_inserted_in_postgresql_starts_and_its_finish_is_recorded() {
+    if !privileged("emu::flows_sql") {
+        return;
+    }
+    let Some(url) = linerate_tests::privileged_db("emu::flows_sql") else {
+        return;
+    };
+    let _one = serial();
+    let topo = r#"
+        [[nodes]]
+        name = "h1"
+        kind = "host"
+        [[nodes]]
+        name = "v1"
+        kind = "virtual"
+        [[nodes]]
+        name = "r1"
+        kind = "router"
+        [defaults]
+        rate = "20M"
+        delay = "2ms"
+        [[links]]
+        a = "h1"
+        b = "r1"
+        [[links]]
+        a = "r1"
+        b = "v1"
+    "#;
+    let schema = format!("emu_{}", unique());
+    let e = Emu::up(
+        &["--database", &url, "--database-schema", &schema],
+        Some(topo),
+    );
+    let name = e.name.clone();
+    let sql = |q: &str| psql(&url, &schema, q);
+    let id = sql(&format!(
+        "INSERT INTO emu_flows (node, src, dst, bytes) VALUES ('{name}', 'v1', 'h1', 1500000) RETURNING id"
+    ));
+    let long = sql(&format!(
+        "INSERT INTO emu_flows (node, name, src, dst, proto, rate_bps, duration_ms) \
+         VALUES ('{name}', 'long', 'h1', 'v1', 'udp', 1000000, 600000) RETURNING id"
+    ));
+    // A row the emulator cannot run (no such host) is refused by it, not by the database.
+    sql(&format!(
+        "INSERT INTO emu_flows (node, src, dst, bytes) VALUES ('{name}', 'nobody', 'h1', 10)"
+    ));
+    // The finish reaches the store (the emulator reports every second).
+    let t = std::time::Instant::now();
+    let result = loop {
+        let r = sql(&format!(
+            "SELECT state, received_bytes, finished_ms > started_ms, fct_us > 0 \
+             FROM emu_flow_results WHERE id = {id}"
+        ));
+        if r.starts_with("2|") || t.elapsed() > Duration::from_secs(60) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(result, "2|1500000|t|t");
+    let s = e.status();
+    let flows = s["flows"].as_array().unwrap();
+    let f = flow(flows, &format!("row{id}"));
+    assert_eq!(f["row"].as_u64(), id.parse::<u64>().ok());
+    assert_eq!(f["received_bytes"], 1_500_000);
+    let l = flow(flows, "long");
+    assert_eq!(l["state"], "running", "{l}");
+    assert_eq!(
+        flows.len(),
+        2,
+        "the refused row started something: {flows:?}"
+    );
+    // Deleting a running flow's row stops it.
+    sql(&format!("DELETE FROM emu_flows WHERE id = {long}"));
+    let t = std::time::Instant::now();
+    loop {
+        let s = e.status();
+        let l = flow(s["flows"].as_array().unwrap(), "long").clone();
+        if l["state"] == "stopped" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "not stopped: {l}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(e);
+    nothing_left(&name);
+    // `up` of the next run starts without the rows of this one.
+    sql(&format!("DROP SCHEMA {schema} CASCADE"));
+}

@@ -395,6 +395,11 @@ impl Thread {
                 &std::ffi::OsString::from(flow.spec.cc.name()),
             );
         }
+        if flow.spec.proto == Proto::Tcp {
+            // As the virtual hosts do: little written but unsent, so a flow given a
+            // duration stops close to it.
+            let _ = sys::tcp_notsent_lowat(&fd, 64 * 1024);
+        }
         let local = SockaddrIn::from(SocketAddrV4::new(flow.src_addr, 0));
         bind(fd.as_raw_fd(), &local).map_err(nix_io)?;
         let port = st.port.load(Ordering::Acquire) as u16;

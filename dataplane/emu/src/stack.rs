@@ -29,6 +29,11 @@ const TCP_SMALL_BUFFER: usize = 4096;
 pub const UDP_BURST: usize = 64;
 /// What a rate-capped TCP sender may be ahead of its rate, bytes.
 const RATE_BURST: u64 = 16 * 1024;
+/// Bytes a TCP sender keeps written but not yet sent (beyond what is in flight): enough to
+/// fill the window between two polls, little enough that a flow of a given duration stops
+/// sending within a few milliseconds of it (with a whole send buffer queued, it went on for
+/// a second at 10 Mbit/s).
+const UNSENT_TARGET: usize = 64 * 1024;
 
 /// Packets between the worker and smoltcp.
 struct Dev {
@@ -113,6 +118,50 @@ pub enum Side {
     Recv,
 }
 
+#[derive(Default, Clone, Copy)]
+struct Seqs {
+    sent_end: Option<u32>,
+    acked: Option<u32>,
+}
+
+impl Seqs {
+    fn in_flight(&self) -> usize {
+        match (self.sent_end, self.acked) {
+            (Some(s), Some(a)) if (s.wrapping_sub(a) as i32) > 0 => s.wrapping_sub(a) as usize,
+            (Some(_), None) => usize::MAX,
+            _ => 0,
+        }
+    }
+}
+
+/// `a` is after `b` in sequence space.
+fn after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// The TCP header of IPv4 packet `p`: (source port, destination port, seq, ack, flags,
+/// payload length).
+fn tcp_fields(p: &[u8]) -> Option<(u16, u16, u32, u32, u8, usize)> {
+    if p.len() < 20 || p[0] >> 4 != 4 || p[9] != 6 {
+        return None;
+    }
+    let ihl = ((p[0] & 0x0f) as usize) * 4;
+    let total = (u16::from_be_bytes([p[2], p[3]]) as usize).min(p.len());
+    let t = p.get(ihl..total)?;
+    if t.len() < 20 {
+        return None;
+    }
+    let off = ((t[12] >> 4) as usize) * 4;
+    Some((
+        u16::from_be_bytes([t[0], t[1]]),
+        u16::from_be_bytes([t[2], t[3]]),
+        u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+        t[13],
+        t.len().saturating_sub(off),
+    ))
+}
+
 pub struct VHost {
     iface: Interface,
     sockets: SocketSet<'static>,
@@ -121,6 +170,10 @@ pub struct VHost {
     ends: Vec<End>,
     /// Local TCP/UDP port -> the DSCP its packets carry (its flow's weight).
     dscp: std::collections::HashMap<u16, u8>,
+    /// TCP senders' sequence space as seen on the wire, by local port: the end of the
+    /// highest segment sent and the highest acknowledgment received (smoltcp does not say
+    /// how much is in flight).
+    seqs: std::collections::HashMap<u16, Seqs>,
     /// The time the worker's timer for this host is set for (`u64::MAX`: none).
     pub armed: u64,
     /// In the worker's list of hosts to poll (the worker keeps it).
@@ -153,6 +206,7 @@ impl VHost {
             addr,
             ends: Vec::new(),
             dscp: std::collections::HashMap::new(),
+            seqs: std::collections::HashMap::new(),
             armed: u64::MAX,
             dirty: false,
         }
@@ -193,12 +247,15 @@ impl VHost {
                 flow.stats.ready.store(true, Ordering::Release);
                 Kind::UdpRecv { port }
             }
-            (Proto::Tcp, Side::Send) => Kind::TcpSend {
-                handle: None,
-                sport: port,
-                written: 0,
-                closing: false,
-            },
+            (Proto::Tcp, Side::Send) => {
+                self.seqs.insert(port, Seqs::default());
+                Kind::TcpSend {
+                    handle: None,
+                    sport: port,
+                    written: 0,
+                    closing: false,
+                }
+            }
             (Proto::Udp, Side::Send) => Kind::UdpSend {
                 sport: port,
                 next_ns: 0,
@@ -214,6 +271,13 @@ impl VHost {
 
     /// An IPv4 packet carrying TCP for this host.
     pub fn rx_tcp(&mut self, ip: &[u8]) {
+        if let Some((_, dport, _, ack, flags, _)) = tcp_fields(ip)
+            && flags & 0x10 != 0
+            && let Some(s) = self.seqs.get_mut(&dport)
+            && s.acked.is_none_or(|a| after(ack, a))
+        {
+            s.acked = Some(ack);
+        }
         let mut b = self.dev.spare.pop().unwrap_or_default();
         b.clear();
         b.extend_from_slice(ip);
@@ -261,6 +325,7 @@ impl VHost {
                     } => {
                         self.sockets.remove(h);
                         self.dscp.remove(&sport);
+                        self.seqs.remove(&sport);
                     }
                     Kind::TcpRecv { handle, .. } => {
                         let port = e.flow.stats.port.load(Ordering::Relaxed) as u16;
@@ -269,6 +334,7 @@ impl VHost {
                     }
                     Kind::TcpSend { sport, .. } | Kind::UdpSend { sport, .. } => {
                         self.dscp.remove(&sport);
+                        self.seqs.remove(&sport);
                     }
                     Kind::UdpRecv { port } => {
                         self.dscp.remove(&port);
@@ -281,6 +347,17 @@ impl VHost {
             soon(now + d.total_micros().max(1) * 1000);
         }
         for mut p in self.dev.tx.drain(..) {
+            if let Some((sport, _, seq, _, flags, len)) = tcp_fields(&p)
+                && let Some(s) = self.seqs.get_mut(&sport)
+            {
+                // SYN and FIN take a sequence number each.
+                let end = seq
+                    .wrapping_add(len as u32)
+                    .wrapping_add(u32::from(flags & 0x03 != 0));
+                if s.sent_end.is_none_or(|e| after(end, e)) {
+                    s.sent_end = Some(end);
+                }
+            }
             set_dscp(&mut p, &self.dscp);
             out.push(p);
         }
@@ -435,6 +512,11 @@ impl VHost {
                 if deadline.is_some_and(|d| now >= d) {
                     allowed = 0;
                 }
+                // Keep what is written but unsent small: the window is filled again at
+                // each poll (every ACK makes one).
+                let in_flight = self.seqs.get(sport).map_or(0, Seqs::in_flight);
+                let unsent = s.send_queue().saturating_sub(in_flight);
+                allowed = allowed.min(UNSENT_TARGET.saturating_sub(unsent) as u64);
                 if allowed > 0 && s.can_send() {
                     let n = s
                         .send(|b| {
