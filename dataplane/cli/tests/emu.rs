@@ -453,6 +453,26 @@ fn each_bad_topology_gets_its_sentence_and_creates_nothing() {
             "[[nodes]]\nname = \"a\"\nkind = \"host\"\n[[nodes]]\nname = \"b\"\nkind = \"host\"\n[[links]]\na = \"a\"\nb = \"b\"\nrate = \"10G\"\ndelay = \"50s\"\n",
             "--memory",
         ),
+        (
+            "[[nodes]]\nname = \"a\"\nkind = \"host\"\n[[nodes]]\nname = \"b\"\nkind = \"virtual\"\n[[nodes]]\nname = \"r\"\nkind = \"router\"\n[[links]]\na = \"a\"\nb = \"r\"\n[[links]]\na = \"r\"\nb = \"b\"\n[[flows]]\nsrc = \"a\"\ndst = \"r\"\nbytes = 10\n",
+            "flow1: dst: 'r' is a router; flows run between hosts",
+        ),
+        (
+            "[[nodes]]\nname = \"a\"\nkind = \"host\"\n[[nodes]]\nname = \"b\"\nkind = \"virtual\"\n[[nodes]]\nname = \"r\"\nkind = \"router\"\n[[links]]\na = \"a\"\nb = \"r\"\n[[links]]\na = \"r\"\nb = \"b\"\n[[flows]]\nsrc = \"a\"\ndst = \"b\"\nproto = \"udp\"\nbytes = 10\n",
+            "flow1: rate: a UDP flow needs its sending rate",
+        ),
+        (
+            "[[nodes]]\nname = \"a\"\nkind = \"host\"\n[[nodes]]\nname = \"b\"\nkind = \"virtual\"\n[[nodes]]\nname = \"r\"\nkind = \"router\"\n[[links]]\na = \"a\"\nb = \"r\"\n[[links]]\na = \"r\"\nb = \"b\"\n[[flows]]\nname = \"x\"\nsrc = \"a\"\ndst = \"b\"\n",
+            "x: bytes: give the flow's length",
+        ),
+        (
+            "[[nodes]]\nname = \"a\"\nkind = \"host\"\n[[nodes]]\nname = \"b\"\nkind = \"virtual\"\n[[nodes]]\nname = \"r\"\nkind = \"router\"\n[[links]]\na = \"a\"\nb = \"r\"\n[[links]]\na = \"r\"\nb = \"b\"\n[[flows]]\nsrc = \"a\"\ndst = \"b\"\nbytes = \"10 parsecs\"\n",
+            "flow1: bytes: '10 parsecs' is not a byte count",
+        ),
+        (
+            "[[nodes]]\nname = \"a\"\nkind = \"host\"\n[[nodes]]\nname = \"b\"\nkind = \"virtual\"\n[[nodes]]\nname = \"r\"\nkind = \"router\"\n[[links]]\na = \"a\"\nb = \"r\"\n[[links]]\na = \"r\"\nb = \"b\"\n[[flows]]\nsrc = \"a\"\ndst = \"b\"\nduration = \"1s\"\nweight = 64\n",
+            "flow1: weight: 64: must be 1 to 63",
+        ),
     ] {
         let name = unique();
         let path = std::env::temp_dir().join(format!("{name}.toml"));

@@ -909,6 +909,27 @@ fn table(s: &Status, before: Option<(&Status, f64)>) -> String {
             n.dropped + n.host_dropped
         ));
     }
+    if !s.flows.is_empty() {
+        out.push_str(&format!(
+            "{:<16} {:<12} {:<12} {:<4} {:<9} {:>12} {:>12} {:>9} {:>9}  {}\n",
+            "flow", "src", "dst", "", "state", "sent", "received", "rate", "fct", ""
+        ));
+        for f in &s.flows {
+            out.push_str(&format!(
+                "{:<16} {:<12} {:<12} {:<4} {:<9} {:>12} {:>12} {:>9} {:>9}  {}\n",
+                f.name,
+                f.src,
+                f.dst,
+                f.proto,
+                f.state,
+                f.sent_bytes,
+                f.received_bytes,
+                rate(Some(f.throughput_bps as u64)),
+                f.fct_s.map_or("-".into(), |t| format!("{t:.3}s")),
+                f.error.as_deref().unwrap_or("")
+            ));
+        }
+    }
     out
 }
 
