@@ -1218,3 +1218,45 @@ fn a_flow_inserted_in_postgresql_starts_and_its_finish_is_recorded() {
     // `up` of the next run starts without the rows of this one.
     sql(&format!("DROP SCHEMA {schema} CASCADE"));
 }
+
+#[test]
+fn the_nextmini_ring_example_moves_a_route_from_python_while_its_flows_run() {
+    if !privileged("emu::nextmini_ring") {
+        return;
+    }
+    let Some(url) = linerate_tests::privileged_db("emu::nextmini_ring") else {
+        return;
+    };
+    let Ok(python) = std::env::var("LINERATE_PYTHON") else {
+        panic!("LINERATE_PYTHON (a python with psycopg; scripts/run-tests sets it) is not set");
+    };
+    let _one = serial();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/nextmini");
+    let topo = std::fs::read_to_string(format!("{root}/ring.toml")).unwrap();
+    let schema = format!("emu_{}", unique());
+    let e = Emu::up(
+        &["--database", &url, "--database-schema", &schema],
+        Some(&topo),
+    );
+    let out = std::process::Command::new(&python)
+        .arg(format!("{root}/move_route.py"))
+        .args(["--dsn", &url, "--schema", &schema, "--emulation", &e.name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("moved"), "{text}");
+    // The flows ran to their ends: 8 s capped at 40 Mbit/s, and 20 MB.
+    let flows = flows_when_done(&e, Duration::from_secs(60));
+    let capped = flow(&flows, "n1-n3");
+    assert_eq!(capped["state"], "finished", "{capped}");
+    let bps = capped["throughput_bps"].as_f64().unwrap();
+    assert!((36e6..=40.5e6).contains(&bps), "{capped}");
+    assert_eq!(flow(&flows, "n2-n3")["received_bytes"], 20_000_000);
+    drop(e);
+    psql(&url, &schema, &format!("DROP SCHEMA {schema} CASCADE"));
+}
