@@ -92,13 +92,17 @@ def events_per_second(state, pairs=8, secs=4.0):
     return (e1 - e0) / (t1 - t0)
 
 
-def one(spec, compact=False, events=False):
+def one(spec, compact=False, events=False, flows=0, flow_bytes=100_000):
     lr("down", "--name", NAME, check=False)
     settle()
     before = mem_available()
     t = time.monotonic()
-    lr("up", "--topo", spec, "--name", NAME, "--detach", *(["--compact"] if compact else []))
+    extra = ["--compact"] if compact else []
+    if compact and flows:
+        extra += ["--flows", flows_file(spec, flows, flow_bytes)]
+    lr("up", "--topo", spec, "--name", NAME, "--detach", *extra)
     build = time.monotonic() - t
+    flow_row = wait_flows(t, flows) if compact and flows else None
     settle()
     mem = before - mem_available()
     with open(f"/run/linerate/{NAME}/state.json") as f:
@@ -120,12 +124,67 @@ def one(spec, compact=False, events=False):
     row = {"topology": spec, "nodes": n, "hosts": sum(1 for x in state["nodes"] if x["namespace"]),
            "build_s": build, "down_s": down, "mem_bytes": mem, "emulator_rss_bytes": rss,
            "pingall_s": ping_s, "pingall": result, "pingall_ok": r is None or r.returncode == 0,
-           "compact": compact, "events_per_s": eps}
+           "compact": compact, "events_per_s": eps, "flows": flow_row}
     print(f"{spec + (' compact' if compact else ''):<19} {n:>6} nodes | build {build:7.2f} s ({build / n * 1e3:5.2f} ms/node) | "
           f"down {down:6.2f} s ({down / n * 1e3:5.2f} ms/node) | memory {mem / n / 2**20:5.2f} "
           f"MiB/node (emulator {rss / n / 2**20:5.2f}) | pingall --sample 1 {ping_s:6.2f} s: "
           f"{result}" + (f" | {eps / 1e3:.0f} k link events/s" if eps else ""), flush=True)
+    if flow_row:
+        f = flow_row
+        print(f"    {f['flows']} TCP flows of {f['bytes_each']} bytes: {f['finished']} finished "
+              f"({f['exact']} with every byte) {f['all_done_s']:.2f} s after up returned; FCT "
+              f"median {f['fct_p50_s'] * 1e3:.0f} ms, p99 {f['fct_p99_s'] * 1e3:.0f} ms; "
+              f"{f['goodput_bps'] / 1e9:.2f} Gbit/s of payload in all", flush=True)
     return row
+
+
+def hosts_of(spec):
+    kind, *n = spec.split(",")
+    n = [int(x) for x in n]
+    if kind == "fat-tree":
+        return n[0] ** 3 // 4
+    if kind == "tree":
+        return n[1] ** n[0]
+    if kind == "linear":
+        return n[0]
+    raise SystemExit(f"hosts of {spec}: tree, linear or fat-tree")
+
+
+def flows_file(spec, count, each):
+    """`count` TCP flows of `each` bytes between hosts drawn by a fixed generator."""
+    import random
+    rnd = random.Random(7)
+    hosts = hosts_of(spec)
+    path = os.path.join(ROOT, "target", f"emu-scale-flows-{count}.toml")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        for i in range(count):
+            a = rnd.randint(1, hosts)
+            b = rnd.randint(1, hosts - 1)
+            b = b + 1 if b >= a else b
+            f.write(f'[[flows]]\nname = "f{i}"\nsrc = "h{a}"\ndst = "h{b}"\nbytes = {each}\n\n')
+    return path
+
+
+def wait_flows(t0, count, guard=600):
+    """Polls `status` until every flow ended; their completion times and goodput."""
+    while True:
+        s = json.loads(lr("status", "--json", "--name", NAME).stdout)
+        fl = s["flows"]
+        if all(f["state"] not in ("running", "waiting") for f in fl) or time.monotonic() - t0 > guard:
+            break
+        time.sleep(0.2)
+    done_s = time.monotonic() - t0
+    fct = sorted(f["fct_s"] for f in fl if f.get("fct_s") is not None)
+    pick = lambda q: fct[min(len(fct) - 1, int(q * len(fct)))] if fct else float("nan")
+    first = min((f["started_s"] for f in fl if f.get("started_s") is not None), default=0)
+    last = max((f["finished_s"] for f in fl if f.get("finished_s") is not None), default=0)
+    got = sum(f["received_bytes"] for f in fl)
+    return {"flows": count, "bytes_each": fl[0]["sent_bytes"] if fl else 0,
+            "finished": sum(f["state"] == "finished" for f in fl),
+            "exact": sum(f["state"] == "finished" and f["received_bytes"] == f["sent_bytes"] for f in fl),
+            "all_done_s": done_s, "fct_p50_s": pick(0.5), "fct_p99_s": pick(0.99),
+            "goodput_bps": got * 8 / max(last - first, 1e-9)}
 
 
 def svg(rows, path):
@@ -168,6 +227,10 @@ def main():
                     help="namespace-mode topology specs separated by ';'")
     ap.add_argument("--compact", default="fat-tree,16;fat-tree,32;fat-tree,48;tree,5,10",
                     help="compact-mode (virtual hosts) topology specs separated by ';'")
+    ap.add_argument("--flows", type=int, default=0,
+                    help="compact rows: start this many TCP flows between random hosts at up "
+                         "and time them to their last byte")
+    ap.add_argument("--flow-bytes", type=int, default=100_000)
     ap.add_argument("--events", action="store_true",
                     help="also measure link events per second under 8 UDP floods (namespace rows)")
     a = ap.parse_args()
@@ -177,7 +240,7 @@ def main():
         for spec in [s for s in a.topos.split(";") if s]:
             out["rows"].append(one(spec, events=a.events))
         for spec in [s for s in a.compact.split(";") if s]:
-            out["rows"].append(one(spec, compact=True))
+            out["rows"].append(one(spec, compact=True, flows=a.flows, flow_bytes=a.flow_bytes))
     finally:
         lr("down", "--name", NAME, check=False)
         os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)

@@ -796,6 +796,19 @@ fn route(
         // its own.
         let mut classes: Vec<(Dest, Vec<PrefixOf>)> = Vec::new();
         let mut class_of_router: HashMap<NodeId, usize> = HashMap::new();
+        // Which end of a link between two routers its subnet folds into: one that is a class
+        // anyway (it has hosts), else one with a twin (a class searched with its twins'),
+        // else the first. In a fat tree only edge and core routers are then classes, the
+        // aggregation routers none: a search per pod and per core group.
+        let mut has_hosts = vec![false; nodes.len()];
+        for (d, a) in attach.iter().enumerate() {
+            if let [(r, ..)] = a[..]
+                && segs[d].subnet.is_some()
+            {
+                has_hosts[r] = true;
+            }
+        }
+        let has_twin = Twins::keyed(nodes, &attach, segs);
         for (d, dseg) in segs.iter().enumerate() {
             let Some(prefix) = dseg.subnet else { continue };
             let mut routers_on = dseg.members.iter().filter(|&&(n, _)| is_router(&nodes[n]));
@@ -808,7 +821,13 @@ fn route(
                 (Some(&(r, _)), Some(&(r2, _)), [(a, ..), (b, ..)])
                     if dseg.members.len() == 2 && r == *a && r2 == *b =>
                 {
-                    Some(r)
+                    Some(
+                        if has_hosts[r] || (!has_hosts[r2] && (has_twin[r] || !has_twin[r2])) {
+                            r
+                        } else {
+                            r2
+                        },
+                    )
                 }
                 _ => None,
             };
@@ -828,7 +847,9 @@ fn route(
         // again unless the (destination, router) table fitted in memory.
         let mut paths = Paths::new(nodes, &attach, mode);
         let routers = paths.routers.clone();
-        let mut sets: Vec<hashbrown::HashMap<Vec<NextHop>, (u32, u64)>> =
+        // Per router: its distinct next-hop sets, numbered, and how many prefixes use each.
+        let mut counts: Vec<Vec<u64>> = vec![Vec::new(); nodes.len()];
+        let mut sets: Vec<hashbrown::HashMap<Vec<NextHop>, u32>> =
             vec![hashbrown::HashMap::new(); nodes.len()];
         let mut hops = Vec::new();
         // The (destination, router) -> set table, when it fits in 256 MiB: then the second
@@ -839,24 +860,38 @@ fn route(
         } else {
             Vec::new()
         };
-        for (c, (d, prefixes)) in classes.iter().enumerate() {
-            paths.run(*d);
+        let twins = Twins::find(nodes, &attach, segs, &classes);
+        let order = twins.order(classes.len());
+        let mut cp = ClassPaths::new(&mut paths, &twins);
+        // Per router: the hop set of its last class and its number. Consecutive classes
+        // (a pod's edge routers, taken together) mostly reach a router through the same
+        // hops, and comparing is cheaper than hashing the set again.
+        let mut last: Vec<(Vec<NextHop>, u32)> = vec![(Vec::new(), 0); routers.len()];
+        for &c in &order {
+            let (d, prefixes) = &classes[c];
+            let rep = cp.prepare(&classes, c);
+            let member = match d {
+                Dest::Router(r) => *r,
+                Dest::Segment(_) => usize::MAX,
+            };
             for (k, &x) in routers.iter().enumerate() {
-                paths.hops(x, &mut hops);
+                cp.hops(x, rep, member, &mut hops);
                 if hops.is_empty() {
                     continue;
                 }
-                let next = sets[x].len() as u32;
-                let id = match sets[x].get_mut(hops.as_slice()) {
-                    Some(e) => {
-                        e.1 += prefixes.len() as u64;
-                        e.0
+                let id = if !last[k].0.is_empty() && last[k].0 == hops {
+                    last[k].1
+                } else {
+                    let next = sets[x].len() as u32;
+                    let id = *sets[x].entry_ref(hops.as_slice()).or_insert(next);
+                    if id == next {
+                        counts[x].push(0);
                     }
-                    None => {
-                        sets[x].insert(hops.clone(), (next, prefixes.len() as u64));
-                        next
-                    }
+                    last[k].0.clone_from(&hops);
+                    last[k].1 = id;
+                    id
                 };
+                counts[x][id as usize] += prefixes.len() as u64;
                 if let Some(cell) = table.get_mut(c * routers.len() + k) {
                     *cell = id;
                 }
@@ -870,32 +905,49 @@ fn route(
             }
             let best = sets[x]
                 .iter()
-                .filter(|(_, (_, n))| *n >= 2)
-                .max_by_key(|(_, (id, n))| (*n, std::cmp::Reverse(*id)));
-            if let Some((h, (id, _))) = best {
-                default[x] = Some(*id);
+                .map(|(h, &id)| (h, id, counts[x][id as usize]))
+                .filter(|&(_, _, n)| n >= 2)
+                .max_by_key(|&(_, id, n)| (n, std::cmp::Reverse(id)));
+            if let Some((h, id, _)) = best {
+                default[x] = Some(id);
                 default_hops[x] = Some(h.clone());
             }
         }
         // Routes as (prefix, set number); a class's prefixes aggregated once, since every
         // router reaches all of them through the same hops.
         let mut found: Vec<Vec<((Ipv4Addr, u8), u32)>> = vec![Vec::new(); nodes.len()];
-        for (c, (d, prefixes)) in classes.iter().enumerate() {
+        // The routers on one of a class's segments are marked with the class: looking that up
+        // is one load per router, where searching their interfaces for each prefix was most
+        // of a 100,000-node plan's time.
+        let mut on_class: Vec<usize> = vec![usize::MAX; nodes.len()];
+        for &c in &order {
+            let (d, prefixes) = &classes[c];
+            for &(_, seg) in prefixes {
+                for &(m, _) in &segs[seg].members {
+                    on_class[m] = c;
+                }
+            }
             let merged: Vec<(Ipv4Addr, u8)> =
                 aggregated(prefixes.iter().map(|&(p, _)| (p, ())).collect())
                     .into_iter()
                     .map(|(p, ())| p)
                     .collect();
-            if table.is_empty() {
-                paths.run(*d);
-            }
+            let rep = if table.is_empty() {
+                cp.prepare(&classes, c)
+            } else {
+                None
+            };
+            let member = match d {
+                Dest::Router(r) => *r,
+                Dest::Segment(_) => usize::MAX,
+            };
             for (k, &x) in routers.iter().enumerate() {
                 let id = if table.is_empty() {
-                    paths.hops(x, &mut hops);
+                    cp.hops(x, rep, member, &mut hops);
                     if hops.is_empty() {
                         continue;
                     }
-                    sets[x].get(hops.as_slice()).map(|e| e.0)
+                    sets[x].get(hops.as_slice()).copied()
                 } else {
                     Some(table[c * routers.len() + k]).filter(|&id| id != u32::MAX)
                 };
@@ -907,10 +959,7 @@ fn route(
                 }
                 // A router on one of these segments (the far end of a link folded into its
                 // first router's class) takes them one by one, leaving out its own.
-                let on_one = prefixes
-                    .iter()
-                    .any(|&(_, seg)| nodes[x].ifaces.iter().any(|i| i.segment == seg));
-                if on_one {
+                if on_class[x] == c {
                     for &(prefix, seg) in prefixes {
                         if !nodes[x].ifaces.iter().any(|i| i.segment == seg) {
                             found[x].push((prefix, id));
@@ -921,6 +970,7 @@ fn route(
                 }
             }
         }
+        drop(cp);
         drop(paths);
         for (x, d) in default_hops.into_iter().enumerate() {
             nodes[x].default = d;
@@ -930,8 +980,8 @@ fn route(
                 continue;
             }
             let mut by_id: Vec<Option<&Vec<NextHop>>> = vec![None; sets[x].len()];
-            for (h, (id, _)) in &sets[x] {
-                by_id[*id as usize] = Some(h);
+            for (h, &id) in &sets[x] {
+                by_id[id as usize] = Some(h);
             }
             for (prefix, id) in aggregated(entries) {
                 if let Some(h) = by_id[id as usize] {
@@ -1277,15 +1327,287 @@ impl<'a> Paths<'a> {
             return;
         }
         out.extend_from_slice(&self.parents[k]);
+        self.finish(out);
+    }
+
+    /// Raw next hops in the routing mode's form.
+    fn finish(&self, out: &mut Vec<NextHop>) {
         // By the neighbour's name (its rank among the names: comparing strings here was most
         // of a large fat tree's plan), then interface.
-        out.sort_unstable_by_key(|h| (self.rank[h.node], h.iface, h.node_iface, h.weight));
+        let key = |h: &NextHop| (self.rank[h.node], h.iface, h.node_iface, h.weight);
+        if self.mode == RoutingMode::ShortestPath {
+            // One hop: the first by name, without sorting the rest.
+            if let Some(best) = out.iter().copied().min_by_key(key) {
+                out.clear();
+                out.push(best);
+            }
+            return;
+        }
+        out.sort_unstable_by_key(key);
         out.dedup();
         match self.mode {
             RoutingMode::ShortestPath => out.truncate(1),
             RoutingMode::Ecmp => out.iter_mut().for_each(|h| h.weight = 1),
             RoutingMode::Weighted | RoutingMode::Static => {}
         }
+    }
+}
+
+/// Routers whose neighbours are the same routers over links of the same cost and weight
+/// (the edge routers of one fat-tree pod, the core routers of one group): from anywhere else
+/// the paths to one are the paths to another but for the last hop, so one search serves them
+/// all. Such routers are never neighbours of each other (each would be its own neighbour).
+struct Twins {
+    /// Groups of classes (`Dest::Router`) whose routers are twins, two or more each.
+    groups: Vec<Vec<usize>>,
+    group_of: Vec<Option<usize>>,
+    /// By node: its group.
+    node_group: Vec<Option<usize>>,
+    /// A twin's links, both ways: (router, neighbour) -> (its interface, the neighbour's,
+    /// the link's weight).
+    link: HashMap<(NodeId, NodeId), (usize, usize, u32)>,
+}
+
+/// Each router's neighbours over point-to-point links between two routers (neighbour, cost,
+/// weight, own interface, neighbour's interface); none for a router on a segment shared by
+/// more (a switch's), which no twin may be.
+type Neighbours = Vec<Option<Vec<(NodeId, u32, u32, usize, usize)>>>;
+
+/// The key twins share: their neighbours with costs and weights, sorted (none for a router
+/// that cannot be one).
+fn twin_key(nbrs: &Neighbours, r: NodeId) -> Option<Vec<(NodeId, u32, u32)>> {
+    let v = nbrs[r].as_ref().filter(|v| !v.is_empty())?;
+    let mut key: Vec<(NodeId, u32, u32)> = v.iter().map(|e| (e.0, e.1, e.2)).collect();
+    key.sort_unstable();
+    // Two links to one neighbour would make the mirror ambiguous.
+    key.windows(2).all(|w| w[0].0 != w[1].0).then_some(key)
+}
+
+impl Twins {
+    /// By node: whether another router has the same neighbours.
+    fn keyed(nodes: &[Node], attach: &[Vec<(NodeId, usize, u32, u32)>], segs: &[Segment]) -> Vec<bool> {
+        let nbrs = Twins::neighbours(nodes, attach, segs);
+        let mut count: HashMap<Vec<(NodeId, u32, u32)>, u32> = HashMap::new();
+        let keys: Vec<Option<Vec<(NodeId, u32, u32)>>> = (0..nodes.len())
+            .map(|r| (nodes[r].kind == Kind::Router).then(|| twin_key(&nbrs, r)).flatten())
+            .collect();
+        for k in keys.iter().flatten() {
+            *count.entry(k.clone()).or_default() += 1;
+        }
+        keys.iter()
+            .map(|k| k.as_ref().is_some_and(|k| count[k] > 1))
+            .collect()
+    }
+
+    fn neighbours(
+        nodes: &[Node],
+        attach: &[Vec<(NodeId, usize, u32, u32)>],
+        segs: &[Segment],
+    ) -> Neighbours {
+        let mut nbrs: Neighbours = vec![Some(Vec::new()); nodes.len()];
+        for (sg, a) in attach.iter().enumerate() {
+            if a.len() < 2 {
+                continue;
+            }
+            let p2p = a.len() == 2 && segs[sg].members.len() == 2;
+            for &(r, ri, cost, weight) in a {
+                if !p2p {
+                    nbrs[r] = None;
+                    continue;
+                }
+                let &(y, yi, _, _) = a.iter().find(|e| e.0 != r).unwrap_or(&a[0]);
+                if let Some(v) = &mut nbrs[r] {
+                    v.push((y, cost, weight, ri, yi));
+                }
+            }
+        }
+        nbrs
+    }
+
+    fn find(
+        nodes: &[Node],
+        attach: &[Vec<(NodeId, usize, u32, u32)>],
+        segs: &[Segment],
+        classes: &[(Dest, Vec<PrefixOf>)],
+    ) -> Twins {
+        let nbrs = Twins::neighbours(nodes, attach, segs);
+        let mut by_key: HashMap<Vec<(NodeId, u32, u32)>, Vec<usize>> = HashMap::new();
+        for (c, (d, _)) in classes.iter().enumerate() {
+            if let Dest::Router(r) = *d
+                && let Some(key) = twin_key(&nbrs, r)
+            {
+                by_key.entry(key).or_default().push(c);
+            }
+        }
+        let mut groups: Vec<Vec<usize>> = by_key.into_values().filter(|g| g.len() > 1).collect();
+        #[cfg(test)]
+        if NO_TWINS.with(std::cell::Cell::get) {
+            groups.clear();
+        }
+        groups.sort_unstable();
+        let mut group_of = vec![None; classes.len()];
+        let mut node_group = vec![None; nodes.len()];
+        let mut link = HashMap::new();
+        for (g, members) in groups.iter().enumerate() {
+            for &c in members {
+                group_of[c] = Some(g);
+                let Dest::Router(r) = classes[c].0 else {
+                    continue;
+                };
+                node_group[r] = Some(g);
+                for &(y, _, w, ri, yi) in nbrs[r].iter().flatten() {
+                    link.insert((r, y), (ri, yi, w));
+                    link.insert((y, r), (yi, ri, w));
+                }
+            }
+        }
+        Twins {
+            groups,
+            group_of,
+            node_group,
+            link,
+        }
+    }
+
+    /// The order to take classes in: each group's together (one search for all), then the
+    /// others.
+    fn order(&self, n: usize) -> Vec<usize> {
+        let mut out: Vec<usize> = self.groups.iter().flatten().copied().collect();
+        out.extend((0..n).filter(|&c| self.group_of[c].is_none()));
+        out
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests compare plans made with and without twins.
+    static NO_TWINS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Which search the paths hold now, and the class-by-class view over it.
+struct ClassPaths<'p, 'a> {
+    paths: &'p mut Paths<'a>,
+    twins: &'p Twins,
+    /// The destination searched last.
+    current: Option<NodeId>,
+    current_seg: Option<usize>,
+    /// Per group: whether its representative's search serves the others (no path between
+    /// two routers passes through a third twin of theirs), once known.
+    usable: Vec<Option<bool>>,
+}
+
+impl<'p, 'a> ClassPaths<'p, 'a> {
+    fn new(paths: &'p mut Paths<'a>, twins: &'p Twins) -> Self {
+        ClassPaths {
+            usable: vec![None; twins.groups.len()],
+            paths,
+            twins,
+            current: None,
+            current_seg: None,
+        }
+    }
+
+    fn search(&mut self, d: Dest) {
+        match d {
+            Dest::Router(r) if self.current == Some(r) => return,
+            Dest::Segment(sg) if self.current_seg == Some(sg) => return,
+            _ => {}
+        }
+        self.paths.run(d);
+        self.current = match d {
+            Dest::Router(r) => Some(r),
+            Dest::Segment(_) => None,
+        };
+        self.current_seg = match d {
+            Dest::Segment(sg) => Some(sg),
+            Dest::Router(_) => None,
+        };
+    }
+
+    /// Makes the paths ready for class `c` (destination `d`): its group's representative's
+    /// search when that serves it, else its own. Returns the representative when mirrored.
+    fn prepare(&mut self, classes: &[(Dest, Vec<PrefixOf>)], c: usize) -> Option<NodeId> {
+        let d = classes[c].0;
+        let (Some(g), Dest::Router(member)) = (self.twins.group_of[c], d) else {
+            self.search(d);
+            return None;
+        };
+        let rep_class = self.twins.groups[g][0];
+        let Dest::Router(rep) = classes[rep_class].0 else {
+            self.search(d);
+            return None;
+        };
+        if rep == member || self.usable[g] == Some(false) {
+            self.search(d);
+            return None;
+        }
+        self.search(Dest::Router(rep));
+        if self.usable[g].is_none() {
+            let p = &*self.paths;
+            let mine = |n: NodeId| self.twins.node_group[n] == Some(g);
+            let ok = p.routers.iter().enumerate().all(|(k, &x)| {
+                mine(x) || p.parents[k].iter().all(|h| h.node == rep || !mine(h.node))
+            });
+            self.usable[g] = Some(ok);
+            if !ok {
+                self.search(d);
+                return None;
+            }
+        }
+        Some(rep)
+    }
+
+    /// Router `x`'s next hops for the class prepared with `prepare` (which returned `rep`),
+    /// whose destination router is `member`.
+    fn hops(&self, x: NodeId, rep: Option<NodeId>, member: NodeId, out: &mut Vec<NextHop>) {
+        let Some(rep) = rep else {
+            return self.paths.hops(x, out);
+        };
+        out.clear();
+        if x == member {
+            return;
+        }
+        let p = &*self.paths;
+        let link = &self.twins.link;
+        if x == rep {
+            // The mirror of the member's hops towards the representative: the same
+            // neighbours, through the representative's own links.
+            let k = p.index[member] as usize;
+            if p.dist[k] == u64::MAX {
+                return;
+            }
+            for h in &p.parents[k] {
+                if let Some(&(ri, yi, w)) = link.get(&(rep, h.node)) {
+                    out.push(NextHop {
+                        iface: ri,
+                        node: h.node,
+                        node_iface: yi,
+                        weight: w,
+                    });
+                }
+            }
+        } else {
+            let k = p.index[x] as usize;
+            if p.dist[k] == u64::MAX {
+                return;
+            }
+            for h in &p.parents[k] {
+                if h.node == rep {
+                    // The last hop: to the member itself.
+                    if let Some(&(xi, mi, w)) = link.get(&(x, member)) {
+                        out.push(NextHop {
+                            iface: xi,
+                            node: member,
+                            node_iface: mi,
+                            weight: w,
+                        });
+                    }
+                } else {
+                    out.push(*h);
+                }
+            }
+        }
+        p.finish(out);
     }
 }
 
@@ -1614,5 +1936,103 @@ mod tests {
                 .all(|(x, y)| x.worker == y.worker)
         );
         assert!(a.nodes.iter().any(|n| n.worker == 0) && a.nodes.iter().any(|n| n.worker == 1));
+    }
+
+    /// Every router's next hops towards every subnet, as the workers would use them.
+    fn all_hops(p: &Plan) -> Vec<(String, (Ipv4Addr, u8), Vec<(String, usize, usize, u32)>)> {
+        let mut out = Vec::new();
+        for n in p.nodes.iter().filter(|n| n.kind == Kind::Router) {
+            for sg in &p.segments {
+                let Some(prefix) = sg.subnet else { continue };
+                let hops = n
+                    .hops_for(prefix)
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (p.nodes[h.node].name.clone(), h.iface, h.node_iface, h.weight))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((n.name.clone(), prefix, hops));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn twins_searched_once_route_exactly_as_searched_each() {
+        let costly = r#"
+            [[nodes]]
+            name = "a"
+            kind = "router"
+            [[nodes]]
+            name = "b"
+            kind = "router"
+            [[nodes]]
+            name = "c"
+            kind = "router"
+            [[nodes]]
+            name = "d"
+            kind = "router"
+            [[nodes]]
+            name = "e"
+            kind = "router"
+            [[nodes]]
+            name = "h1"
+            kind = "host"
+            [[nodes]]
+            name = "h2"
+            kind = "host"
+            [[nodes]]
+            name = "h3"
+            kind = "host"
+            [[links]]
+            a = "h1"
+            b = "a"
+            [[links]]
+            a = "h2"
+            b = "b"
+            [[links]]
+            a = "h3"
+            b = "e"
+            # a and b are twins (both on c and d, same costs); e hangs off c and d unevenly.
+            [[links]]
+            a = "a"
+            b = "c"
+            cost = 2
+            [[links]]
+            a = "a"
+            b = "d"
+            [[links]]
+            a = "b"
+            b = "c"
+            cost = 2
+            [[links]]
+            a = "b"
+            b = "d"
+            [[links]]
+            a = "c"
+            b = "e"
+            [[links]]
+            a = "d"
+            b = "e"
+            cost = 2
+        "#;
+        let mut cases: Vec<Topology> = ["fat-tree,4", "fat-tree,6", "tree,3,3", "ring,6", "mesh,4", "torus,3,4"]
+            .iter()
+            .map(|spec| generate(spec, link_defaults("").unwrap()).unwrap())
+            .collect();
+        cases.push(parse(costly).unwrap());
+        for base in cases {
+            for mode in [RoutingMode::ShortestPath, RoutingMode::Ecmp, RoutingMode::Weighted] {
+                let mut t = base.clone();
+                t.routing.mode = mode;
+                let with = plan(&t, &opts()).unwrap();
+                NO_TWINS.with(|c| c.set(true));
+                let without = plan(&t, &opts());
+                NO_TWINS.with(|c| c.set(false));
+                let without = without.unwrap();
+                assert_eq!(all_hops(&with), all_hops(&without), "{mode:?}");
+            }
+        }
     }
 }
