@@ -132,7 +132,7 @@ def one(spec, compact=False, events=False, flows=0, flow_bytes=100_000):
     if flow_row:
         f = flow_row
         print(f"    {f['flows']} TCP flows of {f['bytes_each']} bytes: {f['finished']} finished "
-              f"({f['exact']} with every byte) {f['all_done_s']:.2f} s after up returned; FCT "
+              f"({f['exact']} with every byte) {f['all_done_s']:.2f} s after up started; FCT "
               f"median {f['fct_p50_s'] * 1e3:.0f} ms, p99 {f['fct_p99_s'] * 1e3:.0f} ms; "
               f"{f['goodput_bps'] / 1e9:.2f} Gbit/s of payload in all", flush=True)
     return row

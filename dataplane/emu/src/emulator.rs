@@ -129,6 +129,8 @@ impl Emulation {
     /// Builds and starts everything `plan` describes.
     pub fn start(plan: Plan, o: &Options, progress: &mut dyn Progress) -> io::Result<Emulation> {
         let t0 = Instant::now();
+        // What working the plan out freed goes back before the network takes its share.
+        crate::sys::release_free_memory();
         clear_leftovers(&plan.name)?;
         let host_ifaces = plan
             .nodes
@@ -195,6 +197,7 @@ impl Emulation {
             }
         };
         let plan = Arc::new(plan);
+        crate::sys::release_free_memory();
         Ok(Emulation {
             flows: Arc::new(crate::flows::FlowCtl::new(shared.clone(), plan.clone())),
             plan,

@@ -1385,11 +1385,19 @@ fn twin_key(nbrs: &Neighbours, r: NodeId) -> Option<Vec<(NodeId, u32, u32)>> {
 
 impl Twins {
     /// By node: whether another router has the same neighbours.
-    fn keyed(nodes: &[Node], attach: &[Vec<(NodeId, usize, u32, u32)>], segs: &[Segment]) -> Vec<bool> {
+    fn keyed(
+        nodes: &[Node],
+        attach: &[Vec<(NodeId, usize, u32, u32)>],
+        segs: &[Segment],
+    ) -> Vec<bool> {
         let nbrs = Twins::neighbours(nodes, attach, segs);
         let mut count: HashMap<Vec<(NodeId, u32, u32)>, u32> = HashMap::new();
         let keys: Vec<Option<Vec<(NodeId, u32, u32)>>> = (0..nodes.len())
-            .map(|r| (nodes[r].kind == Kind::Router).then(|| twin_key(&nbrs, r)).flatten())
+            .map(|r| {
+                (nodes[r].kind == Kind::Router)
+                    .then(|| twin_key(&nbrs, r))
+                    .flatten()
+            })
             .collect();
         for k in keys.iter().flatten() {
             *count.entry(k.clone()).or_default() += 1;
@@ -1948,7 +1956,14 @@ mod tests {
                     .hops_for(prefix)
                     .map(|h| {
                         h.iter()
-                            .map(|h| (p.nodes[h.node].name.clone(), h.iface, h.node_iface, h.weight))
+                            .map(|h| {
+                                (
+                                    p.nodes[h.node].name.clone(),
+                                    h.iface,
+                                    h.node_iface,
+                                    h.weight,
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -2017,13 +2032,24 @@ mod tests {
             b = "e"
             cost = 2
         "#;
-        let mut cases: Vec<Topology> = ["fat-tree,4", "fat-tree,6", "tree,3,3", "ring,6", "mesh,4", "torus,3,4"]
-            .iter()
-            .map(|spec| generate(spec, link_defaults("").unwrap()).unwrap())
-            .collect();
+        let mut cases: Vec<Topology> = [
+            "fat-tree,4",
+            "fat-tree,6",
+            "tree,3,3",
+            "ring,6",
+            "mesh,4",
+            "torus,3,4",
+        ]
+        .iter()
+        .map(|spec| generate(spec, link_defaults("").unwrap()).unwrap())
+        .collect();
         cases.push(parse(costly).unwrap());
         for base in cases {
-            for mode in [RoutingMode::ShortestPath, RoutingMode::Ecmp, RoutingMode::Weighted] {
+            for mode in [
+                RoutingMode::ShortestPath,
+                RoutingMode::Ecmp,
+                RoutingMode::Weighted,
+            ] {
                 let mut t = base.clone();
                 t.routing.mode = mode;
                 let with = plan(&t, &opts()).unwrap();
