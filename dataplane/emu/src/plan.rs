@@ -1946,8 +1946,11 @@ mod tests {
         assert!(a.nodes.iter().any(|n| n.worker == 0) && a.nodes.iter().any(|n| n.worker == 1));
     }
 
+    /// A router, a subnet, and its hops there (neighbour, interfaces, weight).
+    type RouterHops = (String, (Ipv4Addr, u8), Vec<(String, usize, usize, u32)>);
+
     /// Every router's next hops towards every subnet, as the workers would use them.
-    fn all_hops(p: &Plan) -> Vec<(String, (Ipv4Addr, u8), Vec<(String, usize, usize, u32)>)> {
+    fn all_hops(p: &Plan) -> Vec<RouterHops> {
         let mut out = Vec::new();
         for n in p.nodes.iter().filter(|n| n.kind == Kind::Router) {
             for sg in &p.segments {
