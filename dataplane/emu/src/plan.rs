@@ -867,6 +867,11 @@ fn route(
         // (a pod's edge routers, taken together) mostly reach a router through the same
         // hops, and comparing is cheaper than hashing the set again.
         let mut last: Vec<(Vec<NextHop>, u32)> = vec![(Vec::new(), 0); routers.len()];
+        // A group representative's set per router: a twin's class differs from it only at
+        // the twin, its neighbours and the representative, so the rest is copied.
+        let mut rep_ids: Vec<u32> = vec![u32::MAX; routers.len()];
+        let mut ids: Vec<u32> = vec![u32::MAX; routers.len()];
+        let mut redo: Vec<usize> = Vec::new();
         for &c in &order {
             let (d, prefixes) = &classes[c];
             let rep = cp.prepare(&classes, c);
@@ -874,12 +879,29 @@ fn route(
                 Dest::Router(r) => *r,
                 Dest::Segment(_) => usize::MAX,
             };
-            for (k, &x) in routers.iter().enumerate() {
+            // The routers whose sets are worked out here (all, unless mirrored).
+            redo.clear();
+            match rep {
+                Some(r) => {
+                    ids.copy_from_slice(&rep_ids);
+                    ids[cp.paths.index[member] as usize] = u32::MAX;
+                    redo.push(cp.paths.index[r] as usize);
+                    redo.extend(
+                        twins.nbrs_of[&member]
+                            .iter()
+                            .map(|&y| cp.paths.index[y] as usize),
+                    );
+                }
+                None => redo.extend(0..routers.len()),
+            }
+            for &k in &redo {
+                let x = routers[k];
                 cp.hops(x, rep, member, &mut hops);
                 if hops.is_empty() {
+                    ids[k] = u32::MAX;
                     continue;
                 }
-                let id = if !last[k].0.is_empty() && last[k].0 == hops {
+                ids[k] = if !last[k].0.is_empty() && last[k].0 == hops {
                     last[k].1
                 } else {
                     let next = sets[x].len() as u32;
@@ -891,6 +913,18 @@ fn route(
                     last[k].1 = id;
                     id
                 };
+            }
+            if rep.is_none()
+                && let Some(g) = twins.group_of[c]
+                && twins.groups[g][0] == c
+            {
+                rep_ids.copy_from_slice(&ids);
+            }
+            for (k, &x) in routers.iter().enumerate() {
+                let id = ids[k];
+                if id == u32::MAX {
+                    continue;
+                }
                 counts[x][id as usize] += prefixes.len() as u64;
                 if let Some(cell) = table.get_mut(c * routers.len() + k) {
                     *cell = id;
@@ -1109,17 +1143,19 @@ fn aggregate(routes: &mut Vec<Route>) {
 
 /// [`aggregate`] over any next-hop value (an interned set's number, say).
 fn aggregated<T: PartialEq>(entries: Vec<((Ipv4Addr, u8), T)>) -> Vec<((Ipv4Addr, u8), T)> {
-    let mut table: hashbrown::HashMap<(u8, u32), T> = entries
-        .into_iter()
-        .map(|((net, len), v)| ((len, u32::from(net)), v))
-        .collect();
+    // The networks of each length, kept as merges add parents: each level is visited once,
+    // where scanning the whole table per length was most of a large plan's aggregation.
+    let mut by_len: Vec<Vec<u32>> = vec![Vec::new(); 33];
+    let mut table: hashbrown::HashMap<(u8, u32), T> =
+        hashbrown::HashMap::with_capacity(entries.len());
+    for ((net, len), v) in entries {
+        let key = (len, u32::from(net));
+        if table.insert(key, v).is_none() {
+            by_len[len as usize].push(key.1);
+        }
+    }
     for len in (1..=32u8).rev() {
-        let mut nets: Vec<u32> = table
-            .keys()
-            .filter(|(l, _)| *l == len)
-            .map(|&(_, n)| n)
-            .collect();
-        nets.sort_unstable();
+        let nets = std::mem::take(&mut by_len[len as usize]);
         for net in nets {
             let bit = 1u32 << (32 - len);
             if net & bit != 0 {
@@ -1136,6 +1172,7 @@ fn aggregated<T: PartialEq>(entries: Vec<((Ipv4Addr, u8), T)>) -> Vec<((Ipv4Addr
             if let Some(v) = table.remove(&(len, net)) {
                 table.remove(&(len, net | bit));
                 table.insert(parent, v);
+                by_len[len as usize - 1].push(net);
             }
         }
     }
@@ -1366,6 +1403,8 @@ struct Twins {
     /// A twin's links, both ways: (router, neighbour) -> (its interface, the neighbour's,
     /// the link's weight).
     link: HashMap<(NodeId, NodeId), (usize, usize, u32)>,
+    /// A twin's neighbours.
+    nbrs_of: HashMap<NodeId, Vec<NodeId>>,
 }
 
 /// Each router's neighbours over point-to-point links between two routers (neighbour, cost,
@@ -1456,6 +1495,7 @@ impl Twins {
         let mut group_of = vec![None; classes.len()];
         let mut node_group = vec![None; nodes.len()];
         let mut link = HashMap::new();
+        let mut nbrs_of: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
         for (g, members) in groups.iter().enumerate() {
             for &c in members {
                 group_of[c] = Some(g);
@@ -1463,6 +1503,7 @@ impl Twins {
                     continue;
                 };
                 node_group[r] = Some(g);
+                nbrs_of.insert(r, nbrs[r].iter().flatten().map(|e| e.0).collect());
                 for &(y, _, w, ri, yi) in nbrs[r].iter().flatten() {
                     link.insert((r, y), (ri, yi, w));
                     link.insert((y, r), (yi, ri, w));
@@ -1474,6 +1515,7 @@ impl Twins {
             group_of,
             node_group,
             link,
+            nbrs_of,
         }
     }
 
