@@ -57,6 +57,9 @@ enum Cmd {
     Status(cmd::emu::StatusArgs),
     /// Change a link while traffic runs: `link A B set delay=20ms loss=1%`, `link A B down`.
     Link(cmd::emu::LinkArgs),
+    /// Start synthetic flows in a running emulation (`flow add FILE`, a file of `[[flows]]`)
+    /// or stop them (`flow stop NAME...`).
+    Flow(cmd::emu::FlowArgs),
 }
 
 fn main() {
@@ -77,6 +80,7 @@ fn main() {
         Cmd::Iperf(a) => cmd::emu::iperf(a),
         Cmd::Status(a) => cmd::emu::status(a),
         Cmd::Link(a) => cmd::emu::link(a),
+        Cmd::Flow(a) => cmd::emu::flow(a),
     };
     if let Err(e) = r {
         eprintln!("linerate: {e:#}");

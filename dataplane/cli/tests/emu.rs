@@ -970,6 +970,39 @@ start = "1s"
     // 400 kbit of payload at 4 Mbit/s is 0.4 s of sending: with 100 ms off between each
     // 100 ms on, at least 0.7 s from first to last.
     assert!(onoff["fct_s"].as_f64().unwrap() >= 0.7, "{onoff}");
+    // Flows added to the running emulation and stopped; a bad file starts nothing.
+    let file = std::env::temp_dir().join(format!("{}-more.toml", e.name));
+    std::fs::write(
+        &file,
+        "[[flows]]\nname = \"more\"\nsrc = \"v2\"\ndst = \"h1\"\nproto = \"udp\"\nrate = \"1M\"\nduration = \"10m\"\n",
+    )
+    .unwrap();
+    e.ok(&["flow", "add", file.to_str().unwrap()]);
+    std::fs::write(
+        &file,
+        "[[flows]]\nname = \"x\"\nsrc = \"v2\"\ndst = \"h1\"\nbytes = 10\n[[flows]]\nsrc = \"v2\"\ndst = \"r1\"\nbytes = 10\n",
+    )
+    .unwrap();
+    let bad = e.run(&["flow", "add", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("'r1' is a router"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let now = e.status();
+    let flows = now["flows"].as_array().unwrap();
+    assert!(
+        flows.iter().all(|f| f["name"] != "x"),
+        "a bad file started x"
+    );
+    assert_eq!(flow(flows, "more")["state"], "running");
+    e.ok(&["flow", "stop", "more"]);
+    assert_eq!(
+        flow(e.status()["flows"].as_array().unwrap(), "more")["state"],
+        "stopped"
+    );
     let name = e.name.clone();
     drop(e);
     nothing_left(&name);

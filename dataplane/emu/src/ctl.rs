@@ -27,6 +27,13 @@ pub enum Request {
         set: Option<Box<LinkSpec>>,
         up: Option<bool>,
     },
+    /// Starts flows (`[[flows]]` entries, as in a topology file) and stops flows by name.
+    Flows {
+        #[serde(default)]
+        add: Vec<crate::flows::FlowToml>,
+        #[serde(default)]
+        stop: Vec<String>,
+    },
     /// Stops the emulation and removes everything.
     Down,
 }

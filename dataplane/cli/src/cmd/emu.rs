@@ -182,6 +182,15 @@ pub struct LinkArgs {
     name: NameArg,
 }
 
+#[derive(clap::Args)]
+pub struct FlowArgs {
+    /// `add FILE` (a TOML file of `[[flows]]` entries, see docs/TOPOLOGY.md) or `stop NAME...`.
+    #[arg(required = true, num_args = 2..)]
+    action: Vec<String>,
+    #[command(flatten)]
+    name: NameArg,
+}
+
 /// The emulation a command means: `--name`, or the only one running.
 fn which(n: &NameArg) -> Result<String> {
     if let Some(name) = &n.name {
@@ -270,22 +279,7 @@ fn plan_of(a: &UpArgs) -> Result<Plan> {
         (None, None) => bail!("give a topology file or --topo SHAPE (e.g. --topo linear,4)"),
     };
     if let Some(f) = &a.flows {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct FlowsFile {
-            #[serde(default)]
-            flows: Vec<linerate_emu::flows::FlowToml>,
-        }
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("--flows {}: cannot read it", f.display()))?;
-        let ff: FlowsFile = toml::from_str(&text).map_err(|e| {
-            anyhow!(
-                "--flows {}: {}",
-                f.display(),
-                linerate_proto::units::at_line(&text, e.span().map(|s| s.start), e.message())
-            )
-        })?;
-        t.flows.extend(ff.flows);
+        t.flows.extend(flows_in(f, "--flows")?);
     }
     if a.compact {
         // Hosts inside the emulator only: no namespace, no kernel interface.
@@ -448,6 +442,39 @@ pub fn up(a: UpArgs) -> Result<()> {
 
 fn answer(e: &Emulation, control: &Control, req: Request) -> Answer {
     match req {
+        Request::Flows { add, stop } => {
+            // Checked whole before anything starts: a bad entry starts none.
+            let n = e.shared.flows.len();
+            let mut specs = Vec::new();
+            for (i, f) in add.iter().enumerate() {
+                let what = format!("flow{}", n + i + 1);
+                match f.resolve(&e.plan, f.name.as_deref().unwrap_or(&what)) {
+                    Ok(s) => specs.push(s),
+                    Err(err) => return Answer::err(err.0),
+                }
+            }
+            let mut names = std::collections::HashSet::new();
+            if let Some(s) = specs.iter().find(|s| !names.insert(s.name.clone())) {
+                return Answer::err(format!("two flows are named '{}'", s.name));
+            }
+            for name in &stop {
+                if e.shared.flows.by_name(name).is_none() {
+                    return Answer::err(format!("there is no flow named '{name}'"));
+                }
+            }
+            for spec in specs {
+                let name = spec.name.clone();
+                if let Err(err) = e.flows.add(spec, None) {
+                    return Answer::err(format!("flow '{name}': {err}"));
+                }
+            }
+            for name in &stop {
+                if let Some(f) = e.shared.flows.by_name(name) {
+                    e.flows.stop(&f);
+                }
+            }
+            Answer::ok()
+        }
         Request::Status => {
             let mut s = e.status();
             s.control = Some(control.status());
@@ -957,6 +984,47 @@ pub fn status(a: StatusArgs) -> Result<()> {
         before = Some((s, Instant::now()));
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// The `[[flows]]` of a file (nothing else may be in it).
+fn flows_in(f: &std::path::Path, what: &str) -> Result<Vec<linerate_emu::flows::FlowToml>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FlowsFile {
+        #[serde(default)]
+        flows: Vec<linerate_emu::flows::FlowToml>,
+    }
+    let text = std::fs::read_to_string(f)
+        .with_context(|| format!("{what} {}: cannot read it", f.display()))?;
+    let ff: FlowsFile = toml::from_str(&text).map_err(|e| {
+        anyhow!(
+            "{what} {}: {}",
+            f.display(),
+            linerate_proto::units::at_line(&text, e.span().map(|s| s.start), e.message())
+        )
+    })?;
+    Ok(ff.flows)
+}
+
+pub fn flow(a: FlowArgs) -> Result<()> {
+    need_root()?;
+    let emu = which(&a.name)?;
+    let req = match a.action[0].as_str() {
+        "add" if a.action.len() == 2 => Request::Flows {
+            add: flows_in(std::path::Path::new(&a.action[1]), "flow add")?,
+            stop: Vec::new(),
+        },
+        "stop" => Request::Flows {
+            add: Vec::new(),
+            stop: a.action[1..].to_vec(),
+        },
+        _ => bail!("flow: give `add FILE` or `stop NAME...`"),
+    };
+    let ans = ctl::call(&emu, &req)?;
+    if !ans.ok {
+        bail!("{}", ans.error.unwrap_or_default());
+    }
+    Ok(())
 }
 
 pub fn link(a: LinkArgs) -> Result<()> {
