@@ -12,13 +12,13 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{
-    AddressFamily, Backlog, MsgFlags, Shutdown, SockFlag, SockType, SockaddrIn, accept4, bind,
-    connect, getsockname, getsockopt, listen, recv, send, setsockopt, shutdown, socket, sockopt,
+    AddressFamily, Backlog, MsgFlags, Shutdown, SockFlag, SockType, SockaddrIn, bind, connect,
+    getsockname, getsockopt, listen, recv, send, setsockopt, shutdown, socket, sockopt,
 };
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::SocketAddrV4;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -316,21 +316,22 @@ impl Thread {
 
     fn accept(&mut self, key: u64) -> io::Result<bool> {
         let e = self.ends.get_mut(&key).expect("end exists");
-        let Some(l) = &e.fd else { return Ok(false) };
-        let c = match accept4(
-            l.as_raw_fd(),
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        ) {
-            Ok(c) => c,
-            Err(Errno::EAGAIN) => return Ok(true),
-            Err(err) => return Err(nix_io(err)),
+        let Some(l) = e.fd.take() else {
+            return Ok(false);
         };
-        // Safety: accept4 returned a new descriptor nobody else owns.
-        #[allow(unsafe_code)]
-        let conn = unsafe { OwnedFd::from_raw_fd(c) };
-        if let Some(old) = e.fd.take() {
-            let _ = self.epoll.delete(old.as_fd());
-        }
+        let listener = std::net::TcpListener::from(l);
+        let conn = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                e.fd = Some(OwnedFd::from(listener));
+                return Ok(true);
+            }
+            Err(err) => return Err(err),
+        };
+        conn.set_nonblocking(true)?;
+        let conn = OwnedFd::from(conn);
+        // The listener closes here: one connection per flow.
+        let _ = self.epoll.delete(listener.as_fd());
         e.what = What::TcpRecv;
         let _ = self
             .epoll
@@ -353,8 +354,8 @@ impl Thread {
                 }
                 Ok(n) => {
                     st.received_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    st.received_packets.fetch_add(1, Ordering::Relaxed);
                     if !tcp {
+                        st.received_packets.fetch_add(1, Ordering::Relaxed);
                         st.finished_ns.store(now, Ordering::Release);
                     }
                 }
