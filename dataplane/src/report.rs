@@ -198,6 +198,18 @@ pub fn round3(x: f64) -> f64 {
 
 /// One live progress line from two readings `dt` apart.
 pub fn live_line(now: &Counts, before: &Counts, dt: Duration) -> String {
+    live_line_with(now, before, dt, &[])
+}
+
+/// [`live_line`] with drops counted outside the workers (`extra`: name and count in the
+/// interval, e.g. what the kernel dropped on a port before a worker saw it), in the total and
+/// listed by name.
+pub fn live_line_with(
+    now: &Counts,
+    before: &Counts,
+    dt: Duration,
+    extra: &[(&str, u64)],
+) -> String {
     let d = now.since(before);
     let s = dt.as_secs_f64().max(1e-9);
     let mut line = format!(
@@ -206,7 +218,7 @@ pub fn live_line(now: &Counts, before: &Counts, dt: Duration) -> String {
         d.tx as f64 / s / 1e6,
         d.tx_bytes as f64 * 8.0 / s / 1e9,
         d.handoff_out as f64 / s / 1e6,
-        d.dropped()
+        d.dropped() + extra.iter().map(|e| e.1).sum::<u64>()
     );
     for r in DropReason::ALL {
         let n = d.drops_of(r);
@@ -214,5 +226,41 @@ pub fn live_line(now: &Counts, before: &Counts, dt: Duration) -> String {
             let _ = write!(line, " {}={n}", r.name());
         }
     }
+    for &(name, n) in extra {
+        if n > 0 {
+            let _ = write!(line, " {name}={n}");
+        }
+    }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_outside_the_workers_join_the_total_by_name() {
+        let before = Counts::default();
+        let mut now = Counts {
+            rx: 1_000,
+            ..Counts::default()
+        };
+        now.drop(DropReason::TtlExpired, 3);
+        let line = live_line_with(
+            &now,
+            &before,
+            Duration::from_secs(1),
+            &[("port_rx_dropped", 2_000), ("port_tx_dropped", 0)],
+        );
+        assert!(line.contains("drops     2003"), "{line}");
+        assert!(
+            line.contains("ttl_expired=3 port_rx_dropped=2000"),
+            "{line}"
+        );
+        assert!(!line.contains("port_tx_dropped"), "{line}");
+        assert_eq!(
+            live_line(&now, &before, Duration::from_secs(1)),
+            live_line_with(&now, &before, Duration::from_secs(1), &[])
+        );
+    }
 }

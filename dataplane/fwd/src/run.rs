@@ -18,7 +18,7 @@ use linerate_dataplane::fastpath::FlowLearner;
 use linerate_dataplane::frame::BufferPool;
 use linerate_dataplane::logic::ReloadHandle;
 use linerate_dataplane::port::{LiveSettings, Port, SchedCounters, ScheduledPort, XskPort};
-use linerate_dataplane::report::{ClassReport, KernelPath, PipelineReport, live_line};
+use linerate_dataplane::report::{ClassReport, KernelPath, PipelineReport, live_line_with};
 use linerate_dataplane::sched::{Scheduler, TokenBucket};
 use linerate_dataplane::shard::Mapping;
 use linerate_dataplane::sys::monotonic_ns;
@@ -113,6 +113,23 @@ fn class_reports(counters: &[(String, usize, Arc<SchedCounters>)]) -> Vec<ClassR
         }
     }
     out
+}
+
+/// The kernel's drop counters of `ports` summed: (received and dropped or missed, dropped on
+/// transmit), from sysfs. A port whose counters cannot be read counts nothing.
+fn port_drops(ports: &[String]) -> (u64, u64) {
+    let read = |dev: &str, what: &str| -> u64 {
+        std::fs::read_to_string(format!("/sys/class/net/{dev}/statistics/{what}"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mut t = (0, 0);
+    for p in ports {
+        t.0 += read(p, "rx_dropped") + read(p, "rx_missed_errors");
+        t.1 += read(p, "tx_dropped");
+    }
+    t
 }
 
 /// Sums the steering programs' counters of `action` over every port.
@@ -373,6 +390,7 @@ pub fn run(
     let mut control = || -> Result<()> {
         let (mut before, mut last) = (Counts::default(), Instant::now());
         let mut fast_before = kernel_count(&steering, Action::Fastpath)?.0;
+        let mut kernel_before = port_drops(&s.ports);
         while !signals.stop.load(Ordering::Relaxed)
             && s.duration.is_none_or(|d| start.elapsed() < d)
         {
@@ -403,7 +421,15 @@ pub fn run(
                 for c in &counters {
                     now.add(&c.read());
                 }
-                let mut line = live_line(&now, &before, dt);
+                // What the kernel dropped on the ports before a worker saw it (on veth: frames
+                // the XDP program could not put on a full AF_XDP ring) or after it let go.
+                let kernel = port_drops(&s.ports);
+                let extra = [
+                    ("port_rx_dropped", kernel.0.saturating_sub(kernel_before.0)),
+                    ("port_tx_dropped", kernel.1.saturating_sub(kernel_before.1)),
+                ];
+                kernel_before = kernel;
+                let mut line = live_line_with(&now, &before, dt, &extra);
                 if s.max {
                     let fast = kernel_count(&steering, Action::Fastpath)?.0;
                     line.push_str(&format!(
