@@ -111,6 +111,23 @@ pub fn run(a: SinkArgs) -> Result<()> {
     let live = Live::new();
     let start = Instant::now();
     let mut last = (Instant::now(), 0u64, 0u64);
+    // What the kernel dropped before frames reached us, as last read: on the sockets (ring
+    // full, no buffer) and on the device (on veth, frames its XDP program could not redirect).
+    let kernel_now = |socks: &[XskSocket]| -> (u64, u64, u64) {
+        let mut k = (0, 0, 0);
+        for s in socks {
+            if let Ok(st) = s.statistics() {
+                k.0 += st.rx_ring_full;
+                k.1 += st.rx_dropped;
+            }
+        }
+        k.2 = std::fs::read_to_string(format!("/sys/class/net/{}/statistics/rx_dropped", a.dev))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        k
+    };
+    let mut kernel_before = kernel_now(&socks);
     let mut recycled: Vec<u64> = Vec::with_capacity(256);
     while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| start.elapsed() < d) {
         let mut got = 0;
@@ -149,15 +166,27 @@ pub fn run(a: SinkArgs) -> Result<()> {
         if last.0.elapsed() >= Duration::from_secs(1) {
             let t = stats.totals();
             let dt = last.0.elapsed().as_secs_f64();
+            let k = kernel_now(&socks);
+            let d = (
+                k.0.saturating_sub(kernel_before.0),
+                k.1.saturating_sub(kernel_before.1),
+                k.2.saturating_sub(kernel_before.2),
+            );
+            kernel_before = k;
             live.line(
                 start.elapsed(),
                 &format!(
-                    "{:>8.3} Mpps  {:>7.3} Gbps  lost {}  reordered {}  p99 {:.1} us",
+                    "{:>8.3} Mpps  {:>7.3} Gbps  lost {}  reordered {}  p99 {:.1} us  \
+                     kernel drops {} (rx_ring_full {}, no buffer {}, port {})",
                     (t.received - last.1) as f64 / dt / 1e6,
                     (stats.bytes - last.2) as f64 * 8.0 / dt / 1e9,
                     t.lost,
                     t.reordered,
-                    stats.latency.quantile(0.99).unwrap_or(0) as f64 / 1e3
+                    stats.latency.quantile(0.99).unwrap_or(0) as f64 / 1e3,
+                    d.2.max(d.0 + d.1),
+                    d.0,
+                    d.1,
+                    d.2
                 ),
             );
             last = (Instant::now(), t.received, stats.bytes);
