@@ -46,6 +46,10 @@ pub struct PipelineConfig {
     pub pool_frames: usize,
     /// Slots in each handoff ring.
     pub handoff_slots: usize,
+    /// Under the sequential mapping, each worker's source offers only the flows it owns (as
+    /// RSS steered by the same jump hash would); `false`: every source offers every flow, and
+    /// about half of all packets cross to their owner through the handoff rings.
+    pub steered: bool,
 }
 
 impl Default for PipelineConfig {
@@ -64,6 +68,7 @@ impl Default for PipelineConfig {
             seed: 1,
             pool_frames: 4096,
             handoff_slots: 1024,
+            steered: true,
         }
     }
 }
@@ -279,6 +284,32 @@ pub fn templates(cfg: &PipelineConfig, dsts: &[Ipv4Addr]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The templates worker `id` owns under the sequential mapping (the jump hash of each one's
+/// flow, as the worker itself places packets; a malformed one goes to the worker of its index),
+/// or `None` when every worker offers every template (concurrent mapping, one worker, or a
+/// worker that would own none).
+fn owned_templates(cfg: &PipelineConfig, id: usize, templates: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+    if !cfg.steered || cfg.mapping != crate::shard::Mapping::Sequential || cfg.workers < 2 {
+        return None;
+    }
+    let mine: Vec<Vec<u8>> = templates
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| {
+            let owner = match crate::wire::parse_headers(t) {
+                Ok(h) => {
+                    crate::shard::jump_hash(crate::shard::flow_hash(&h, t), cfg.workers as u32)
+                        as usize
+                }
+                Err(_) => i % cfg.workers,
+            };
+            owner == id
+        })
+        .map(|(_, t)| t.clone())
+        .collect();
+    (!mine.is_empty()).then_some(mine)
+}
+
 /// Builds worker `id` of a pipeline: a source on port 0, sinks on ports 1..=out_ports.
 pub fn build_worker(
     cfg: &PipelineConfig,
@@ -290,13 +321,19 @@ pub fn build_worker(
 ) -> Result<Worker<PipelineLogic>, PipelineError> {
     let pool = BufferPool::new(cfg.pool_frames, FRAME_SIZE)?;
     let mut ports: Vec<Box<dyn Port>> = Vec::with_capacity(cfg.out_ports + 1);
-    // Each worker starts at a different template so the workers' streams interleave flows.
-    let start = id * templates.len() / cfg.workers;
-    ports.push(Box::new(TemplateSource::new(
-        format!("src{id}"),
-        templates,
-        start,
-    )));
+    // Under the sequential mapping each worker's source offers the flows that worker owns,
+    // as a NIC's RSS programmed to the same jump hash delivers them: arrival and ownership
+    // agree and nothing crosses cores. (Offering every worker every flow sent half of all
+    // packets through the handoff rings, and two workers forwarded less than one.)
+    let owned = owned_templates(cfg, id, templates);
+    let (mine, start): (&[Vec<u8>], usize) = match &owned {
+        Some(t) => (t, 0),
+        // Each worker starts at a different template so the workers' streams interleave flows.
+        None => (templates, id * templates.len() / cfg.workers),
+    };
+    let mut source = TemplateSource::new(format!("src{id}"), mine, start);
+    source.owned = owned.is_some();
+    ports.push(Box::new(source));
     for p in 0..cfg.out_ports {
         ports.push(Box::new(CountingSink::new(format!("sink{id}.{p}"))));
     }
@@ -397,6 +434,8 @@ pub struct TemplateSource {
     sent: u64,
     /// Stop after this many frames (`u64::MAX`: never).
     limit: u64,
+    /// It offers only flows its worker owns (see [`Port::arrives_at_owner`]).
+    owned: bool,
 }
 
 impl TemplateSource {
@@ -438,6 +477,7 @@ impl TemplateSource {
             next,
             sent: 0,
             limit: u64::MAX,
+            owned: false,
         }
     }
 
@@ -508,6 +548,10 @@ impl Port for TemplateSource {
     }
 
     fn release(&mut self, _pool: &mut BufferPool) {}
+
+    fn arrives_at_owner(&self) -> bool {
+        self.owned
+    }
 }
 
 /// A port that accepts everything sent to it, counts it, and frees the frames at once.

@@ -444,7 +444,12 @@ impl<L: Logic> Worker<L> {
             ..
         } = self;
         let dests = Dests { ports: ports.len() };
-        let shard = cfg.mapping == Mapping::Sequential && cfg.workers > 1 && !from_handoff;
+        let shard = cfg.mapping == Mapping::Sequential
+            && cfg.workers > 1
+            && !from_handoff
+            && !ports
+                .get(in_port as usize)
+                .is_some_and(|p| p.arrives_at_owner());
         let me = cfg.id;
 
         // Phase 1, in two passes over the batch so that memory stalls overlap: parse every

@@ -338,24 +338,35 @@ fn threads_run_and_stop_cleanly() {
         malformed_ppm: 100_000,
         ..PipelineConfig::default()
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let report = pipeline::run(&cfg, stop.clone(), |_, _| {}).unwrap();
-    assert!(stop.load(Ordering::Relaxed));
-    assert_eq!(report.workers.len(), 2);
-    for w in &report.workers {
-        assert!(w.frames_accounted(), "{w:?}");
-        assert!(w.counts.rx > 0);
+    // Sources steered like RSS (the default): nothing crosses; unsteered: half of it does.
+    for steered in [true, false] {
+        let cfg = PipelineConfig {
+            steered,
+            ..cfg.clone()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = pipeline::run(&cfg, stop.clone(), |_, _| {}).unwrap();
+        assert!(stop.load(Ordering::Relaxed));
+        assert_eq!(report.workers.len(), 2);
+        for w in &report.workers {
+            assert!(w.frames_accounted(), "{w:?}");
+            assert!(w.counts.rx > 0);
+        }
+        let t = report.total();
+        assert!(t.tx > 0);
+        assert!(t.drops_of(DropReason::Malformed) > 0);
+        assert_eq!(
+            t.drops_of(DropReason::NoRoute),
+            0,
+            "every generated flow is routed"
+        );
+        if steered {
+            assert_eq!(t.handoff_out, 0, "steered sources offer only owned flows");
+        } else {
+            assert!(
+                t.handoff_out > 0,
+                "sequential mapping over two unsteered workers hands off"
+            );
+        }
     }
-    let t = report.total();
-    assert!(t.tx > 0);
-    assert!(t.drops_of(DropReason::Malformed) > 0);
-    assert_eq!(
-        t.drops_of(DropReason::NoRoute),
-        0,
-        "every generated flow is routed"
-    );
-    assert!(
-        t.handoff_out > 0,
-        "sequential mapping over two workers hands off"
-    );
 }

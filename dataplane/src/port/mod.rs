@@ -71,6 +71,13 @@ pub trait Port: Send {
     fn kept_by_kernel(&self) -> usize {
         0
     }
+
+    /// Whether every frame this port receives belongs to a flow its worker owns (the source
+    /// steers by the same jump hash, as a NIC's RSS can be programmed to): the worker then
+    /// skips working the owner out per packet.
+    fn arrives_at_owner(&self) -> bool {
+        false
+    }
 }
 
 impl<P: Port + ?Sized> Port for Box<P> {
@@ -100,6 +107,9 @@ impl<P: Port + ?Sized> Port for Box<P> {
     }
     fn due_in(&mut self) -> Option<std::time::Duration> {
         (**self).due_in()
+    }
+    fn arrives_at_owner(&self) -> bool {
+        (**self).arrives_at_owner()
     }
 }
 

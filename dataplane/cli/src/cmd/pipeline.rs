@@ -45,6 +45,11 @@ pub struct PipelineArgs {
     /// How flows are spread over workers.
     #[arg(long, value_enum, default_value = "sequential")]
     mapping: MappingArg,
+    /// Every worker's source offers every flow (a NIC without RSS programmed to the jump
+    /// hash): about half of all packets cross to their owner through the handoff rings. By
+    /// default each source offers only the flows its worker owns.
+    #[arg(long)]
+    unsteered: bool,
     /// Share of frames made malformed on purpose, in parts per million.
     #[arg(long, default_value_t = 0)]
     malformed_ppm: u32,
@@ -88,6 +93,7 @@ pub fn run(a: PipelineArgs) -> Result<()> {
         },
         malformed_ppm: a.malformed_ppm,
         seed: a.seed,
+        steered: !a.unsteered,
         ..PipelineConfig::default()
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
