@@ -401,7 +401,80 @@ pub struct Flow {
     pub stats: FlowStats,
 }
 
+/// What a rate-capped TCP sender may be ahead of its rate, bytes.
+const RATE_BURST: u64 = 16 * 1024;
+/// A TCP segment's payload, as far as pacing the writes goes.
+const SEGMENT: u64 = 1460;
+
+/// A UDP sender's next step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpStep {
+    /// Its last datagram is sent.
+    Done,
+    /// Nothing to send before this time.
+    Wait(u64),
+    /// Send a datagram of this many payload bytes now.
+    Send(usize),
+}
+
+impl FlowStats {
+    /// A UDP sender sent its last datagram at `now`.
+    pub fn sender_finished(&self, now: u64) {
+        self.sender_done.store(true, Ordering::Release);
+        if self.finished_ns.load(Ordering::Acquire) == 0 {
+            self.finished_ns.store(now, Ordering::Release);
+        }
+        self.set_state(State::Finished);
+    }
+
+    /// A datagram of `size` payload bytes left.
+    pub fn count_sent(&self, size: usize) {
+        self.sent_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        self.sent_packets.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Flow {
+    /// A TCP sender's room under its rate cap at `now`, having written `written` bytes since
+    /// `started`: how many more it may write, and, when that is less than a segment, when a
+    /// segment's worth more is allowed. `None` without a cap.
+    pub fn rate_room(&self, started: u64, now: u64, written: u64) -> Option<(u64, Option<u64>)> {
+        let rate = self.spec.rate_bps?.max(1) as u128;
+        let by_rate = ((now - started) as u128 * rate / 8_000_000_000) as u64 + RATE_BURST;
+        let room = by_rate.saturating_sub(written);
+        let wake = (room < SEGMENT)
+            .then(|| now + ((SEGMENT - room) as u128 * 8_000_000_000 / rate) as u64 + 1);
+        Some((room, wake))
+    }
+
+    /// A UDP sender's step at `now`: it started at `started`, has sent `sent` bytes and sends
+    /// next at `next_ns` (moved here out of an off period).
+    pub fn udp_step(&self, started: u64, next_ns: &mut u64, sent: u64, now: u64) -> UdpStep {
+        let spec = &self.spec;
+        let left = spec.bytes.map_or(u64::MAX, |b| b - sent);
+        let end_at = self.deadline(started);
+        // On/off: a send time in an off period moves to the next on period.
+        if let Some((on, off)) = spec.on_off_ns {
+            let phase = (*next_ns - started) % (on + off);
+            if phase >= on {
+                *next_ns += on + off - phase;
+            }
+        }
+        if left == 0 || end_at.is_some_and(|d| *next_ns >= d) {
+            return UdpStep::Done;
+        }
+        if *next_ns > now {
+            return UdpStep::Wait(*next_ns);
+        }
+        UdpStep::Send((spec.packet as u64).min(left) as usize)
+    }
+
+    /// After a datagram of `size` payload bytes: the next send time, at the flow's rate.
+    pub fn udp_sent(&self, next_ns: &mut u64, size: usize) {
+        let rate = self.spec.rate_bps.unwrap_or(1).max(1) as u128;
+        *next_ns += (size as u128 * 8 * 1_000_000_000 / rate).max(1) as u64;
+    }
+
     pub fn start_at(&self) -> u64 {
         self.added_ns + self.spec.start_ns
     }

@@ -5,7 +5,7 @@
 //! writing no faster than the rate; UDP packets leave on a schedule, caught up in bursts when
 //! the thread wakes late.
 
-use crate::flows::{Cc, Flow, Proto, State};
+use crate::flows::{Cc, Flow, Proto, State, UdpStep};
 use crate::stack::{Side, UDP_BURST};
 use crate::sys;
 use nix::errno::Errno;
@@ -23,10 +23,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, channel};
-
-fn nix_io(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
 
 /// Work for the thread.
 pub enum Cmd {
@@ -53,7 +49,7 @@ impl NsFlows {
         let (tx, rx) = channel();
         let wake = Arc::new(
             EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-                .map_err(nix_io)?,
+                .map_err(sys::nix_err)?,
         );
         let w = wake.clone();
         let thread = std::thread::Builder::new()
@@ -124,10 +120,10 @@ struct Thread {
 }
 
 fn run(rx: Receiver<Cmd>, wake: &EventFd) -> io::Result<()> {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(nix_io)?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys::nix_err)?;
     epoll
         .add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE))
-        .map_err(nix_io)?;
+        .map_err(sys::nix_err)?;
     let mut t = Thread {
         epoll,
         ends: HashMap::new(),
@@ -149,7 +145,7 @@ fn run(rx: Receiver<Cmd>, wake: &EventFd) -> io::Result<()> {
         let n = match t.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,
-            Err(e) => return Err(nix_io(e)),
+            Err(e) => return Err(sys::nix_err(e)),
         };
         let now = linerate_dataplane::sys::monotonic_ns();
         let mut poke = false;
@@ -214,7 +210,7 @@ impl Thread {
             SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
             None,
         )
-        .map_err(nix_io);
+        .map_err(sys::nix_err);
         sys::enter(&self.home)?;
         s
     }
@@ -289,18 +285,18 @@ impl Thread {
         ));
         bind(fd.as_raw_fd(), &at).map_err(|e| {
             io::Error::new(
-                nix_io(e).kind(),
+                sys::nix_err(e).kind(),
                 format!("binding {}:{}: {e}", flow.dst_addr, at.port()),
             )
         })?;
         if flow.spec.proto == Proto::Tcp {
-            listen(&fd, Backlog::new(4).map_err(nix_io)?).map_err(nix_io)?;
+            listen(&fd, Backlog::new(4).map_err(sys::nix_err)?).map_err(sys::nix_err)?;
         } else {
             // Big enough for a burst at the rate the host's link allows.
             let _ = setsockopt(&fd, sockopt::RcvBuf, &(4 << 20));
         }
         let port = getsockname::<SockaddrIn>(fd.as_raw_fd())
-            .map_err(nix_io)?
+            .map_err(sys::nix_err)?
             .port();
         self.watch(&fd, key, EpollFlags::EPOLLIN);
         let e = self.ends.get_mut(&key).expect("end exists");
@@ -361,7 +357,7 @@ impl Thread {
                 }
                 Err(Errno::EAGAIN) => break,
                 Err(Errno::EINTR) => {}
-                Err(err) => return Err(nix_io(err)),
+                Err(err) => return Err(sys::nix_err(err)),
             }
         }
         // A UDP receiver stays for the emulation's life: packets still in flight when the
@@ -402,14 +398,14 @@ impl Thread {
             let _ = sys::tcp_notsent_lowat(&fd, 64 * 1024);
         }
         let local = SockaddrIn::from(SocketAddrV4::new(flow.src_addr, 0));
-        bind(fd.as_raw_fd(), &local).map_err(nix_io)?;
+        bind(fd.as_raw_fd(), &local).map_err(sys::nix_err)?;
         let port = st.port.load(Ordering::Acquire) as u16;
         let dst = SockaddrIn::from(SocketAddrV4::new(flow.dst_addr, port));
         match connect(fd.as_raw_fd(), &dst) {
             Ok(()) | Err(Errno::EINPROGRESS) => {}
             Err(err) => {
                 return Err(io::Error::new(
-                    nix_io(err).kind(),
+                    sys::nix_err(err).kind(),
                     format!("connecting to {}:{port}: {err}", flow.dst_addr),
                 ));
             }
@@ -464,7 +460,7 @@ impl Thread {
             return match recv(fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => Ok(false),
                 Ok(_) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => Ok(true),
-                Err(err) => Err(nix_io(err)),
+                Err(err) => Err(sys::nix_err(err)),
             };
         }
         let deadline = flow.deadline(started);
@@ -473,22 +469,17 @@ impl Thread {
             if deadline.is_some_and(|d| now >= d) {
                 allowed = 0;
             }
-            if let Some(rate) = flow.spec.rate_bps {
-                let by_rate =
-                    ((now - started) as u128 * rate as u128 / 8_000_000_000) as u64 + 16 * 1024;
-                let room = by_rate.saturating_sub(*written);
-                if room < allowed {
-                    allowed = room;
-                    if room < 1460 {
-                        let wait = (1460 - room) as u128 * 8_000_000_000 / rate as u128;
-                        self.timers
-                            .push(std::cmp::Reverse((now + wait as u64 + 1, key)));
-                        // Not writable until then: stop asking.
-                        let _ = self
-                            .epoll
-                            .modify(fd.as_fd(), &mut EpollEvent::new(EpollFlags::EPOLLIN, key));
-                        return Ok(true);
-                    }
+            if let Some((room, wake)) = flow.rate_room(started, now, *written)
+                && room < allowed
+            {
+                allowed = room;
+                if let Some(w) = wake {
+                    self.timers.push(std::cmp::Reverse((w, key)));
+                    // Not writable until then: stop asking.
+                    let _ = self
+                        .epoll
+                        .modify(fd.as_fd(), &mut EpollEvent::new(EpollFlags::EPOLLIN, key));
+                    return Ok(true);
                 }
             }
             if allowed == 0 {
@@ -513,7 +504,7 @@ impl Thread {
                 }
                 Err(Errno::EINTR) => {}
                 Err(Errno::ENOTCONN) => return Ok(true),
-                Err(err) => return Err(nix_io(err)),
+                Err(err) => return Err(sys::nix_err(err)),
             }
         }
         let done =
@@ -532,60 +523,40 @@ impl Thread {
         let e = self.ends.get_mut(&key).expect("end exists");
         let flow = e.flow.clone();
         let st = &flow.stats;
-        let spec = &flow.spec;
         let started = e.started;
         let Some(fd) = &e.fd else { return Ok(false) };
         let What::UdpSend { next_ns, sent } = &mut e.what else {
             return Ok(false);
         };
-        let rate = spec.rate_bps.unwrap_or(1).max(1) as u128;
-        let end_at = flow.deadline(started);
-        let mut burst = 0;
-        loop {
-            let left = spec.bytes.map_or(u64::MAX, |b| b - *sent);
-            if left == 0 || end_at.is_some_and(|d| *next_ns >= d) {
-                st.sender_done.store(true, Ordering::Release);
-                if st.finished_ns.load(Ordering::Acquire) == 0 {
-                    st.finished_ns.store(now, Ordering::Release);
+        for _ in 0..UDP_BURST * 4 {
+            let size = match flow.udp_step(started, next_ns, *sent, now) {
+                UdpStep::Done => {
+                    st.sender_finished(now);
+                    return Ok(false);
                 }
-                st.set_state(State::Finished);
-                return Ok(false);
-            }
-            if let Some((on, off)) = spec.on_off_ns {
-                let phase = (*next_ns - started) % (on + off);
-                if phase >= on {
-                    *next_ns += on + off - phase;
-                    continue;
+                UdpStep::Wait(t) => {
+                    self.timers.push(std::cmp::Reverse((t.max(now + 1), key)));
+                    return Ok(true);
                 }
-            }
-            if *next_ns > now || burst >= UDP_BURST * 4 {
-                self.timers
-                    .push(std::cmp::Reverse(((*next_ns).max(now + 1), key)));
-                return Ok(true);
-            }
-            let size = (spec.packet as u64).min(left) as usize;
+                UdpStep::Send(size) => size,
+            };
             match send(fd.as_raw_fd(), &self.buf[..size], MsgFlags::MSG_DONTWAIT) {
-                Ok(_) => {
+                // Sent, or lost because the receiver's port was unreachable for a moment
+                // (ICMP), as it would be on a network.
+                Ok(_) | Err(Errno::ECONNREFUSED) | Err(Errno::EINTR) => {
                     *sent += size as u64;
-                    st.sent_bytes.fetch_add(size as u64, Ordering::Relaxed);
-                    st.sent_packets.fetch_add(1, Ordering::Relaxed);
-                    *next_ns += (size as u128 * 8 * 1_000_000_000 / rate).max(1) as u64;
-                    burst += 1;
+                    st.count_sent(size);
+                    flow.udp_sent(next_ns, size);
                 }
                 Err(Errno::EAGAIN) | Err(Errno::ENOBUFS) => {
                     self.timers.push(std::cmp::Reverse((now + 100_000, key)));
                     return Ok(true);
                 }
-                // The receiver's port unreachable for a moment (ICMP): the packet is lost, as
-                // it would be on a network.
-                Err(Errno::ECONNREFUSED) | Err(Errno::EINTR) => {
-                    *sent += size as u64;
-                    st.sent_bytes.fetch_add(size as u64, Ordering::Relaxed);
-                    st.sent_packets.fetch_add(1, Ordering::Relaxed);
-                    *next_ns += (size as u128 * 8 * 1_000_000_000 / rate).max(1) as u64;
-                }
-                Err(err) => return Err(nix_io(err)),
+                Err(err) => return Err(sys::nix_err(err)),
             }
         }
+        // A burst's worth this time: the rest at once, after the other ends.
+        self.timers.push(std::cmp::Reverse((now + 1, key)));
+        Ok(true)
     }
 }

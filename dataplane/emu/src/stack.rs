@@ -7,7 +7,8 @@
 //! and sends what it produced. Nothing blocks; a poll does a bounded amount of work (at most
 //! [`UDP_BURST`] UDP packets per sender; TCP as its windows allow).
 
-use crate::flows::{Cc, Flow, Proto, State};
+use crate::flows::{Cc, Flow, Proto, State, UdpStep};
+use linerate_dataplane::wire::checksum::{checksum, update16};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
@@ -27,8 +28,6 @@ pub const TCP_TX_BUFFER: usize = 1 << 20;
 const TCP_SMALL_BUFFER: usize = 4096;
 /// UDP packets one sender makes per poll before the others get their turn.
 pub const UDP_BURST: usize = 64;
-/// What a rate-capped TCP sender may be ahead of its rate, bytes.
-const RATE_BURST: u64 = 16 * 1024;
 /// Bytes a TCP sender keeps written but not yet sent (beyond what is in flight): enough to
 /// fill the window between two polls, little enough that a flow of a given duration stops
 /// sending within a few milliseconds of it (with a whole send buffer queued, it went on for
@@ -118,6 +117,15 @@ pub enum Side {
     Recv,
 }
 
+/// A flow end's local port.
+struct Local {
+    /// The TOS byte of its packets: its flow's weight as DSCP.
+    tos: u8,
+    /// A TCP sender's sequence space as seen on the wire (smoltcp does not say how much is
+    /// in flight).
+    seqs: Option<Seqs>,
+}
+
 #[derive(Default, Clone, Copy)]
 struct Seqs {
     sent_end: Option<u32>,
@@ -168,12 +176,9 @@ pub struct VHost {
     dev: Dev,
     addr: Ipv4Addr,
     ends: Vec<End>,
-    /// Local TCP/UDP port -> the DSCP its packets carry (its flow's weight).
-    dscp: std::collections::HashMap<u16, u8>,
-    /// TCP senders' sequence space as seen on the wire, by local port: the end of the
-    /// highest segment sent and the highest acknowledgment received (smoltcp does not say
-    /// how much is in flight).
-    seqs: std::collections::HashMap<u16, Seqs>,
+    /// By local TCP/UDP port: what its packets carry and, for a TCP sender, what it has in
+    /// flight (one lookup per packet sent or acknowledgment received).
+    local: std::collections::HashMap<u16, Local>,
     /// The time the worker's timer for this host is set for (`u64::MAX`: none).
     pub armed: u64,
     /// In the worker's list of hosts to poll (the worker keeps it).
@@ -205,8 +210,7 @@ impl VHost {
             dev,
             addr,
             ends: Vec::new(),
-            dscp: std::collections::HashMap::new(),
-            seqs: std::collections::HashMap::new(),
+            local: std::collections::HashMap::new(),
             armed: u64::MAX,
             dirty: false,
         }
@@ -223,7 +227,13 @@ impl VHost {
     /// Takes on `side` of `flow` (this host being its source or destination). `port` is the
     /// local port: the receiver's listening port, or the sender's source port.
     pub fn add(&mut self, flow: Arc<Flow>, side: Side, port: u16) {
-        self.dscp.insert(port, flow.spec.weight << 2);
+        self.local.insert(
+            port,
+            Local {
+                tos: flow.spec.weight << 2,
+                seqs: (flow.spec.proto == Proto::Tcp && side == Side::Send).then(Seqs::default),
+            },
+        );
         let kind = match (flow.spec.proto, side) {
             (Proto::Tcp, Side::Recv) => {
                 let mut s = tcp::Socket::new(
@@ -247,15 +257,12 @@ impl VHost {
                 flow.stats.ready.store(true, Ordering::Release);
                 Kind::UdpRecv { port }
             }
-            (Proto::Tcp, Side::Send) => {
-                self.seqs.insert(port, Seqs::default());
-                Kind::TcpSend {
-                    handle: None,
-                    sport: port,
-                    written: 0,
-                    closing: false,
-                }
-            }
+            (Proto::Tcp, Side::Send) => Kind::TcpSend {
+                handle: None,
+                sport: port,
+                written: 0,
+                closing: false,
+            },
             (Proto::Udp, Side::Send) => Kind::UdpSend {
                 sport: port,
                 next_ns: 0,
@@ -273,7 +280,7 @@ impl VHost {
     pub fn rx_tcp(&mut self, ip: &[u8]) {
         if let Some((_, dport, _, ack, flags, _)) = tcp_fields(ip)
             && flags & 0x10 != 0
-            && let Some(s) = self.seqs.get_mut(&dport)
+            && let Some(s) = self.local.get_mut(&dport).and_then(|l| l.seqs.as_mut())
             && s.acked.is_none_or(|a| after(ack, a))
         {
             s.acked = Some(ack);
@@ -317,29 +324,21 @@ impl VHost {
                 i += 1;
             } else {
                 let e = self.ends.swap_remove(i);
-                match e.kind {
-                    Kind::TcpSend {
-                        handle: Some(h),
-                        sport,
-                        ..
-                    } => {
-                        self.sockets.remove(h);
-                        self.dscp.remove(&sport);
-                        self.seqs.remove(&sport);
+                let port = match e.kind {
+                    Kind::TcpSend { handle, sport, .. } => {
+                        if let Some(h) = handle {
+                            self.sockets.remove(h);
+                        }
+                        sport
                     }
                     Kind::TcpRecv { handle, .. } => {
-                        let port = e.flow.stats.port.load(Ordering::Relaxed) as u16;
                         self.sockets.remove(handle);
-                        self.dscp.remove(&port);
+                        e.flow.stats.port.load(Ordering::Relaxed) as u16
                     }
-                    Kind::TcpSend { sport, .. } | Kind::UdpSend { sport, .. } => {
-                        self.dscp.remove(&sport);
-                        self.seqs.remove(&sport);
-                    }
-                    Kind::UdpRecv { port } => {
-                        self.dscp.remove(&port);
-                    }
-                }
+                    Kind::UdpSend { sport, .. } => sport,
+                    Kind::UdpRecv { port } => port,
+                };
+                self.local.remove(&port);
             }
         }
         let _ = self.iface.poll(t, &mut self.dev, &mut self.sockets);
@@ -348,17 +347,19 @@ impl VHost {
         }
         for mut p in self.dev.tx.drain(..) {
             if let Some((sport, _, seq, _, flags, len)) = tcp_fields(&p)
-                && let Some(s) = self.seqs.get_mut(&sport)
+                && let Some(l) = self.local.get_mut(&sport)
             {
-                // SYN and FIN take a sequence number each.
-                let end = seq
-                    .wrapping_add(len as u32)
-                    .wrapping_add(u32::from(flags & 0x03 != 0));
-                if s.sent_end.is_none_or(|e| after(end, e)) {
-                    s.sent_end = Some(end);
+                if let Some(s) = &mut l.seqs {
+                    // SYN and FIN take a sequence number each.
+                    let end = seq
+                        .wrapping_add(len as u32)
+                        .wrapping_add(u32::from(flags & 0x03 != 0));
+                    if s.sent_end.is_none_or(|e| after(end, e)) {
+                        s.sent_end = Some(end);
+                    }
                 }
+                set_tos(&mut p, l.tos);
             }
-            set_dscp(&mut p, &self.dscp);
             out.push(p);
         }
         next
@@ -496,17 +497,12 @@ impl VHost {
                 }
                 let deadline = flow.deadline(e.started);
                 let mut allowed = flow.spec.bytes.map_or(u64::MAX, |b| b - *written);
-                if let Some(rate) = flow.spec.rate_bps {
-                    let by_rate = (now - e.started) as u128 * rate as u128 / 8_000_000_000
-                        + RATE_BURST as u128;
-                    let room = (by_rate as u64).saturating_sub(*written);
-                    if room < allowed {
-                        allowed = room;
-                        if room < 1460 {
-                            // Wake when a segment's worth more is allowed.
-                            let wait = (1460 - room) as u128 * 8_000_000_000 / rate as u128;
-                            soon(now + wait as u64 + 1);
-                        }
+                if let Some((room, wake)) = flow.rate_room(e.started, now, *written)
+                    && room < allowed
+                {
+                    allowed = room;
+                    if let Some(w) = wake {
+                        soon(w);
                     }
                 }
                 if deadline.is_some_and(|d| now >= d) {
@@ -514,7 +510,9 @@ impl VHost {
                 }
                 // Keep what is written but unsent small: the window is filled again at
                 // each poll (every ACK makes one).
-                let in_flight = self.seqs.get(sport).map_or(0, Seqs::in_flight);
+                let in_flight = (self.local.get(sport))
+                    .and_then(|l| l.seqs.as_ref())
+                    .map_or(0, Seqs::in_flight);
                 let unsent = s.send_queue().saturating_sub(in_flight);
                 allowed = allowed.min(UNSENT_TARGET.saturating_sub(unsent) as u64);
                 if allowed > 0 && s.can_send() {
@@ -563,34 +561,19 @@ impl VHost {
                     st.started_ns.store(now, Ordering::Release);
                     st.set_state(State::Running);
                 }
-                let started = e.started;
-                let rate = spec.rate_bps.unwrap_or(1).max(1) as u128;
                 let dport = st.port.load(Ordering::Acquire) as u16;
-                let end_at = flow.deadline(started);
-                let mut burst = 0;
-                loop {
-                    let left = spec.bytes.map_or(u64::MAX, |b| b - *sent);
-                    if left == 0 || end_at.is_some_and(|d| *next_ns >= d) {
-                        st.sender_done.store(true, Ordering::Release);
-                        if st.finished_ns.load(Ordering::Acquire) == 0 {
-                            st.finished_ns.store(now, Ordering::Release);
+                for _ in 0..UDP_BURST {
+                    let size = match flow.udp_step(e.started, next_ns, *sent, now) {
+                        UdpStep::Done => {
+                            st.sender_finished(now);
+                            return false;
                         }
-                        st.set_state(State::Finished);
-                        return false;
-                    }
-                    // On/off: a send time in an off period moves to the next on period.
-                    if let Some((on, off)) = spec.on_off_ns {
-                        let phase = (*next_ns - started) % (on + off);
-                        if phase >= on {
-                            *next_ns += on + off - phase;
-                            continue;
+                        UdpStep::Wait(t) => {
+                            soon(t);
+                            return true;
                         }
-                    }
-                    if *next_ns > now || burst >= UDP_BURST {
-                        soon((*next_ns).max(now));
-                        return true;
-                    }
-                    let size = (spec.packet as u64).min(left) as usize;
+                        UdpStep::Send(size) => size,
+                    };
                     out.push(udp_packet(
                         addr,
                         flow.dst_addr,
@@ -601,48 +584,27 @@ impl VHost {
                         &mut self.dev.spare,
                     ));
                     *sent += size as u64;
-                    st.sent_bytes.fetch_add(size as u64, Ordering::Relaxed);
-                    st.sent_packets.fetch_add(1, Ordering::Relaxed);
-                    *next_ns += (size as u128 * 8 * 1_000_000_000 / rate).max(1) as u64;
-                    burst += 1;
+                    st.count_sent(size);
+                    flow.udp_sent(next_ns, size);
                 }
+                // A burst's worth this poll: the rest at the next round.
+                soon(now);
+                true
             }
         }
     }
 }
 
-/// Sets the DSCP of an IPv4 packet from its local (source) port, fixing the header checksum.
-fn set_dscp(p: &mut [u8], by_port: &std::collections::HashMap<u16, u8>) {
-    if p.len() < 24 || p[0] >> 4 != 4 {
+/// Sets the TOS byte of IPv4 packet `p`, updating the header checksum incrementally.
+fn set_tos(p: &mut [u8], tos: u8) {
+    if p.len() < 20 || p[1] == tos {
         return;
     }
-    let ihl = ((p[0] & 0x0f) as usize) * 4;
-    if p.len() < ihl + 4 || !(p[9] == 6 || p[9] == 17) {
-        return;
-    }
-    let sport = u16::from_be_bytes([p[ihl], p[ihl + 1]]);
-    let Some(&tos) = by_port.get(&sport) else {
-        return;
-    };
-    if p[1] == tos {
-        return;
-    }
+    let old = u16::from_be_bytes([p[0], p[1]]);
+    let hc = u16::from_be_bytes([p[10], p[11]]);
     p[1] = tos;
-    p[10] = 0;
-    p[11] = 0;
-    let c = checksum(&p[..ihl]);
+    let c = update16(hc, old, u16::from_be_bytes([p[0], p[1]]));
     p[10..12].copy_from_slice(&c.to_be_bytes());
-}
-
-fn checksum(b: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in b.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// An IPv4/UDP packet of `payload` zero bytes (UDP checksum 0: allowed over IPv4).
@@ -693,9 +655,7 @@ mod tests {
         assert_eq!(p.len(), 128);
         assert_eq!(checksum(&p[..20]), 0);
         let mut q = p.clone();
-        let mut by = std::collections::HashMap::new();
-        by.insert(1000, 4 << 2);
-        set_dscp(&mut q, &by);
+        set_tos(&mut q, 4 << 2);
         assert_eq!(q[1] >> 2, 4);
         assert_eq!(checksum(&q[..20]), 0);
     }
