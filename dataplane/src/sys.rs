@@ -38,6 +38,17 @@ pub fn advise_hugepages(mem: &mut [u32]) -> bool {
     }
 }
 
+/// Counter `name` of network interface `dev` in the calling thread's namespace, from
+/// `/sys/class/net/<dev>/statistics/` (`rx_dropped`, `tx_dropped`, `rx_missed_errors`...);
+/// `None` when it cannot be read.
+pub fn if_counter(dev: &str, name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/class/net/{dev}/statistics/{name}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads, so the sink can
 /// subtract a generator's send time from its receive time.
 pub fn monotonic_ns() -> u64 {

@@ -980,7 +980,8 @@ impl Worker {
         if self.shared.topo.nodes[node].role == Role::Namespace {
             return self.give_host(node, iface, frame);
         }
-        if let Some(&k) = self.vhost_of.get(&node)
+        if self.shared.topo.nodes[node].role == Role::Virtual
+            && let Some(&k) = self.vhost_of.get(&node)
             && self.give_vhost(k, &frame, now)
         {
             self.count(node, |c| c.received += 1);

@@ -808,7 +808,8 @@ fn route(
                 has_hosts[r] = true;
             }
         }
-        let has_twin = Twins::keyed(nodes, &attach, segs);
+        let nbrs = Twins::neighbours(nodes, &attach, segs);
+        let has_twin = Twins::keyed(nodes, &nbrs);
         for (d, dseg) in segs.iter().enumerate() {
             let Some(prefix) = dseg.subnet else { continue };
             let mut routers_on = dseg.members.iter().filter(|&&(n, _)| is_router(&nodes[n]));
@@ -860,7 +861,7 @@ fn route(
         } else {
             Vec::new()
         };
-        let twins = Twins::find(nodes, &attach, segs, &classes);
+        let twins = Twins::find(nodes, &nbrs, &classes);
         let order = twins.order(classes.len());
         let mut cp = ClassPaths::new(&mut paths, &twins);
         // Per router: the hop set of its last class and its number. Consecutive classes
@@ -1424,17 +1425,12 @@ fn twin_key(nbrs: &Neighbours, r: NodeId) -> Option<Vec<(NodeId, u32, u32)>> {
 
 impl Twins {
     /// By node: whether another router has the same neighbours.
-    fn keyed(
-        nodes: &[Node],
-        attach: &[Vec<(NodeId, usize, u32, u32)>],
-        segs: &[Segment],
-    ) -> Vec<bool> {
-        let nbrs = Twins::neighbours(nodes, attach, segs);
+    fn keyed(nodes: &[Node], nbrs: &Neighbours) -> Vec<bool> {
         let mut count: HashMap<Vec<(NodeId, u32, u32)>, u32> = HashMap::new();
         let keys: Vec<Option<Vec<(NodeId, u32, u32)>>> = (0..nodes.len())
             .map(|r| {
                 (nodes[r].kind == Kind::Router)
-                    .then(|| twin_key(&nbrs, r))
+                    .then(|| twin_key(nbrs, r))
                     .flatten()
             })
             .collect();
@@ -1471,17 +1467,11 @@ impl Twins {
         nbrs
     }
 
-    fn find(
-        nodes: &[Node],
-        attach: &[Vec<(NodeId, usize, u32, u32)>],
-        segs: &[Segment],
-        classes: &[(Dest, Vec<PrefixOf>)],
-    ) -> Twins {
-        let nbrs = Twins::neighbours(nodes, attach, segs);
+    fn find(nodes: &[Node], nbrs: &Neighbours, classes: &[(Dest, Vec<PrefixOf>)]) -> Twins {
         let mut by_key: HashMap<Vec<(NodeId, u32, u32)>, Vec<usize>> = HashMap::new();
         for (c, (d, _)) in classes.iter().enumerate() {
             if let Dest::Router(r) = *d
-                && let Some(key) = twin_key(&nbrs, r)
+                && let Some(key) = twin_key(nbrs, r)
             {
                 by_key.entry(key).or_default().push(c);
             }

@@ -31,10 +31,6 @@ pub struct Probe {
     pub to: Ipv4Addr,
 }
 
-fn nix_io(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
 /// A raw ICMP socket in each of `nodes`' namespaces (of emulation `emu`), made on a thread
 /// that enters them in turn.
 fn sockets(emu: &str, nodes: &[&str]) -> io::Result<Vec<OwnedFd>> {
@@ -55,7 +51,7 @@ fn sockets(emu: &str, nodes: &[&str]) -> io::Result<Vec<OwnedFd>> {
                         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
                         SockProtocol::Icmp,
                     )
-                    .map_err(nix_io)
+                    .map_err(sys::nix_err)
                 })();
                 match r {
                     Ok(fd) => out.push(fd),
@@ -141,7 +137,7 @@ pub fn ping_all(
             .iter()
             .map(|&s| PollFd::new(socks[s].as_fd(), PollFlags::POLLIN))
             .collect();
-        let n = poll(&mut fds, PollTimeout::from(10u16)).map_err(nix_io)?;
+        let n = poll(&mut fds, PollTimeout::from(10u16)).map_err(sys::nix_err)?;
         let ready: Vec<usize> = if n > 0 {
             fds.iter()
                 .zip(&which)

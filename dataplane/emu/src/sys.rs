@@ -13,7 +13,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn nix_err(e: nix::Error) -> io::Error {
+/// A nix error as an `io::Error`.
+pub(crate) fn nix_err(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 

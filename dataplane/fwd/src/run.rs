@@ -118,12 +118,7 @@ fn class_reports(counters: &[(String, usize, Arc<SchedCounters>)]) -> Vec<ClassR
 /// The kernel's drop counters of `ports` summed: (received and dropped or missed, dropped on
 /// transmit), from sysfs. A port whose counters cannot be read counts nothing.
 fn port_drops(ports: &[String]) -> (u64, u64) {
-    let read = |dev: &str, what: &str| -> u64 {
-        std::fs::read_to_string(format!("/sys/class/net/{dev}/statistics/{what}"))
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let read = |dev: &str, what: &str| linerate_dataplane::sys::if_counter(dev, what).unwrap_or(0);
     let mut t = (0, 0);
     for p in ports {
         t.0 += read(p, "rx_dropped") + read(p, "rx_missed_errors");

@@ -121,10 +121,7 @@ pub fn run(a: SinkArgs) -> Result<()> {
                 k.1 += st.rx_dropped;
             }
         }
-        k.2 = std::fs::read_to_string(format!("/sys/class/net/{}/statistics/rx_dropped", a.dev))
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        k.2 = linerate_dataplane::sys::if_counter(&a.dev, "rx_dropped").unwrap_or(0);
         k
     };
     let mut kernel_before = kernel_now(&socks);
