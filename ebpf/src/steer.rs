@@ -245,6 +245,27 @@ impl Steering {
         }
     }
 
+    /// Removes every cached flow `stale` says yes to (after a route change that touched only
+    /// some destinations); returns how many went. Costs a walk of the map, so the caller
+    /// prefers [`Steering::invalidate_flows`] when everything is stale.
+    pub fn forget_flows_where(
+        &mut self,
+        stale: &mut dyn FnMut(&FlowKey) -> bool,
+    ) -> Result<usize, XdpError> {
+        let mut gone = Vec::new();
+        for k in self.flows.keys() {
+            let k = k.map_err(map_err("flows"))?;
+            if stale(&k) {
+                gone.push(k);
+            }
+        }
+        for k in &gone {
+            self.forget_flow(k)?;
+            self.activity.remove(k);
+        }
+        Ok(gone.len())
+    }
+
     /// Invalidates every cached flow at once (after a route change): entries of older
     /// generations are ignored and deleted by the program on their next packet.
     pub fn invalidate_flows(&mut self) -> Result<(), XdpError> {

@@ -263,6 +263,20 @@ fn max_mode_rewrites_cached_flows_and_route_changes_invalidate_them() {
     assert_eq!(s.age_flows(25, 10).unwrap(), 0, "idle, not long enough");
     assert_eq!(s.age_flows(31, 10).unwrap(), 1, "idle for longer than 10");
     assert!(s.flow(&key).unwrap().is_none());
+
+    // A route change to one prefix removes only the flows inside it; others keep their
+    // kernel path.
+    let mut other = key;
+    other.dst[..4].copy_from_slice(&[198, 51, 100, 7]);
+    s.cache_flow(key, entry).unwrap();
+    s.cache_flow(other, entry).unwrap();
+    let gone = s
+        .forget_flows_where(&mut |k| k.family == 4 && k.dst[..3] == [203, 0, 113])
+        .unwrap();
+    assert_eq!(gone, 1);
+    assert!(s.flow(&key).unwrap().is_none());
+    assert!(s.flow(&other).unwrap().is_some());
+    assert_eq!(s.test_run(&frame, None).unwrap().0, XDP_PASS, "decided afresh");
 }
 
 #[test]

@@ -1,11 +1,24 @@
 //! Control-plane benchmarks (issue 6).
 //!
 //! `latency`: the time from an SQL `UPDATE` (sent by this process through its own connection,
-//! as any client would) to the change being applied in an agent: the agent builds router logic
-//! from its new configuration (`linerate_fwd::node::logic_from`, as `fwd` does) and
-//! publishes it to a `ReloadHandle`. Measured per update as the agent's publish instant minus
-//! the instant before the statement was sent; one update at a time. `--store memory` sends the
-//! same changes through the in-memory store, which isolates the controller and WebSocket path.
+//! as any client would) to the change being applied in an agent: the agent applies the
+//! update's changes to its routing state (`linerate_fwd::fib::Fib`, as `fwd` does) and
+//! publishes the new logic to a `ReloadHandle`. Measured per update as the agent's publish
+//! instant minus the instant before the statement was sent; one update at a time. Each update
+//! re-points route 1 (its next-hop MAC alternates, and its weight counts the updates), so
+//! every update rewrites a table entry. Also reported: the cost of the apply alone (routing
+//! state plus publish, `apply_*_us`), the time to load the routes at start (`load_ms`: the
+//! controller's first full configuration applied) and the process's resident memory before
+//! and after the load. `--store memory` sends the same changes through the in-memory store,
+//! which isolates the controller and WebSocket path.
+//!
+//! `fib`: the node side alone, without controller or agent: loads N routes into `fwd`'s
+//! routing state (`linerate_fwd::fib::Fib`) as one update and publishes them, then re-points
+//! one route per update and publishes, while a worker thread runs the published logic (it
+//! picks up each new version, as `fwd`'s workers do, and looks up a destination of the
+//! changed route until it sees the new next hop). Reports the load time, the resident memory
+//! it added, the per-update cost of the apply plus publish, and the time until the worker
+//! decided with the new route.
 //!
 //! `fleet`: one controller (a child process, `linerate controller`) holding N agents (threads
 //! of this process) that report metrics every interval; reports the controller's CPU (user +
@@ -17,6 +30,7 @@ use linerate_agent::{Agent, AgentOptions, Dataplane};
 use linerate_controller::controller::{self, ControllerOptions};
 use linerate_controller::store::MemStore;
 use linerate_dataplane::logic::{AnyLogic, ReloadHandle, Router};
+use linerate_fwd::fib::Fib;
 use linerate_proto::{Capability, Change, Config, Counter, Mac, Route};
 use linerate_store_pg::PgStore;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +57,13 @@ enum Cmd {
         /// Routes the node holds (each update changes one of them).
         #[arg(long, default_value_t = 100)]
         routes: u64,
+    },
+    /// fwd's routing state alone: load time, memory, update cost with a worker reading.
+    Fib {
+        #[arg(long, default_value_t = 1_000_000)]
+        routes: u64,
+        #[arg(long, default_value_t = 1000)]
+        updates: u32,
     },
     /// One controller, N agents reporting metrics: the controller's CPU and memory.
     Fleet {
@@ -71,54 +92,66 @@ enum StoreKind {
 
 const TOKEN: &str = "control-bench-token";
 
-/// Each apply: when, and what.
-type Applied = Arc<Mutex<Vec<(Instant, Arc<Config>)>>>;
+/// Each apply: when, route 1's weight after it, and what the apply cost.
+type Applied = Arc<Mutex<Vec<(Instant, Option<u32>, Duration)>>>;
 
-/// Builds the router like `fwd` does and publishes it; records when.
+/// Applies updates to the routing state like `fwd` does and publishes; records when.
 struct Publishing {
     handle: ReloadHandle<AnyLogic>,
-    ports: Vec<String>,
-    macs: Vec<[u8; 6]>,
+    fib: Fib,
     applied: Applied,
 }
 
 impl Dataplane for Publishing {
-    fn apply(&mut self, config: &Arc<Config>) {
-        let (logic, _) = linerate_fwd::node::logic_from(config, &self.ports, &self.macs, true);
-        self.handle.publish(logic);
+    fn apply(&mut self, config: &Config, changes: &[Change]) {
+        let t0 = Instant::now();
+        let _ = self.fib.apply(changes, config);
+        self.handle.publish(self.fib.logic());
         let now = Instant::now();
-        self.applied.lock().unwrap().push((now, config.clone()));
+        let weight = config.routes.get(&1).map(|r| r.weight);
+        self.applied.lock().unwrap().push((now, weight, now - t0));
     }
 }
 
-fn route(id: u64, weight: u32) -> Route {
+/// Route `id`: the `id`-th /24 from 10.0.0.0 (10.0.1.0/24 for 1; a million reach 25.66.63.0),
+/// through next-hop MAC ...:01 or ...:02.
+fn route(id: u64, weight: u32, mac: u8) -> Route {
+    let addr = std::net::Ipv4Addr::from(0x0a00_0000u32 + ((id as u32) << 8));
     Route {
         id,
-        prefix: format!("10.{}.{}.0/24", id / 256, id % 256)
-            .parse()
-            .unwrap(),
+        prefix: format!("{addr}/24").parse().unwrap(),
         port: "eth0".into(),
-        next_hop: Mac([2, 0, 0, 0, 0, 1]),
+        next_hop: Mac([2, 0, 0, 0, 0, mac]),
         weight,
     }
+}
+
+/// Update `i`'s next-hop MAC for route 1 (it alternates, so every update re-points it).
+fn update_mac(i: u32) -> u8 {
+    if i.is_multiple_of(2) { 2 } else { 1 }
+}
+
+/// Resident memory of this process, MiB.
+fn rss_mib() -> f64 {
+    proc_kib(std::process::id(), "VmRSS:").map_or(0.0, |k| k as f64 / 1024.0)
 }
 
 /// Waits (without spinning: the agent and controller need the cores) until the agent applied
 /// route 1 with weight `want`, looking at applies from index `from` on; returns when.
 async fn applied_at(
-    applied: &Mutex<Vec<(Instant, Arc<Config>)>>,
-    updates: &mut tokio::sync::watch::Receiver<linerate_agent::Snapshot>,
+    applied: &Mutex<Vec<(Instant, Option<u32>, Duration)>>,
+    updates: &mut tokio::sync::watch::Receiver<u64>,
     want: u32,
     from: usize,
-) -> Result<Instant> {
+) -> Result<(Instant, Duration)> {
     loop {
         {
             let a = applied.lock().unwrap();
             let found = a[from.min(a.len())..]
                 .iter()
-                .find(|(_, c)| c.routes.get(&1).is_some_and(|r| r.weight == want));
-            if let Some((at, _)) = found {
-                return Ok(*at);
+                .find(|(_, w, _)| *w == Some(want));
+            if let Some((at, _, cost)) = found {
+                return Ok((*at, *cost));
             }
         }
         tokio::time::timeout(Duration::from_secs(10), updates.changed())
@@ -142,11 +175,12 @@ async fn latency(
     let applied = Arc::new(Mutex::new(Vec::new()));
     let dataplane = Publishing {
         handle: ReloadHandle::new(AnyLogic::new(Router::new())),
-        ports: vec!["eth0".into()],
-        macs: vec![[2, 0, 0, 0, 0, 0xfe]],
+        fib: Fib::new(vec!["eth0".into()], vec![[2, 0, 0, 0, 0, 0xfe]], true),
         applied: applied.clone(),
     };
     let mut samples = Vec::with_capacity(updates as usize);
+    let mut costs = Vec::with_capacity(updates as usize);
+    let (load, rss_before, rss_after);
     match kind {
         StoreKind::Postgres => {
             let url = database
@@ -162,28 +196,34 @@ async fn latency(
                      VALUES ($1, 'bench', $2::cidr, 'eth0', '02:00:00:00:00:01', 1)",
                 )
                 .bind(id as i64)
-                .bind(route(id, 1).prefix.to_string())
+                .bind(route(id, 1, 1).prefix.to_string())
                 .execute(&mut *tx)
                 .await?;
             }
             tx.commit().await?;
             let ctl = controller::spawn(listener, store.clone(), quiet())?;
+            rss_before = rss_mib();
+            let t0 = Instant::now();
             let agent = start_agent(ctl.local_addr(), "bench", dataplane)?;
             while agent.snapshot().config.routes.len() != routes as usize {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            load = t0.elapsed();
+            rss_after = rss_mib();
             let mut watch = agent.watch();
             let mut conn = pool.acquire().await?;
             for i in 0..updates {
                 let want = 2 + i;
                 let from = applied.lock().unwrap().len();
                 let t0 = Instant::now();
-                sqlx::query("UPDATE routes SET weight = $1 WHERE id = 1")
+                sqlx::query("UPDATE routes SET weight = $1, next_hop = $2::macaddr WHERE id = 1")
                     .bind(want as i32)
+                    .bind(format!("02:00:00:00:00:{:02x}", update_mac(i)))
                     .execute(&mut *conn)
                     .await?;
-                let at = applied_at(&applied, &mut watch, want, from).await?;
+                let (at, cost) = applied_at(&applied, &mut watch, want, from).await?;
                 samples.push(at - t0);
+                costs.push(cost);
             }
             drop(agent);
             ctl.stop().await;
@@ -194,26 +234,33 @@ async fn latency(
         StoreKind::Memory => {
             let store = Arc::new(MemStore::new());
             for id in 1..=routes {
-                store.apply("bench", Change::Route(route(id, 1)));
+                store.apply("bench", Change::Route(route(id, 1, 1)));
             }
             let ctl = controller::spawn(listener, store.clone(), quiet())?;
+            rss_before = rss_mib();
+            let t0 = Instant::now();
             let agent = start_agent(ctl.local_addr(), "bench", dataplane)?;
             while agent.snapshot().config.routes.len() != routes as usize {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            load = t0.elapsed();
+            rss_after = rss_mib();
             let mut watch = agent.watch();
             for i in 0..updates {
                 let want = 2 + i;
                 let from = applied.lock().unwrap().len();
                 let t0 = Instant::now();
-                store.apply("bench", Change::Route(route(1, want)));
-                samples.push(applied_at(&applied, &mut watch, want, from).await? - t0);
+                store.apply("bench", Change::Route(route(1, want, update_mac(i))));
+                let (at, cost) = applied_at(&applied, &mut watch, want, from).await?;
+                samples.push(at - t0);
+                costs.push(cost);
             }
             drop(agent);
             ctl.stop().await;
         }
     }
     samples.sort();
+    costs.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let j = serde_json::json!({
         "bench": "control_latency",
@@ -228,6 +275,12 @@ async fn latency(
         "p99_us": us(percentile(&samples, 0.99)).round(),
         "max_us": us(samples[samples.len() - 1]).round(),
         "min_us": us(samples[0]).round(),
+        "apply_p50_us": us(percentile(&costs, 0.5)).round(),
+        "apply_p99_us": us(percentile(&costs, 0.99)).round(),
+        "apply_max_us": us(costs[costs.len() - 1]).round(),
+        "load_ms": (load.as_secs_f64() * 1e3).round(),
+        "rss_before_load_mib": rss_before.round(),
+        "rss_after_load_mib": rss_after.round(),
     });
     println!("{j}");
     Ok(())
@@ -250,7 +303,7 @@ fn start_agent(addr: std::net::SocketAddr, node: &str, dp: impl Dataplane) -> Re
 struct Reporter(Arc<AtomicU64>);
 
 impl Dataplane for Reporter {
-    fn apply(&mut self, _: &Arc<Config>) {}
+    fn apply(&mut self, _: &Config, _: &[Change]) {}
 
     fn metrics(&mut self) -> Vec<Counter> {
         let v = self.0.fetch_add(1, Ordering::Relaxed);
@@ -388,8 +441,108 @@ fn sent(fleet: &[Agent]) -> u64 {
         .sum()
 }
 
+fn fib_bench(routes: u64, updates: u32) -> Result<()> {
+    use linerate_dataplane::logic::Logic;
+    use linerate_dataplane::logic::test_frames;
+    use linerate_dataplane::verdict::Verdict;
+    let mut config = Config::default();
+    for id in 1..=routes {
+        config.routes.insert(id, route(id, 1, 1));
+    }
+    let changes = Config::default().diff(&config);
+    let handle = ReloadHandle::new(AnyLogic::new(Router::new()));
+    let rss0 = rss_mib();
+    let t0 = Instant::now();
+    let mut fib = Fib::new(vec!["eth0".into()], vec![[2, 0, 0, 0, 0, 0xfe]], true);
+    let (_, warnings) = fib.apply(&changes, &config);
+    handle.publish(fib.logic());
+    let load = t0.elapsed();
+    let rss1 = rss_mib();
+    if !warnings.is_empty() {
+        bail!("{} routes refused, first: {}", warnings.len(), warnings[0]);
+    }
+    drop(changes);
+    // A worker: reloads every round (as an idle `fwd` worker does at least every
+    // millisecond) and decides a packet to route 1's /24; reports the version at which it
+    // first saw the MAC it was told to wait for.
+    let want = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(Mutex::new(Vec::<(u64, Instant)>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (want, seen, stop) = (want.clone(), seen.clone(), stop.clone());
+        let mut logic = handle.reloadable();
+        std::thread::spawn(move || {
+            let mut last = 0;
+            while !stop.load(Ordering::Relaxed) {
+                logic.tick(Duration::ZERO);
+                let (mut f, h) = test_frames::ipv4("192.0.2.1", "10.0.1.9", 64, 17, 1, 2);
+                let w = want.load(Ordering::Acquire);
+                if let Verdict::Forward(_) = logic.decide(&mut f, &h, 0)
+                    && w != last
+                    && u64::from(f[5]) == w & 0xff
+                {
+                    seen.lock().unwrap().push((w >> 8, Instant::now()));
+                    last = w;
+                }
+            }
+        })
+    };
+    let mut costs = Vec::with_capacity(updates as usize);
+    let mut visible = Vec::with_capacity(updates as usize);
+    for i in 0..updates {
+        let mac = update_mac(i);
+        want.store(u64::from(i + 1) << 8 | u64::from(mac), Ordering::Release);
+        let t = Instant::now();
+        config.routes.insert(1, route(1, 2 + i, mac));
+        let change = [Change::Route(config.routes[&1].clone())];
+        fib.apply(&change, &config);
+        handle.publish(fib.logic());
+        costs.push(t.elapsed());
+        // Wait for the worker to decide with it (bounded: a lost update fails the run).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(&(_, at)) = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(v, _)| *v == u64::from(i + 1))
+            {
+                visible.push(at - t);
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("update {i} never reached the worker");
+            }
+            std::thread::yield_now();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
+    costs.sort();
+    visible.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let j = serde_json::json!({
+        "bench": "fib_update",
+        "routes": routes,
+        "updates": updates,
+        "load_ms": (load.as_secs_f64() * 1e3).round(),
+        "rss_added_mib": (rss1 - rss0).round(),
+        "apply_publish_p50_us": (us(percentile(&costs, 0.5)) * 10.0).round() / 10.0,
+        "apply_publish_p99_us": (us(percentile(&costs, 0.99)) * 10.0).round() / 10.0,
+        "apply_publish_max_us": us(costs[costs.len() - 1]).round(),
+        "worker_sees_p50_us": (us(percentile(&visible, 0.5)) * 10.0).round() / 10.0,
+        "worker_sees_p99_us": (us(percentile(&visible, 0.99)) * 10.0).round() / 10.0,
+        "table_copies": fib.copies(),
+    });
+    println!("{j}");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Fib { routes, updates } => fib_bench(routes, updates),
         Cmd::Latency {
             store,
             database,

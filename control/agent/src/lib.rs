@@ -5,13 +5,18 @@
 //! [`AgentOptions::on_thread_start`] lets the dataplane pin it away from worker cores. It
 //! reconnects with exponential backoff and jitter, keeps the last configuration while the
 //! controller is away (the dataplane goes on forwarding with it), and calls
-//! [`Dataplane::apply`] once per update with the whole new configuration, on the agent thread.
-//! The dataplane publishes that as one snapshot its workers pick up between batches.
+//! [`Dataplane::apply`] once per update with the new configuration and the changes that made
+//! it, on the agent thread. The dataplane publishes that as one snapshot its workers pick up
+//! between batches.
+//!
+//! An update costs what it changes: the configuration is changed in place (not copied per
+//! update), and a dataplane that keeps its own state applies just the changes (a router with a
+//! million routes takes one route change in microseconds).
 
 use futures_util::{SinkExt, StreamExt};
 use linerate_proto::{
-    self as proto, Capability, Config, ControllerMsg, Counter, ErrorMsg, Hello, Metrics, NodeMsg,
-    Refusal,
+    self as proto, Capability, Change, Config, ControllerMsg, Counter, ErrorMsg, Hello, Metrics,
+    NodeMsg, Refusal,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,8 +29,10 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 /// What the agent drives. Both methods run on the agent thread.
 pub trait Dataplane: Send + 'static {
-    /// Takes `config`, the node's whole configuration after one update.
-    fn apply(&mut self, config: &Arc<Config>);
+    /// Takes one update: `config` is the node's whole configuration after it, `changes` what
+    /// changed from the configuration of the previous call (from an empty one at the first
+    /// call), rows removed or replaced first. Every change in `changes` changed something.
+    fn apply(&mut self, config: &Config, changes: &[Change]);
 
     /// Counters to report, read when a report is due.
     fn metrics(&mut self) -> Vec<Counter> {
@@ -109,7 +116,8 @@ impl AgentStats {
 pub struct Agent {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    snapshots: watch::Receiver<Snapshot>,
+    held: Arc<Mutex<Snapshot>>,
+    versions: watch::Receiver<u64>,
     stats: Arc<AgentStats>,
 }
 
@@ -136,11 +144,13 @@ impl Agent {
             return Err(bad("the idle and connect timeouts must be positive".into()));
         }
         let (stop, stop_rx) = oneshot::channel();
-        let (tx, snapshots) = watch::channel(Snapshot {
+        let held = Arc::new(Mutex::new(Snapshot {
             version: 0,
             config: Arc::new(Config::default()),
             applied_at: Instant::now(),
-        });
+        }));
+        let (tx, versions) = watch::channel(0);
+        let h = held.clone();
         let stats = Arc::new(AgentStats::default());
         let st = stats.clone();
         let thread = std::thread::Builder::new()
@@ -159,24 +169,29 @@ impl Agent {
                         return;
                     }
                 };
-                rt.block_on(run(opts, dataplane, tx, st, stop_rx));
+                rt.block_on(run(opts, dataplane, h, tx, st, stop_rx));
             })?;
         Ok(Agent {
             stop: Some(stop),
             thread: Some(thread),
-            snapshots,
+            held,
+            versions,
             stats,
         })
     }
 
-    /// The configuration applied last.
+    /// The configuration applied last. While the returned snapshot is held, the next update
+    /// copies the configuration instead of changing it in place: look and let go.
     pub fn snapshot(&self) -> Snapshot {
-        self.snapshots.borrow().clone()
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    /// Wakes on every update.
-    pub fn watch(&self) -> watch::Receiver<Snapshot> {
-        self.snapshots.clone()
+    /// Wakes on every update; holds the version applied last.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.versions.clone()
     }
 
     pub fn stats(&self) -> &Arc<AgentStats> {
@@ -229,11 +244,11 @@ impl Rng {
 struct Node<D> {
     opts: AgentOptions,
     dataplane: D,
-    snapshots: watch::Sender<Snapshot>,
+    /// The configuration held (kept across disconnections), its version and when it applied;
+    /// [`Agent::snapshot`] reads it.
+    held: Arc<Mutex<Snapshot>>,
+    versions: watch::Sender<u64>,
     stats: Arc<AgentStats>,
-    /// The configuration held, kept across disconnections.
-    config: Config,
-    version: u64,
 }
 
 impl<D: Dataplane> Node<D> {
@@ -248,23 +263,39 @@ impl<D: Dataplane> Node<D> {
             .unwrap_or_else(PoisonError::into_inner) = line;
     }
 
-    fn publish(&mut self) {
-        self.version += 1;
-        let config = Arc::new(self.config.clone());
-        self.dataplane.apply(&config);
+    /// Applies one update: `changes` (rows set or removed, in order), or the whole
+    /// configuration `full` when the controller sent one. Nothing happens when nothing
+    /// changed, except that the first configuration always applies.
+    fn update(&mut self, changes: Vec<Change>, full: Option<Config>) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = &mut *held;
+        let first = held.version == 0;
+        // In place unless a snapshot someone still holds shares it.
+        let config = Arc::make_mut(&mut held.config);
+        let applied = match full {
+            Some(full) => {
+                let diff = config.diff(&full);
+                *config = full;
+                diff
+            }
+            None => changes.into_iter().filter(|c| config.apply(c)).collect(),
+        };
+        if applied.is_empty() && !first {
+            return;
+        }
+        self.dataplane.apply(config, &applied);
+        held.version += 1;
+        held.applied_at = Instant::now();
         self.stats.updates.fetch_add(1, Ordering::Relaxed);
-        self.snapshots.send_replace(Snapshot {
-            version: self.version,
-            config,
-            applied_at: Instant::now(),
-        });
+        self.versions.send_replace(held.version);
     }
 }
 
 async fn run<D: Dataplane>(
     opts: AgentOptions,
     dataplane: D,
-    snapshots: watch::Sender<Snapshot>,
+    held: Arc<Mutex<Snapshot>>,
+    versions: watch::Sender<u64>,
     stats: Arc<AgentStats>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -272,10 +303,9 @@ async fn run<D: Dataplane>(
     let mut node = Node {
         opts,
         dataplane,
-        snapshots,
+        held,
+        versions,
         stats,
-        config: Config::default(),
-        version: 0,
     };
     let mut attempt = 0u32;
     loop {
@@ -386,20 +416,9 @@ async fn connected<D: Dataplane>(node: &mut Node<D>, attempt: &mut u32) -> Resul
                     Ok(ControllerMsg::Full(c)) => {
                         *attempt = 0;
                         // A reconnection that brings what we hold changes nothing downstream.
-                        if c != node.config || node.version == 0 {
-                            node.config = c;
-                            node.publish();
-                        }
+                        node.update(Vec::new(), Some(c));
                     }
-                    Ok(ControllerMsg::Diff(changes)) => {
-                        let mut changed = false;
-                        for ch in &changes {
-                            changed |= node.config.apply(ch);
-                        }
-                        if changed {
-                            node.publish();
-                        }
-                    }
+                    Ok(ControllerMsg::Diff(changes)) => node.update(changes, None),
                     Ok(ControllerMsg::Error(e)) if e.refusal == Refusal::Replaced => {
                         // Another live connection holds our node id: two nodes share one id,
                         // or an old process still runs. Retrying at once would only take the

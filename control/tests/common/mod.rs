@@ -5,7 +5,7 @@
 use linerate_agent::{Agent, AgentOptions, Dataplane};
 use linerate_controller::controller::{self, ControllerHandle, ControllerOptions};
 use linerate_controller::store::Store;
-use linerate_proto::{Config, Counter, Mac, Route};
+use linerate_proto::{Change, Config, Counter, Mac, Route};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,8 +24,8 @@ pub struct Recorder {
 }
 
 impl Dataplane for Recorder {
-    fn apply(&mut self, config: &Arc<Config>) {
-        self.applied.lock().unwrap().push(config.clone());
+    fn apply(&mut self, config: &Config, _: &[Change]) {
+        self.applied.lock().unwrap().push(Arc::new(config.clone()));
     }
 
     fn metrics(&mut self) -> Vec<Counter> {

@@ -381,7 +381,9 @@ impl EmuDataplane {
 }
 
 impl Dataplane for EmuDataplane {
-    fn apply(&mut self, config: &Arc<Config>) {
+    fn apply(&mut self, config: &Config, _: &[Change]) {
+        // Against what the emulation runs (seeded at `up`), not the agent's previous view:
+        // the agent's first update is everything, most of it already running.
         let changes = self.last.diff(config);
         let mut dirs: Vec<(usize, Option<LinkDir>)> = Vec::new();
         let mut routers: BTreeSet<String> = BTreeSet::new();
@@ -468,7 +470,7 @@ impl Dataplane for EmuDataplane {
             Ok::<_, ()>(())
         });
         self.shared.poke();
-        self.last = (**config).clone();
+        self.last = config.clone();
         let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         s.updates += 1;
     }

@@ -25,6 +25,11 @@ pub trait FlowMap {
     fn age(&mut self, now_ns: u64, idle_ns: u64) -> Result<usize, Self::Error>;
     /// Drops every entry at once (their decisions are stale).
     fn invalidate(&mut self) -> Result<(), Self::Error>;
+    /// Drops the entries `stale` says yes to; returns how many.
+    fn forget_where(
+        &mut self,
+        stale: &mut dyn FnMut(&FlowKey) -> bool,
+    ) -> Result<usize, Self::Error>;
 }
 
 impl FlowMap for linerate_ebpf::Steering {
@@ -37,6 +42,22 @@ impl FlowMap for linerate_ebpf::Steering {
     }
     fn invalidate(&mut self) -> Result<(), Self::Error> {
         self.invalidate_flows()
+    }
+    fn forget_where(
+        &mut self,
+        stale: &mut dyn FnMut(&FlowKey) -> bool,
+    ) -> Result<usize, Self::Error> {
+        self.forget_flows_where(stale)
+    }
+}
+
+/// A cached flow's destination address.
+pub fn key_dst(k: &FlowKey) -> std::net::IpAddr {
+    if k.family == 4 {
+        let [a, b, c, d, ..] = k.dst;
+        std::net::IpAddr::from([a, b, c, d])
+    } else {
+        std::net::IpAddr::from(k.dst)
     }
 }
 
@@ -128,6 +149,28 @@ impl FlowCache {
     }
 }
 
+/// Drops the entries an update made stale: every entry when `stale.all`, else those whose
+/// destination lies in one of its prefixes (flows elsewhere keep their kernel path). Returns
+/// how many entries were removed (`None`: all of them, by generation).
+pub fn invalidate_stale<M: FlowMap>(
+    maps: &mut [M],
+    stale: &crate::fib::Stale,
+) -> Result<Option<usize>, String> {
+    if stale.all {
+        return invalidate_all(maps).map(|()| None);
+    }
+    let mut n = 0;
+    if stale.prefixes.is_empty() {
+        return Ok(Some(0));
+    }
+    for (port, m) in maps.iter_mut().enumerate() {
+        n += m
+            .forget_where(&mut |k| stale.covers(key_dst(k)))
+            .map_err(|e| format!("invalidating cached flows on port {port}: {e}"))?;
+    }
+    Ok(Some(n))
+}
+
 /// Drops every map's entries (after new logic was published).
 pub fn invalidate_all<M: FlowMap>(maps: &mut [M]) -> Result<(), String> {
     for (port, m) in maps.iter_mut().enumerate() {
@@ -150,6 +193,7 @@ mod tests {
     struct Fake {
         room: usize,
         entries: HashMap<[u8; 16], (FlowEntry, u64, u64)>,
+        keys: HashMap<[u8; 16], FlowKey>,
         invalidations: usize,
     }
 
@@ -160,6 +204,7 @@ mod tests {
                 return Err("map full".into());
             }
             self.entries.insert(key.src, (entry, 0, 0));
+            self.keys.insert(key.src, key);
             Ok(())
         }
         fn age(&mut self, now_ns: u64, idle_ns: u64) -> Result<usize, String> {
@@ -172,6 +217,15 @@ mod tests {
             self.invalidations += 1;
             self.entries.clear();
             Ok(())
+        }
+        fn forget_where(
+            &mut self,
+            stale: &mut dyn FnMut(&FlowKey) -> bool,
+        ) -> Result<usize, String> {
+            let before = self.entries.len();
+            let keys = &self.keys;
+            self.entries.retain(|src, _| !stale(&keys[src]));
+            Ok(before - self.entries.len())
         }
     }
 
@@ -249,6 +303,41 @@ mod tests {
         assert_eq!(c.aged, 2);
         invalidate_all(&mut maps).unwrap();
         assert!(maps.iter().all(|m| m.invalidations == 1));
+    }
+
+    #[test]
+    fn a_route_change_drops_only_the_flows_inside_its_prefixes() {
+        let (tx, rx) = sync_channel(16);
+        let mut c = FlowCache::new(rx, Duration::from_secs(10));
+        let mut maps = maps(1, 8);
+        for (src, dst) in [(1, [10, 1, 2, 3]), (2, [10, 1, 9, 9]), (3, [10, 2, 0, 1])] {
+            let mut l = learned(src, 0, 0);
+            l.ipv4 = true;
+            l.key.src = std::net::Ipv4Addr::new(192, 0, 2, src)
+                .to_ipv6_mapped()
+                .octets();
+            l.key.dst = std::net::Ipv4Addr::from(dst).to_ipv6_mapped().octets();
+            tx.send(l).unwrap();
+        }
+        c.install(&mut maps, 0);
+        assert_eq!(maps[0].entries.len(), 3);
+        let stale = crate::fib::Stale {
+            all: false,
+            prefixes: vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+        };
+        assert_eq!(invalidate_stale(&mut maps, &stale), Ok(Some(2)));
+        assert_eq!((maps[0].entries.len(), maps[0].invalidations), (1, 0));
+        let kept = maps[0].entries.keys().next().unwrap();
+        assert_eq!(&maps[0].keys[kept].dst[..4], &[10, 2, 0, 1]);
+        let all = crate::fib::Stale {
+            all: true,
+            prefixes: vec![],
+        };
+        assert_eq!(invalidate_stale(&mut maps, &all), Ok(None));
+        assert_eq!(maps[0].invalidations, 1);
     }
 
     #[test]

@@ -1,21 +1,20 @@
-//! The dataplane side of the control agent: turns a node's configuration from the controller
-//! into router logic and publishes it to the workers as one snapshot, and reads the workers'
-//! counters for the metrics reports.
+//! The dataplane side of the control agent: applies each update from the controller to the
+//! node's routing state ([`crate::fib::Fib`], change by change) and publishes the result to
+//! the workers as one snapshot, and reads the workers' counters for the metrics reports.
 //!
 //! Runs on the agent's thread. Workers see the new logic at their next batch through
 //! [`ReloadHandle`] (one atomic load per batch); nothing here touches a worker's state.
 
+use crate::fib::{Fib, Stale};
 use linerate_agent::Dataplane;
 use linerate_dataplane::counters::{Counts, WorkerCounters};
-use linerate_dataplane::logic::filter::{Action, Prefix, Rule};
-use linerate_dataplane::logic::{Acl, AnyLogic, NextHop, NextHopId, ReloadHandle, Router};
+use linerate_dataplane::logic::{Acl, AnyLogic, ReloadHandle};
 use linerate_dataplane::port::LiveSettings;
 use linerate_dataplane::sched::Discipline;
 use linerate_dataplane::verdict::DropReason;
-use linerate_proto::{self as proto, Config, Counter};
+use linerate_proto::{self as proto, Change, Config, Counter};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// What every `fwd` node applies: routes and flow pins, and it reports metrics. A node whose
 /// ports have schedulers (`--sched`, `--shape`) also takes port settings
@@ -26,108 +25,7 @@ pub const CAPABILITIES: [proto::Capability; 3] = [
     proto::Capability::Metrics,
 ];
 
-/// Flow pins a node applies: every routed packet scans them in order, so they stay few.
-pub const MAX_PINS: usize = 256;
-
-/// The largest next-hop id a route can take (group ids start above it).
-const GROUP_BASE: NextHopId = 0x8000;
-
-/// Builds router logic from `config` for a node whose ports are `ports` (interface names)
-/// with MAC addresses `macs`. Rows that cannot apply here (an unknown port, a flow on a
-/// missing route) are left out and described in the returned warnings.
-pub fn logic_from(
-    config: &Config,
-    ports: &[String],
-    macs: &[[u8; 6]],
-    ttl: bool,
-) -> (AnyLogic, Vec<String>) {
-    let mut warnings = Vec::new();
-    let mut router = Router::new();
-    // Route id -> next hop id; prefixes with several routes become weighted groups.
-    let mut hop_of = std::collections::HashMap::new();
-    let mut prefixes: BTreeMap<proto::Prefix, Vec<(NextHopId, u32)>> = BTreeMap::new();
-    for (i, r) in config.routes.values().enumerate() {
-        let Some(port) = ports.iter().position(|p| *p == r.port) else {
-            warnings.push(format!(
-                "route {} ({}): port '{}' is not one of this node's ports ({})",
-                r.id,
-                r.prefix,
-                r.port,
-                ports.join(", ")
-            ));
-            continue;
-        };
-        let id = match NextHopId::try_from(i) {
-            Ok(id) if id < GROUP_BASE => id,
-            _ => {
-                warnings.push(format!("route {}: more than 32768 routes", r.id));
-                continue;
-            }
-        };
-        router.set_next_hop(
-            id,
-            NextHop {
-                port: port as u16,
-                dst_mac: r.next_hop.0,
-                src_mac: macs[port],
-            },
-        );
-        hop_of.insert(r.id, id);
-        prefixes.entry(r.prefix).or_default().push((id, r.weight));
-    }
-    for (g, (prefix, members)) in prefixes.into_iter().enumerate() {
-        let target = if let [(only, _)] = members[..] {
-            only
-        } else {
-            let gid = GROUP_BASE + g as NextHopId;
-            if let Err(e) = router.set_group(gid, members) {
-                warnings.push(format!("routes for {prefix}: {e}"));
-                continue;
-            }
-            gid
-        };
-        if let Err(e) = router.add_route(prefix.addr, prefix.len, target) {
-            warnings.push(format!("route for {prefix}: {e}"));
-        }
-    }
-    let mut pins = Vec::new();
-    for f in config.flows.values() {
-        if pins.len() == MAX_PINS {
-            warnings.push(format!(
-                "flow {} and later: more than {MAX_PINS} flow pins (each routed packet scans them)",
-                f.id
-            ));
-            break;
-        }
-        let Some(&hop) = hop_of.get(&f.route) else {
-            warnings.push(format!(
-                "flow {}: route {} is not one of this node's usable routes",
-                f.id, f.route
-            ));
-            continue;
-        };
-        let m = &f.matcher;
-        // A prefix the filter refuses must not turn into "any": the pin is left out instead.
-        let prefix = |p: Option<proto::Prefix>| p.map(|p| Prefix::new(p.addr, p.len)).transpose();
-        let (Ok(src), Ok(dst)) = (prefix(m.src), prefix(m.dst)) else {
-            warnings.push(format!("flow {}: a prefix this node cannot match", f.id));
-            continue;
-        };
-        pins.push((
-            Rule {
-                proto: m.proto,
-                src,
-                dst,
-                src_ports: m.src_port.map_or(0..=u16::MAX, |p| p..=p),
-                dst_ports: m.dst_port.map_or(0..=u16::MAX, |p| p..=p),
-                ..Rule::any(Action::Permit)
-            },
-            hop,
-        ));
-    }
-    router.set_pins(pins);
-    (AnyLogic::new(router).with_ttl_decrement(ttl), warnings)
-}
+pub use crate::fib::{MAX_PINS, logic_from};
 
 /// A scheduled port's discipline and shaper (total bit/s, burst bytes) as `fwd` started it:
 /// what the port returns to when the controller no longer sets it.
@@ -140,16 +38,16 @@ pub struct FwdNode {
     /// The port settings applied last, so an update that does not touch them leaves the
     /// schedulers alone.
     pub applied_ports: BTreeMap<String, proto::PortSettings>,
-    /// The configuration applied last (its routes and flows decide whether the logic changes).
-    pub last: Option<Arc<Config>>,
+    /// The routes and flow pins, changed update by update.
+    pub fib: Fib,
+    /// Whether the controller's logic has been published yet (its first update always is).
+    pub published_once: bool,
     pub handle: ReloadHandle<AnyLogic>,
-    pub ports: Vec<String>,
-    pub macs: Vec<[u8; 6]>,
-    pub ttl: bool,
     /// `--filter`, kept in front of every logic the controller's updates build.
     pub acl: Option<Acl>,
-    /// Set after each publish: the main loop invalidates flows cached in the XDP program.
-    pub published: Arc<AtomicBool>,
+    /// What the updates published since the main loop last looked made stale, and how many
+    /// there were: the main loop drops the flows the XDP program cached under them.
+    pub published: Arc<Mutex<(u64, Stale)>>,
     /// The workers' counters, once they run.
     pub counters: Arc<OnceLock<Vec<Arc<WorkerCounters>>>>,
 }
@@ -214,30 +112,50 @@ impl FwdNode {
 }
 
 impl Dataplane for FwdNode {
-    fn apply(&mut self, config: &Arc<Config>) {
+    fn apply(&mut self, config: &Config, changes: &[Change]) {
         // An update that changes only port settings keeps the routes, and the flows the XDP
         // program cached under them.
-        let logic_changed = self
-            .last
-            .as_ref()
-            .is_none_or(|l| l.routes != config.routes || l.flows != config.flows);
-        self.last = Some(config.clone());
-        if logic_changed {
-            let (logic, warnings) = logic_from(config, &self.ports, &self.macs, self.ttl);
+        let routing = changes.iter().any(|c| {
+            matches!(
+                c,
+                Change::Route(_) | Change::RouteGone(_) | Change::Flow(_) | Change::FlowGone(_)
+            )
+        });
+        if routing || !self.published_once {
+            let (mut stale, warnings) = self.fib.apply(changes, config);
             for w in warnings {
                 eprintln!("fwd: controller: {w}");
             }
+            if !self.published_once {
+                // Replaces the logic fwd started with: nothing cached before holds.
+                stale.all = true;
+            }
+            self.published_once = true;
+            let logic = self.fib.logic();
             let logic = match &self.acl {
                 Some(acl) => logic.with_acl(acl.clone()),
                 None => logic,
             };
             let version = self.handle.publish(logic);
-            self.published.store(true, Ordering::Release);
-            eprintln!(
-                "fwd: controller: {} route(s), {} flow pin(s) applied (logic version {version})",
-                config.routes.len(),
-                config.flows.len()
-            );
+            {
+                let mut p = self
+                    .published
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                p.0 += 1;
+                p.1.merge(stale);
+            }
+            // One line per update while it is few rows; a full table arriving at once says so
+            // once, not per route.
+            if changes.len() <= 16 || version <= 1 {
+                eprintln!(
+                    "fwd: controller: {} change(s): {} route(s), {} flow pin(s) applied \
+                     (logic version {version})",
+                    changes.len(),
+                    self.fib.routes(),
+                    self.fib.router().pins().len()
+                );
+            }
         }
         self.apply_ports(config);
     }
@@ -272,8 +190,8 @@ impl Dataplane for FwdNode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use linerate_dataplane::logic::Logic;
     use linerate_dataplane::logic::test_frames;
+    use linerate_dataplane::logic::{Logic, Router};
     use linerate_dataplane::verdict::Verdict;
     use linerate_proto::{Flow, FlowMatch, Mac, Route};
 
@@ -343,17 +261,27 @@ mod tests {
         let handle = ReloadHandle::new(AnyLogic::new(Router::new()));
         let cell = LiveSettings::new(2, 2);
         let startup = (Discipline::Wrr(vec![1, 2]), Some((1e8, 15_000)));
+        let published = Arc::new(Mutex::new((0, Stale::default())));
         let mut node = FwdNode {
             live: vec![("b".into(), cell.clone(), startup.clone())],
             applied_ports: BTreeMap::new(),
-            last: None,
+            fib: Fib::new(
+                vec!["a".into(), "b".into()],
+                vec![[0xaa; 6], [0xbb; 6]],
+                false,
+            ),
+            published_once: false,
             handle: handle.clone(),
-            ports: vec!["a".into(), "b".into()],
-            macs: vec![[0xaa; 6], [0xbb; 6]],
-            ttl: false,
             acl: None,
-            published: Arc::new(AtomicBool::new(false)),
+            published: published.clone(),
             counters: Arc::new(OnceLock::new()),
+        };
+        // What the agent holds: each update hands the node the changes from it.
+        let mut held = Config::default();
+        let mut feed = |node: &mut FwdNode, c: &Config| {
+            let changes = held.diff(c);
+            held = c.clone();
+            node.apply(c, &changes);
         };
         let mut c = Config::default();
         c.routes.insert(1, route(1, "10.0.0.0/8", "a", 1, 1));
@@ -367,8 +295,20 @@ mod tests {
             link_rate_bps: link,
         };
         c.ports.insert("b".into(), shaped(None));
-        node.apply(&Arc::new(c.clone()));
+        feed(&mut node, &c);
         assert_eq!(handle.version(), 1);
+        let take = || std::mem::take(&mut *published.lock().unwrap());
+        assert_eq!(
+            take(),
+            (
+                1,
+                Stale {
+                    all: true,
+                    prefixes: vec![]
+                }
+            ),
+            "the first replaces all"
+        );
         // FCFS on a two-class port keeps the port's own discipline; the shaper changes.
         assert_eq!(
             cell.current(),
@@ -376,15 +316,26 @@ mod tests {
         );
         // A new link rate (unused here) changes nothing: no new settings, no new logic.
         c.ports.insert("b".into(), shaped(Some(10_000_000_000)));
-        node.apply(&Arc::new(c.clone()));
+        feed(&mut node, &c);
         assert_eq!((cell.current().0, handle.version()), (1, 1));
-        // A route change republishes the logic and leaves the port alone.
+        // A route change republishes the logic and leaves the port alone; only flows to the
+        // new route's prefix are stale.
         c.routes.insert(2, route(2, "10.9.0.0/16", "b", 2, 1));
-        node.apply(&Arc::new(c.clone()));
+        feed(&mut node, &c);
         assert_eq!((cell.current().0, handle.version()), (1, 2));
+        assert_eq!(
+            take(),
+            (
+                1,
+                Stale {
+                    all: false,
+                    prefixes: vec!["10.9.0.0/16".parse().unwrap()]
+                }
+            )
+        );
         // Settings withdrawn: back to the startup ones.
         c.ports.clear();
-        node.apply(&Arc::new(c));
+        feed(&mut node, &c);
         assert_eq!(
             cell.current(),
             (2, Discipline::Wrr(vec![1, 2]), Some((1e8, 15_000)))

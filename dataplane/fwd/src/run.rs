@@ -9,7 +9,7 @@
 //! BPF links: they go away when `fwd` exits, however it exits.
 
 use crate::config::{MappingArg, Settings, XskModeArg, acl_from, build_logic, port_traffic};
-use crate::flowcache::{FlowCache, invalidate_all};
+use crate::flowcache::{FlowCache, invalidate_all, invalidate_stale};
 use crate::node;
 use anyhow::{Context, Result, anyhow, bail};
 use linerate_agent::{Agent, AgentOptions};
@@ -332,7 +332,7 @@ pub fn run(
     drop(learn_tx);
     workers.reverse();
     let counters: Vec<_> = workers.iter().map(Worker::counters).collect();
-    let published = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(std::sync::Mutex::new((0, crate::fib::Stale::default())));
     let _agent = match agent_opts {
         Some(mut opts) => {
             // The agent's thread stays off the worker cores whenever another core exists.
@@ -356,11 +356,9 @@ pub fn run(
                     })
                     .collect(),
                 applied_ports: Default::default(),
-                last: None,
+                fib: crate::fib::Fib::new(s.ports.clone(), macs.clone(), s.logic.ttl),
+                published_once: false,
                 handle: handle.clone(),
-                ports: s.ports.clone(),
-                macs: macs.clone(),
-                ttl: s.logic.ttl,
                 acl: acl_from(&s.logic.filter)?,
                 published: published.clone(),
                 counters: Arc::new(counters.clone().into()),
@@ -402,10 +400,16 @@ pub fn run(
                     reloads += 1;
                 }
             }
-            if published.swap(false, Ordering::AcqRel) {
-                // Flows the XDP program cached were decided by the logic just replaced.
-                invalidate_all(&mut steering).map_err(anyhow::Error::msg)?;
-                reloads += 1;
+            let (updates, stale) = std::mem::take(
+                &mut *published
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if updates > 0 {
+                // Flows the XDP program cached inside what the updates changed were decided
+                // by the logic just replaced; the others keep their kernel path.
+                invalidate_stale(&mut steering, &stale).map_err(anyhow::Error::msg)?;
+                reloads += updates;
             }
             if s.max {
                 cache.install(&mut steering, handle.version());

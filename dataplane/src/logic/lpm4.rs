@@ -251,6 +251,43 @@ mod tests {
     }
 
     #[test]
+    fn a_clone_keeps_its_answers_while_the_original_changes() {
+        let mut rng = 0x5eed_c10eu64;
+        let mut t = Lpm4::new();
+        let mut rules: Vec<(u32, u8, NextHopId)> = Vec::new();
+        let mut snapshots = Vec::new();
+        for op in 0..600 {
+            let r = splitmix64(&mut rng);
+            let len = 8 + (r >> 8) as u8 % 25;
+            let p = clustered(&mut rng) & (!0u32 << (32 - len));
+            let existing = rules.iter().position(|&(q, l, _)| q == p && l == len);
+            if (r >> 16).is_multiple_of(3) {
+                t.remove(Ipv4Addr::from(p), len).unwrap();
+                if let Some(i) = existing {
+                    rules.swap_remove(i);
+                }
+            } else {
+                let nh = (r >> 32) as NextHopId;
+                t.insert(Ipv4Addr::from(p), len, nh).unwrap();
+                match existing {
+                    Some(i) => rules[i].2 = nh,
+                    None => rules.push((p, len, nh)),
+                }
+            }
+            if op % 60 == 0 {
+                snapshots.push((t.clone(), rules.clone()));
+            }
+        }
+        for (snap, rules) in &snapshots {
+            assert_eq!(snap.len(), rules.len());
+            for _ in 0..500 {
+                let a = clustered(&mut rng);
+                assert_eq!(snap.lookup_u32(a), naive(rules, a), "lookup {a:#x}");
+            }
+        }
+    }
+
+    #[test]
     fn bad_prefixes_are_rejected() {
         let mut t = Lpm4::new();
         assert_eq!(

@@ -164,6 +164,7 @@ impl Router {
             self.next_hops.resize(i + 1, None);
         }
         self.next_hops[i] = Some(nh);
+        self.groups.remove(&id);
         let mut macs = [0; 12];
         macs[..6].copy_from_slice(&nh.dst_mac);
         macs[6..].copy_from_slice(&nh.src_mac);
@@ -192,6 +193,10 @@ impl Router {
             return Err(format!("group {id}: next hop {m} is not defined"));
         }
         self.groups.insert(id, members);
+        if let Some(nh) = self.next_hops.get_mut(id as usize) {
+            // No longer a plain next hop.
+            *nh = None;
+        }
         self.hops_mut()[id as usize] = Hop {
             macs: [0; 12],
             port: 0,
@@ -221,11 +226,25 @@ impl Router {
     /// Removes next hop `id`; routes through it drop packets until it is defined again.
     pub fn remove_next_hop(&mut self, id: NextHopId) -> Option<NextHop> {
         self.hops_mut()[id as usize] = Hop::UNDEFINED;
+        self.groups.remove(&id);
         self.next_hops.get_mut(id as usize)?.take()
     }
 
     pub fn next_hop(&self, id: NextHopId) -> Option<&NextHop> {
         self.next_hops.get(id as usize)?.as_ref()
+    }
+
+    /// The members of multipath group `id`, if it is one.
+    pub fn group(&self, id: NextHopId) -> Option<&[(NextHopId, u32)]> {
+        self.groups.get(&id).map(Vec::as_slice)
+    }
+
+    /// Whether another copy (a worker's, or the published snapshot) shares this router's
+    /// tables, so that a change would first copy them (64 MiB for IPv4).
+    pub fn tables_shared(&self) -> bool {
+        Arc::strong_count(&self.v4) > 1
+            || Arc::strong_count(&self.v6) > 1
+            || Arc::strong_count(&self.hops) > 1
     }
 
     /// Adds (or re-points) the route `prefix/len` through next hop `nh`, which must exist.
