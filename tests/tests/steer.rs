@@ -276,7 +276,11 @@ fn max_mode_rewrites_cached_flows_and_route_changes_invalidate_them() {
     assert_eq!(gone, 1);
     assert!(s.flow(&key).unwrap().is_none());
     assert!(s.flow(&other).unwrap().is_some());
-    assert_eq!(s.test_run(&frame, None).unwrap().0, XDP_PASS, "decided afresh");
+    assert_eq!(
+        s.test_run(&frame, None).unwrap().0,
+        XDP_PASS,
+        "decided afresh"
+    );
 }
 
 #[test]
