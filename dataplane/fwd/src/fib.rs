@@ -207,6 +207,8 @@ pub struct Fib {
     /// This update's edits so far.
     log: Vec<Edit>,
     copies: u64,
+    /// Built once and dropped ([`logic_from`]): the other side is never brought up to date.
+    one_shot: bool,
     ports: Vec<String>,
     macs: Vec<[u8; 6]>,
     ttl: bool,
@@ -226,6 +228,7 @@ impl Fib {
             behind: Vec::new(),
             log: Vec::new(),
             copies: 0,
+            one_shot: false,
             ports,
             macs,
             ttl,
@@ -329,7 +332,7 @@ impl Fib {
         stale.merge(Stale::default()); // applies the cap on listed prefixes
         self.behind = std::mem::take(&mut self.log);
         self.edit ^= 1;
-        if !self.sides[self.edit].tables_shared() {
+        if !self.one_shot && !self.sides[self.edit].tables_shared() {
             // Nobody holds the other side (the first table, or no workers yet): bring it up to
             // date now rather than in the next update (a full table's worth of edits).
             for e in self.behind.drain(..) {
@@ -518,6 +521,7 @@ pub fn logic_from(
     ttl: bool,
 ) -> (AnyLogic, Vec<String>) {
     let mut fib = Fib::new(ports.to_vec(), macs.to_vec(), ttl);
+    fib.one_shot = true;
     let changes = Config::default().diff(config);
     let (_, warnings) = fib.apply(&changes, config);
     (fib.logic(), warnings)
