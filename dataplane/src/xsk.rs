@@ -419,6 +419,12 @@ impl XskSocket {
                 },
             },
         }
+        if !zero_copy {
+            // Copy mode sends at most this many frames per kick (32 unless raised, Linux 6.17+:
+            // XDP_MAX_TX_SKB_BUDGET), so a batch of 64 took two kicks. Raise it to the ring;
+            // an older kernel refuses and keeps 32.
+            let _ = setsockopt(fdr, XDP_MAX_TX_SKB_BUDGET, &cfg.tx_size);
+        }
         if let Some(us) = cfg.busy_poll_us {
             let one: i32 = 1;
             let us = us as i32;
@@ -649,6 +655,9 @@ pub fn wait_readable(sockets: &[XskSocket], timeout_ms: i32) -> io::Result<bool>
         std::time::Duration::from_millis(timeout_ms.max(1) as u64),
     )
 }
+
+/// `XDP_MAX_TX_SKB_BUDGET` (linux/if_xdp.h, 6.17+; not in the libc crate yet).
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 
 fn setsockopt<T>(fd: RawFd, opt: libc::c_int, v: &T) -> io::Result<()> {
     // SAFETY: `v` is a valid `T` of the size we pass.

@@ -42,6 +42,13 @@ pub struct SelftestArgs {
     /// sharing the cores.
     #[arg(long)]
     count_paced: bool,
+    /// One more argument for `fwd` (repeat it: `--fwd-arg=--ring --fwd-arg=4096`), to try a
+    /// setting against the defaults on the same rig.
+    #[arg(long = "fwd-arg", allow_hyphen_values = true)]
+    fwd_args: Vec<String>,
+    /// Run only the trials of this mode.
+    #[arg(long, value_parser = ["normal", "max"])]
+    only: Option<String>,
 }
 
 const PREFIX: &str = "lrt";
@@ -273,6 +280,7 @@ impl Trial<'_> {
         if max {
             fwd.arg("--max");
         }
+        fwd.args(&self.args.fwd_args);
         let fwd = Job::start(fwd, "linerate fwd", &["forwarding among"])?;
         let mut generator = self.in_ns(&t.gen_ns);
         generator
@@ -368,6 +376,9 @@ pub fn run(a: SelftestArgs) -> Result<()> {
     };
     let mut rows = Vec::new();
     for (max, paced) in [(false, false), (false, true), (true, false), (true, true)] {
+        if a.only.as_deref().is_some_and(|m| (m == "max") != max) {
+            continue;
+        }
         rows.push(trial.run(max, paced)?);
     }
     drop(topo);
