@@ -49,6 +49,37 @@ fn selftest_reports_four_trials_and_removes_its_topology() {
 }
 
 #[test]
+fn only_one_mode_runs_with_the_settings_given_to_fwd() {
+    if !privileged("selftest::only_one_mode_runs_with_the_settings_given_to_fwd") {
+        return;
+    }
+    let mut cmd = linerate();
+    cmd.args([
+        "selftest", "--trial", "1s", "--paced", "20k", "--json", "--only", "max",
+    ])
+    .args(["--fwd-arg=--batch", "--fwd-arg=32"]);
+    let out = start_until(cmd, "selftest: generator ns").finish();
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows.iter().all(|r| r.contains("\"mode\":\"max\"")), "{out}");
+    // A setting fwd refuses fails the trial, naming it: the arguments do reach fwd.
+    let mut cmd = linerate();
+    cmd.args([
+        "selftest",
+        "--trial",
+        "1s",
+        "--only",
+        "normal",
+        "--fwd-arg=--batch",
+    ])
+    .arg("--fwd-arg=9999");
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("batch"), "{err}");
+}
+
+#[test]
 fn an_interrupted_selftest_removes_its_topology() {
     if !privileged("selftest::an_interrupted_selftest_removes_its_topology") {
         return;
