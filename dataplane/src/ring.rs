@@ -134,6 +134,25 @@ impl<T: Send> Producer<T> {
     /// calling `fill`, when the ring is full.
     #[inline]
     pub fn try_write(&mut self, fill: impl FnOnce(&mut T)) -> bool {
+        let wrote = self.write_unpublished(fill);
+        if wrote {
+            self.publish();
+        }
+        wrote
+    }
+
+    /// Makes every slot written so far visible to the consumer: one store for a whole batch
+    /// of [`Producer::write_unpublished`] calls.
+    #[inline]
+    pub fn publish(&mut self) {
+        self.ring.tail.0.store(self.tail, Ordering::Release);
+    }
+
+    /// Fills the next free slot through `fill` without publishing it: the consumer sees it
+    /// after the next [`Producer::publish`]. Returns `false`, without calling `fill`, when
+    /// the ring is full.
+    #[inline]
+    pub fn write_unpublished(&mut self, fill: impl FnOnce(&mut T)) -> bool {
         if self.free_slots() == 0 {
             return false;
         }
@@ -143,7 +162,6 @@ impl<T: Send> Producer<T> {
         // we publish `tail + 1` below.
         slot.with_mut(|p| fill(unsafe { &mut *p }));
         self.tail = self.tail.wrapping_add(1);
-        self.ring.tail.0.store(self.tail, Ordering::Release);
         true
     }
 }
@@ -189,6 +207,24 @@ impl<T: Send> Consumer<T> {
     /// Reads the oldest item in place and consumes it.
     #[inline]
     pub fn try_read<R>(&mut self, read: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let r = self.read_unreleased(read);
+        if r.is_some() {
+            self.release();
+        }
+        r
+    }
+
+    /// Gives the slots read so far back to the producer: one store for a whole batch of
+    /// [`Consumer::read_unreleased`] calls.
+    #[inline]
+    pub fn release(&mut self) {
+        self.ring.head.0.store(self.head, Ordering::Release);
+    }
+
+    /// Reads the oldest item in place and consumes it without giving its slot back: the
+    /// producer may reuse it after the next [`Consumer::release`].
+    #[inline]
+    pub fn read_unreleased<R>(&mut self, read: impl FnOnce(&mut T) -> R) -> Option<R> {
         if self.ready() == 0 {
             return None;
         }
@@ -197,13 +233,36 @@ impl<T: Send> Consumer<T> {
         // (e.g. `mem::take`), which the producer overwrites anyway.
         let r = slot.with_mut(|p| read(unsafe { &mut *p }));
         self.head = self.head.wrapping_add(1);
-        self.ring.head.0.store(self.head, Ordering::Release);
         Some(r)
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    #[test]
+    fn unpublished_writes_and_unreleased_reads_wait_for_their_batch_store() {
+        let (mut p, mut c) = super::channel(4, || 0u32);
+        assert!(p.write_unpublished(|v| *v = 1));
+        assert!(p.write_unpublished(|v| *v = 2));
+        assert_eq!(c.ready(), 0, "nothing visible before publish");
+        p.publish();
+        assert_eq!(c.read_unreleased(|v| *v), Some(1));
+        assert_eq!(c.read_unreleased(|v| *v), Some(2));
+        assert_eq!(c.read_unreleased(|v| *v), None);
+        // The producer filled the other two slots; the read two are not back yet.
+        assert!(p.write_unpublished(|v| *v = 3));
+        assert!(p.write_unpublished(|v| *v = 4));
+        assert!(
+            !p.write_unpublished(|v| *v = 5),
+            "full until the consumer releases"
+        );
+        c.release();
+        assert!(p.write_unpublished(|v| *v = 5));
+        p.publish();
+        let got: Vec<u32> = std::iter::from_fn(|| c.try_read(|v| *v)).collect();
+        assert_eq!(got, [3, 4, 5]);
+    }
+
     use super::*;
 
     #[test]

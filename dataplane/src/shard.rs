@@ -161,8 +161,8 @@ impl Handoff {
 }
 
 impl HandoffTx {
-    /// Copies `frame` into the ring and frees it into `pool`. A full ring hands the frame back
-    /// untouched.
+    /// Copies `frame` into the ring and frees it into `pool`; the owner sees it after the next
+    /// [`HandoffTx::flush`]. A full ring hands the frame back untouched.
     #[inline]
     pub fn push(
         &mut self,
@@ -171,7 +171,7 @@ impl HandoffTx {
         in_port: PortId,
     ) -> Result<(), Frame> {
         let bytes = pool.data(&frame);
-        let copied = self.0.try_write(|slot| {
+        let copied = self.0.write_unpublished(|slot| {
             let n = bytes.len().min(slot.data.len());
             slot.data[..n].copy_from_slice(&bytes[..n]);
             slot.len = n;
@@ -186,6 +186,16 @@ impl HandoffTx {
     }
 }
 
+impl HandoffTx {
+    /// Makes the packets pushed since the last flush visible to the owner: the worker pushes
+    /// a batch's packets for one owner, then flushes once (one shared store per batch, not
+    /// per packet).
+    #[inline]
+    pub fn flush(&mut self) {
+        self.0.publish();
+    }
+}
+
 impl HandoffRx {
     /// Moves packets that arrived on one port into `batch`, copying each into a frame of
     /// `pool`; stops at the first packet from another port (so a batch has one ingress port),
@@ -195,7 +205,7 @@ impl HandoffRx {
         let port = self.0.peek(|s| s.in_port)?;
         while !batch.is_full() && self.0.peek(|s| s.in_port) == Some(port) {
             let Some(mut frame) = pool.alloc() else { break };
-            self.0.try_read(|s| {
+            self.0.read_unreleased(|s| {
                 pool.fill(&mut frame, &s.data[..s.len]);
             });
             // Cannot fail: we checked `is_full` above and nothing else pushes.
@@ -204,6 +214,8 @@ impl HandoffRx {
                 break;
             }
         }
+        // The slots go back to the sender once per batch.
+        self.0.release();
         Some(port)
     }
 
@@ -308,6 +320,8 @@ mod tests {
         );
 
         let mut batch = Batch::new(64);
+        assert_eq!(rx.pop_into(&mut pool, &mut batch), None, "not flushed yet");
+        tx.flush();
         assert_eq!(rx.pop_into(&mut pool, &mut batch), Some(3));
         assert_eq!(batch.len(), 2);
         let firsts: Vec<u8> = batch.as_slice().iter().map(|f| pool.data(f)[0]).collect();
@@ -327,6 +341,7 @@ mod tests {
             pool.fill(&mut f, &[port as u8; 64]);
             tx.push(&mut pool, f, port).unwrap();
         }
+        tx.flush();
         let mut batch = Batch::new(64);
         assert_eq!(rx.pop_into(&mut pool, &mut batch), Some(1));
         assert_eq!(batch.len(), 2);

@@ -562,6 +562,7 @@ impl<L: Logic> Worker<L> {
                         }
                     }
                 }
+                ring.flush();
             }
         }
         fabric.clear();
