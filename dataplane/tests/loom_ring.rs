@@ -62,3 +62,36 @@ fn slot_contents_visible_to_consumer() {
         t.join().unwrap();
     });
 }
+
+#[test]
+fn batches_published_and_released_with_one_store_each_arrive_whole_and_in_order() {
+    loom::model(|| {
+        let (mut p, mut c) = channel(2, || 0u32);
+        let t = loom::thread::spawn(move || {
+            let mut sent = Vec::new();
+            for batch in [[1u32, 2], [3, 4]] {
+                for v in batch {
+                    if p.write_unpublished(|s| *s = v) {
+                        sent.push(v);
+                    }
+                }
+                p.publish();
+                loom::thread::yield_now();
+            }
+            sent
+        });
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            while let Some(v) = c.read_unreleased(|s| *s) {
+                got.push(v);
+            }
+            c.release();
+            loom::thread::yield_now();
+        }
+        let sent = t.join().unwrap();
+        while let Some(v) = c.try_read(|s| *s) {
+            got.push(v);
+        }
+        assert_eq!(got, sent, "every accepted value once, in order");
+    });
+}
