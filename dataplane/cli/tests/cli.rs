@@ -100,6 +100,9 @@ fn bad_arguments_name_the_field_and_exit_non_zero() {
             "--busy-poll-us",
         ),
         ("sink --dev x --queues 99999", "--queues"),
+        ("sink --dev x --ring 3000", "power of two"),
+        ("sink --dev x --ring 32768", "power of two"),
+        ("selftest --only both", "both"),
         ("controller --threads 0", "--threads"),
     ] {
         let args: Vec<&str> = args.split_whitespace().collect();

@@ -23,7 +23,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const CHUNK: u32 = 2048;
-const CHUNKS_PER_QUEUE: u64 = 4096;
 
 #[derive(clap::Args)]
 pub struct SinkArgs {
@@ -49,8 +48,21 @@ pub struct SinkArgs {
     /// rate, no loss, order or latency analysis and no AF_XDP socket.
     #[arg(long, conflicts_with = "queues")]
     count_only: bool,
+    /// AF_XDP RX ring size per queue (a power of two, 64 to 16384); the FILL ring and the
+    /// chunks per queue get twice this. A bigger ring rides out longer bursts before the
+    /// kernel counts `rx_ring_full`.
+    #[arg(long, default_value_t = 2048, value_parser = ring_size)]
+    ring: u32,
     #[arg(long)]
     json: bool,
+}
+
+fn ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !n.is_power_of_two() || !(64..=16384).contains(&n) {
+        return Err(format!("{n}: must be a power of two from 64 to 16384"));
+    }
+    Ok(n)
 }
 
 fn rx_queues(dev: &str) -> Result<u32> {
@@ -80,10 +92,16 @@ pub fn run(a: SinkArgs) -> Result<()> {
     let mut steer = Steering::load().context("loading the steering program")?;
     steer.set_rules(&[], Action::Xsk)?;
     attach(&mut steer, &a)?;
-    let chunks = CHUNKS_PER_QUEUE * queues as u64;
+    // Every FILL slot holds a chunk, so the kernel never waits for one.
+    let per_queue = 2 * a.ring as u64;
+    let chunks = per_queue * queues as u64;
     let umem = Mmap::anonymous((chunks * CHUNK as u64) as usize).context("allocating the UMEM")?;
     let area = UmemArea::new(&umem, CHUNK)?;
-    let cfg = XskConfig::default();
+    let cfg = XskConfig {
+        rx_size: a.ring,
+        fill_size: 2 * a.ring,
+        ..XskConfig::default()
+    };
     let mut socks: Vec<XskSocket> = Vec::new();
     for q in 0..queues {
         let s = XskSocket::bind(&area, socks.first(), &a.dev, q, &cfg)?;
@@ -104,8 +122,8 @@ pub fn run(a: SinkArgs) -> Result<()> {
     // Each socket gets its own share of chunks on its FILL ring; a received chunk goes back
     // to the FILL ring of the socket it arrived on.
     for (q, s) in socks.iter_mut().enumerate() {
-        let base = q as u64 * CHUNKS_PER_QUEUE;
-        s.fill((base..base + CHUNKS_PER_QUEUE).map(|i| i * CHUNK as u64));
+        let base = q as u64 * per_queue;
+        s.fill((base..base + per_queue).map(|i| i * CHUNK as u64));
     }
     let mut stats = SinkStats::with_flows(1024);
     let live = Live::new();
