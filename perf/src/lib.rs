@@ -1,7 +1,8 @@
 //! The statistics behind linerate's performance tracking (issue 16): comparing two sets of
 //! samples of one metric ([`compare`]) and finding where a metric's history stepped
-//! ([`changepoint`]). No I/O and no dependencies: the tool that runs suites, stores records
-//! and draws plots is built on these.
+//! ([`changepoint`]), the history file's records ([`record`]) and the operations over a history
+//! ([`history`]). No I/O: the tool that runs suites, stores records and draws plots is built
+//! on these.
 //!
 //! Both are nonparametric: benchmark samples on a shared machine are skewed and have outliers
 //! (a descheduled run), so means and t-tests mislead. Randomness (permutation tests) comes
@@ -10,6 +11,8 @@
 
 pub mod changepoint;
 pub mod compare;
+pub mod history;
+pub mod record;
 
 /// A small seeded generator (splitmix64): permutation tests must be repeatable.
 #[derive(Debug, Clone)]

@@ -60,12 +60,17 @@ enum Cmd {
     /// Start synthetic flows in a running emulation (`flow add FILE`, a file of `[[flows]]`)
     /// or stop them (`flow stop NAME...`).
     Flow(cmd::emu::FlowArgs),
+    /// Performance history: add sample sets to a history file, compare two runs (Mann-Whitney,
+    /// confidence intervals, verdicts), find the steps in every metric's history (E-Divisive)
+    /// and check a candidate against a baseline.
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Pipeline(a) => cmd::pipeline::run(a),
+        Cmd::Bench(a) => cmd::bench::run(a),
         Cmd::Fwd(a) => cmd::fwd::run(a),
         Cmd::Gen(a) => cmd::generate::run(a),
         Cmd::Sink(a) => cmd::sink::run(a),

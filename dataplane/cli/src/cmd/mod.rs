@@ -1,5 +1,6 @@
 //! The `linerate` subcommands. Each module is one job: its arguments and how it runs.
 
+pub mod bench;
 pub mod controller;
 pub mod emu;
 mod emu_control;

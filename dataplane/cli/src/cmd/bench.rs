@@ -1,0 +1,468 @@
+//! `linerate bench`: performance history (issue 16). Records sample sets into a history file
+//! (JSON lines, `linerate_perf::record`), compares two runs metric by metric, finds the steps
+//! in every metric's history, and checks a candidate against a baseline for CI.
+
+use anyhow::{Context, Result, bail};
+use linerate_perf::compare::{self, Verdict};
+use linerate_perf::record::{self, Better, Record};
+use linerate_perf::{changepoint, history};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where the history lives unless `--history` says otherwise.
+const DEFAULT_HISTORY: &str = "target/linerate-bench/history.jsonl";
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    cmd: BenchCmd,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchCmd {
+    /// Append one sample set to the history: the commit, dirty flag, time and this machine's
+    /// facts are filled in.
+    Add(AddArgs),
+    /// Compare run (or commit) B against A, metric by metric: medians, the change with its
+    /// confidence interval, the Mann-Whitney p-value and a verdict (faster, slower, same, or
+    /// unsure: too few samples, run more).
+    Compare(CompareArgs),
+    /// Every metric's history, one value per run, and the steps E-Divisive finds in it, with
+    /// the commit where each landed.
+    History(HistoryArgs),
+    /// Exit 1 when any metric of B is slower than in A beyond --threshold, saying which, by
+    /// how much and with what confidence.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct HistoryFile {
+    /// The history file (JSON lines).
+    #[arg(long, default_value = DEFAULT_HISTORY)]
+    history: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct AddArgs {
+    #[command(flatten)]
+    file: HistoryFile,
+    /// The run this set belongs to (default: one new id per call).
+    #[arg(long)]
+    run: Option<String>,
+    #[arg(long)]
+    suite: String,
+    #[arg(long)]
+    benchmark: String,
+    /// A parameter of the benchmark, `name=value` (repeat it).
+    #[arg(long = "param", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+    /// What was measured: throughput, latency, instructions...
+    #[arg(long)]
+    measure: String,
+    #[arg(long)]
+    unit: String,
+    /// Which is better: higher or lower.
+    #[arg(long, value_parser = ["higher", "lower"])]
+    better: String,
+    /// The samples, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    samples: Vec<f64>,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    file: HistoryFile,
+    /// The baseline: a run id or a commit (prefix).
+    a: String,
+    /// The candidate.
+    b: String,
+    /// Smallest relative change worth a verdict, e.g. 2%.
+    #[arg(long, default_value = "2%", value_parser = parse_fraction)]
+    min_effect: f64,
+    /// Significance level of the test (and 1 − the interval's confidence).
+    #[arg(long, default_value_t = 0.01)]
+    alpha: f64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct HistoryArgs {
+    #[command(flatten)]
+    file: HistoryFile,
+    /// Only metrics whose name contains this.
+    #[arg(long)]
+    metric: Option<String>,
+    /// Smallest relative step to report, e.g. 2%.
+    #[arg(long, default_value = "2%", value_parser = parse_fraction)]
+    min_effect: f64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    file: HistoryFile,
+    a: String,
+    b: String,
+    /// A slowdown beyond this fails, e.g. 2%.
+    #[arg(long, default_value = "2%", value_parser = parse_fraction)]
+    threshold: f64,
+    #[arg(long, default_value_t = 0.01)]
+    alpha: f64,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}': give name=value"))?;
+    if k.is_empty() {
+        return Err(format!("'{s}': the name is empty"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// `2%` or `0.02`.
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+        None => s.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("'{s}': give a fraction (0.02) or a percentage (2%)"))?;
+    if !(0.0..1.0).contains(&v) {
+        return Err(format!("'{s}': must be from 0 to 100%"));
+    }
+    Ok(v)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    match a.cmd {
+        BenchCmd::Add(a) => add(a),
+        BenchCmd::Compare(a) => compare_cmd(a),
+        BenchCmd::History(a) => history_cmd(a),
+        BenchCmd::Check(a) => check(a),
+    }
+}
+
+fn load(path: &Path) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the history {}", path.display()))?;
+    record::parse_history(&text).map_err(|e| anyhow::anyhow!("history {}: {e}", path.display()))
+}
+
+/// `git` in the current directory, trimmed; `None` outside a repository.
+fn git(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// UTC now as RFC 3339 (civil date from days since the epoch: Howard Hinnant's algorithm).
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The facts that make two runs comparable or not.
+fn machine() -> BTreeMap<String, serde_json::Value> {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let mut m = BTreeMap::new();
+    let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
+    if let Some(model) = (cpuinfo.lines())
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+    {
+        m.insert("cpu".into(), model.1.trim().into());
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    m.insert("cores".into(), cores.into());
+    for (key, path) in [
+        ("kernel", "/proc/sys/kernel/osrelease"),
+        ("cmdline", "/proc/cmdline"),
+        (
+            "governor",
+            "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor",
+        ),
+        ("isolated", "/sys/devices/system/cpu/isolated"),
+        ("thp", "/sys/kernel/mm/transparent_hugepage/enabled"),
+    ] {
+        if let Some(v) = read(path) {
+            m.insert(key.into(), v.into());
+        }
+    }
+    let meminfo = read("/proc/meminfo").unwrap_or_default();
+    if let Some(h) = meminfo.lines().find(|l| l.starts_with("HugePages_Total")) {
+        m.insert(
+            "hugepages".into(),
+            h.split_whitespace().nth(1).unwrap_or("0").into(),
+        );
+    }
+    m
+}
+
+fn add(a: AddArgs) -> Result<()> {
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let time = now_rfc3339();
+    let run = a.run.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{commit}-{nanos:x}")
+    });
+    let better = if a.better == "higher" {
+        Better::Higher
+    } else {
+        Better::Lower
+    };
+    let mut r = Record::new(
+        &run,
+        &commit,
+        dirty,
+        &time,
+        &a.suite,
+        &a.benchmark,
+        &a.measure,
+        &a.unit,
+        better,
+        a.samples,
+    )
+    .map_err(anyhow::Error::msg)?;
+    r.params = a.params.into_iter().collect();
+    r.machine = machine();
+    let path = &a.file.history;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{}", record::to_line(&r))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("{run}");
+    Ok(())
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Faster => "faster",
+        Verdict::Slower => "slower",
+        Verdict::Same => "same",
+        Verdict::Unsure => "unsure",
+    }
+}
+
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:+.2}%", x * 100.0)
+    } else {
+        "-".into()
+    }
+}
+
+fn compare_cmd(a: CompareArgs) -> Result<()> {
+    let records = load(&a.file.history)?;
+    let ra = history::resolve_run(&records, &a.a).map_err(anyhow::Error::msg)?;
+    let rb = history::resolve_run(&records, &a.b).map_err(anyhow::Error::msg)?;
+    let o = compare::Options {
+        alpha: a.alpha,
+        min_effect: a.min_effect,
+        ..compare::Options::default()
+    };
+    let rows = history::compare_runs(&records, &ra, &rb, &o);
+    if rows.is_empty() {
+        bail!("runs {ra} and {rb} have no metric in common");
+    }
+    if a.json {
+        for c in &rows {
+            let r = &c.result;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "metric": c.key.to_string(),
+                    "unit": c.unit,
+                    "a": ra, "b": rb,
+                    "a_median": r.baseline_median,
+                    "b_median": r.candidate_median,
+                    "change": r.change,
+                    "change_ci": [r.change_ci.0, r.change_ci.1],
+                    "p_value": r.p_value,
+                    "verdict": verdict_name(r.verdict),
+                })
+            );
+        }
+        return Ok(());
+    }
+    println!("{ra} -> {rb}");
+    println!(
+        "{:<48} {:>12} {:>12} {:>9} {:>21} {:>8}  verdict",
+        "metric", "A", "B", "change", "CI", "p"
+    );
+    for c in &rows {
+        let r = &c.result;
+        println!(
+            "{:<48} {:>12.4} {:>12.4} {:>9} {:>21} {:>8.4}  {}",
+            c.key.to_string(),
+            r.baseline_median,
+            r.candidate_median,
+            pct(r.change),
+            format!("[{}, {}]", pct(r.change_ci.0), pct(r.change_ci.1)),
+            r.p_value,
+            verdict_name(r.verdict)
+        );
+    }
+    Ok(())
+}
+
+fn history_cmd(a: HistoryArgs) -> Result<()> {
+    let records = load(&a.file.history)?;
+    let o = changepoint::Options {
+        min_effect: a.min_effect,
+        ..changepoint::Options::default()
+    };
+    let hs = history::histories(&records, &o);
+    for h in hs.iter().filter(|h| {
+        a.metric
+            .as_deref()
+            .is_none_or(|m| h.key.to_string().contains(m))
+    }) {
+        if a.json {
+            let steps: Vec<_> = (h.steps.iter())
+                .map(|(s, commit)| {
+                    serde_json::json!({"index": s.index, "commit": commit, "before": s.before,
+                        "after": s.after, "change": s.change, "p_value": s.p_value})
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"metric": h.key.to_string(), "unit": h.unit,
+                    "points": h.points.len(), "steps": steps})
+            );
+            continue;
+        }
+        println!("{} ({}, {} runs)", h.key, h.unit, h.points.len());
+        if h.steps.is_empty() {
+            println!("  no step");
+        }
+        for (s, commit) in &h.steps {
+            println!(
+                "  step at {commit} (run {}): {:.4} -> {:.4} ({}), p {:.3}",
+                s.index + 1,
+                s.before,
+                s.after,
+                pct(s.change),
+                s.p_value
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check(a: CheckArgs) -> Result<()> {
+    let records = load(&a.file.history)?;
+    let ra = history::resolve_run(&records, &a.a).map_err(anyhow::Error::msg)?;
+    let rb = history::resolve_run(&records, &a.b).map_err(anyhow::Error::msg)?;
+    let o = compare::Options {
+        alpha: a.alpha,
+        min_effect: a.threshold,
+        ..compare::Options::default()
+    };
+    let rows = history::compare_runs(&records, &ra, &rb, &o);
+    if rows.is_empty() {
+        bail!("runs {ra} and {rb} have no metric in common");
+    }
+    for c in rows.iter().filter(|c| c.result.verdict == Verdict::Unsure) {
+        eprintln!(
+            "check: {}: unsure (change {}, interval [{}, {}]): too few or too noisy samples",
+            c.key,
+            pct(c.result.change),
+            pct(c.result.change_ci.0),
+            pct(c.result.change_ci.1)
+        );
+    }
+    let bad = history::regressions(&rows, a.threshold);
+    if bad.is_empty() {
+        println!(
+            "check: no regression beyond {} in {} metrics ({ra} -> {rb})",
+            pct(a.threshold).trim_start_matches('+'),
+            rows.len()
+        );
+        return Ok(());
+    }
+    for c in &bad {
+        let r = &c.result;
+        println!(
+            "REGRESSION {}: {} ({:.4} -> {:.4} {}), {:.0}% interval [{}, {}], p {:.2e}",
+            c.key,
+            pct(r.change),
+            r.baseline_median,
+            r.candidate_median,
+            c.unit,
+            (1.0 - a.alpha) * 100.0,
+            pct(r.change_ci.0),
+            pct(r.change_ci.1),
+            r.p_value
+        );
+    }
+    bail!(
+        "{} metric(s) slower beyond {}",
+        bad.len(),
+        pct(a.threshold).trim_start_matches('+')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fractions_and_params_parse_or_say_why() {
+        assert_eq!(parse_fraction("2%"), Ok(0.02));
+        assert_eq!(parse_fraction("0.05"), Ok(0.05));
+        assert!(parse_fraction("150%").is_err());
+        assert!(parse_fraction("x").is_err());
+        assert_eq!(
+            parse_param("routes=16000"),
+            Ok(("routes".into(), "16000".into()))
+        );
+        assert!(parse_param("=1").is_err() && parse_param("nope").is_err());
+    }
+
+    #[test]
+    fn the_date_is_rfc3339() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+            "{t}"
+        );
+    }
+}
