@@ -313,6 +313,10 @@ impl<L: Logic> Worker<L> {
 
     /// One loop round; returns the number of packets received (from ports and handoff).
     pub fn poll_once(&mut self) -> Result<usize, WorkerError> {
+        #[cfg(feature = "slow-worker-for-tests")]
+        for i in 0..4096u32 {
+            std::hint::black_box(i);
+        }
         let now = self.started.elapsed();
         self.logic.tick(now);
         let mut moved = 0;

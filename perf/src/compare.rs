@@ -13,6 +13,9 @@
 //! is significant and at least the minimum effect; `Same` when the whole interval lies inside
 //! ± the minimum effect; otherwise `Unsure`, and more samples would settle it. Fewer than
 //! [`Options::min_samples`] on either side is always `Unsure`.
+//!
+//! A deterministic measure (instruction counts: every sample of a side is the same number) is
+//! compared exactly: the change is the ratio, and it counts when it reaches the minimum effect.
 
 use crate::{median, normal_cdf, normal_quantile};
 
@@ -141,6 +144,25 @@ pub fn compare(
         change_ci: (f64::NAN, f64::NAN),
         p_value: 1.0,
     };
+    let exact = |v: &[f64]| !v.is_empty() && v.iter().all(|&x| x == v[0]);
+    if exact(baseline) && exact(candidate) {
+        // A deterministic measure (instruction counts): every sample of a side is the same
+        // number, so the change is exact and needs no test.
+        let scale = bm.abs();
+        if scale == 0.0 || !scale.is_finite() {
+            return out;
+        }
+        out.change = (cm - bm) / scale;
+        out.change_ci = (out.change, out.change);
+        out.p_value = if cm == bm { 1.0 } else { 0.0 };
+        out.verdict = verdict(
+            out.change,
+            out.change.abs() >= o.min_effect,
+            direction,
+            Verdict::Same,
+        );
+        return out;
+    }
     if baseline.len() < o.min_samples.max(1) || candidate.len() < o.min_samples.max(1) {
         return out;
     }
@@ -153,20 +175,30 @@ pub fn compare(
     out.change_ci = (lo / scale, hi / scale);
     out.p_value = mann_whitney(candidate, baseline).1;
     let significant = out.p_value < o.alpha;
-    out.verdict = if significant && out.change.abs() >= o.min_effect {
-        let up = out.change > 0.0;
-        match (up, direction) {
-            (true, Direction::HigherIsBetter) | (false, Direction::LowerIsBetter) => {
-                Verdict::Faster
-            }
-            _ => Verdict::Slower,
-        }
-    } else if out.change_ci.0 > -o.min_effect && out.change_ci.1 < o.min_effect {
+    let inside = out.change_ci.0 > -o.min_effect && out.change_ci.1 < o.min_effect;
+    let otherwise = if inside {
         Verdict::Same
     } else {
         Verdict::Unsure
     };
+    out.verdict = verdict(
+        out.change,
+        significant && out.change.abs() >= o.min_effect,
+        direction,
+        otherwise,
+    );
     out
+}
+
+/// `Faster` or `Slower` by the sign of `change` when it `counts`, else `otherwise`.
+fn verdict(change: f64, counts: bool, direction: Direction, otherwise: Verdict) -> Verdict {
+    if !counts {
+        return otherwise;
+    }
+    match (change > 0.0, direction) {
+        (true, Direction::HigherIsBetter) | (false, Direction::LowerIsBetter) => Verdict::Faster,
+        _ => Verdict::Slower,
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +261,22 @@ mod tests {
             let t = compare(&a, &b, Direction::LowerIsBetter, &Options::default());
             assert_eq!(t.verdict, Verdict::Faster);
         }
+    }
+
+    #[test]
+    fn deterministic_counts_compare_exactly() {
+        let o = Options::default();
+        let c = compare(&[1000.0], &[1030.0], Direction::LowerIsBetter, &o);
+        assert_eq!(c.verdict, Verdict::Slower);
+        assert!((c.change - 0.03).abs() < 1e-12);
+        let c = compare(&[1000.0], &[1015.0], Direction::LowerIsBetter, &o);
+        assert_eq!(
+            c.verdict,
+            Verdict::Same,
+            "1.5% is under the 2% minimum effect"
+        );
+        let c = compare(&[1000.0, 1000.0], &[900.0], Direction::LowerIsBetter, &o);
+        assert_eq!(c.verdict, Verdict::Faster);
     }
 
     #[test]

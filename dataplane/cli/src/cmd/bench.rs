@@ -34,6 +34,22 @@ enum BenchCmd {
     /// Exit 1 when any metric of B is slower than in A beyond --threshold, saying which, by
     /// how much and with what confidence.
     Check(CheckArgs),
+    /// Add gungraun's summaries (`cargo bench -- --save-summary=json`) under DIR to the
+    /// history as one run: each benchmark's instruction count (callgrind's Ir).
+    ImportGungraun(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    file: HistoryFile,
+    /// Where gungraun wrote its output (target/gungraun).
+    dir: PathBuf,
+    /// The run id to give the records.
+    #[arg(long)]
+    run: String,
+    #[arg(long, default_value = "instructions")]
+    suite: String,
 }
 
 #[derive(clap::Args)]
@@ -144,7 +160,76 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchCmd::Compare(a) => compare_cmd(a),
         BenchCmd::History(a) => history_cmd(a),
         BenchCmd::Check(a) => check(a),
+        BenchCmd::ImportGungraun(a) => import_gungraun(a),
     }
+}
+
+/// Every `summary.json` under `dir`, sorted.
+fn summaries(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            summaries(&p, out)?;
+        } else if p.file_name().is_some_and(|n| n == "summary.json") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(())
+}
+
+/// One gungraun summary as (benchmark name, instruction count).
+fn gungraun_ir(path: &Path) -> Result<(String, f64)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let name = match v["id"].as_str() {
+        Some(id) => format!("{}::{}.{id}", s("group"), s("function_name")),
+        None => format!("{}::{}", s("group"), s("function_name")),
+    };
+    let ir = v["profiles"][0]["data"]["total"]["metrics"]["Ir"]["values"]["new"]
+        .as_f64()
+        .with_context(|| {
+            format!(
+                "{}: no callgrind Ir count (a gungraun summary, version 7?)",
+                path.display()
+            )
+        })?;
+    Ok((name, ir))
+}
+
+fn import_gungraun(a: ImportArgs) -> Result<()> {
+    let mut files = Vec::new();
+    summaries(&a.dir, &mut files)?;
+    if files.is_empty() {
+        bail!(
+            "no summary.json under {} (run the benches with -- --save-summary=json)",
+            a.dir.display()
+        );
+    }
+    let mut lines = Vec::new();
+    for f in &files {
+        let (name, ir) = gungraun_ir(f)?;
+        let add = AddArgs {
+            file: HistoryFile {
+                history: a.file.history.clone(),
+            },
+            run: Some(a.run.clone()),
+            suite: a.suite.clone(),
+            benchmark: name,
+            params: Vec::new(),
+            measure: "instructions".into(),
+            unit: "Ir".into(),
+            better: "lower".into(),
+            samples: vec![ir],
+        };
+        lines.push(make_record(add)?);
+    }
+    append(&a.file.history, &lines)?;
+    println!("{}: {} benchmarks", a.run, lines.len());
+    Ok(())
 }
 
 fn load(path: &Path) -> Result<Vec<Record>> {
@@ -226,6 +311,32 @@ fn machine() -> BTreeMap<String, serde_json::Value> {
 }
 
 fn add(a: AddArgs) -> Result<()> {
+    let path = a.file.history.clone();
+    let r = make_record(a)?;
+    append(&path, std::slice::from_ref(&r))?;
+    println!("{}", r.run);
+    Ok(())
+}
+
+/// Appends `records` to the history at `path` (made, with its directory, if missing).
+fn append(path: &Path, records: &[Record]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    for r in records {
+        writeln!(f, "{}", record::to_line(r))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The record `a` describes, with the commit, dirty flag, time and machine filled in.
+fn make_record(a: AddArgs) -> Result<Record> {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty =
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
@@ -256,19 +367,7 @@ fn add(a: AddArgs) -> Result<()> {
     .map_err(anyhow::Error::msg)?;
     r.params = a.params.into_iter().collect();
     r.machine = machine();
-    let path = &a.file.history;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    writeln!(f, "{}", record::to_line(&r))
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("{run}");
-    Ok(())
+    Ok(r)
 }
 
 fn verdict_name(v: Verdict) -> &'static str {
