@@ -12,6 +12,7 @@
 pub mod changepoint;
 pub mod compare;
 pub mod history;
+pub mod plot;
 pub mod record;
 
 /// A small seeded generator (splitmix64): permutation tests must be repeatable.

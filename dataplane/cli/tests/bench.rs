@@ -134,6 +134,36 @@ fn history_reports_the_run_where_a_metric_stepped() {
     assert_eq!(steps.len(), 1, "{v}");
     assert_eq!(steps[0]["index"], 10, "{v}");
     assert!(steps[0]["change"].as_f64().unwrap() < -0.05);
+
+    let out_dir = dir.path().join("plots");
+    let out = linerate(&[
+        "bench",
+        "plot",
+        "--history",
+        h.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(out_dir.join("x_frames_64__throughput.svg")).unwrap();
+    assert_eq!(svg.matches("<circle").count(), 16);
+    assert!(
+        std::fs::read_to_string(out_dir.join("index.html"))
+            .unwrap()
+            .contains("at ")
+    );
+    let term = linerate(&[
+        "bench",
+        "plot",
+        "--terminal",
+        "--history",
+        h.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&term.stdout).contains('|'));
 }
 
 #[test]

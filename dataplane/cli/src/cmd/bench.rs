@@ -34,9 +34,30 @@ enum BenchCmd {
     /// Exit 1 when any metric of B is slower than in A beyond --threshold, saying which, by
     /// how much and with what confidence.
     Check(CheckArgs),
+    /// Charts of every metric's history with its steps marked: an SVG per metric and an
+    /// index.html linking them in --out, or charts in the terminal (--terminal).
+    Plot(PlotArgs),
     /// Add gungraun's summaries (`cargo bench -- --save-summary=json`) under DIR to the
     /// history as one run: each benchmark's instruction count (callgrind's Ir).
     ImportGungraun(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct PlotArgs {
+    #[command(flatten)]
+    file: HistoryFile,
+    /// Directory to write the SVG files and index.html into.
+    #[arg(long, required_unless_present = "terminal")]
+    out: Option<PathBuf>,
+    /// Print charts in the terminal instead.
+    #[arg(long)]
+    terminal: bool,
+    /// Only metrics whose name contains this.
+    #[arg(long)]
+    metric: Option<String>,
+    /// Smallest relative step to mark, e.g. 2%.
+    #[arg(long, default_value = "2%", value_parser = parse_fraction)]
+    min_effect: f64,
 }
 
 #[derive(clap::Args)]
@@ -161,7 +182,46 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchCmd::History(a) => history_cmd(a),
         BenchCmd::Check(a) => check(a),
         BenchCmd::ImportGungraun(a) => import_gungraun(a),
+        BenchCmd::Plot(a) => plot(a),
     }
+}
+
+fn plot(a: PlotArgs) -> Result<()> {
+    use linerate_perf::plot;
+    let records = load(&a.file.history)?;
+    let o = changepoint::Options {
+        min_effect: a.min_effect,
+        ..changepoint::Options::default()
+    };
+    let hs: Vec<_> = (history::histories(&records, &o).into_iter())
+        .filter(|h| {
+            a.metric
+                .as_deref()
+                .is_none_or(|m| h.key.to_string().contains(m))
+        })
+        .collect();
+    if hs.is_empty() {
+        bail!("no metric to plot");
+    }
+    if a.terminal {
+        for h in &hs {
+            println!("{}", plot::terminal(h, 10));
+        }
+        return Ok(());
+    }
+    let Some(out) = a.out else {
+        bail!("give --out DIR or --terminal");
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    for h in &hs {
+        let p = out.join(plot::file_name(h));
+        std::fs::write(&p, plot::svg(h)).with_context(|| format!("writing {}", p.display()))?;
+    }
+    let index = out.join("index.html");
+    std::fs::write(&index, plot::index_html(&hs))
+        .with_context(|| format!("writing {}", index.display()))?;
+    println!("{} charts in {}", hs.len(), out.display());
+    Ok(())
 }
 
 /// Every `summary.json` under `dir`, sorted.
