@@ -38,6 +38,29 @@ pub fn advise_hugepages(mem: &mut [u32]) -> bool {
     }
 }
 
+/// Sets TCP_NOTSENT_LOWAT on TCP socket `fd`: a write then fails with EAGAIN (and POLLOUT
+/// waits) once `bytes` are written but unsent, so little waits in the socket beyond what the
+/// network takes (nix has no wrapper for this option). Used by the emulator's flow senders
+/// and the relay.
+pub fn tcp_notsent_lowat(fd: std::os::fd::BorrowedFd<'_>, bytes: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = bytes.min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: `v` lives across the call and its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Counter `name` of network interface `dev` in the calling thread's namespace, from
 /// `/sys/class/net/<dev>/statistics/` (`rx_dropped`, `tx_dropped`, `rx_missed_errors`...);
 /// `None` when it cannot be read.

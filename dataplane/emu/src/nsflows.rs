@@ -395,7 +395,7 @@ impl Thread {
         if flow.spec.proto == Proto::Tcp {
             // As the virtual hosts do: little written but unsent, so a flow given a
             // duration stops close to it.
-            let _ = sys::tcp_notsent_lowat(&fd, 64 * 1024);
+            let _ = linerate_dataplane::sys::tcp_notsent_lowat(fd.as_fd(), 64 * 1024);
         }
         let local = SockaddrIn::from(SocketAddrV4::new(flow.src_addr, 0));
         bind(fd.as_raw_fd(), &local).map_err(sys::nix_err)?;

@@ -226,27 +226,6 @@ pub fn unmount(path: &Path) -> io::Result<()> {
     umount2(path, MntFlags::MNT_DETACH).map_err(nix_err)
 }
 
-/// Sets TCP_NOTSENT_LOWAT on TCP socket `fd`: a write then fails with EAGAIN once `bytes`
-/// are written but unsent, so a flow's sender stays close to what it really sent (nix has
-/// no wrapper for this option).
-pub fn tcp_notsent_lowat(fd: &OwnedFd, bytes: u32) -> io::Result<()> {
-    let v: libc::c_int = bytes.min(i32::MAX as u32) as libc::c_int;
-    // SAFETY: `v` lives across the call and its size is passed with it.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(os_error("setting TCP_NOTSENT_LOWAT".into()));
-    }
-    Ok(())
-}
-
 /// Gives the memory the allocator holds free back to the system (`malloc_trim`): working a
 /// large plan out leaves gigabytes of freed tables that would otherwise stay resident.
 pub fn release_free_memory() {
