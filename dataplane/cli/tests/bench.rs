@@ -175,3 +175,72 @@ fn a_broken_history_line_is_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 1:"));
 }
+
+#[test]
+fn a_scripts_results_become_sample_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("r.jsonl");
+    std::fs::write(
+        &results,
+        concat!(
+            "{\"contender\":\"linerate-max\",\"streams\":1,\"gbps\":18.7,\"cpu_s_per_gb\":\"0.27\"}\n",
+            "{\"contender\":\"direct\",\"streams\":1,\"gbps\":33.9,\"cpu_s_per_gb\":\"-\"}\n",
+            "not json, a table line\n",
+        ),
+    )
+    .unwrap();
+    let h = dir.path().join("h.jsonl");
+    let out = linerate(&[
+        "bench",
+        "import-json",
+        results.to_str().unwrap(),
+        "--history",
+        h.to_str().unwrap(),
+        "--suite",
+        "relay-compare",
+        "--run",
+        "r1",
+        "--benchmark-key",
+        "contender",
+        "--param-key",
+        "streams",
+        "--metric",
+        "gbps:Gbit/s:higher",
+        "--metric",
+        "cpu_s_per_gb:CPU-s/GB:lower",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Three sets: both throughputs, and the one CPU figure that is a number.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "r1: 3 sample sets"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&h)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["benchmark"], "linerate-max");
+    assert_eq!(lines[0]["params"]["streams"], "1");
+    assert_eq!(lines[1]["measure"], "cpu_s_per_gb");
+    assert_eq!(lines[1]["direction"], "lower");
+    assert_eq!(lines[2]["samples"][0], 33.9);
+    let bad = linerate(&[
+        "bench",
+        "import-json",
+        results.to_str().unwrap(),
+        "--history",
+        h.to_str().unwrap(),
+        "--suite",
+        "s",
+        "--benchmark",
+        "b",
+        "--metric",
+        "gbps:Gbit/s:sideways",
+    ]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("FIELD:UNIT:higher"));
+}

@@ -37,6 +37,9 @@ enum BenchCmd {
     /// Charts of every metric's history with its steps marked: an SVG per metric and an
     /// index.html linking them in --out, or charts in the terminal (--terminal).
     Plot(PlotArgs),
+    /// Add a benchmark script's JSON-lines results to the history as one run: each line
+    /// (matching --filter) gives one sample set per --metric field it holds.
+    ImportJson(ImportJsonArgs),
     /// Add gungraun's summaries (`cargo bench -- --save-summary=json`) under DIR to the
     /// history as one run: each benchmark's instruction count (callgrind's Ir).
     ImportGungraun(ImportArgs),
@@ -58,6 +61,45 @@ struct PlotArgs {
     /// Smallest relative step to mark, e.g. 2%.
     #[arg(long, default_value = "2%", value_parser = parse_fraction)]
     min_effect: f64,
+}
+
+#[derive(clap::Args)]
+struct ImportJsonArgs {
+    #[command(flatten)]
+    file: HistoryFile,
+    /// The results file (one JSON object per line).
+    results: PathBuf,
+    #[arg(long)]
+    suite: String,
+    /// The run id to give the records (default: one new id).
+    #[arg(long)]
+    run: Option<String>,
+    /// Only lines where field KEY equals VALUE (repeat it).
+    #[arg(long = "filter", value_parser = parse_param)]
+    filters: Vec<(String, String)>,
+    /// The field naming the benchmark (e.g. contender)...
+    #[arg(long, conflicts_with = "benchmark")]
+    benchmark_key: Option<String>,
+    /// ...or one name for every line.
+    #[arg(long)]
+    benchmark: Option<String>,
+    /// Fields that are parameters of the benchmark (repeat it).
+    #[arg(long = "param-key")]
+    param_keys: Vec<String>,
+    /// FIELD:UNIT:higher|lower, a measured field (repeat it). A line without it, or with a
+    /// value that is not a number, gives no set for it.
+    #[arg(long = "metric", value_parser = parse_metric, required = true)]
+    metrics: Vec<(String, String, String)>,
+}
+
+fn parse_metric(s: &str) -> Result<(String, String, String), String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    match parts[..] {
+        [f, u, b] if !f.is_empty() && (b == "higher" || b == "lower") => {
+            Ok((f.to_string(), u.to_string(), b.to_string()))
+        }
+        _ => Err(format!("'{s}': give FIELD:UNIT:higher or FIELD:UNIT:lower")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -182,6 +224,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchCmd::History(a) => history_cmd(a),
         BenchCmd::Check(a) => check(a),
         BenchCmd::ImportGungraun(a) => import_gungraun(a),
+        BenchCmd::ImportJson(a) => import_json(a),
         BenchCmd::Plot(a) => plot(a),
     }
 }
@@ -221,6 +264,90 @@ fn plot(a: PlotArgs) -> Result<()> {
     std::fs::write(&index, plot::index_html(&hs))
         .with_context(|| format!("writing {}", index.display()))?;
     println!("{} charts in {}", hs.len(), out.display());
+    Ok(())
+}
+
+/// A JSON value as text (strings as they are) or as a number (numbers, and strings that
+/// hold one).
+fn as_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn as_number(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|x: &f64| x.is_finite())
+}
+
+fn import_json(a: ImportJsonArgs) -> Result<()> {
+    if a.benchmark_key.is_none() && a.benchmark.is_none() {
+        bail!("give --benchmark-key FIELD or --benchmark NAME");
+    }
+    let text = std::fs::read_to_string(&a.results)
+        .with_context(|| format!("reading {}", a.results.display()))?;
+    let run = a.run.clone().unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{nanos:x}", a.suite)
+    });
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if !line.starts_with('{') {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not JSON", a.results.display(), i + 1))?;
+        if !a
+            .filters
+            .iter()
+            .all(|(k, want)| as_text(&v[k.as_str()]).as_deref() == Some(want))
+        {
+            continue;
+        }
+        let name = match (&a.benchmark, &a.benchmark_key) {
+            (Some(n), _) => n.clone(),
+            (None, Some(k)) => match as_text(&v[k.as_str()]) {
+                Some(n) => n,
+                None => continue,
+            },
+            (None, None) => unreachable!("checked above"),
+        };
+        let params: Vec<(String, String)> = (a.param_keys.iter())
+            .filter_map(|k| as_text(&v[k.as_str()]).map(|x| (k.clone(), x)))
+            .collect();
+        for (field, unit, better) in &a.metrics {
+            let Some(x) = as_number(&v[field.as_str()]) else {
+                continue;
+            };
+            records.push(make_record(AddArgs {
+                file: HistoryFile {
+                    history: a.file.history.clone(),
+                },
+                run: Some(run.clone()),
+                suite: a.suite.clone(),
+                benchmark: name.clone(),
+                params: params.clone(),
+                measure: field.clone(),
+                unit: unit.clone(),
+                better: better.clone(),
+                samples: vec![x],
+            })?);
+        }
+    }
+    if records.is_empty() {
+        bail!("{}: no line gave a metric", a.results.display());
+    }
+    append(&a.file.history, &records)?;
+    println!("{run}: {} sample sets", records.len());
     Ok(())
 }
 
