@@ -244,3 +244,51 @@ fn a_scripts_results_become_sample_sets() {
     ]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("FIELD:UNIT:higher"));
 }
+
+#[test]
+fn run_interleaves_a_baseline_and_records_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.jsonl");
+    // The same binary as its own baseline: an A/A run.
+    let out = linerate(&[
+        "bench",
+        "run",
+        "pipeline",
+        "--history",
+        h.to_str().unwrap(),
+        "--trials",
+        "2",
+        "--trial",
+        "200ms",
+        "--run",
+        "aa",
+        "--baseline-exe",
+        env!("CARGO_BIN_EXE_linerate"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("aa: 4 sample sets of 2 trials"), "{stdout}");
+    // Two trials a side are too few for a verdict: the comparison says so.
+    assert!(stdout.contains("unsure"), "{stdout}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let order: Vec<&str> = err.lines().filter(|l| l.contains("trial ")).collect();
+    assert_eq!(order.len(), 4, "{err}");
+    let recs: Vec<serde_json::Value> = std::fs::read_to_string(&h)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 4);
+    assert!(
+        recs.iter()
+            .all(|r| r["samples"].as_array().unwrap().len() == 2)
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r["run"] == "aa-baseline" && r["params"]["workers"] == "2")
+    );
+}

@@ -21,6 +21,10 @@ pub struct BenchArgs {
 
 #[derive(clap::Subcommand)]
 enum BenchCmd {
+    /// Run a suite as repeated trials and record every sample. With --baseline-exe, trials
+    /// of that binary and of this one interleave (A B B A ...), so drift in the machine falls
+    /// on both alike; the two runs are then compared.
+    Run(RunArgs),
     /// Append one sample set to the history: the commit, dirty flag, time and this machine's
     /// facts are filled in.
     Add(AddArgs),
@@ -61,6 +65,27 @@ struct PlotArgs {
     /// Smallest relative step to mark, e.g. 2%.
     #[arg(long, default_value = "2%", value_parser = parse_fraction)]
     min_effect: f64,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    file: HistoryFile,
+    /// The suite: `pipeline` (the in-memory packet core, one and two workers; no root needed).
+    #[arg(value_parser = ["pipeline"])]
+    suite: String,
+    /// Trials per binary.
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+    /// Length of each trial.
+    #[arg(long, default_value = "1s")]
+    trial: String,
+    /// A baseline `linerate` binary to interleave with this one (paired A/B).
+    #[arg(long)]
+    baseline_exe: Option<PathBuf>,
+    /// The run id (default: one new id; the baseline's gets `-baseline` appended).
+    #[arg(long)]
+    run: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -220,6 +245,7 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.cmd {
         BenchCmd::Add(a) => add(a),
+        BenchCmd::Run(a) => run_suite(a),
         BenchCmd::Compare(a) => compare_cmd(a),
         BenchCmd::History(a) => history_cmd(a),
         BenchCmd::Check(a) => check(a),
@@ -264,6 +290,121 @@ fn plot(a: PlotArgs) -> Result<()> {
     std::fs::write(&index, plot::index_html(&hs))
         .with_context(|| format!("writing {}", index.display()))?;
     println!("{} charts in {}", hs.len(), out.display());
+    Ok(())
+}
+
+/// One trial of the pipeline suite with binary `exe`: total Mpps for each worker count.
+fn pipeline_trial(exe: &Path, trial: &str) -> Result<Vec<(String, f64)>> {
+    let mut out = Vec::new();
+    for workers in ["1", "2"] {
+        let o = std::process::Command::new(exe)
+            .args([
+                "pipeline",
+                "--workers",
+                workers,
+                "--duration",
+                trial,
+                "--json",
+            ])
+            .output()
+            .with_context(|| format!("running {}", exe.display()))?;
+        if !o.status.success() {
+            bail!(
+                "{} pipeline --workers {workers}: {}",
+                exe.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&o.stdout);
+        let line = (text.lines())
+            .rfind(|l| l.starts_with('{'))
+            .with_context(|| format!("{}: no JSON from pipeline", exe.display()))?;
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let mpps = v["total"]["tx_mpps"]
+            .as_f64()
+            .with_context(|| format!("{}: no total.tx_mpps in {line}", exe.display()))?;
+        out.push((workers.to_string(), mpps));
+    }
+    Ok(out)
+}
+
+fn run_suite(a: RunArgs) -> Result<()> {
+    if a.trials == 0 {
+        bail!("--trials must be at least 1");
+    }
+    let me = std::env::current_exe().context("finding this binary")?;
+    let run = a.run.clone().unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{nanos:x}", a.suite)
+    });
+    let base_run = format!("{run}-baseline");
+    // (binary, run id) pairs in trial order: A B, then B A, and so on.
+    let mut plan: Vec<(&Path, &str)> = Vec::new();
+    for t in 0..a.trials {
+        match &a.baseline_exe {
+            Some(b) if t % 2 == 0 => plan.extend([
+                (b.as_path(), base_run.as_str()),
+                (me.as_path(), run.as_str()),
+            ]),
+            Some(b) => plan.extend([
+                (me.as_path(), run.as_str()),
+                (b.as_path(), base_run.as_str()),
+            ]),
+            None => plan.push((me.as_path(), run.as_str())),
+        }
+    }
+    let mut samples: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for (i, (exe, id)) in plan.iter().enumerate() {
+        eprintln!(
+            "bench run: trial {}/{}: {}",
+            i + 1,
+            plan.len(),
+            exe.display()
+        );
+        for (workers, mpps) in pipeline_trial(exe, &a.trial)? {
+            samples
+                .entry((id.to_string(), workers))
+                .or_default()
+                .push(mpps);
+        }
+    }
+    let mut records = Vec::new();
+    for ((id, workers), s) in samples {
+        records.push(make_record(AddArgs {
+            file: HistoryFile {
+                history: a.file.history.clone(),
+            },
+            run: Some(id),
+            suite: a.suite.clone(),
+            benchmark: "pipeline".into(),
+            params: vec![
+                ("workers".into(), workers),
+                ("trial".into(), a.trial.clone()),
+            ],
+            measure: "throughput".into(),
+            unit: "Mpps".into(),
+            better: "higher".into(),
+            samples: s,
+        })?);
+    }
+    append(&a.file.history, &records)?;
+    println!(
+        "{run}: {} sample sets of {} trials",
+        records.len(),
+        a.trials
+    );
+    if a.baseline_exe.is_some() {
+        compare_cmd(CompareArgs {
+            file: a.file,
+            a: base_run,
+            b: run,
+            min_effect: 0.02,
+            alpha: 0.01,
+            json: false,
+        })?;
+    }
     Ok(())
 }
 
