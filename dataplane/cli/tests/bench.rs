@@ -20,6 +20,13 @@ fn samples(seed: u64, center: f64, n: usize) -> String {
         .join(",")
 }
 
+/// The history file's lines, parsed.
+fn records(history: &Path) -> Vec<serde_json::Value> {
+    (std::fs::read_to_string(history).unwrap().lines())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn add(history: &Path, run: &str, bench: &str, samples: &str) {
     let out = linerate(&[
         "bench",
@@ -219,11 +226,7 @@ fn a_scripts_results_become_sample_sets() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "r1: 3 sample sets"
     );
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&h)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = records(&h);
     assert_eq!(lines[0]["benchmark"], "linerate-max");
     assert_eq!(lines[0]["params"]["streams"], "1");
     assert_eq!(lines[1]["measure"], "cpu_s_per_gb");
@@ -277,11 +280,7 @@ fn run_interleaves_a_baseline_and_records_both() {
     let err = String::from_utf8_lossy(&out.stderr);
     let order: Vec<&str> = err.lines().filter(|l| l.contains("trial ")).collect();
     assert_eq!(order.len(), 4, "{err}");
-    let recs: Vec<serde_json::Value> = std::fs::read_to_string(&h)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = records(&h);
     assert_eq!(recs.len(), 4);
     assert!(
         recs.iter()

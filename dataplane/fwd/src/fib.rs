@@ -52,6 +52,11 @@ impl Stale {
     pub fn merge(&mut self, other: Stale) {
         self.all |= other.all;
         self.prefixes.extend(other.prefixes);
+        self.cap();
+    }
+
+    /// Everything, once more prefixes are listed than are worth matching one by one.
+    fn cap(&mut self) {
         if self.all || self.prefixes.len() > MAX_STALE_PREFIXES {
             self.all = true;
             self.prefixes = Vec::new();
@@ -329,7 +334,7 @@ impl Fib {
             // A pin decides ahead of every prefix.
             stale.all = true;
         }
-        stale.merge(Stale::default()); // applies the cap on listed prefixes
+        stale.cap();
         self.behind = std::mem::take(&mut self.log);
         self.edit ^= 1;
         if !self.one_shot && !self.sides[self.edit].tables_shared() {
@@ -528,8 +533,9 @@ pub fn logic_from(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use linerate_dataplane::synthetic::splitmix64;
     use linerate_proto::{Flow, FlowMatch, Mac, Route};
     use std::collections::BTreeSet;
     use std::net::IpAddr;
@@ -541,7 +547,8 @@ mod tests {
         )
     }
 
-    fn route(id: u64, prefix: &str, port: &str, mac: u8, weight: u32) -> Route {
+    /// Route `id`: `prefix` out of `port` to next-hop MAC 02:00:00:00:00:`mac`.
+    pub(crate) fn route(id: u64, prefix: &str, port: &str, mac: u8, weight: u32) -> Route {
         Route {
             id,
             prefix: prefix.parse().unwrap(),
@@ -580,14 +587,6 @@ mod tests {
             linerate_dataplane::logic::Base::Router(r) => r,
             _ => unreachable!("a fib publishes a router"),
         }
-    }
-
-    fn splitmix64(state: &mut u64) -> u64 {
-        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 
     #[test]

@@ -190,20 +190,11 @@ impl Dataplane for FwdNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fib::tests::route;
     use linerate_dataplane::logic::test_frames;
     use linerate_dataplane::logic::{Logic, Router};
     use linerate_dataplane::verdict::Verdict;
-    use linerate_proto::{Flow, FlowMatch, Mac, Route};
-
-    fn route(id: u64, prefix: &str, port: &str, mac: u8, weight: u32) -> Route {
-        Route {
-            id,
-            prefix: prefix.parse().unwrap(),
-            port: port.into(),
-            next_hop: Mac([2, 0, 0, 0, 0, mac]),
-            weight,
-        }
-    }
+    use linerate_proto::{Flow, FlowMatch};
 
     #[test]
     fn routes_groups_and_pins_become_one_router() {

@@ -333,12 +333,7 @@ fn run_suite(a: RunArgs) -> Result<()> {
         bail!("--trials must be at least 1");
     }
     let me = std::env::current_exe().context("finding this binary")?;
-    let run = a.run.clone().unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        format!("{}-{nanos:x}", a.suite)
-    });
+    let run = a.run.clone().unwrap_or_else(|| new_run_id(&a.suite));
     let base_run = format!("{run}-baseline");
     // (binary, run id) pairs in trial order: A B, then B A, and so on.
     let mut plan: Vec<(&Path, &str)> = Vec::new();
@@ -433,12 +428,7 @@ fn import_json(a: ImportJsonArgs) -> Result<()> {
     }
     let text = std::fs::read_to_string(&a.results)
         .with_context(|| format!("reading {}", a.results.display()))?;
-    let run = a.run.clone().unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        format!("{}-{nanos:x}", a.suite)
-    });
+    let run = a.run.clone().unwrap_or_else(|| new_run_id(&a.suite));
     let mut records = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -574,27 +564,17 @@ fn git(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// UTC now as RFC 3339 (civil date from days since the epoch: Howard Hinnant's algorithm).
-fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
+/// A run id nobody has used: `prefix` and the time in nanoseconds, in hex.
+fn new_run_id(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{nanos:x}")
+}
+
+/// UTC now as RFC 3339, to the second.
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 /// The facts that make two runs comparable or not.
@@ -669,12 +649,7 @@ fn make_record(a: AddArgs) -> Result<Record> {
     let dirty =
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     let time = now_rfc3339();
-    let run = a.run.unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        format!("{commit}-{nanos:x}")
-    });
+    let run = a.run.unwrap_or_else(|| new_run_id(&commit));
     let better = if a.better == "higher" {
         Better::Higher
     } else {
@@ -715,19 +690,32 @@ fn pct(x: f64) -> String {
     }
 }
 
-fn compare_cmd(a: CompareArgs) -> Result<()> {
-    let records = load(&a.file.history)?;
-    let ra = history::resolve_run(&records, &a.a).map_err(anyhow::Error::msg)?;
-    let rb = history::resolve_run(&records, &a.b).map_err(anyhow::Error::msg)?;
+/// Runs (or commits) `a` and `b` of the history at `path` resolved, and every metric both
+/// measured compared.
+fn compared(
+    path: &Path,
+    a: &str,
+    b: &str,
+    alpha: f64,
+    min_effect: f64,
+) -> Result<(String, String, Vec<history::MetricComparison>)> {
+    let records = load(path)?;
+    let ra = history::resolve_run(&records, a).map_err(anyhow::Error::msg)?;
+    let rb = history::resolve_run(&records, b).map_err(anyhow::Error::msg)?;
     let o = compare::Options {
-        alpha: a.alpha,
-        min_effect: a.min_effect,
+        alpha,
+        min_effect,
         ..compare::Options::default()
     };
     let rows = history::compare_runs(&records, &ra, &rb, &o);
     if rows.is_empty() {
         bail!("runs {ra} and {rb} have no metric in common");
     }
+    Ok((ra, rb, rows))
+}
+
+fn compare_cmd(a: CompareArgs) -> Result<()> {
+    let (ra, rb, rows) = compared(&a.file.history, &a.a, &a.b, a.alpha, a.min_effect)?;
     if a.json {
         for c in &rows {
             let r = &c.result;
@@ -814,18 +802,7 @@ fn history_cmd(a: HistoryArgs) -> Result<()> {
 }
 
 fn check(a: CheckArgs) -> Result<()> {
-    let records = load(&a.file.history)?;
-    let ra = history::resolve_run(&records, &a.a).map_err(anyhow::Error::msg)?;
-    let rb = history::resolve_run(&records, &a.b).map_err(anyhow::Error::msg)?;
-    let o = compare::Options {
-        alpha: a.alpha,
-        min_effect: a.threshold,
-        ..compare::Options::default()
-    };
-    let rows = history::compare_runs(&records, &ra, &rb, &o);
-    if rows.is_empty() {
-        bail!("runs {ra} and {rb} have no metric in common");
-    }
+    let (ra, rb, rows) = compared(&a.file.history, &a.a, &a.b, a.alpha, a.threshold)?;
     for c in rows.iter().filter(|c| c.result.verdict == Verdict::Unsure) {
         eprintln!(
             "check: {}: unsure (change {}, interval [{}, {}]): too few or too noisy samples",
