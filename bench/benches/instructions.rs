@@ -9,15 +9,16 @@
 //! this and compares with the committed baseline.
 
 use gungraun::{library_benchmark, library_benchmark_group, main};
-use linerate_bench::splitmix64;
+use linerate_bench::{
+    SizedPacket, pipeline_worker, sched_arrivals, splitmix64, v4_addr_in, v4_table,
+};
 use linerate_dataplane::fabric::Fabric;
-use linerate_dataplane::logic::{Lpm4, NextHopId};
-use linerate_dataplane::sched::{Discipline, DropPolicy, Packet, QueueLimit, Scheduler};
-use linerate_dataplane::shard::Mapping;
-use linerate_dataplane::synthetic::{self as pipeline, PipelineConfig};
+use linerate_dataplane::logic::Lpm4;
+use linerate_dataplane::sched::{Discipline, DropPolicy, QueueLimit, Scheduler};
+use linerate_dataplane::synthetic::{self as pipeline, PipelineConfig, PipelineLogic};
 use linerate_dataplane::wire::parse_headers;
+use linerate_dataplane::worker::Worker;
 use std::hint::black_box;
-use std::net::Ipv4Addr;
 
 const N: usize = 1024;
 
@@ -44,27 +45,8 @@ fn wire_parse(frames: Vec<Vec<u8>>) -> usize {
 /// A table of 16,000 seeded routes (mostly /24s) and 1,024 addresses inside them.
 fn lpm_table() -> (Lpm4, Vec<u32>) {
     let mut rng = 0x1b4_0004u64;
-    let mut t = Lpm4::new();
-    let mut routes = Vec::new();
-    while t.len() < 16_000 {
-        let r = splitmix64(&mut rng);
-        let len = match r % 100 {
-            0..50 => 24,
-            50..90 => 16 + (r >> 8) as u8 % 8,
-            _ => 25 + (r >> 8) as u8 % 8,
-        };
-        let p = (r >> 32) as u32 & (u32::MAX << (32 - len));
-        t.insert(Ipv4Addr::from(p), len, (r >> 16) as NextHopId % 1024)
-            .expect("fits");
-        routes.push((p, len));
-    }
-    let addrs = (0..N)
-        .map(|_| {
-            let r = splitmix64(&mut rng);
-            let (p, len) = routes[r as usize % routes.len()];
-            p | ((r >> 32) as u32 & !(u32::MAX << (32 - len)))
-        })
-        .collect();
+    let (t, prefixes) = v4_table(&mut rng, 16_000);
+    let addrs = (0..N).map(|_| v4_addr_in(&mut rng, &prefixes)).collect();
     (t, addrs)
 }
 
@@ -99,19 +81,9 @@ fn fabric_dispatch(input: (Fabric, Vec<u32>)) -> usize {
     n
 }
 
-/// One in-memory worker (TTL decrement, LPM over the pipeline's routes, the fabric) ready to
-/// run rounds of 64 frames.
-fn worker() -> linerate_dataplane::worker::Worker<pipeline::PipelineLogic> {
-    let cfg = PipelineConfig {
-        workers: 1,
-        batch: 64,
-        mapping: Mapping::Concurrent,
-        ..PipelineConfig::default()
-    };
-    let (logic, dsts) = pipeline::build_logic(&cfg).expect("routes");
-    let templates = pipeline::templates(&cfg, &dsts);
-    let mut w =
-        pipeline::build_worker(&cfg, 0, logic, &templates, vec![None], vec![]).expect("worker");
+/// One in-memory worker ready to run rounds of 64 frames.
+fn worker() -> Worker<PipelineLogic> {
+    let mut w = pipeline_worker(60, 64);
     // Warm: the first rounds fill pools and caches the steady state does not repeat.
     for _ in 0..4 {
         w.poll_once().expect("in-memory ports do not fail");
@@ -121,7 +93,7 @@ fn worker() -> linerate_dataplane::worker::Worker<pipeline::PipelineLogic> {
 
 #[library_benchmark]
 #[bench::rounds_16_of_64(setup = worker)]
-fn worker_rounds(mut w: linerate_dataplane::worker::Worker<pipeline::PipelineLogic>) -> usize {
+fn worker_rounds(mut w: Worker<PipelineLogic>) -> usize {
     let mut n = 0;
     for _ in 0..16 {
         n += w.poll_once().expect("in-memory ports do not fail");
@@ -129,39 +101,24 @@ fn worker_rounds(mut w: linerate_dataplane::worker::Worker<pipeline::PipelineLog
     n
 }
 
-struct P(u32);
-
-impl Packet for P {
-    fn wire_len(&self) -> u32 {
-        self.0
-    }
-}
-
 /// A scheduler of `d` over four classes and 1,024 seeded arrivals (64 or 1,500 bytes).
-fn sched_input(d: Discipline) -> (Scheduler<P>, Vec<(usize, u32)>) {
-    let mut rng = 7u64;
-    let arrivals = (0..N)
-        .map(|_| {
-            let r = splitmix64(&mut rng);
-            ((r % 4) as usize, if r & 16 == 0 { 64 } else { 1500 })
-        })
-        .collect();
+fn sched_input(d: Discipline) -> (Scheduler<SizedPacket>, Vec<(usize, u32)>) {
     let limit = QueueLimit {
         packets: 4096,
         bytes: 64 << 20,
     };
     let s = Scheduler::new(d, DropPolicy::TailDrop, limit, None).expect("valid");
-    (s, arrivals)
+    (s, sched_arrivals(N))
 }
 
 #[library_benchmark]
 #[bench::fcfs(args = (Discipline::Fcfs), setup = sched_input)]
 #[bench::drr(args = (Discipline::Drr(vec![1500, 3000, 4500, 6000])), setup = sched_input)]
 #[bench::wrr(args = (Discipline::Wrr(vec![1, 2, 3, 4])), setup = sched_input)]
-fn sched_enqueue_dequeue(input: (Scheduler<P>, Vec<(usize, u32)>)) -> u32 {
+fn sched_enqueue_dequeue(input: (Scheduler<SizedPacket>, Vec<(usize, u32)>)) -> u32 {
     let (mut s, arrivals) = input;
     for &(class, len) in &arrivals {
-        let _ = s.enqueue(class, P(len));
+        let _ = s.enqueue(class, SizedPacket(len));
     }
     let mut n = 0;
     while let Some(p) = s.dequeue(1_000_000) {

@@ -10,39 +10,14 @@
 use core::hint::black_box;
 use core::net::{Ipv4Addr, Ipv6Addr};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use linerate_bench::splitmix64;
-use linerate_dataplane::logic::{Lpm4, Lpm6, NextHopId};
+use linerate_bench::{splitmix64, v4_addr_in, v4_table};
+use linerate_dataplane::logic::{Lpm6, NextHopId};
 
 const ROUTES: usize = 16_000;
 const LOOKUPS: usize = 1024;
 
-fn mask4(len: u8) -> u32 {
-    u32::MAX.checked_shl(32 - len as u32).unwrap_or(0)
-}
-
 fn mask6(len: u8) -> u128 {
     u128::MAX.checked_shl(128 - len as u32).unwrap_or(0)
-}
-
-/// 50 % /24, 40 % /16-/23, 10 % /25-/32.
-fn v4_table(rng: &mut u64) -> (Lpm4, Vec<(u32, u8)>) {
-    let mut t = Lpm4::new();
-    let mut routes = Vec::with_capacity(ROUTES);
-    while t.len() < ROUTES {
-        let r = splitmix64(rng);
-        let len = match r % 100 {
-            0..50 => 24,
-            50..90 => 16 + (r >> 8) as u8 % 8,
-            _ => 25 + (r >> 8) as u8 % 8,
-        };
-        let p = (r >> 32) as u32 & mask4(len);
-        if t.route(Ipv4Addr::from(p), len).is_none() {
-            routes.push((p, len));
-        }
-        t.insert(Ipv4Addr::from(p), len, (r >> 16) as NextHopId % 1024)
-            .expect("bench routes fit the default tbl8 limit");
-    }
-    (t, routes)
 }
 
 /// 1,000 /32 allocations in 2000::/3; under them 50 % /48, 20 % /56, 10 % /64, 10 % /33-/47,
@@ -107,12 +82,8 @@ fn cases<T: Copy>(generate: impl FnMut() -> T) -> [(String, Addrs<T>); 2] {
 
 fn lpm4(c: &mut Criterion) {
     let mut rng = 0x1b4_0004;
-    let (t, routes) = v4_table(&mut rng);
-    let mut cases = cases(|| {
-        let r = splitmix64(&mut rng);
-        let (p, len) = routes[r as usize % routes.len()];
-        p | ((r >> 32) as u32 & !mask4(len))
-    });
+    let (t, routes) = v4_table(&mut rng, ROUTES);
+    let mut cases = cases(|| v4_addr_in(&mut rng, &routes));
     let mut out = vec![None; LOOKUPS];
 
     let mut g = c.benchmark_group("logic::lpm4::lookup");

@@ -4,23 +4,12 @@
 //! counting sinks. One iteration is one `poll_once`: one batch in, one batch out.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use linerate_dataplane::shard::Mapping;
-use linerate_dataplane::synthetic::{self as pipeline, PipelineConfig};
+use linerate_bench::pipeline_worker;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline::ttl_lpm_fabric");
     for (frame_len, batch) in [(60usize, 64usize), (60, 32), (60, 256), (1514, 64)] {
-        let cfg = PipelineConfig {
-            workers: 1,
-            batch,
-            frame_len,
-            mapping: Mapping::Concurrent,
-            ..PipelineConfig::default()
-        };
-        let (logic, dsts) = pipeline::build_logic(&cfg).expect("routes");
-        let templates = pipeline::templates(&cfg, &dsts);
-        let mut w =
-            pipeline::build_worker(&cfg, 0, logic, &templates, vec![None], vec![]).expect("worker");
+        let mut w = pipeline_worker(frame_len, batch);
         g.throughput(Throughput::Elements(batch as u64));
         let id = BenchmarkId::new("one_core", format!("len={},batch={batch}", frame_len + 4));
         g.bench_function(id, |b| {

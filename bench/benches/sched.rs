@@ -4,31 +4,15 @@
 
 use core::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use linerate_bench::splitmix64;
-use linerate_dataplane::sched::{
-    Discipline, DropPolicy, Packet, QueueLimit, Red, Scheduler, TokenBucket,
-};
+use linerate_bench::{SizedPacket, sched_arrivals};
+use linerate_dataplane::sched::{Discipline, DropPolicy, QueueLimit, Red, Scheduler, TokenBucket};
 
 const PACKETS: usize = 1024;
-
-struct P(u32);
-
-impl Packet for P {
-    fn wire_len(&self) -> u32 {
-        self.0
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("sched::enqueue_dequeue");
     g.throughput(Throughput::Elements(PACKETS as u64));
-    let mut rng = 7u64;
-    let arrivals: Vec<(usize, u32)> = (0..PACKETS)
-        .map(|_| {
-            let r = splitmix64(&mut rng);
-            ((r % 4) as usize, if r & 16 == 0 { 64 } else { 1500 })
-        })
-        .collect();
+    let arrivals = sched_arrivals(PACKETS);
     let limit = QueueLimit {
         packets: 4096,
         bytes: 64 << 20,
@@ -59,12 +43,12 @@ fn bench(c: &mut Criterion) {
     for (name, d, policy, shaped) in cases {
         // A shaper fast enough never to hold a packet back: its bookkeeping is what is timed.
         let shaper = shaped.then(|| TokenBucket::new(1e13, 1 << 30).unwrap());
-        let mut s: Scheduler<P> = Scheduler::new(d, policy, limit, shaper).unwrap();
+        let mut s: Scheduler<SizedPacket> = Scheduler::new(d, policy, limit, shaper).unwrap();
         let mut now = 0u64;
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {
                 for &(class, len) in &arrivals {
-                    let _ = s.enqueue(class, P(len));
+                    let _ = s.enqueue(class, SizedPacket(len));
                 }
                 now += 1_000_000;
                 let mut n = 0;
