@@ -260,20 +260,7 @@ mod tests {
             let r = splitmix64(&mut rng);
             let len = 8 + (r >> 8) as u8 % 25;
             let p = clustered(&mut rng) & (!0u32 << (32 - len));
-            let existing = rules.iter().position(|&(q, l, _)| q == p && l == len);
-            if (r >> 16).is_multiple_of(3) {
-                t.remove(Ipv4Addr::from(p), len).unwrap();
-                if let Some(i) = existing {
-                    rules.swap_remove(i);
-                }
-            } else {
-                let nh = (r >> 32) as NextHopId;
-                t.insert(Ipv4Addr::from(p), len, nh).unwrap();
-                match existing {
-                    Some(i) => rules[i].2 = nh,
-                    None => rules.push((p, len, nh)),
-                }
-            }
+            random_change(&mut t, &mut rules, r, p, len);
             if op % 60 == 0 {
                 snapshots.push((t.clone(), rules.clone()));
             }
@@ -342,6 +329,32 @@ mod tests {
         b0 << 24 | b1 << 16 | b2 << 8 | b3
     }
 
+    /// Applies one change drawn from `r` to `t` and to `rules`, its model: a third of the time
+    /// removes `p/len` and returns (what the table removed, what the model held); otherwise
+    /// inserts it with a next hop from `r`.
+    fn random_change(
+        t: &mut Lpm4,
+        rules: &mut Vec<(u32, u8, NextHopId)>,
+        r: u64,
+        p: u32,
+        len: u8,
+    ) -> Option<(Option<NextHopId>, Option<NextHopId>)> {
+        let existing = rules.iter().position(|&(q, l, _)| q == p && l == len);
+        if (r >> 16).is_multiple_of(3) {
+            let removed = t.remove(Ipv4Addr::from(p), len).unwrap();
+            let expected = existing.map(|i| rules.swap_remove(i).2);
+            Some((removed, expected))
+        } else {
+            let nh = (r >> 32) as NextHopId;
+            t.insert(Ipv4Addr::from(p), len, nh).unwrap();
+            match existing {
+                Some(i) => rules[i].2 = nh,
+                None => rules.push((p, len, nh)),
+            }
+            None
+        }
+    }
+
     fn naive(rules: &[(u32, u8, NextHopId)], a: u32) -> Option<NextHopId> {
         rules
             .iter()
@@ -365,20 +378,8 @@ mod tests {
             };
             let mask = if len == 0 { 0 } else { !0u32 << (32 - len) };
             let p = clustered(&mut rng) & mask;
-            let existing = rules.iter().position(|&(q, l, _)| q == p && l == len);
-            if (r >> 16).is_multiple_of(3) {
-                let removed = t.remove(Ipv4Addr::from(p), len).unwrap();
-                assert_eq!(removed, existing.map(|i| rules[i].2), "remove {p:#x}/{len}");
-                if let Some(i) = existing {
-                    rules.swap_remove(i);
-                }
-            } else {
-                let nh = (r >> 32) as NextHopId;
-                t.insert(Ipv4Addr::from(p), len, nh).unwrap();
-                match existing {
-                    Some(i) => rules[i].2 = nh,
-                    None => rules.push((p, len, nh)),
-                }
+            if let Some((removed, expected)) = random_change(&mut t, &mut rules, r, p, len) {
+                assert_eq!(removed, expected, "remove {p:#x}/{len}");
             }
             if op % 100 == 0 {
                 for _ in 0..100 {
