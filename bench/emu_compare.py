@@ -11,7 +11,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LR = os.path.join(ROOT, "target", "release", "linerate")
+# The binary measured: `linerate bench run --baseline-exe` sets another.
+LR = os.environ.get("LINERATE_EXE") or os.path.join(ROOT, "target", "release", "linerate")
 NAME = "bench"
 PY = "/usr/bin/python3"
 
@@ -615,6 +616,41 @@ def bench_hostio_build(sizes, out):
 
 # ---------------------------------------------------------------------------------------------
 
+def records(out):
+    """The results as flat JSON objects, one per measurement, for the performance history
+    (`linerate bench import-json`, docs/PERF.md): every figure a number where lower or higher
+    is plainly better."""
+    for r in out.get("build", []):
+        for who, key in [("linerate", "lr"), ("mininet", "mn")]:
+            if f"{key}_build_s" not in r:
+                continue
+            line = {"kind": "build", "contender": who, "topology": r["topology"],
+                    "build_s": r[f"{key}_build_s"], "down_s": r.get(f"{key}_down_s"),
+                    "mem_mib_per_node": r[f"{key}_mem_bytes"] / r["nodes"] / 2**20}
+            if f"{key}_pingall_s" in r:
+                line["pingall_s"] = r[f"{key}_pingall_s"]
+            yield line
+    for r in out.get("hostio_build", []):
+        yield {"kind": "build", "contender": "linerate", "topology": r["topology"],
+               "host_io": r["host_io"], "build_s": r["build_s"], "down_s": r["down_s"],
+               "mem_mib_per_node": r["mem_bytes"] / r["nodes"] / 2**20}
+    i = out.get("iperf16", {})
+    for who, key in [("linerate", "lr"), ("mininet", "mn")]:
+        if f"{key}_bps" in i:
+            yield {"kind": "iperf16", "contender": who, "gbps": i[f"{key}_bps"] / 1e9}
+    acc = out.get("accuracy", {})
+    for r in acc.get("rate", []):
+        for who, key in [("linerate", "lr"), ("mininet", "mn")]:
+            yield {"kind": "rate", "contender": who, "rate": r["rate"],
+                   "worst_err_pct": r[f"{key}_worst_err_pct"]}
+    for d in acc.get("delay", [])[1:]:
+        yield {"kind": "delay", "contender": "linerate", "delay_ms": d["delay_ms"],
+               "abs_err_p50_us": abs(d["err_p50_us"]), "abs_err_p99_us": abs(d["err_p99_us"])}
+    for l in acc.get("loss", []):
+        yield {"kind": "loss", "contender": "linerate", "loss_pct": l["loss_pct"],
+               "abs_err_pct": abs(l["measured_pct"] - l["loss_pct"])}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10,100,500")
@@ -646,6 +682,10 @@ def main():
         os.makedirs(os.path.dirname(a.out), exist_ok=True)
         with open(a.out, "w") as f:
             json.dump(out, f, indent=2)
+        # Beside it, this run's measurements as JSON lines, for the history (bench/emu-compare).
+        with open(os.path.splitext(a.out)[0] + ".records.jsonl", "w") as f:
+            for line in records(out):
+                f.write(json.dumps(line) + "\n")
         print(f"results: {a.out}")
 
 

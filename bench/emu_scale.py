@@ -10,7 +10,8 @@ import time
 from emu_compare import mem_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LR = os.path.join(ROOT, "target", "release", "linerate")
+# The binary measured: `linerate bench run --baseline-exe` sets another.
+LR = os.environ.get("LINERATE_EXE") or os.path.join(ROOT, "target", "release", "linerate")
 NAME = "lrscale"
 
 # Published and measured peers for the table (per node).
@@ -246,6 +247,20 @@ def main():
         os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)
         with open(os.path.join(ROOT, "target", "emu-scale.json"), "w") as f:
             json.dump(out, f, indent=2)
+        # This run's rows as flat JSON lines, for the performance history (bench/emu-scale).
+        with open(os.path.join(ROOT, "target", "emu-scale.records.jsonl"), "w") as f:
+            for r in out["rows"]:
+                line = {"topology": r["topology"], "mode": "compact" if r["compact"] else "namespaces",
+                        "nodes": r["nodes"], "build_ms_per_node": r["build_s"] / r["nodes"] * 1e3,
+                        "down_ms_per_node": r["down_s"] / r["nodes"] * 1e3,
+                        "mem_mib_per_node": r["mem_bytes"] / r["nodes"] / 2**20,
+                        "emulator_mib_per_node": r["emulator_rss_bytes"] / r["nodes"] / 2**20}
+                if r.get("events_per_s"):
+                    line["link_events_per_s"] = r["events_per_s"]
+                if r.get("flows"):
+                    line["fct_p50_ms"] = r["flows"]["fct_p50_s"] * 1e3
+                    line["fct_p99_ms"] = r["flows"]["fct_p99_s"] * 1e3
+                f.write(json.dumps(line) + "\n")
     for label, s_per_node, mem_per_node in PEERS:
         print(f"{label}: {s_per_node * 1e3:.1f} ms/node, {mem_per_node / 2**20:.2f} MiB/node")
     ns_rows = [r for r in out["rows"] if not r.get("compact")]

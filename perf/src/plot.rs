@@ -229,6 +229,7 @@ mod tests {
             .collect();
         MetricHistory {
             key: MetricKey {
+                suite: "s".into(),
                 benchmark: "a<b>".into(),
                 params: Default::default(),
                 measure: "instructions".into(),
@@ -253,12 +254,12 @@ mod tests {
         let s = svg(&history());
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert_eq!(s.matches("<circle").count(), 10);
-        assert!(s.contains("a&lt;b&gt; instructions"), "{s}");
+        assert!(s.contains("s/a&lt;b&gt; instructions"), "{s}");
         assert!(s.contains("c6abcdef0 -9.6%"), "{s}");
         assert!(!s.contains("a<b>"));
-        assert_eq!(file_name(&history()), "a_b__instructions.svg");
+        assert_eq!(file_name(&history()), "s_a_b__instructions.svg");
         let page = index_html(&[history()]);
-        assert!(page.contains("src=\"a_b__instructions.svg\"") && page.contains("-9.60%"));
+        assert!(page.contains("src=\"s_a_b__instructions.svg\"") && page.contains("-9.60%"));
     }
 
     #[test]

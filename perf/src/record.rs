@@ -68,9 +68,11 @@ impl From<Better> for Direction {
     }
 }
 
-/// What identifies a metric across runs: benchmark, parameters and measure.
+/// What identifies a metric across runs: suite, benchmark, parameters and measure (two suites
+/// may name a benchmark alike, e.g. the contender `linerate`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MetricKey {
+    pub suite: String,
     pub benchmark: String,
     pub params: BTreeMap<String, String>,
     pub measure: String,
@@ -78,7 +80,7 @@ pub struct MetricKey {
 
 impl std::fmt::Display for MetricKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.benchmark)?;
+        write!(f, "{}/{}", self.suite, self.benchmark)?;
         if !self.params.is_empty() {
             let p: Vec<String> = self
                 .params
@@ -148,6 +150,7 @@ impl Record {
 
     pub fn key(&self) -> MetricKey {
         MetricKey {
+            suite: self.suite.clone(),
             benchmark: self.benchmark.clone(),
             params: self.params.clone(),
             measure: self.measure.clone(),

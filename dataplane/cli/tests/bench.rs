@@ -84,7 +84,7 @@ fn check_flags_a_slowed_metric_and_passes_an_unchanged_run() {
     assert!(!bad.status.success());
     let out = String::from_utf8_lossy(&bad.stdout);
     let pct: f64 = out
-        .strip_prefix("REGRESSION fast[frames=64] throughput: ")
+        .strip_prefix("REGRESSION test/fast[frames=64] throughput: ")
         .and_then(|r| r.split('%').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{out}"));
@@ -156,7 +156,7 @@ fn history_reports_the_run_where_a_metric_stepped() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let svg = std::fs::read_to_string(out_dir.join("x_frames_64__throughput.svg")).unwrap();
+    let svg = std::fs::read_to_string(out_dir.join("test_x_frames_64__throughput.svg")).unwrap();
     assert_eq!(svg.matches("<circle").count(), 16);
     assert!(
         std::fs::read_to_string(out_dir.join("index.html"))
@@ -274,10 +274,11 @@ fn run_interleaves_a_baseline_and_records_both() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("aa: 4 sample sets of 2 trials"), "{stdout}");
+    assert!(stdout.contains("aa: suites pipeline"), "{stdout}");
     // Two trials a side are too few for a verdict: the comparison says so.
     assert!(stdout.contains("unsure"), "{stdout}");
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pipeline: 4 sample sets of 2 trials"), "{err}");
     let order: Vec<&str> = err.lines().filter(|l| l.contains("trial ")).collect();
     assert_eq!(order.len(), 4, "{err}");
     let recs = records(&h);
@@ -290,4 +291,220 @@ fn run_interleaves_a_baseline_and_records_both() {
         recs.iter()
             .any(|r| r["run"] == "aa-baseline" && r["params"]["workers"] == "2")
     );
+}
+
+/// A criterion measurement directory: `new/` (the latest) and `base/` (an older one).
+fn criterion_bench(dir: &Path, id: &str, iters: &str, times: &str) {
+    for (sub, t) in [("new", times), ("base", "[1e9,1e9]")] {
+        let d = dir.join(id.replace('/', "_")).join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("benchmark.json"),
+            format!("{{\"group_id\":\"g\",\"full_id\":\"{id}\",\"title\":\"{id}\"}}"),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("sample.json"),
+            format!("{{\"sampling_mode\":\"Linear\",\"iters\":{iters},\"times\":{t}}}"),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn criterion_samples_become_times_per_iteration() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = dir.path().join("criterion");
+    criterion_bench(&c, "lpm/lookup", "[10.0,20.0]", "[1000.0,1800.0]");
+    let h = dir.path().join("h.jsonl");
+    let hs = h.to_str().unwrap();
+    let out = linerate(&[
+        "bench",
+        "import-criterion",
+        c.to_str().unwrap(),
+        "--history",
+        hs,
+        "--run",
+        "c1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = records(&h);
+    // Only new/: base/ holds an older measurement.
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["benchmark"], "lpm/lookup");
+    assert_eq!(recs[0]["suite"], "criterion");
+    assert_eq!(recs[0]["samples"], serde_json::json!([100.0, 90.0]));
+    assert_eq!(recs[0]["direction"], "lower");
+
+    criterion_bench(&c, "broken", "[10.0]", "[1.0,2.0]");
+    let bad = linerate(&[
+        "bench",
+        "import-criterion",
+        c.to_str().unwrap(),
+        "--history",
+        hs,
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("broken/new/sample.json") && err.contains("1 iteration counts for 2 times"),
+        "{err}"
+    );
+    // Nothing of the failed import was added.
+    assert_eq!(records(&h).len(), 1);
+}
+
+/// A source tree whose `bench/gen-compare` stands in for the real script: it reports what it
+/// was told (binary, arguments) as one result and records it the way the real ones do.
+fn fake_root(script_body: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("bench")).unwrap();
+    let script = root.path().join("bench/gen-compare");
+    std::fs::write(&script, format!("#!/bin/sh\nset -e\n{script_body}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    root
+}
+
+#[test]
+fn run_drives_a_script_suite_and_its_records_join_the_run() {
+    let root = fake_root(concat!(
+        "echo \"$LINERATE_BENCH_RUN|$LINERATE_EXE|$*\" >> calls.log\n",
+        "echo '{\"mpps\":1.5}' > r.jsonl\n",
+        "\"$LINERATE_BENCH_EXE\" bench import-json r.jsonl --history \"$LINERATE_BENCH_HISTORY\" ",
+        "--run \"$LINERATE_BENCH_RUN\" --suite gen-compare --benchmark g --metric mpps:Mpps:higher",
+    ));
+    let h = root.path().join("h.jsonl");
+    let me = env!("CARGO_BIN_EXE_linerate");
+    let out = linerate(&[
+        "bench",
+        "run",
+        "gen-compare",
+        "--root",
+        root.path().to_str().unwrap(),
+        "--history",
+        h.to_str().unwrap(),
+        "--trials",
+        "2",
+        "--run",
+        "s",
+        "--baseline-exe",
+        "/bin/true",
+        "--",
+        "--secs",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = std::fs::read_to_string(root.path().join("calls.log")).unwrap();
+    // A B B A; the first trial builds, the later ones are told not to.
+    let want = format!(
+        "s-baseline|/bin/true|--secs 1\ns|{me}|--no-build --secs 1\n\
+         s|{me}|--no-build --secs 1\ns-baseline|/bin/true|--no-build --secs 1\n"
+    );
+    assert_eq!(calls, want);
+    let runs: Vec<serde_json::Value> = records(&h).iter().map(|r| r["run"].clone()).collect();
+    assert_eq!(runs, ["s-baseline", "s", "s", "s-baseline"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("s-baseline -> s"));
+
+    // A script that fails, and one that records nothing, are errors naming the suite.
+    let failing = fake_root("echo boom >&2; exit 3");
+    let out = linerate(&[
+        "bench",
+        "run",
+        "gen-compare",
+        "--root",
+        failing.path().to_str().unwrap(),
+        "--history",
+        h.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gen-compare trial 1 failed"));
+    let silent = fake_root("true");
+    let out = linerate(&[
+        "bench",
+        "run",
+        "gen-compare",
+        "--root",
+        silent.path().to_str().unwrap(),
+        "--history",
+        h.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the script ran but added nothing"));
+    // Suites built from the tree cannot take a baseline binary.
+    let out = linerate(&["bench", "run", "criterion", "--baseline-exe", "/bin/true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built from the source tree"));
+}
+
+#[test]
+fn the_history_can_live_in_postgres() {
+    let Some(url) = linerate_tests::privileged_db("bench::history_in_postgres") else {
+        return;
+    };
+    let table = format!("bench_test_{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("h.jsonl");
+    let db = ["--database", url.as_str(), "--table", table.as_str()];
+    // The same sets into the file and into the table.
+    for (run, center, seed) in [("base", 100.0, 1), ("slow", 90.0, 2)] {
+        let s = samples(seed, center, 20);
+        add(&file, run, "fast", &s);
+        let mut args = vec![
+            "bench",
+            "add",
+            "--run",
+            run,
+            "--suite",
+            "test",
+            "--benchmark",
+            "fast",
+            "--param",
+            "frames=64",
+            "--measure",
+            "throughput",
+            "--unit",
+            "Mpps",
+            "--better",
+            "higher",
+            "--samples",
+            &s,
+        ];
+        args.extend(db);
+        let out = linerate(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut from_db = vec!["bench", "compare", "--json", "base", "slow"];
+    from_db.extend(db);
+    let a = linerate(&from_db);
+    let b = linerate(&[
+        "bench",
+        "compare",
+        "--json",
+        "base",
+        "slow",
+        "--history",
+        file.to_str().unwrap(),
+    ]);
+    let drop = std::process::Command::new("psql")
+        .args([url.as_str(), "-qc", &format!("DROP TABLE {table}")])
+        .status();
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(String::from_utf8_lossy(&a.stdout).contains("\"slower\""));
+    assert_eq!(a.stdout, b.stdout);
+    assert!(drop.unwrap().success());
+    // A table name that is not an identifier is refused before any SQL.
+    let bad = linerate(&["bench", "history", "--database", &url, "--table", "x; drop"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("a table name is"));
 }

@@ -2,16 +2,13 @@
 //! (JSON lines, `linerate_perf::record`), compares two runs metric by metric, finds the steps
 //! in every metric's history, and checks a candidate against a baseline for CI.
 
+use super::bench_store::HistoryFile;
 use anyhow::{Context, Result, bail};
 use linerate_perf::compare::{self, Verdict};
-use linerate_perf::record::{self, Better, Record};
+use linerate_perf::record::{Better, Record};
 use linerate_perf::{changepoint, history};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// Where the history lives unless `--history` says otherwise.
-const DEFAULT_HISTORY: &str = "target/linerate-bench/history.jsonl";
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -47,6 +44,20 @@ enum BenchCmd {
     /// Add gungraun's summaries (`cargo bench -- --save-summary=json`) under DIR to the
     /// history as one run: each benchmark's instruction count (callgrind's Ir).
     ImportGungraun(ImportArgs),
+    /// Add criterion's latest measurements under DIR (target/criterion) to the history as
+    /// one run: each benchmark's samples as time per iteration.
+    ImportCriterion(ImportCriterionArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportCriterionArgs {
+    #[command(flatten)]
+    file: HistoryFile,
+    /// Where criterion wrote its output (target/criterion).
+    dir: PathBuf,
+    /// The run id to give the records (default: one new id).
+    #[arg(long)]
+    run: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -67,25 +78,61 @@ struct PlotArgs {
     min_effect: f64,
 }
 
+/// The suites `run` knows. `pipeline` needs only this binary; the others need the source tree
+/// (`--root`): `criterion` and `instructions` build and run the micro-benchmarks with cargo,
+/// the rest are the system benchmark scripts in `bench/` (root, namespaces, minutes each).
+const SUITES: [&str; 9] = [
+    "pipeline",
+    "criterion",
+    "instructions",
+    "fwd-compare",
+    "relay-compare",
+    "control-compare",
+    "gen-compare",
+    "emu-compare",
+    "emu-scale",
+];
+
+/// Scripts that build unless told `--no-build` (the emulation scripts always run cargo, which
+/// is quick once built).
+const TAKES_NO_BUILD: [&str; 4] = [
+    "fwd-compare",
+    "relay-compare",
+    "control-compare",
+    "gen-compare",
+];
+
 #[derive(clap::Args)]
 struct RunArgs {
     #[command(flatten)]
     file: HistoryFile,
-    /// The suite: `pipeline` (the in-memory packet core, one and two workers; no root needed).
-    #[arg(value_parser = ["pipeline"])]
-    suite: String,
-    /// Trials per binary.
-    #[arg(long, default_value_t = 10)]
-    trials: usize,
-    /// Length of each trial.
+    /// The suites, in order: pipeline (the in-memory packet core, one and two workers),
+    /// criterion (the criterion micro-benchmarks: every sample's time per iteration),
+    /// instructions (gungraun's instruction counts), and the system benchmark scripts
+    /// fwd-compare, relay-compare, control-compare, gen-compare, emu-compare, emu-scale.
+    #[arg(required = true, value_parser = SUITES)]
+    suites: Vec<String>,
+    /// Trials per binary (default: 10 for pipeline, 1 for the others: criterion takes its
+    /// own 100 samples, instruction counts do not vary, and a script's trial takes minutes).
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Length of each pipeline trial.
     #[arg(long, default_value = "1s")]
     trial: String,
-    /// A baseline `linerate` binary to interleave with this one (paired A/B).
+    /// A baseline `linerate` binary to interleave with this one (paired A/B: A B, B A, ...),
+    /// for pipeline and the scripts. The two runs are compared at the end.
     #[arg(long)]
     baseline_exe: Option<PathBuf>,
     /// The run id (default: one new id; the baseline's gets `-baseline` appended).
     #[arg(long)]
     run: Option<String>,
+    /// The source tree, for every suite but pipeline (default: the git repository here).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Arguments for the suites after `--`: the scripts' options, or criterion's filter and
+    /// flags.
+    #[arg(last = true)]
+    suite_args: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -141,16 +188,16 @@ struct ImportArgs {
 }
 
 #[derive(clap::Args)]
-struct HistoryFile {
-    /// The history file (JSON lines).
-    #[arg(long, default_value = DEFAULT_HISTORY)]
-    history: PathBuf,
-}
-
-#[derive(clap::Args)]
 struct AddArgs {
     #[command(flatten)]
     file: HistoryFile,
+    #[command(flatten)]
+    set: SetArgs,
+}
+
+/// One sample set, as `add` takes it.
+#[derive(clap::Args)]
+struct SetArgs {
     /// The run this set belongs to (default: one new id per call).
     #[arg(long)]
     run: Option<String>,
@@ -251,13 +298,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchCmd::Check(a) => check(a),
         BenchCmd::ImportGungraun(a) => import_gungraun(a),
         BenchCmd::ImportJson(a) => import_json(a),
+        BenchCmd::ImportCriterion(a) => import_criterion(a),
         BenchCmd::Plot(a) => plot(a),
     }
 }
 
 fn plot(a: PlotArgs) -> Result<()> {
     use linerate_perf::plot;
-    let records = load(&a.file.history)?;
+    let records = a.file.load()?;
     let o = changepoint::Options {
         min_effect: a.min_effect,
         ..changepoint::Options::default()
@@ -328,79 +376,259 @@ fn pipeline_trial(exe: &Path, trial: &str) -> Result<Vec<(String, f64)>> {
     Ok(out)
 }
 
+/// The binaries of `trials` trials in order, with the run each one's samples go to: A B, then
+/// B A, and so on, so drift in the machine falls on both alike.
+fn plan<'a>(
+    trials: usize,
+    me: &'a Path,
+    run: &'a str,
+    baseline: Option<(&'a Path, &'a str)>,
+) -> Vec<(&'a Path, &'a str)> {
+    let mut plan = Vec::new();
+    for t in 0..trials {
+        match baseline {
+            Some(b) if t % 2 == 0 => plan.extend([b, (me, run)]),
+            Some(b) => plan.extend([(me, run), b]),
+            None => plan.push((me, run)),
+        }
+    }
+    plan
+}
+
+/// What a suite's runs need: this binary, the run ids, where to record.
+struct Runner<'a> {
+    a: &'a RunArgs,
+    me: PathBuf,
+    run: String,
+    base_run: String,
+    root: PathBuf,
+}
+
 fn run_suite(a: RunArgs) -> Result<()> {
-    if a.trials == 0 {
+    if a.trials == Some(0) {
         bail!("--trials must be at least 1");
     }
-    let me = std::env::current_exe().context("finding this binary")?;
-    let run = a.run.clone().unwrap_or_else(|| new_run_id(&a.suite));
-    let base_run = format!("{run}-baseline");
-    // (binary, run id) pairs in trial order: A B, then B A, and so on.
-    let mut plan: Vec<(&Path, &str)> = Vec::new();
-    for t in 0..a.trials {
-        match &a.baseline_exe {
-            Some(b) if t % 2 == 0 => plan.extend([
-                (b.as_path(), base_run.as_str()),
-                (me.as_path(), run.as_str()),
-            ]),
-            Some(b) => plan.extend([
-                (me.as_path(), run.as_str()),
-                (b.as_path(), base_run.as_str()),
-            ]),
-            None => plan.push((me.as_path(), run.as_str())),
-        }
-    }
-    let mut samples: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
-    for (i, (exe, id)) in plan.iter().enumerate() {
-        eprintln!(
-            "bench run: trial {}/{}: {}",
-            i + 1,
-            plan.len(),
-            exe.display()
+    if let Some(b) = &a.baseline_exe
+        && let Some(s) = (a.suites.iter()).find(|s| *s == "criterion" || *s == "instructions")
+    {
+        bail!(
+            "--baseline-exe {}: suite {s} is built from the source tree, not run from a binary; \
+             run it at each commit and compare the two runs (`linerate bench compare`)",
+            b.display()
         );
-        for (workers, mpps) in pipeline_trial(exe, &a.trial)? {
-            samples
-                .entry((id.to_string(), workers))
-                .or_default()
-                .push(mpps);
+    }
+    let me = std::env::current_exe().context("finding this binary")?;
+    let run = a.run.clone().unwrap_or_else(|| new_run_id("run"));
+    let needs_root = a.suites.iter().any(|s| s != "pipeline");
+    let root = match (&a.root, needs_root) {
+        (Some(r), _) => r.clone(),
+        (None, true) => git(&["rev-parse", "--show-toplevel"])
+            .map(PathBuf::from)
+            .context("not in a git repository: give --root, the source tree")?,
+        (None, false) => PathBuf::from("."),
+    };
+    let root = std::path::absolute(&root).context("resolving --root")?;
+    let r = Runner {
+        base_run: format!("{run}-baseline"),
+        run,
+        me,
+        root,
+        a: &a,
+    };
+    for suite in &a.suites {
+        eprintln!("bench run: suite {suite}");
+        match suite.as_str() {
+            "pipeline" => r.pipeline()?,
+            "criterion" => r.criterion()?,
+            "instructions" => r.instructions()?,
+            script => r.script(script)?,
         }
     }
-    let mut records = Vec::new();
-    for ((id, workers), s) in samples {
-        records.push(make_record(AddArgs {
-            file: HistoryFile {
-                history: a.file.history.clone(),
-            },
-            run: Some(id),
-            suite: a.suite.clone(),
-            benchmark: "pipeline".into(),
-            params: vec![
-                ("workers".into(), workers),
-                ("trial".into(), a.trial.clone()),
-            ],
-            measure: "throughput".into(),
-            unit: "Mpps".into(),
-            better: "higher".into(),
-            samples: s,
-        })?);
-    }
-    append(&a.file.history, &records)?;
-    println!(
-        "{run}: {} sample sets of {} trials",
-        records.len(),
-        a.trials
-    );
+    println!("{}: suites {}", r.run, a.suites.join(", "));
     if a.baseline_exe.is_some() {
         compare_cmd(CompareArgs {
-            file: a.file,
-            a: base_run,
-            b: run,
+            file: a.file.clone(),
+            a: r.base_run.clone(),
+            b: r.run.clone(),
             min_effect: 0.02,
             alpha: 0.01,
             json: false,
         })?;
     }
     Ok(())
+}
+
+impl Runner<'_> {
+    fn trials(&self, default: usize) -> usize {
+        self.a.trials.unwrap_or(default)
+    }
+
+    fn baseline(&self) -> Option<(&Path, &str)> {
+        (self.a.baseline_exe.as_deref()).map(|b| (b, self.base_run.as_str()))
+    }
+
+    fn pipeline(&self) -> Result<()> {
+        let trials = self.trials(10);
+        let plan = plan(trials, &self.me, &self.run, self.baseline());
+        let mut samples: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+        for (i, (exe, id)) in plan.iter().enumerate() {
+            eprintln!(
+                "bench run: pipeline trial {}/{}: {}",
+                i + 1,
+                plan.len(),
+                exe.display()
+            );
+            for (workers, mpps) in pipeline_trial(exe, &self.a.trial)? {
+                samples
+                    .entry((id.to_string(), workers))
+                    .or_default()
+                    .push(mpps);
+            }
+        }
+        let mut records = Vec::new();
+        for ((id, workers), s) in samples {
+            records.push(make_record(SetArgs {
+                run: Some(id),
+                suite: "pipeline".into(),
+                benchmark: "pipeline".into(),
+                params: vec![
+                    ("workers".into(), workers),
+                    ("trial".into(), self.a.trial.clone()),
+                ],
+                measure: "throughput".into(),
+                unit: "Mpps".into(),
+                better: "higher".into(),
+                samples: s,
+            })?);
+        }
+        self.a.file.append(&records)?;
+        eprintln!(
+            "bench run: pipeline: {} sample sets of {trials} trials",
+            records.len()
+        );
+        Ok(())
+    }
+
+    /// A command in the source tree, failing with its name when it fails.
+    fn in_root(&self, cmd: &mut std::process::Command, what: &str) -> Result<()> {
+        let st = cmd
+            .current_dir(&self.root)
+            .status()
+            .with_context(|| format!("starting {what}"))?;
+        if !st.success() {
+            bail!("{what} failed ({st})");
+        }
+        Ok(())
+    }
+
+    fn criterion(&self) -> Result<()> {
+        let target = self.target_dir();
+        let started = std::time::SystemTime::now();
+        for t in 0..self.trials(1) {
+            let mut cmd = std::process::Command::new("cargo");
+            cmd.args(["bench", "-p", "linerate-bench"]);
+            for b in CRITERION_BENCHES {
+                cmd.args(["--bench", b]);
+            }
+            cmd.args(["--", "--noplot"]).args(&self.a.suite_args);
+            self.in_root(&mut cmd, &format!("criterion trial {}", t + 1))?;
+            let n = import_criterion_dir(
+                &self.a.file,
+                &target.join("criterion"),
+                &self.run,
+                Some(started),
+            )?;
+            eprintln!("bench run: criterion trial {}: {n} benchmarks", t + 1);
+        }
+        Ok(())
+    }
+
+    fn target_dir(&self) -> PathBuf {
+        match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(d) => self.root.join(d),
+            None => self.root.join("target"),
+        }
+    }
+
+    fn instructions(&self) -> Result<()> {
+        self.in_root(
+            std::process::Command::new(self.root.join("scripts/instructions")).arg("--install"),
+            "scripts/instructions --install",
+        )?;
+        let runner = self.root.join("target/gungraun-runner/bin/gungraun-runner");
+        let out = self.target_dir().join("gungraun");
+        for t in 0..self.trials(1) {
+            // Old summaries would be imported as this run's.
+            if out.exists() {
+                std::fs::remove_dir_all(&out)
+                    .with_context(|| format!("clearing {}", out.display()))?;
+            }
+            self.in_root(
+                std::process::Command::new("cargo")
+                    .args([
+                        "bench",
+                        "-q",
+                        "-p",
+                        "linerate-bench",
+                        "--bench",
+                        "instructions",
+                    ])
+                    .arg("--")
+                    .arg("--save-summary=json")
+                    .args(&self.a.suite_args)
+                    .env("GUNGRAUN_RUNNER", &runner),
+                &format!("instructions trial {}", t + 1),
+            )?;
+            let n = import_gungraun_dir(&self.a.file, &out, &self.run, "instructions")?;
+            eprintln!("bench run: instructions trial {}: {n} benchmarks", t + 1);
+        }
+        Ok(())
+    }
+
+    /// A script in `bench/`, each trial told (by environment) which binary to measure, which
+    /// run its records join and where the history is; the script imports its own results.
+    fn script(&self, name: &str) -> Result<()> {
+        let path = self.root.join("bench").join(name);
+        if !path.is_file() {
+            bail!("suite {name}: no script {}", path.display());
+        }
+        let plan = plan(self.trials(1), &self.me, &self.run, self.baseline());
+        let before = self.a.file.load().map_or(0, |r| r.len());
+        for (i, (exe, id)) in plan.iter().enumerate() {
+            eprintln!(
+                "bench run: {name} trial {}/{}: {}",
+                i + 1,
+                plan.len(),
+                exe.display()
+            );
+            let mut cmd = std::process::Command::new(&path);
+            if i > 0 && TAKES_NO_BUILD.contains(&name) {
+                cmd.arg("--no-build");
+            }
+            cmd.args(&self.a.suite_args)
+                .env("LINERATE_EXE", exe)
+                .env("LINERATE_BENCH_EXE", &self.me)
+                .env("LINERATE_BENCH_RUN", id)
+                .env("LINERATE_BENCH_TABLE", &self.a.file.table);
+            match self.a.file.database() {
+                Some(url) => cmd.env("LINERATE_BENCH_DATABASE", url),
+                None => cmd.env(
+                    "LINERATE_BENCH_HISTORY",
+                    std::path::absolute(&self.a.file.history)?,
+                ),
+            };
+            self.in_root(&mut cmd, &format!("{name} trial {}", i + 1))?;
+        }
+        let after = self.a.file.load()?.len();
+        if after == before {
+            bail!(
+                "suite {name}: the script ran but added nothing to {}",
+                self.a.file.describe()
+            );
+        }
+        eprintln!("bench run: {name}: {} sample sets", after - before);
+        Ok(())
+    }
 }
 
 /// A JSON value as text (strings as they are) or as a number (numbers, and strings that
@@ -459,10 +687,7 @@ fn import_json(a: ImportJsonArgs) -> Result<()> {
             let Some(x) = as_number(&v[field.as_str()]) else {
                 continue;
             };
-            records.push(make_record(AddArgs {
-                file: HistoryFile {
-                    history: a.file.history.clone(),
-                },
+            records.push(make_record(SetArgs {
                 run: Some(run.clone()),
                 suite: a.suite.clone(),
                 benchmark: name.clone(),
@@ -477,18 +702,18 @@ fn import_json(a: ImportJsonArgs) -> Result<()> {
     if records.is_empty() {
         bail!("{}: no line gave a metric", a.results.display());
     }
-    append(&a.file.history, &records)?;
+    a.file.append(&records)?;
     println!("{run}: {} sample sets", records.len());
     Ok(())
 }
 
-/// Every `summary.json` under `dir`, sorted.
-fn summaries(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Every file called `name` under `dir`, sorted.
+fn summaries(dir: &Path, name: &str, out: &mut Vec<PathBuf>) -> Result<()> {
     for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let p = e?.path();
         if p.is_dir() {
-            summaries(&p, out)?;
-        } else if p.file_name().is_some_and(|n| n == "summary.json") {
+            summaries(&p, name, out)?;
+        } else if p.file_name().is_some_and(|n| n == name) {
             out.push(p);
         }
     }
@@ -519,41 +744,149 @@ fn gungraun_ir(path: &Path) -> Result<(String, f64)> {
 }
 
 fn import_gungraun(a: ImportArgs) -> Result<()> {
+    let n = import_gungraun_dir(&a.file, &a.dir, &a.run, &a.suite)?;
+    println!("{}: {n} benchmarks", a.run);
+    Ok(())
+}
+
+/// Adds gungraun's summaries under `dir` to the history as run `run`; returns how many.
+fn import_gungraun_dir(file: &HistoryFile, dir: &Path, run: &str, suite: &str) -> Result<usize> {
     let mut files = Vec::new();
-    summaries(&a.dir, &mut files)?;
+    summaries(dir, "summary.json", &mut files)?;
     if files.is_empty() {
         bail!(
             "no summary.json under {} (run the benches with -- --save-summary=json)",
-            a.dir.display()
+            dir.display()
         );
     }
     let mut lines = Vec::new();
     for f in &files {
         let (name, ir) = gungraun_ir(f)?;
-        let add = AddArgs {
-            file: HistoryFile {
-                history: a.file.history.clone(),
-            },
-            run: Some(a.run.clone()),
-            suite: a.suite.clone(),
+        lines.push(make_record(SetArgs {
+            run: Some(run.to_string()),
+            suite: suite.to_string(),
             benchmark: name,
             params: Vec::new(),
             measure: "instructions".into(),
             unit: "Ir".into(),
             better: "lower".into(),
             samples: vec![ir],
-        };
-        lines.push(make_record(add)?);
+        })?);
     }
-    append(&a.file.history, &lines)?;
-    println!("{}: {} benchmarks", a.run, lines.len());
+    file.append(&lines)?;
+    Ok(lines.len())
+}
+
+/// The criterion benchmarks `run criterion` runs (bench/Cargo.toml's, but instructions).
+const CRITERION_BENCHES: [&str; 5] = [
+    "fabric_dispatch",
+    "lpm_lookup",
+    "pipeline",
+    "wire_parse",
+    "sched",
+];
+
+fn import_criterion(a: ImportCriterionArgs) -> Result<()> {
+    let run = a.run.clone().unwrap_or_else(|| new_run_id("criterion"));
+    let n = import_criterion_dir(&a.file, &a.dir, &run, None)?;
+    println!("{run}: {n} benchmarks");
     Ok(())
 }
 
-fn load(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the history {}", path.display()))?;
-    record::parse_history(&text).map_err(|e| anyhow::anyhow!("history {}: {e}", path.display()))
+/// One criterion measurement (`new/benchmark.json` and `new/sample.json` beside it): its id
+/// and its samples' times per iteration in nanoseconds (each sample's time over its
+/// iterations, as criterion's own analysis takes them).
+fn criterion_samples(benchmark_json: &Path) -> Result<(String, Vec<f64>)> {
+    let read = |p: &Path| -> Result<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))
+    };
+    let b = read(benchmark_json)?;
+    let id = (b["full_id"].as_str())
+        .with_context(|| format!("{}: no full_id", benchmark_json.display()))?
+        .to_string();
+    let sample_json = benchmark_json.with_file_name("sample.json");
+    let s = read(&sample_json)?;
+    let nums = |k: &str| -> Result<Vec<f64>> {
+        (s[k].as_array())
+            .with_context(|| format!("{}: no {k} array", sample_json.display()))?
+            .iter()
+            .map(|v| v.as_f64().filter(|x| x.is_finite()))
+            .collect::<Option<Vec<f64>>>()
+            .with_context(|| {
+                format!(
+                    "{}: {k} holds a value that is not a number",
+                    sample_json.display()
+                )
+            })
+    };
+    let (iters, times) = (nums("iters")?, nums("times")?);
+    if iters.len() != times.len() || iters.is_empty() || iters.iter().any(|&n| n <= 0.0) {
+        bail!(
+            "{}: {} iteration counts for {} times (need as many, all above 0)",
+            sample_json.display(),
+            iters.len(),
+            times.len()
+        );
+    }
+    Ok((id, times.iter().zip(&iters).map(|(t, n)| t / n).collect()))
+}
+
+/// Adds the criterion measurements under `dir` (those written since `since`, when given) to
+/// the history as run `run`; returns how many.
+fn import_criterion_dir(
+    file: &HistoryFile,
+    dir: &Path,
+    run: &str,
+    since: Option<std::time::SystemTime>,
+) -> Result<usize> {
+    let mut found = Vec::new();
+    summaries(dir, "benchmark.json", &mut found)?;
+    let mut records = Vec::new();
+    for f in found {
+        // Criterion keeps the latest measurement in new/, older ones in base/ and change/.
+        if f.parent()
+            .and_then(|p| p.file_name())
+            .is_none_or(|n| n != "new")
+        {
+            continue;
+        }
+        let fresh = |p: &Path| {
+            since.is_none_or(|t| {
+                std::fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m >= t)
+            })
+        };
+        if !fresh(&f.with_file_name("sample.json")) {
+            continue;
+        }
+        let (id, samples) = criterion_samples(&f)?;
+        records.push(make_record(SetArgs {
+            run: Some(run.to_string()),
+            suite: "criterion".into(),
+            benchmark: id,
+            params: Vec::new(),
+            measure: "time".into(),
+            unit: "ns".into(),
+            better: "lower".into(),
+            samples,
+        })?);
+    }
+    if records.is_empty() {
+        bail!(
+            "no criterion measurement under {}{}",
+            dir.display(),
+            if since.is_some() {
+                " from this run"
+            } else {
+                ""
+            }
+        );
+    }
+    file.append(&records)?;
+    Ok(records.len())
 }
 
 /// `git` in the current directory, trimmed; `None` outside a repository.
@@ -619,32 +952,14 @@ fn machine() -> BTreeMap<String, serde_json::Value> {
 }
 
 fn add(a: AddArgs) -> Result<()> {
-    let path = a.file.history.clone();
-    let r = make_record(a)?;
-    append(&path, std::slice::from_ref(&r))?;
+    let r = make_record(a.set)?;
+    a.file.append(std::slice::from_ref(&r))?;
     println!("{}", r.run);
     Ok(())
 }
 
-/// Appends `records` to the history at `path` (made, with its directory, if missing).
-fn append(path: &Path, records: &[Record]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    for r in records {
-        writeln!(f, "{}", record::to_line(r))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
-}
-
 /// The record `a` describes, with the commit, dirty flag, time and machine filled in.
-fn make_record(a: AddArgs) -> Result<Record> {
+fn make_record(a: SetArgs) -> Result<Record> {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty =
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
@@ -693,13 +1008,13 @@ fn pct(x: f64) -> String {
 /// Runs (or commits) `a` and `b` of the history at `path` resolved, and every metric both
 /// measured compared.
 fn compared(
-    path: &Path,
+    file: &HistoryFile,
     a: &str,
     b: &str,
     alpha: f64,
     min_effect: f64,
 ) -> Result<(String, String, Vec<history::MetricComparison>)> {
-    let records = load(path)?;
+    let records = file.load()?;
     let ra = history::resolve_run(&records, a).map_err(anyhow::Error::msg)?;
     let rb = history::resolve_run(&records, b).map_err(anyhow::Error::msg)?;
     let o = compare::Options {
@@ -715,7 +1030,7 @@ fn compared(
 }
 
 fn compare_cmd(a: CompareArgs) -> Result<()> {
-    let (ra, rb, rows) = compared(&a.file.history, &a.a, &a.b, a.alpha, a.min_effect)?;
+    let (ra, rb, rows) = compared(&a.file, &a.a, &a.b, a.alpha, a.min_effect)?;
     if a.json {
         for c in &rows {
             let r = &c.result;
@@ -758,7 +1073,7 @@ fn compare_cmd(a: CompareArgs) -> Result<()> {
 }
 
 fn history_cmd(a: HistoryArgs) -> Result<()> {
-    let records = load(&a.file.history)?;
+    let records = a.file.load()?;
     let o = changepoint::Options {
         min_effect: a.min_effect,
         ..changepoint::Options::default()
@@ -802,7 +1117,7 @@ fn history_cmd(a: HistoryArgs) -> Result<()> {
 }
 
 fn check(a: CheckArgs) -> Result<()> {
-    let (ra, rb, rows) = compared(&a.file.history, &a.a, &a.b, a.alpha, a.threshold)?;
+    let (ra, rb, rows) = compared(&a.file, &a.a, &a.b, a.alpha, a.threshold)?;
     for c in rows.iter().filter(|c| c.result.verdict == Verdict::Unsure) {
         eprintln!(
             "check: {}: unsure (change {}, interval [{}, {}]): too few or too noisy samples",

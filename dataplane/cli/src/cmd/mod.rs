@@ -1,6 +1,7 @@
 //! The `linerate` subcommands. Each module is one job: its arguments and how it runs.
 
 pub mod bench;
+mod bench_store;
 pub mod controller;
 pub mod emu;
 mod emu_control;
