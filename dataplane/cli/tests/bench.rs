@@ -111,6 +111,27 @@ fn check_flags_a_slowed_metric_and_passes_an_unchanged_run() {
         .collect();
     assert_eq!(verdicts, ["slower", "same"], "{lines:?}");
 
+    assert!(
+        !String::from_utf8_lossy(&cmp.stderr).contains("machines"),
+        "one machine measured both"
+    );
+    // The same sets measured elsewhere: the comparison says what differs.
+    let mut text = std::fs::read_to_string(&h).unwrap();
+    for r in records(&h).iter().filter(|r| r["run"] == "again") {
+        let mut r = r.clone();
+        r["run"] = "elsewhere".into();
+        r["machine"]["cores"] = 96.into();
+        text.push_str(&format!("{r}\n"));
+    }
+    std::fs::write(&h, text).unwrap();
+    let other = linerate(&["bench", "compare", "--history", hs, "base", "elsewhere"]);
+    assert!(
+        String::from_utf8_lossy(&other.stderr)
+            .contains("runs base and elsewhere come from machines that differ in: cores"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+
     let nothing = linerate(&["bench", "check", "--history", hs, "base", "nosuchrun"]);
     assert!(String::from_utf8_lossy(&nothing.stderr).contains("no run or commit 'nosuchrun'"));
 }

@@ -941,6 +941,21 @@ fn machine() -> BTreeMap<String, serde_json::Value> {
             m.insert(key.into(), v.into());
         }
     }
+    // The physical NICs (those with a device behind them) and their drivers: `eth0:ice`.
+    let mut nics: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let driver = std::fs::read_link(e.path().join("device/driver")).ok()?;
+            let driver = driver.file_name()?.to_string_lossy().into_owned();
+            Some(format!("{}:{driver}", e.file_name().to_string_lossy()))
+        })
+        .collect();
+    nics.sort();
+    if !nics.is_empty() {
+        m.insert("nics".into(), nics.join(",").into());
+    }
     let meminfo = read("/proc/meminfo").unwrap_or_default();
     if let Some(h) = meminfo.lines().find(|l| l.starts_with("HugePages_Total")) {
         m.insert(
@@ -1022,11 +1037,33 @@ fn compared(
         min_effect,
         ..compare::Options::default()
     };
+    warn_if_machines_differ(&records, &ra, &rb);
     let rows = history::compare_runs(&records, &ra, &rb, &o);
     if rows.is_empty() {
         bail!("runs {ra} and {rb} have no metric in common");
     }
     Ok((ra, rb, rows))
+}
+
+/// Says so on stderr when runs `a` and `b` were measured on machines that differ, naming the
+/// facts that do (wall-time figures from two machines are not a comparison of two builds).
+fn warn_if_machines_differ(records: &[Record], a: &str, b: &str) {
+    let machine = |run: &str| records.iter().find(|r| r.run == run).map(|r| &r.machine);
+    let (Some(ma), Some(mb)) = (machine(a), machine(b)) else {
+        return;
+    };
+    let differ: Vec<&str> = (ma.keys().chain(mb.keys()))
+        .filter(|k| ma.get(*k) != mb.get(*k))
+        .map(String::as_str)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !differ.is_empty() {
+        eprintln!(
+            "note: runs {a} and {b} come from machines that differ in: {}",
+            differ.join(", ")
+        );
+    }
 }
 
 fn compare_cmd(a: CompareArgs) -> Result<()> {
