@@ -870,3 +870,92 @@ fn sigterm_stops_accepting_and_drains_open_connections() {
     assert_eq!(field(&out, "active"), 0, "{out}");
     assert_eq!(field(&out, "succeeded"), 1, "{out}");
 }
+
+/// A connection torn down while its bytes are still moving must not leave them in a pipe the
+/// next connection reuses. Each round floods a server that resets after 256 KiB (so the relay
+/// closes the connection with splices in flight), then sends a short message through
+/// the same worker to a server that collects it: the message must arrive alone. Found with
+/// iperf3 through `--splice uring` ("received an unknown control message"): a splice into the
+/// pipe that completed after the connection began closing was not counted, and the pipe went
+/// back to the pool with its bytes.
+#[test]
+fn a_closed_connections_leftover_bytes_never_reach_the_next_one() {
+    if !privileged("relay::a_closed_connections_leftover_bytes_never_reach_the_next_one") {
+        return;
+    }
+    let resetter = TcpListener::bind("127.0.0.1:0").unwrap();
+    let reset_addr = resetter.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in resetter.incoming().flatten() {
+            let mut s = s;
+            // Reads a while first, so the relay is splicing when the reset comes.
+            let mut b = vec![0u8; 256 << 10];
+            let _ = s.read_exact(&mut b);
+            // Closing with linger 0 sends a reset.
+            let l = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            use std::os::fd::AsRawFd;
+            // SAFETY: `l` lives across the call and its size is passed with it.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&l as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+        }
+    });
+    let collector = TcpListener::bind("127.0.0.1:0").unwrap();
+    let collect_addr = collector.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for mut s in collector.incoming().flatten() {
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            if tx.send(got).is_err() {
+                break;
+            }
+        }
+    });
+    for splice in ["uring", "syscall"] {
+        let (relay, addr) = start_relay(&["--mode", "max", "--splice", splice, "--workers", "1"]);
+        let flood = vec![b'A'; 1 << 20];
+        for round in 0..150 {
+            let (mut a, reply) = socks_request(addr, &connect_request(reset_addr));
+            assert_eq!(reply[..2], [5, 0], "{splice} round {round}");
+            // Until the reset comes back through the relay.
+            a.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            let ended = loop {
+                if let Err(e) = a.write_all(&flood) {
+                    break e;
+                }
+            };
+            assert!(
+                !matches!(
+                    ended.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{splice} round {round}: the relay stopped reading the flood (a pipe it reused \
+                 still full of another connection's bytes?)"
+            );
+            drop(a);
+            let (mut b, reply) = socks_request(addr, &connect_request(collect_addr));
+            assert_eq!(reply[..2], [5, 0], "{splice} round {round}");
+            let msg = format!("round {round}");
+            b.write_all(msg.as_bytes()).unwrap();
+            b.shutdown(Shutdown::Write).unwrap();
+            let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert!(
+                got == msg.as_bytes(),
+                "{splice} round {round}: the collector got {} bytes ({:?}...)",
+                got.len(),
+                String::from_utf8_lossy(&got[..got.len().min(16)])
+            );
+        }
+        stop(relay);
+    }
+}

@@ -25,6 +25,13 @@ pub fn pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
+/// Whether the non-blocking pipe whose read end is `r` holds nothing. Finding out reads one
+/// byte, lost if there was one: such a pipe is not reused anyway.
+pub fn pipe_is_empty(r: BorrowedFd<'_>) -> bool {
+    let mut b = [0u8; 1];
+    matches!(nix::unistd::read(r, &mut b), Err(nix::errno::Errno::EAGAIN))
+}
+
 /// shutdown(2); errors (not connected, already shut) mean there is nothing left to shut.
 pub fn shutdown(fd: BorrowedFd<'_>, how: socket::Shutdown) {
     let _ = socket::shutdown(fd.as_raw_fd(), how);

@@ -395,8 +395,14 @@ impl Worker {
         }
         for d in 0..2 {
             if let Some(p) = c.dirs[d].pipe.take() {
-                // A pipe with bytes left in it cannot be reused.
-                if c.dirs[d].in_pipe == 0 && self.pipes.len() < 1024 {
+                // A pipe with bytes left in it cannot be reused: they would go to the next
+                // connection. `in_pipe` alone cannot say so: a splice into the pipe that
+                // completes after the connection began closing is not counted in it. So the
+                // pipe itself is asked.
+                if c.dirs[d].in_pipe == 0
+                    && self.pipes.len() < 1024
+                    && sys::pipe_is_empty(p.0.as_fd())
+                {
                     self.pipes.push(p);
                 }
             }
