@@ -1522,6 +1522,9 @@ mod tests {
             [ab.clone(), ba.clone()]
         );
         let mut rx = store.subscribe();
+        // The two `up`s' own notifications may still be on their way: everything up to a
+        // marker written now goes (notifications arrive in commit order).
+        events_so_far(&store, &mut rx).await;
         exec(
             &store,
             "UPDATE links SET delay_us = 20000 WHERE src LIKE 'h1:%'",

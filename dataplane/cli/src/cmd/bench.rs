@@ -419,8 +419,8 @@ fn run_suite(a: RunArgs) -> Result<()> {
     }
     let me = std::env::current_exe().context("finding this binary")?;
     let run = a.run.clone().unwrap_or_else(|| new_run_id("run"));
-    let needs_root = a.suites.iter().any(|s| s != "pipeline");
-    let root = match (&a.root, needs_root) {
+    let needs_tree = a.suites.iter().any(|s| s != "pipeline");
+    let root = match (&a.root, needs_tree) {
         (Some(r), _) => r.clone(),
         (None, true) => git(&["rev-parse", "--show-toplevel"])
             .map(PathBuf::from)
