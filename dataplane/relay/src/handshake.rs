@@ -314,7 +314,7 @@ impl Worker {
         }
         for d in 0..2 {
             if self.shared.cfg.mode == RelayMode::Max {
-                match self.pipes.pop().map_or_else(super::splice::new_pipe, Ok) {
+                match self.pipes.take() {
                     Ok(p) => self.conn(slot).dirs[d].pipe = Some(p),
                     Err(_) => return self.close(slot, true),
                 }

@@ -16,12 +16,72 @@ use io_uring::{opcode, types};
 use nix::sys::socket::Shutdown;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 const PIPE_SIZE: usize = 1 << 18;
 const SPLICE_CHUNK: u32 = 1 << 18;
 
 pub(super) fn new_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     sys::pipe(PIPE_SIZE)
+}
+
+/// Max mode: pipes of closed connections, empty, for the next connections on this worker.
+/// Pipes nobody took during a whole period are closed at its end, so a burst's pipes do not
+/// stay open until the relay exits (each pipe is two descriptors and up to `PIPE_SIZE` of
+/// kernel memory while it holds data).
+pub(super) struct PipePool {
+    pipes: Vec<(OwnedFd, OwnedFd)>,
+    /// The fewest pipes the pool held since the period began: that many went unused.
+    low: usize,
+    period_start: Instant,
+}
+
+impl PipePool {
+    /// At most this many pipes wait in the pool.
+    const CAP: usize = 1024;
+    /// Pipes unused for this long are closed.
+    pub(super) const IDLE: Duration = Duration::from_secs(5);
+
+    pub(super) fn new(now: Instant) -> PipePool {
+        PipePool {
+            pipes: Vec::new(),
+            low: 0,
+            period_start: now,
+        }
+    }
+
+    /// A pipe from the pool, or a new one.
+    pub(super) fn take(&mut self) -> io::Result<(OwnedFd, OwnedFd)> {
+        let p = self.pipes.pop();
+        self.low = self.low.min(self.pipes.len());
+        p.map_or_else(new_pipe, Ok)
+    }
+
+    /// Gives a connection's pipe back. It is kept only when it is empty (bytes left in it
+    /// would go to the next connection) and the pool has room; otherwise it is closed.
+    pub(super) fn give(&mut self, p: (OwnedFd, OwnedFd)) {
+        if self.pipes.len() < Self::CAP && sys::pipe_is_empty(p.0.as_fd()) {
+            self.pipes.push(p);
+        }
+    }
+
+    /// At the end of each period, closes the pipes that stayed unused through it; returns how
+    /// many it closed.
+    pub(super) fn trim(&mut self, now: Instant) -> usize {
+        if now.duration_since(self.period_start) < Self::IDLE {
+            return 0;
+        }
+        let unused = self.low.min(self.pipes.len());
+        self.pipes.truncate(self.pipes.len() - unused);
+        self.low = self.pipes.len();
+        self.period_start = now;
+        unused
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.pipes.len()
+    }
 }
 
 impl Worker {
@@ -219,5 +279,44 @@ fn splice_step(c: &mut Conn, d: usize) -> Step {
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::DestinationFull,
         Err(_) => Step::Error,
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    #[test]
+    fn pipes_unused_for_a_whole_period_are_closed_and_full_ones_never_kept() {
+        let t0 = Instant::now();
+        let mut pool = PipePool::new(t0);
+        // A burst: ten connections take pipes, then give them back.
+        let taken: Vec<_> = (0..10).map(|_| pool.take().unwrap()).collect();
+        for p in taken {
+            pool.give(p);
+        }
+        assert_eq!(pool.len(), 10);
+        // The first period saw the pool empty: nothing in it went unused all along.
+        assert_eq!(pool.trim(t0 + PipePool::IDLE), 0);
+        assert_eq!(pool.len(), 10);
+        // Three taken and given back during the next one: seven were never touched.
+        let again: Vec<_> = (0..3).map(|_| pool.take().unwrap()).collect();
+        for p in again {
+            pool.give(p);
+        }
+        assert_eq!(
+            pool.trim(t0 + PipePool::IDLE + PipePool::IDLE / 2),
+            0,
+            "mid-period"
+        );
+        assert_eq!(pool.trim(t0 + 2 * PipePool::IDLE), 7);
+        assert_eq!(pool.len(), 3);
+        assert_eq!(pool.trim(t0 + 3 * PipePool::IDLE), 3);
+        assert_eq!(pool.len(), 0);
+        // A pipe that still holds bytes is closed, not kept.
+        let p = pool.take().unwrap();
+        nix::unistd::write(&p.1, b"left over").unwrap();
+        pool.give(p);
+        assert_eq!(pool.len(), 0);
     }
 }

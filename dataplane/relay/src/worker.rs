@@ -13,6 +13,7 @@ use super::conn::{
     Phase, split_dir_op, split_ud, ud,
 };
 use super::copy::BUF;
+use super::splice::PipePool;
 use super::submit::Submitter;
 use super::udp::WorkerUdp;
 use super::{Answer, RelayMode, Shared, WorkerStats, sys};
@@ -38,7 +39,7 @@ pub(super) struct Worker {
     free: Vec<usize>,
     gens: Vec<u32>,
     /// Max mode: pipes of closed connections, empty, for the next ones.
-    pub(super) pipes: Vec<(OwnedFd, OwnedFd)>,
+    pub(super) pipes: PipePool,
     /// Normal mode: the registered buffers, `BUF` bytes each.
     pub(super) bufs: Vec<u8>,
     pub(super) free_bufs: Vec<u16>,
@@ -78,7 +79,7 @@ impl Worker {
             conns: Vec::new(),
             free: Vec::new(),
             gens: Vec::new(),
-            pipes: Vec::new(),
+            pipes: PipePool::new(Instant::now()),
             bufs,
             free_bufs: (0..nbufs as u16).rev().collect(),
             udp: WorkerUdp::new(),
@@ -357,6 +358,7 @@ impl Worker {
             }
         }
         self.expire_udp(now);
+        self.pipes.trim(now);
     }
 
     /// Starts closing: shuts every socket down so pending requests complete; the slot is
@@ -398,12 +400,9 @@ impl Worker {
                 // A pipe with bytes left in it cannot be reused: they would go to the next
                 // connection. `in_pipe` alone cannot say so: a splice into the pipe that
                 // completes after the connection began closing is not counted in it. So the
-                // pipe itself is asked.
-                if c.dirs[d].in_pipe == 0
-                    && self.pipes.len() < 1024
-                    && sys::pipe_is_empty(p.0.as_fd())
-                {
-                    self.pipes.push(p);
+                // pool asks the pipe itself.
+                if c.dirs[d].in_pipe == 0 {
+                    self.pipes.give(p);
                 }
             }
             if let Some(i) = c.dirs[d].buf_index.take() {
