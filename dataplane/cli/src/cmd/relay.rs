@@ -37,8 +37,9 @@ pub struct RelayArgs {
     listen: SocketAddr,
     #[arg(long, value_enum, default_value = "max")]
     mode: ModeArg,
-    /// Max mode: how splices are issued. splice(2) on readiness measured faster here (8.4
-    /// against 5.5 Gbit/s for one stream, half the CPU per GB; docs/BENCHMARKS.md).
+    /// Max mode: how splices are issued. splice(2) on readiness measured faster here (14.2
+    /// against 12.6 Gbit/s for one stream, 0.33 against 0.50 CPU-s/GB; the kernel runs every
+    /// io_uring splice on a worker thread; docs/BENCHMARKS.md).
     #[arg(long, value_enum, default_value = "syscall")]
     splice: SpliceArg,
     /// Workers, each with its own io_uring and SO_REUSEPORT listener (default: one per core).
