@@ -641,8 +641,9 @@ def records(out):
     acc = out.get("accuracy", {})
     for r in acc.get("rate", []):
         for who, key in [("linerate", "lr"), ("mininet", "mn")]:
-            yield {"kind": "rate", "contender": who, "rate": r["rate"],
-                   "worst_err_pct": r[f"{key}_worst_err_pct"]}
+            if r.get(f"{key}_worst_err_pct") is not None:
+                yield {"kind": "rate", "contender": who, "rate": r["rate"],
+                       "worst_err_pct": r[f"{key}_worst_err_pct"]}
     for d in acc.get("delay", [])[1:]:
         yield {"kind": "delay", "contender": "linerate", "delay_ms": d["delay_ms"],
                "abs_err_p50_us": abs(d["err_p50_us"]), "abs_err_p99_us": abs(d["err_p99_us"])}
