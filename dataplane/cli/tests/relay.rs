@@ -973,3 +973,20 @@ fn a_closed_connections_leftover_bytes_never_reach_the_next_one() {
         stop(relay);
     }
 }
+
+/// The harness itself: a job dropped while running (as when its test panics) is killed and
+/// reaped, not left spinning on a core the later tests and benchmarks share.
+#[test]
+fn a_dropped_job_leaves_no_process_behind() {
+    if !privileged("relay::a_dropped_job_leaves_no_process_behind") {
+        return;
+    }
+    let (relay, _) = start_relay(&[]);
+    let pid = relay.child.id();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    drop(relay);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "relay {pid} still there after its job was dropped"
+    );
+}

@@ -93,7 +93,7 @@ fn an_interrupted_selftest_removes_its_topology() {
         "the topology exists while it runs"
     );
     run("kill", &["-INT", &pid.to_string()]).unwrap();
-    let out = job.child.wait_with_output().unwrap();
+    let out = job.child.into_inner().wait_with_output().unwrap();
     assert!(
         !out.status.success(),
         "an interrupted selftest reports failure"

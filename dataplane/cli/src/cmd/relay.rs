@@ -37,8 +37,8 @@ pub struct RelayArgs {
     listen: SocketAddr,
     #[arg(long, value_enum, default_value = "max")]
     mode: ModeArg,
-    /// Max mode: how splices are issued. splice(2) on readiness measured faster here (14.2
-    /// against 12.6 Gbit/s for one stream, 0.33 against 0.50 CPU-s/GB; the kernel runs every
+    /// Max mode: how splices are issued. splice(2) on readiness measured faster here (17.8
+    /// against 15.7 Gbit/s for one stream, 0.39 against 0.44 CPU-s/GB; the kernel runs every
     /// io_uring splice on a worker thread; docs/BENCHMARKS.md).
     #[arg(long, value_enum, default_value = "syscall")]
     splice: SpliceArg,

@@ -39,9 +39,45 @@ pub fn from<'a>(json: &'a str, key: &str) -> &'a str {
     &json[at..]
 }
 
+/// A child process that is killed (and reaped) if it is still running when dropped: a test
+/// that fails half-way must not leave a relay or a forwarder running, spinning on a core that
+/// later tests and benchmarks share.
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    /// The child, no longer killed on drop.
+    pub fn into_inner(mut self) -> Child {
+        self.0.take().expect("a child")
+    }
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("a child")
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a child")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut()
+            && matches!(c.try_wait(), Ok(None))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A background `linerate` job: its stderr lines after the ready line arrive on `lines`.
 pub struct Job {
-    pub child: Child,
+    pub child: Proc,
     /// The line it was waited for (it may carry an address the job chose).
     pub ready: String,
     pub lines: Receiver<String>,
@@ -67,7 +103,7 @@ impl Job {
 
     /// Waits for the job to exit successfully; returns its stdout.
     pub fn finish(self) -> String {
-        let out = self.child.wait_with_output().unwrap();
+        let out = self.child.into_inner().wait_with_output().unwrap();
         // The process ended: its stderr reader ends too, so this collects every line.
         let rest: Vec<String> = self.lines.iter().collect();
         assert!(
@@ -106,7 +142,7 @@ pub fn start_until(mut cmd: Command, ready: &str) -> Job {
         }
     });
     Job {
-        child,
+        child: Proc(Some(child)),
         ready: line,
         lines: rx,
     }
