@@ -28,11 +28,20 @@ fn records(history: &Path) -> Vec<serde_json::Value> {
 }
 
 fn add(history: &Path, run: &str, bench: &str, samples: &str) {
-    let out = linerate(&[
+    add_to(
+        &["--history", history.to_str().unwrap()],
+        run,
+        bench,
+        samples,
+    );
+}
+
+/// `bench add` of one sample set into the history `store` names (`--history FILE`, or
+/// `--database URL --table T`).
+fn add_to(store: &[&str], run: &str, bench: &str, samples: &str) {
+    let mut args = vec![
         "bench",
         "add",
-        "--history",
-        history.to_str().unwrap(),
         "--run",
         run,
         "--suite",
@@ -49,7 +58,9 @@ fn add(history: &Path, run: &str, bench: &str, samples: &str) {
         "higher",
         "--samples",
         samples,
-    ]);
+    ];
+    args.extend(store);
+    let out = linerate(&args);
     assert!(
         out.status.success(),
         "{}",
@@ -474,33 +485,7 @@ fn the_history_can_live_in_postgres() {
     for (run, center, seed) in [("base", 100.0, 1), ("slow", 90.0, 2)] {
         let s = samples(seed, center, 20);
         add(&file, run, "fast", &s);
-        let mut args = vec![
-            "bench",
-            "add",
-            "--run",
-            run,
-            "--suite",
-            "test",
-            "--benchmark",
-            "fast",
-            "--param",
-            "frames=64",
-            "--measure",
-            "throughput",
-            "--unit",
-            "Mpps",
-            "--better",
-            "higher",
-            "--samples",
-            &s,
-        ];
-        args.extend(db);
-        let out = linerate(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        add_to(&db, run, "fast", &s);
     }
     let mut from_db = vec!["bench", "compare", "--json", "base", "slow"];
     from_db.extend(db);

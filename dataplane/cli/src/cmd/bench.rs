@@ -485,9 +485,10 @@ impl Runner<'_> {
                     .push(mpps);
             }
         }
+        let stamp = Stamp::now();
         let mut records = Vec::new();
         for ((id, workers), s) in samples {
-            records.push(make_record(SetArgs {
+            records.push(stamp.record(SetArgs {
                 run: Some(id),
                 suite: "pipeline".into(),
                 benchmark: "pipeline".into(),
@@ -657,6 +658,7 @@ fn import_json(a: ImportJsonArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.results)
         .with_context(|| format!("reading {}", a.results.display()))?;
     let run = a.run.clone().unwrap_or_else(|| new_run_id(&a.suite));
+    let stamp = Stamp::now();
     let mut records = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -687,7 +689,7 @@ fn import_json(a: ImportJsonArgs) -> Result<()> {
             let Some(x) = as_number(&v[field.as_str()]) else {
                 continue;
             };
-            records.push(make_record(SetArgs {
+            records.push(stamp.record(SetArgs {
                 run: Some(run.clone()),
                 suite: a.suite.clone(),
                 benchmark: name.clone(),
@@ -708,11 +710,11 @@ fn import_json(a: ImportJsonArgs) -> Result<()> {
 }
 
 /// Every file called `name` under `dir`, sorted.
-fn summaries(dir: &Path, name: &str, out: &mut Vec<PathBuf>) -> Result<()> {
+fn files_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) -> Result<()> {
     for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let p = e?.path();
         if p.is_dir() {
-            summaries(&p, name, out)?;
+            files_named(&p, name, out)?;
         } else if p.file_name().is_some_and(|n| n == name) {
             out.push(p);
         }
@@ -752,17 +754,18 @@ fn import_gungraun(a: ImportArgs) -> Result<()> {
 /// Adds gungraun's summaries under `dir` to the history as run `run`; returns how many.
 fn import_gungraun_dir(file: &HistoryFile, dir: &Path, run: &str, suite: &str) -> Result<usize> {
     let mut files = Vec::new();
-    summaries(dir, "summary.json", &mut files)?;
+    files_named(dir, "summary.json", &mut files)?;
     if files.is_empty() {
         bail!(
             "no summary.json under {} (run the benches with -- --save-summary=json)",
             dir.display()
         );
     }
+    let stamp = Stamp::now();
     let mut lines = Vec::new();
     for f in &files {
         let (name, ir) = gungraun_ir(f)?;
-        lines.push(make_record(SetArgs {
+        lines.push(stamp.record(SetArgs {
             run: Some(run.to_string()),
             suite: suite.to_string(),
             benchmark: name,
@@ -842,7 +845,16 @@ fn import_criterion_dir(
     since: Option<std::time::SystemTime>,
 ) -> Result<usize> {
     let mut found = Vec::new();
-    summaries(dir, "benchmark.json", &mut found)?;
+    files_named(dir, "benchmark.json", &mut found)?;
+    // Criterion rewrites sample.json each time it measures a benchmark.
+    let fresh = |p: &Path| {
+        since.is_none_or(|t| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m >= t)
+        })
+    };
+    let stamp = Stamp::now();
     let mut records = Vec::new();
     for f in found {
         // Criterion keeps the latest measurement in new/, older ones in base/ and change/.
@@ -852,18 +864,11 @@ fn import_criterion_dir(
         {
             continue;
         }
-        let fresh = |p: &Path| {
-            since.is_none_or(|t| {
-                std::fs::metadata(p)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|m| m >= t)
-            })
-        };
         if !fresh(&f.with_file_name("sample.json")) {
             continue;
         }
         let (id, samples) = criterion_samples(&f)?;
-        records.push(make_record(SetArgs {
+        records.push(stamp.record(SetArgs {
             run: Some(run.to_string()),
             suite: "criterion".into(),
             benchmark: id,
@@ -967,40 +972,57 @@ fn machine() -> BTreeMap<String, serde_json::Value> {
 }
 
 fn add(a: AddArgs) -> Result<()> {
-    let r = make_record(a.set)?;
+    let r = Stamp::now().record(a.set)?;
     a.file.append(std::slice::from_ref(&r))?;
     println!("{}", r.run);
     Ok(())
 }
 
-/// The record `a` describes, with the commit, dirty flag, time and machine filled in.
-fn make_record(a: SetArgs) -> Result<Record> {
-    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    let time = now_rfc3339();
-    let run = a.run.unwrap_or_else(|| new_run_id(&commit));
-    let better = if a.better == "higher" {
-        Better::Higher
-    } else {
-        Better::Lower
-    };
-    let mut r = Record::new(
-        &run,
-        &commit,
-        dirty,
-        &time,
-        &a.suite,
-        &a.benchmark,
-        &a.measure,
-        &a.unit,
-        better,
-        a.samples,
-    )
-    .map_err(anyhow::Error::msg)?;
-    r.params = a.params.into_iter().collect();
-    r.machine = machine();
-    Ok(r)
+/// What every record made together shares: the commit, whether the tree was dirty, the time
+/// and the machine. Taken once per batch (each is a `git` call or a read of `/proc`).
+struct Stamp {
+    commit: String,
+    dirty: bool,
+    time: String,
+    machine: BTreeMap<String, serde_json::Value>,
+}
+
+impl Stamp {
+    fn now() -> Stamp {
+        Stamp {
+            commit: git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into()),
+            dirty: git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty()),
+            time: now_rfc3339(),
+            machine: machine(),
+        }
+    }
+
+    /// The record `a` describes, stamped.
+    fn record(&self, a: SetArgs) -> Result<Record> {
+        let run = a.run.unwrap_or_else(|| new_run_id(&self.commit));
+        let better = if a.better == "higher" {
+            Better::Higher
+        } else {
+            Better::Lower
+        };
+        let mut r = Record::new(
+            &run,
+            &self.commit,
+            self.dirty,
+            &self.time,
+            &a.suite,
+            &a.benchmark,
+            &a.measure,
+            &a.unit,
+            better,
+            a.samples,
+        )
+        .map_err(anyhow::Error::msg)?;
+        r.params = a.params.into_iter().collect();
+        r.machine = self.machine.clone();
+        Ok(r)
+    }
 }
 
 fn verdict_name(v: Verdict) -> &'static str {
@@ -1052,16 +1074,15 @@ fn warn_if_machines_differ(records: &[Record], a: &str, b: &str) {
     let (Some(ma), Some(mb)) = (machine(a), machine(b)) else {
         return;
     };
-    let differ: Vec<&str> = (ma.keys().chain(mb.keys()))
+    let differ: std::collections::BTreeSet<&str> = (ma.keys().chain(mb.keys()))
         .filter(|k| ma.get(*k) != mb.get(*k))
         .map(String::as_str)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
         .collect();
     if !differ.is_empty() {
+        let names: Vec<&str> = differ.into_iter().collect();
         eprintln!(
             "note: runs {a} and {b} come from machines that differ in: {}",
-            differ.join(", ")
+            names.join(", ")
         );
     }
 }
