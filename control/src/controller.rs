@@ -107,8 +107,16 @@ impl ControllerStats {
     }
 
     fn record(&self, line: String, verbose: bool) {
-        if verbose {
-            eprintln!("controller: {line}");
+        // A flood of refused peers must not flood the log: 50 lines a second, then a count of
+        // those held back. The in-memory tail keeps every line.
+        static LOGGED: linerate_proto::lograte::Every =
+            linerate_proto::lograte::Every::burst(Duration::from_secs(1), 50);
+        match (LOGGED.allow(), verbose) {
+            (None, _) => {}
+            (Some(0), true) => tracing::info!("{line}"),
+            (Some(0), false) => tracing::debug!("{line}"),
+            (Some(suppressed), true) => tracing::info!(suppressed, "{line}"),
+            (Some(suppressed), false) => tracing::debug!(suppressed, "{line}"),
         }
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         if log.len() == LOG_KEPT {
@@ -253,7 +261,8 @@ async fn accept<S: Store>(shared: Arc<Shared<S>>, listener: TcpListener) {
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
                     sessions.spawn(async move {
-                        session(shared, stream, peer).await;
+                        let span = tracing::info_span!("session", %peer);
+                        tracing::Instrument::instrument(session(shared, stream, peer), span).await;
                         drop(slot);
                     });
                 }

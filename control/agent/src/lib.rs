@@ -165,11 +165,15 @@ impl Agent {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        eprintln!("agent: cannot start its runtime: {e}");
+                        tracing::error!(node = %opts.node, "agent: cannot start its runtime: {e}");
                         return;
                     }
                 };
-                rt.block_on(run(opts, dataplane, h, tx, st, stop_rx));
+                let span = tracing::info_span!("agent", node = %opts.node);
+                rt.block_on(tracing::Instrument::instrument(
+                    run(opts, dataplane, h, tx, st, stop_rx),
+                    span,
+                ));
             })?;
         Ok(Agent {
             stop: Some(stop),
@@ -254,7 +258,9 @@ struct Node<D> {
 impl<D: Dataplane> Node<D> {
     fn log(&self, line: String) {
         if self.opts.verbose {
-            eprintln!("agent {}: {line}", self.opts.node);
+            tracing::info!("{line}");
+        } else {
+            tracing::debug!("{line}");
         }
         *self
             .stats

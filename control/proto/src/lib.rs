@@ -11,6 +11,7 @@
 //! whole new row or a removal: applying one twice is harmless, which is what lets the controller
 //! replay changes that raced with a full load.
 
+pub mod lograte;
 pub mod units;
 
 use serde::de::DeserializeOwned;

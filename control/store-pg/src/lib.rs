@@ -436,11 +436,11 @@ async fn heartbeat(
         // says what it makes of the silence.
         match sent {
             Err(e) if !failing => {
-                eprintln!("controller: store: cannot send the heartbeat: {e}");
+                tracing::warn!("cannot send the heartbeat: {e}");
                 failing = true;
             }
             Ok(_) if failing => {
-                eprintln!("controller: store: heartbeat sent again");
+                tracing::warn!("heartbeat sent again");
                 failing = false;
             }
             _ => {}
@@ -474,7 +474,7 @@ async fn listen(
                 Err(_) => format!("nothing heard for {silence:?}, not even the heartbeat"),
             },
         };
-        eprintln!("controller: store: lost the notification connection ({lost}); reconnecting");
+        tracing::warn!("lost the notification connection ({lost}); reconnecting");
         drop(listener);
         let mut backoff = BACKOFF_FIRST;
         listener = loop {
@@ -489,9 +489,7 @@ async fn listen(
             match attempt {
                 Ok(l) => break l,
                 Err(e) => {
-                    eprintln!(
-                        "controller: store: cannot listen again ({e}); retrying in {backoff:?}"
-                    );
+                    tracing::warn!("cannot listen again ({e}); retrying in {backoff:?}");
                     tokio::select! {
                         _ = shutdown.changed() => return,
                         _ = tokio::time::sleep(backoff) => {}
@@ -528,10 +526,7 @@ async fn write_metrics(
             }
         }
         if let Err(e) = batch.insert(&pool).await {
-            eprintln!(
-                "controller: store: dropping {} metrics reports: {e}",
-                batch.reports
-            );
+            tracing::warn!("dropping {} metrics reports: {e}", batch.reports);
             dropped.fetch_add(batch.reports, Ordering::Relaxed);
         }
         batch.clear();
@@ -891,11 +886,7 @@ fn row_label(row: &Value) -> String {
 }
 
 fn ignoring(table: Table, row: &Value, why: &str) {
-    eprintln!(
-        "controller: store: ignoring {} row {}: {why}",
-        table.name(),
-        row_label(row)
-    );
+    tracing::warn!("ignoring {} row {}: {why}", table.name(), row_label(row));
 }
 
 /// The row as a change, or (logged) its removal when it is not valid configuration.
@@ -914,8 +905,8 @@ fn gone_event(table: Table, row: &Value) -> Option<(String, Change)> {
     match row_gone(table, row) {
         Ok(g) => Some(g),
         Err(why) => {
-            eprintln!(
-                "controller: store: cannot remove {} row {} from its node either: {why}",
+            tracing::warn!(
+                "cannot remove {} row {} from its node either: {why}",
                 table.name(),
                 row_label(row)
             );
@@ -932,15 +923,12 @@ fn events_for(payload: &str) -> Vec<StoreEvent> {
     let notice: Notice = match serde_json::from_str(payload) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("controller: store: ignoring a notification that is not ours: {e}");
+            tracing::warn!("ignoring a notification that is not ours: {e}");
             return Vec::new();
         }
     };
     let Some(table) = Table::parse(&notice.table) else {
-        eprintln!(
-            "controller: store: ignoring a notification about table '{}'",
-            notice.table
-        );
+        tracing::warn!("ignoring a notification about table '{}'", notice.table);
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -963,8 +951,8 @@ fn events_for(payload: &str) -> Vec<StoreEvent> {
         }
         // Rows went without a word each: every node reloads.
         ("TRUNCATE", _, _) => out.push(StoreEvent::Resync),
-        (op, _, _) => eprintln!(
-            "controller: store: ignoring a {op} notification about {} without its rows",
+        (op, _, _) => tracing::warn!(
+            "ignoring a {op} notification about {} without its rows",
             table.name()
         ),
     }
@@ -1085,7 +1073,7 @@ impl PgStore {
                 let row: Value = match serde_json::from_str(&text) {
                     Ok(v) => v,
                     Err(e) => {
-                        eprintln!("controller: store: ignoring a {} row: {e}", table.name());
+                        tracing::warn!("ignoring a {} row: {e}", table.name());
                         continue;
                     }
                 };
@@ -1123,8 +1111,8 @@ impl PgStore {
         };
         if rows > MAX_REPORT_COUNTERS {
             // The protocol refuses such reports, so this is a caller's bug, worth a line each.
-            eprintln!(
-                "controller: store: dropping a metrics report of node '{node}' with {rows} \
+            tracing::warn!(
+                "dropping a metrics report of node '{node}' with {rows} \
                  counters (at most {MAX_REPORT_COUNTERS})"
             );
             return drop_report();
@@ -1259,7 +1247,7 @@ mod tests {
             })
             .join();
             if !matches!(dropped, Ok(Ok(()))) {
-                eprintln!("could not drop test schema {}: {dropped:?}", self.name);
+                tracing::warn!("could not drop test schema {}: {dropped:?}", self.name);
             }
         }
     }

@@ -4,6 +4,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod cmd;
 mod examples;
+mod log;
 
 #[derive(Parser)]
 #[command(
@@ -12,6 +13,20 @@ mod examples;
     about = "A kernel-bypass dataplane and network experimentation system"
 )]
 struct Cli {
+    /// How the log on standard error is written: text for a person, json (one object per
+    /// line) for a collector.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "LINERATE_LOG_FORMAT"
+    )]
+    log_format: log::LogFormat,
+    /// Which events are logged, in RUST_LOG's syntax: a level (error, warn, info, debug,
+    /// trace), or per crate (`warn,linerate_relay=info`).
+    #[arg(long = "log", global = true, default_value = "info", env = "RUST_LOG")]
+    log_filter: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -121,6 +136,10 @@ fn man(out: &std::path::Path) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    if let Err(e) = log::init(cli.log_format, &cli.log_filter) {
+        eprintln!("linerate: {e:#}");
+        std::process::exit(2);
+    }
     let r = match cli.cmd {
         Cmd::Pipeline(a) => cmd::pipeline::run(a),
         Cmd::Bench(a) => cmd::bench::run(a),
@@ -143,7 +162,11 @@ fn main() {
         Cmd::Man { out } => man(&out),
     };
     if let Err(e) = r {
-        eprintln!("linerate: {e:#}");
+        match cli.log_format {
+            // A person reads the one sentence; a collector gets it as an event like the rest.
+            log::LogFormat::Text => eprintln!("linerate: {e:#}"),
+            log::LogFormat::Json => tracing::error!("{e:#}"),
+        }
         std::process::exit(1);
     }
 }

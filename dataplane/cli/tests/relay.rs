@@ -990,3 +990,190 @@ fn a_dropped_job_leaves_no_process_behind() {
         "relay {pid} still there after its job was dropped"
     );
 }
+
+/// Stops the relay; returns its report and every stderr line it wrote after the ready one.
+fn stop_with_log(job: Job) -> (String, Vec<String>) {
+    let pid = job.child.id().to_string();
+    linerate_tests::run("kill", &["-TERM", &pid]).unwrap();
+    let out = job.child.into_inner().wait_with_output().unwrap();
+    let lines: Vec<String> = job.lines.iter().collect();
+    assert!(out.status.success(), "{}", lines.join("\n"));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), lines)
+}
+
+/// Every JSON log event in `lines` whose target is `target`.
+fn events(lines: &[String], target: &str) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["target"] == target)
+        .collect()
+}
+
+#[test]
+fn the_log_is_json_lines_with_an_access_line_per_connection() {
+    if !privileged("relay::the_log_is_json_lines_with_an_access_line_per_connection") {
+        return;
+    }
+    let echo = echo_server();
+    let users = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(users.path(), "alice:s3cret\n").unwrap();
+    let mut cmd = linerate();
+    cmd.args(["--log-format", "json"]);
+    let (relay, addr) = start_relay_with(
+        cmd,
+        &[
+            "--auth",
+            users.path().to_str().unwrap(),
+            "--deny",
+            "10.9.0.0/16",
+        ],
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[5, 1, 2, 1, 5]).unwrap();
+    s.write_all(b"alice\x06s3cret").unwrap();
+    let mut m = [0u8; 4];
+    s.read_exact(&mut m).unwrap();
+    assert_eq!(m, [5, 2, 1, 0]);
+    s.write_all(&connect_request(echo)).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[1], 0);
+    echo_once(&mut s, &[7u8; 1000]);
+    drop(s);
+    let denied: SocketAddr = "10.9.1.1:80".parse().unwrap();
+    assert_eq!(
+        socks_request_as(addr, "alice", "s3cret", &connect_request(denied))[1],
+        2
+    );
+    let (_, lines) = stop_with_log(relay);
+    // Every line the relay wrote on stderr is one JSON object with a time and a level.
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{l}");
+    }
+    let access = events(&lines, "linerate_relay::access");
+    let by_outcome = |o: &str| {
+        access
+            .iter()
+            .find(|e| e["fields"]["outcome"] == o)
+            .unwrap_or_else(|| panic!("no access line with outcome {o}: {access:?}"))
+    };
+    let ok = &by_outcome("succeeded")["fields"];
+    assert_eq!(ok["user"], "alice", "{ok}");
+    assert_eq!(ok["command"], "CONNECT", "{ok}");
+    assert_eq!(ok["dest"], echo.to_string(), "{ok}");
+    assert_eq!(
+        (ok["bytes_up"].as_u64(), ok["bytes_down"].as_u64()),
+        (Some(1000), Some(1000))
+    );
+    assert!(
+        ok["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{ok}"
+    );
+    assert!(ok["duration_ms"].is_u64(), "{ok}");
+    let refused = &by_outcome("not_allowed")["fields"];
+    assert_eq!(refused["dest"], denied.to_string(), "{refused}");
+    assert_eq!(refused["bytes_up"], 0, "{refused}");
+}
+
+#[test]
+fn a_sighup_with_changed_credentials_lets_the_new_user_in_and_keeps_an_open_connection() {
+    if !privileged(
+        "relay::a_sighup_with_changed_credentials_lets_the_new_user_in_and_keeps_an_open_connection",
+    ) {
+        return;
+    }
+    let echo = echo_server();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("relay.toml");
+    std::fs::write(dir.path().join("users"), "alice:s3cret\n").unwrap();
+    std::fs::write(&conf, "auth = \"users\"\nidle-timeout = \"60s\"\n").unwrap();
+    let (relay, addr) = start_relay(&["--config", conf.to_str().unwrap()]);
+    let login = |user: &str, pass: &str| -> Option<TcpStream> {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&[5, 1, 2]).unwrap();
+        let mut m = [0u8; 2];
+        s.read_exact(&mut m).unwrap();
+        let mut auth = vec![1, user.len() as u8];
+        auth.extend_from_slice(user.as_bytes());
+        auth.push(pass.len() as u8);
+        auth.extend_from_slice(pass.as_bytes());
+        s.write_all(&auth).unwrap();
+        s.read_exact(&mut m).unwrap();
+        if m != [1, 0] {
+            return None;
+        }
+        s.write_all(&connect_request(echo)).unwrap();
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[1], 0);
+        Some(s)
+    };
+    let mut open = login("alice", "s3cret").expect("alice logs in");
+    echo_once(&mut open, b"before");
+    assert!(login("bob", "hunter2").is_none(), "bob is not a user yet");
+    // The credentials change, and so does a setting that needs a restart: named, and kept.
+    std::fs::write(dir.path().join("users"), "bob:hunter2\n").unwrap();
+    std::fs::write(&conf, "auth = \"users\"\nidle-timeout = \"30s\"\n").unwrap();
+    linerate_tests::run("kill", &["-HUP", &relay.child.id().to_string()]).unwrap();
+    relay.wait_line("idle-timeout changed", Duration::from_secs(10));
+    relay.wait_line("re-read", Duration::from_secs(10));
+    let mut bob = login("bob", "hunter2").expect("bob logs in after the reload");
+    echo_once(&mut bob, b"bob");
+    assert!(
+        login("alice", "s3cret").is_none(),
+        "alice is gone for new logins"
+    );
+    echo_once(&mut open, b"alice's open connection kept running");
+    // A file that no longer parses leaves the running settings as they were.
+    std::fs::write(&conf, "auth = \"users\"\nlisten-on = \"x\"\n").unwrap();
+    linerate_tests::run("kill", &["-HUP", &relay.child.id().to_string()]).unwrap();
+    let e = relay.wait_line("SIGHUP", Duration::from_secs(10));
+    assert!(
+        e.contains("listen-on") && e.contains("previous settings"),
+        "{e}"
+    );
+    assert!(login("bob", "hunter2").is_some());
+    drop((open, bob));
+    let out = stop(relay);
+    // alice, then bob twice; bob before the reload and alice after it were refused.
+    assert_eq!(field(&out, "succeeded"), 3, "{out}");
+    assert_eq!(field(&out, "not_allowed"), 2, "{out}");
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_or_a_bad_value_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("relay.toml");
+    for (text, want) in [
+        ("listen = \"127.0.0.1:0\"\nmax-con = 5\n", "max-con"),
+        ("idle-timeout = \"soon\"\n", "idle-timeout"),
+        ("mode = \"fast\"\n", "mode"),
+        ("auth = \"nope\"\n", "nope"),
+        ("auth = \"u\"\n[users]\na = \"b\"\n", "not both"),
+        ("allow = [\"10.0.0.0/33\"]\n", "allow"),
+        ("mode = \"max\"\nrate = \"10M\"\n", "--mode normal"),
+    ] {
+        std::fs::write(&conf, text).unwrap();
+        let out = linerate()
+            .args([
+                "relay",
+                "--duration",
+                "1s",
+                "--config",
+                conf.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {err}");
+        assert!(
+            err.contains(want) && !err.contains("panicked"),
+            "{text}: {err}"
+        );
+    }
+}

@@ -166,7 +166,7 @@ impl EmuDataplane {
     }
 
     fn ignore(&self, why: String) {
-        eprintln!("emulator: control: ignoring {why}");
+        tracing::warn!("control: ignoring {why}");
         let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         s.ignored += 1;
         s.last_ignored = why;

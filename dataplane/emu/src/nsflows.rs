@@ -56,7 +56,7 @@ impl NsFlows {
             .name("emu-nsflows".into())
             .spawn(move || {
                 if let Err(e) = run(rx, &w) {
-                    eprintln!("emulator: namespace flows stopped: {e}");
+                    tracing::error!("namespace flows stopped: {e}");
                 }
             })?;
         Ok(NsFlows {

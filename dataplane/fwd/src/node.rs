@@ -65,8 +65,8 @@ impl FwdNode {
         for p in config.ports.values() {
             let known = self.live.iter().any(|(name, _, _)| *name == p.port);
             if !known && self.applied_ports.get(&p.port) != Some(&unused(p)) {
-                eprintln!(
-                    "fwd: controller: port settings for '{}' ignored: it is not a port with a \
+                tracing::warn!(
+                    "controller: port settings for '{}' ignored: it is not a port with a \
                      scheduler here (start fwd with --sched or --shape for it)",
                     p.port
                 );
@@ -93,15 +93,16 @@ impl FwdNode {
                 None => startup.clone(),
             };
             match cell.publish(discipline, shaper) {
-                Ok(_) => eprintln!(
-                    "fwd: controller: port {name}: {} applied",
+                Ok(_) => tracing::info!(
+                    port = %name,
+                    "controller: {} applied",
                     if want.is_some() {
                         "new settings"
                     } else {
                         "startup settings"
                     }
                 ),
-                Err(e) => eprintln!("fwd: controller: port {name}: settings refused: {e}"),
+                Err(e) => tracing::warn!(port = %name, "controller: settings refused: {e}"),
             }
             match want {
                 Some(p) => self.applied_ports.insert(name.clone(), p),
@@ -124,7 +125,7 @@ impl Dataplane for FwdNode {
         if routing || !self.published_once {
             let (mut stale, warnings) = self.fib.apply(changes, config);
             for w in warnings {
-                eprintln!("fwd: controller: {w}");
+                tracing::warn!("controller: {w}");
             }
             if !self.published_once {
                 // Replaces the logic fwd started with: nothing cached before holds.
@@ -148,8 +149,8 @@ impl Dataplane for FwdNode {
             // One line per update while it is few rows; a full table arriving at once says so
             // once, not per route.
             if changes.len() <= 16 || version <= 1 {
-                eprintln!(
-                    "fwd: controller: {} change(s): {} route(s), {} flow pin(s) applied \
+                tracing::info!(
+                    "controller: {} change(s): {} route(s), {} flow pin(s) applied \
                      (logic version {version})",
                     changes.len(),
                     self.fib.routes(),

@@ -5,7 +5,7 @@
 //! previous occupant from one of the current.
 
 use super::UserShare;
-use super::proto::{AuthPolicy, Server};
+use super::proto::{AuthPolicy, Reply, Server};
 use super::udp::Assoc;
 use io_uring::types;
 use linerate_dataplane::sched::TokenBucket;
@@ -115,6 +115,37 @@ pub(super) struct Conn {
     pub(super) last_active: Instant,
     pub(super) started: Instant,
     pub(super) reset: bool,
+    /// For the access log line written when the slot is freed.
+    pub(super) log: AccessLog,
+}
+
+/// What the access log says of a connection: filled in as the connection goes.
+#[derive(Default)]
+pub(super) struct AccessLog {
+    pub(super) client: Option<SocketAddr>,
+    /// `CONNECT` or `UDP_ASSOCIATE` (and `BIND`, refused).
+    pub(super) command: Option<&'static str>,
+    /// The destination as the client wrote it (a name stays a name).
+    pub(super) dest: Option<String>,
+    /// The reply sent (or the handshake failure's code).
+    pub(super) reply: Option<Reply>,
+    /// Why the relay closed it, when it did: `handshake_timeout`, `idle_timeout`, `reset`.
+    pub(super) closed_by: Option<&'static str>,
+    /// Bytes client -> destination and back (datagram payloads for UDP).
+    pub(super) bytes: [u64; 2],
+}
+
+impl AccessLog {
+    /// One word for how it ended: the relay's reason if it had one, else the reply's name
+    /// (`succeeded` for a connection relayed and closed by its ends), else `client_closed`
+    /// (gone before its request).
+    pub(super) fn outcome(&self) -> &'static str {
+        match (self.closed_by, self.reply) {
+            (Some(why), _) => why,
+            (None, Some(r)) => r.name(),
+            (None, None) => "client_closed",
+        }
+    }
 }
 
 impl Conn {
@@ -142,6 +173,7 @@ impl Conn {
             last_active: now,
             started: now,
             reset: false,
+            log: AccessLog::default(),
         }
     }
 }

@@ -106,7 +106,7 @@ impl Worker {
         if res <= 0 {
             return self.dir_error(slot);
         }
-        self.stats().add_bytes(d, res as u64);
+        self.moved(slot, d, res as u64);
         let c = self.conn(slot);
         c.dirs[d].written += res as usize;
         if c.dirs[d].written < c.dirs[d].pending {

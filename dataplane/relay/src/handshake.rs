@@ -62,7 +62,7 @@ impl Worker {
                     match ev {
                         Event::Send(bytes) => self.queue_send(slot, bytes, false),
                         Event::Authenticate { user, pass } => {
-                            let ok = self.shared.cfg.check_user(&user, &pass);
+                            let ok = self.shared.access.load().check_user(&user, &pass);
                             let c = self.conn(slot);
                             match c.hs.authenticated(ok) {
                                 Ok(bytes) => {
@@ -153,11 +153,10 @@ impl Worker {
 
     /// Ends the handshake with `err`'s reply (if any), counted, then closes.
     fn fail(&mut self, slot: usize, err: Option<ProtoError>) {
-        let ws = self.stats();
-        match &err {
-            Some(e) => ws.failed(e.code()),
-            None => ws.failed(Reply::GeneralFailure),
-        }
+        self.replied(
+            slot,
+            err.as_ref().map_or(Reply::GeneralFailure, |e| e.code()),
+        );
         match err.and_then(|e| e.reply()) {
             Some(bytes) => {
                 self.conn(slot).phase = Phase::Handshake;
@@ -168,12 +167,22 @@ impl Worker {
     }
 
     pub(super) fn refuse(&mut self, slot: usize, rep: Reply) {
-        self.stats().failed(rep);
+        self.replied(slot, rep);
         self.conn(slot).phase = Phase::Replying;
         self.queue_send(slot, encode_reply(rep, None), true);
     }
 
     fn request(&mut self, slot: usize, cmd: Command, addr: Addr) {
+        let log = &mut self.conn(slot).log;
+        log.command = Some(match cmd {
+            Command::Connect => "CONNECT",
+            Command::Bind => "BIND",
+            Command::UdpAssociate => "UDP_ASSOCIATE",
+        });
+        log.dest = Some(match &addr {
+            Addr::Ip(a) => a.to_string(),
+            Addr::Domain(name, port) => format!("{name}:{port}"),
+        });
         // Every connection was counted at accept; a user's are counted here, once known.
         let shared = self.shared.clone();
         if let Some(u) = self.conn(slot).user.as_deref() {
@@ -230,7 +239,7 @@ impl Worker {
     /// connect timeout.
     fn connect(&mut self, slot: usize, a: SocketAddr) {
         let a = canonical(a);
-        if self.shared.policy.denied(a) {
+        if self.shared.access.load().policy.denied(a) {
             return self.refuse(slot, Reply::NotAllowed);
         }
         let fd = match sys::tcp_socket(a) {
@@ -267,7 +276,7 @@ impl Worker {
         sys::set_nodelay(remote.as_fd());
         let bound = sys::local_addr(remote.as_fd()).map(canonical);
         c.phase = Phase::Replying;
-        self.stats().failed(Reply::Succeeded);
+        self.replied(slot, Reply::Succeeded);
         self.queue_send(slot, encode_reply(Reply::Succeeded, bound), false);
     }
 
@@ -310,7 +319,7 @@ impl Worker {
             if sys::send(remote.as_fd(), &early).ok() != Some(early.len()) {
                 return self.close(slot, true);
             }
-            self.stats().add_bytes(0, early.len() as u64);
+            self.moved(slot, 0, early.len() as u64);
         }
         for d in 0..2 {
             if self.shared.cfg.mode == RelayMode::Max {

@@ -115,6 +115,31 @@ impl RelayConfig {
         }
         Ok(())
     }
+}
+
+/// What a running relay can be told again (SIGHUP, [`Relay::reload`]) without dropping a
+/// connection: who may log in, which clients may connect, which destinations are refused.
+/// Swapped whole; each connection reads the one current when it is accepted, authenticates
+/// or connects.
+pub struct Access {
+    users: Option<HashMap<Vec<u8>, Vec<u8>>>,
+    allow: Vec<Prefix>,
+    policy: DestPolicy,
+}
+
+impl Access {
+    fn new(
+        users: Option<HashMap<Vec<u8>, Vec<u8>>>,
+        allow: Vec<Prefix>,
+        deny: &[Prefix],
+        listen: SocketAddr,
+    ) -> Access {
+        Access {
+            users,
+            allow,
+            policy: DestPolicy::new(deny, listen, LocalAddrs::system()),
+        }
+    }
 
     fn auth_policy(&self) -> AuthPolicy {
         if self.users.is_some() {
@@ -135,6 +160,11 @@ impl RelayConfig {
             }
             _ => false,
         }
+    }
+
+    fn client_allowed(&self, ip: IpAddr) -> bool {
+        let ip = dest::canonical_ip(ip);
+        self.allow.is_empty() || self.allow.iter().any(|p| p.contains(ip))
     }
 }
 
@@ -184,6 +214,7 @@ pub struct WorkerStats {
 }
 
 impl WorkerStats {
+    /// Counts a reply sent (`Succeeded` too) or a handshake failure, by its code.
     fn failed(&self, rep: Reply) {
         let i = Reply::ALL.iter().position(|r| *r == rep).unwrap_or(1);
         self.replies[i].fetch_add(1, Ordering::Relaxed);
@@ -438,7 +469,7 @@ impl Resolver {
 /// What every worker of one relay shares.
 pub(crate) struct Shared {
     cfg: RelayConfig,
-    policy: DestPolicy,
+    access: arc_swap::ArcSwap<Access>,
     limits: Limits,
     stats: Arc<RelayStats>,
     resolver: Resolver,
@@ -530,7 +561,12 @@ impl Relay {
             workers: (0..cfg.workers).map(|_| WorkerStats::default()).collect(),
         });
         let shared = Arc::new(Shared {
-            policy: DestPolicy::new(&cfg.deny, listen, LocalAddrs::system()),
+            access: arc_swap::ArcSwap::from_pointee(Access::new(
+                cfg.users.clone(),
+                cfg.allow.clone(),
+                &cfg.deny,
+                listen,
+            )),
             resolver: Resolver::new(cfg.workers)?,
             limits: Limits::default(),
             stats: stats.clone(),
@@ -584,6 +620,21 @@ impl Relay {
             shared,
             resolver_handles,
         })
+    }
+
+    /// Replaces the credentials (`None`: no authentication), the client allow-list and the
+    /// destination deny-list (link-local is added, as at start). Open connections keep going;
+    /// the next login, accept or connect sees the new ones.
+    pub fn reload(
+        &self,
+        users: Option<HashMap<Vec<u8>, Vec<u8>>>,
+        allow: Vec<Prefix>,
+        extra_deny: &[Prefix],
+    ) {
+        let mut deny = RelayConfig::default_deny();
+        deny.extend_from_slice(extra_deny);
+        let a = Access::new(users, allow, &deny, self.listen);
+        self.shared.access.store(Arc::new(a));
     }
 
     pub fn finished(&self) -> bool {
@@ -640,9 +691,13 @@ mod tests {
         }
     }
 
+    fn access(c: &RelayConfig) -> Access {
+        Access::new(c.users.clone(), c.allow.clone(), &c.deny, c.listen)
+    }
+
     #[test]
     fn credentials() {
-        let c = cfg();
+        let c = access(&cfg());
         assert!(c.check_user(b"alice", b"secret"));
         assert!(!c.check_user(b"alice", b"secreT"));
         assert!(!c.check_user(b"alice", b"secret!"));
@@ -650,7 +705,7 @@ mod tests {
         assert!(parse_users("nocolon").is_err());
         assert!(parse_users(":pw").is_err());
         assert!(parse_users("# only comments").is_err());
-        assert!(c.check().is_ok());
+        assert!(cfg().check().is_ok());
     }
 
     #[test]

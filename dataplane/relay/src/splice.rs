@@ -184,7 +184,7 @@ impl Worker {
             // Nothing moved out of a pipe that holds bytes: the destination is gone.
             r if r <= 0 => self.dir_error(slot),
             n => {
-                self.stats().add_bytes(d, n as u64);
+                self.moved(slot, d, n as u64);
                 let c = self.conn(slot);
                 c.dirs[d].in_pipe -= n as usize;
                 if c.dirs[d].in_pipe > 0 {
@@ -220,7 +220,7 @@ impl Worker {
         // ring says when to go on (at once, if the socket is still ready).
         for _ in 0..ROUNDS {
             match splice_step(self.conn(slot), d) {
-                Step::Moved(n) => self.stats().add_bytes(d, n as u64),
+                Step::Moved(n) => self.moved(slot, d, n as u64),
                 Step::Eof => return self.dir_eof(slot, d),
                 Step::SourceDry => return self.start_dir(slot, d),
                 Step::DestinationFull => return self.wait_writable(slot, d),

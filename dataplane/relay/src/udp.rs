@@ -16,6 +16,7 @@ use super::proto::{Addr, Reply, encode_reply, parse_udp};
 use super::worker::Worker;
 use super::{Job, WorkerStats, sys};
 use io_uring::{opcode, types};
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -44,6 +45,14 @@ pub(super) struct Assoc {
     client_ip: IpAddr,
     /// The client's address, once known.
     client: Option<SocketAddr>,
+    /// Payload bytes sent out for the client, and back to it (its access log line).
+    pub(super) bytes: [Cell<u64>; 2],
+}
+
+impl Assoc {
+    fn moved(&self, d: usize, n: usize) {
+        self.bytes[d].set(self.bytes[d].get() + n as u64);
+    }
 }
 
 impl Assoc {
@@ -159,7 +168,10 @@ fn send_out(a: &Assoc, policy: &DestPolicy, ws: &WorkerStats, dst: SocketAddr, p
         reachable(is_v4, dst)
     };
     match to.map(|to| a.sock.send_to(payload, to)) {
-        Some(Ok(_)) => WorkerStats::count(&ws.udp_datagrams),
+        Some(Ok(_)) => {
+            a.moved(0, payload.len());
+            WorkerStats::count(&ws.udp_datagrams)
+        }
         _ => WorkerStats::count(&ws.udp_dropped),
     }
 }
@@ -208,9 +220,10 @@ impl Worker {
             sock,
             client_ip,
             client,
+            bytes: Default::default(),
         }));
         c.phase = Phase::Replying;
-        self.stats().failed(Reply::Succeeded);
+        self.replied(slot, Reply::Succeeded);
         let reply = encode_reply(Reply::Succeeded, Some(canonical(bound)));
         self.queue_send(slot, reply, false);
     }
@@ -271,7 +284,10 @@ impl Worker {
             let sent = reachable(is_v4, client)
                 .map(|to| a.sock.send_to(&buf[HDR_ROOM - n..HDR_ROOM + len], to));
             return match sent {
-                Some(Ok(_)) => WorkerStats::count(&ws.udp_datagrams),
+                Some(Ok(_)) => {
+                    a.moved(1, len);
+                    WorkerStats::count(&ws.udp_datagrams)
+                }
                 _ => WorkerStats::count(&ws.udp_dropped),
             };
         }
@@ -283,16 +299,24 @@ impl Worker {
             _ => return WorkerStats::count(&ws.udp_dropped),
         };
         match dst {
-            Addr::Ip(dst) => send_out(a, &self.shared.policy, ws, canonical(dst), &dgram[at..]),
+            Addr::Ip(dst) => send_out(
+                a,
+                &self.shared.access.load().policy,
+                ws,
+                canonical(dst),
+                &dgram[at..],
+            ),
             // An address written as a name needs no lookup (and gets the same checks).
             Addr::Domain(name, port) if let Ok(ip) = name.parse::<IpAddr>() => {
                 let dst = canonical(SocketAddr::new(ip, port));
-                send_out(a, &self.shared.policy, ws, dst, &dgram[at..])
+                send_out(a, &self.shared.access.load().policy, ws, dst, &dgram[at..])
             }
             Addr::Domain(name, port) => {
                 if let Some(addrs) = self.udp.cached(&name, now) {
                     match pick(a, addrs, port) {
-                        Some(dst) => send_out(a, &self.shared.policy, ws, dst, &dgram[at..]),
+                        Some(dst) => {
+                            send_out(a, &self.shared.access.load().policy, ws, dst, &dgram[at..])
+                        }
                         None => WorkerStats::count(&ws.udp_dropped),
                     }
                     return;
@@ -341,7 +365,7 @@ impl Worker {
                 continue;
             };
             match pick(a, &addrs, w.port) {
-                Some(dst) => send_out(a, &self.shared.policy, ws, dst, &w.data),
+                Some(dst) => send_out(a, &self.shared.access.load().policy, ws, dst, &w.data),
                 None => WorkerStats::count(&ws.udp_dropped),
             }
         }

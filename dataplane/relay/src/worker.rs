@@ -13,6 +13,7 @@ use super::conn::{
     Phase, split_dir_op, split_ud, ud,
 };
 use super::copy::BUF;
+use super::proto::Reply;
 use super::splice::PipePool;
 use super::submit::Submitter;
 use super::udp::WorkerUdp;
@@ -20,7 +21,7 @@ use super::{Answer, RelayMode, Shared, WorkerStats, sys};
 use io_uring::{opcode, squeue, types};
 use nix::sys::socket::Shutdown;
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,6 +92,19 @@ impl Worker {
 
     pub(super) fn stats(&self) -> &WorkerStats {
         self.shared.stats.worker(self.id)
+    }
+
+    /// A reply sent to the client (or a handshake failure): counted, and kept for its access
+    /// log line.
+    pub(super) fn replied(&mut self, slot: usize, rep: Reply) {
+        self.stats().failed(rep);
+        self.conn(slot).log.reply = Some(rep);
+    }
+
+    /// `n` bytes relayed in direction `d`: counted for the relay and the connection.
+    pub(super) fn moved(&mut self, slot: usize, d: usize, n: u64) {
+        self.stats().add_bytes(d, n);
+        self.conn(slot).log.bytes[d] += n;
     }
 
     /// Queues `e`, which names no connection.
@@ -193,7 +207,8 @@ impl Worker {
                 }
                 if Instant::now() >= d {
                     for slot in 0..self.conns.len() {
-                        if self.conns[slot].is_some() {
+                        if let Some(c) = self.conns[slot].as_mut() {
+                            c.log.closed_by.get_or_insert("relay_stopped");
                             self.close(slot, true);
                         }
                     }
@@ -231,6 +246,12 @@ impl Worker {
                     self.accepted(fd);
                 } else if res != -libc::ECANCELED && res != -libc::EINVAL && res != -libc::EBADF {
                     WorkerStats::count(&self.stats().accept_errors);
+                    linerate_proto::warn_every!(
+                        Duration::from_secs(5),
+                        worker = self.id,
+                        "accept: {}",
+                        io::Error::from_raw_os_error(-res)
+                    );
                 }
                 return;
             }
@@ -297,18 +318,18 @@ impl Worker {
     /// given a slot and its handshake started.
     fn accepted(&mut self, fd: OwnedFd) {
         let cfg = &self.shared.cfg;
-        if !cfg.allow.is_empty()
-            && let Some(peer) = sys::peer_addr(fd.as_fd())
-            && !cfg
-                .allow
-                .iter()
-                .any(|p| p.contains(super::dest::canonical_ip(peer.ip())))
+        let access = self.shared.access.load();
+        let peer = sys::peer_addr(fd.as_fd());
+        if let Some(peer) = peer
+            && !access.client_allowed(peer.ip())
         {
             WorkerStats::count(&self.stats().refused_clients);
+            refused_line(Some(peer), "client_not_allowed");
             return;
         }
         if !self.shared.limits.take_global(cfg.max_conns) {
             WorkerStats::count(&self.stats().refused_over_limit);
+            refused_line(peer, "over_max_conns");
             return;
         }
         sys::set_nodelay(fd.as_fd());
@@ -324,13 +345,10 @@ impl Worker {
             }
         };
         self.gens[slot] = self.gens[slot].wrapping_add(1);
-        let auth = self.shared.cfg.auth_policy();
-        self.conns[slot] = Some(Box::new(Conn::new(
-            self.gens[slot],
-            fd,
-            auth,
-            Instant::now(),
-        )));
+        let auth = access.auth_policy();
+        let mut c = Conn::new(self.gens[slot], fd, auth, Instant::now());
+        c.log.client = peer;
+        self.conns[slot] = Some(Box::new(c));
         self.recv_hs(slot);
     }
 
@@ -354,6 +372,11 @@ impl Worker {
             };
             if expired {
                 WorkerStats::count(&self.stats().timeouts);
+                self.conn(slot).log.closed_by = Some(if handshaking {
+                    "handshake_timeout"
+                } else {
+                    "idle_timeout"
+                });
                 self.close(slot, true);
             }
         }
@@ -368,8 +391,12 @@ impl Worker {
         if c.phase == Phase::Closing {
             return;
         }
+        let was_relaying = c.phase == Phase::Relaying;
         c.phase = Phase::Closing;
         let reset = abort || c.reset;
+        if reset && was_relaying {
+            c.log.closed_by.get_or_insert("reset");
+        }
         for fd in [Some(&c.client), c.remote.as_ref()].into_iter().flatten() {
             if reset {
                 sys::set_linger_zero(fd.as_fd());
@@ -389,6 +416,7 @@ impl Worker {
         }
         let mut c = self.conns[slot].take().expect("live slot");
         self.stats().active.fetch_sub(1, Ordering::Relaxed);
+        access_line(&c);
         self.shared.limits.put_global();
         if c.user_share.take().is_some()
             && let Some(u) = &c.user
@@ -412,4 +440,44 @@ impl Worker {
         self.free.push(slot);
         // Dropping `c` closes its sockets.
     }
+}
+
+/// The access log line of a client closed at accept. A flood of them is logged 100 a second,
+/// with the count held back (the counters have every one).
+fn refused_line(client: Option<SocketAddr>, outcome: &'static str) {
+    static LINES: linerate_proto::lograte::Every =
+        linerate_proto::lograte::Every::burst(Duration::from_secs(1), 100);
+    if let Some(suppressed) = LINES.allow() {
+        tracing::info!(
+            target: "linerate_relay::access",
+            client = %client.map_or("-".into(), |a| a.to_string()),
+            outcome,
+            suppressed,
+            "connection"
+        );
+    }
+}
+
+/// The connection's access log line (target `linerate_relay::access`, level info): client,
+/// user, command, destination, bytes each way, duration and outcome. Off with
+/// `--log info,linerate_relay::access=off`.
+fn access_line(c: &Conn) {
+    let log = &c.log;
+    let bytes = match &c.udp {
+        Some(a) => [a.bytes[0].get(), a.bytes[1].get()],
+        None => log.bytes,
+    };
+    let user = c.user.as_deref().map(String::from_utf8_lossy);
+    tracing::info!(
+        target: "linerate_relay::access",
+        client = %log.client.map_or("-".into(), |a| a.to_string()),
+        user = user.as_deref().unwrap_or("-"),
+        command = log.command.unwrap_or("-"),
+        dest = log.dest.as_deref().unwrap_or("-"),
+        bytes_up = bytes[0],
+        bytes_down = bytes[1],
+        duration_ms = c.started.elapsed().as_millis() as u64,
+        outcome = log.outcome(),
+        "connection"
+    );
 }

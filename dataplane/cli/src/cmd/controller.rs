@@ -112,7 +112,7 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                         .map_err(|e| anyhow!("--database: {e}"))?,
                 );
                 let ctl = controller::spawn(listener, store, opts)?;
-                eprintln!(
+                tracing::info!(
                     "controller: listening on ws://{}/ (PostgreSQL store)",
                     ctl.local_addr()
                 );
@@ -120,7 +120,7 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                     tokio::select! {
                         _ = &mut deadline => break,
                         _ = signals.stop() => break,
-                        _ = hup.recv() => eprintln!(
+                        _ = hup.recv() => tracing::info!(
                             "controller: SIGHUP: nothing to re-read: the database is the \
                              configuration, and its changes apply as they commit"
                         ),
@@ -135,7 +135,7 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                     apply_seed(&store, seed, &mut configured);
                 }
                 let ctl = controller::spawn(listener, store.clone(), opts)?;
-                eprintln!(
+                tracing::info!(
                     "controller: listening on ws://{}/ (in-memory store{})",
                     ctl.local_addr(),
                     a.config
@@ -148,13 +148,13 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                         _ = &mut deadline => break,
                         _ = signals.stop() => break,
                         _ = hup.recv() => match a.config.as_deref() {
-                            None => eprintln!("controller: SIGHUP: no --config to re-read"),
+                            None => tracing::info!("controller: SIGHUP: no --config to re-read"),
                             Some(p) => match read_seed(p) {
                                 Ok(seed) => {
                                     apply_seed(&store, seed, &mut configured);
-                                    eprintln!("controller: re-read {}", p.display());
+                                    tracing::info!("controller: re-read {}", p.display());
                                 }
-                                Err(e) => eprintln!(
+                                Err(e) => tracing::warn!(
                                     "controller: SIGHUP: {e:#}; still serving the previous configuration"
                                 ),
                             },
@@ -204,7 +204,7 @@ fn raise_fd_limit() {
         && soft < hard
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
     {
-        eprintln!("controller: could not raise the descriptor limit from {soft}: {e}");
+        tracing::warn!("controller: could not raise the descriptor limit from {soft}: {e}");
     }
 }
 

@@ -407,9 +407,9 @@ pub fn up(a: UpArgs) -> Result<()> {
             return Err(err.into());
         }
     };
-    eprintln!("{}", summary(&e.plan, &e));
+    tracing::info!("{}", summary(&e.plan, &e));
     let c = control.status();
-    eprintln!("control: controller {} ({})", c.controller, c.store);
+    tracing::info!("control: controller {} ({})", c.controller, c.store);
     let start = Instant::now();
     let mut failure = None;
     while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| start.elapsed() < d) {
@@ -433,7 +433,7 @@ pub fn up(a: UpArgs) -> Result<()> {
     let name = e.plan.name.clone();
     control.stop();
     e.stop()?;
-    eprintln!("down: '{name}' removed");
+    tracing::info!("down: '{name}' removed");
     match failure {
         Some(f) => Err(f),
         None => Ok(()),

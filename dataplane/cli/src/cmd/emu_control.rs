@@ -200,7 +200,7 @@ impl Control {
                 tokio::time::timeout(APPLY_WAIT, s.forget_emulation(&self.node)).await
             });
             if !matches!(r, Ok(Ok(()))) {
-                eprintln!(
+                tracing::warn!(
                     "down: the database still holds emulation '{}''s links (not reachable)",
                     self.node
                 );

@@ -57,7 +57,7 @@ pub fn run(a: FwdArgs) -> Result<()> {
         print!("{}", out.report.table());
     }
     if out.kept_by_kernel > 0 {
-        eprintln!(
+        tracing::warn!(
             "fwd: {} buffer(s) not returned by the kernel at close, one per AF_XDP socket \
              whose RX ring overflowed during the run (see Port::kept_by_kernel); the UMEM is \
              ours, nothing leaked",

@@ -144,7 +144,7 @@ pub fn run(a: GenArgs) -> Result<()> {
         ..GenConfig::default()
     };
     cfg.set_headers(&t.frame);
-    eprintln!(
+    tracing::info!(
         "gen: {} engine on {} ({} thread(s)), {}-byte frames, {} flow(s), {}",
         match a.engine {
             Engine::Xdp => "xdp",

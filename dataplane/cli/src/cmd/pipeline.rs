@@ -100,7 +100,7 @@ pub fn run(a: PipelineArgs) -> Result<()> {
 
     let stop = super::stop_flag()?;
 
-    eprintln!(
+    tracing::info!(
         "pipeline: {} worker(s){}, {} routes, {} flows, {}-byte frames, batch {}, {} mapping, {:?}",
         cfg.workers,
         if cfg.cores.is_empty() {

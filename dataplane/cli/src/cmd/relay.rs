@@ -3,17 +3,23 @@
 //! user space under per-connection and per-user rate limits.
 
 use super::{Live, parse_duration, parse_rate};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::ValueEnum;
 use linerate_dataplane::logic::Prefix;
 use linerate_relay::proto::Reply;
 use linerate_relay::{Relay, RelayConfig, RelayMode, SpliceVia, Totals, parse_users};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ModeArg {
     /// Splice in the kernel (io_uring): the payload never enters user space.
     Max,
@@ -21,7 +27,8 @@ pub enum ModeArg {
     Normal,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SpliceArg {
     /// splice(2) from the worker when the io_uring poll says ready (the default).
     Syscall,
@@ -31,24 +38,31 @@ pub enum SpliceArg {
 
 #[derive(clap::Args)]
 pub struct RelayArgs {
-    /// Address to listen on (loopback unless told otherwise; port 0: one the kernel picks,
-    /// printed on standard error and in --json).
-    #[arg(long, default_value = "127.0.0.1:1080")]
-    listen: SocketAddr,
-    #[arg(long, value_enum, default_value = "max")]
-    mode: ModeArg,
-    /// Max mode: how splices are issued. splice(2) on readiness measured faster here (17.8
-    /// against 15.7 Gbit/s for one stream, 0.39 against 0.44 CPU-s/GB; the kernel runs every
-    /// io_uring splice on a worker thread; docs/BENCHMARKS.md).
-    #[arg(long, value_enum, default_value = "syscall")]
-    splice: SpliceArg,
+    /// A TOML file of settings: the flags' names without `--` (`listen`, `mode`, `auth`,
+    /// `allow = [...]`, `idle-timeout = "60s"`, ...; or `[users]` name = "password"). Unknown
+    /// keys are refused. A flag on the command line wins over the file. SIGHUP re-reads it
+    /// and the credentials file: users, allow and deny change without dropping a connection.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:1080; port 0: one the kernel picks, printed
+    /// in the log and in --json).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// (default max)
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    /// Max mode: how splices are issued (default syscall). splice(2) on readiness measured
+    /// faster here (17.8 against 15.7 Gbit/s for one stream, 0.39 against 0.44 CPU-s/GB; the
+    /// kernel runs every io_uring splice on a worker thread; docs/BENCHMARKS.md).
+    #[arg(long, value_enum)]
+    splice: Option<SpliceArg>,
     /// Workers, each with its own io_uring and SO_REUSEPORT listener (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
     /// Cores to pin the workers to, one per worker (default: not pinned).
     #[arg(long, value_delimiter = ',')]
     cores: Vec<usize>,
-    /// Require username/password: a file of `user:password` lines.
+    /// Require username/password: a file of `user:password` lines (re-read on SIGHUP).
     #[arg(long)]
     auth: Option<PathBuf>,
     /// Accept clients only from this prefix (repeatable; default: any).
@@ -58,35 +72,261 @@ pub struct RelayArgs {
     /// own listening address, which are always refused.
     #[arg(long)]
     deny: Vec<String>,
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    connect_timeout: Duration,
-    /// Close relayed connections idle this long.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
-    idle_timeout: Duration,
-    /// Close clients that have not finished the handshake after this long.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    handshake_timeout: Duration,
+    /// (default 5s)
+    #[arg(long, value_parser = parse_duration)]
+    connect_timeout: Option<Duration>,
+    /// Close relayed connections idle this long (default 300s).
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// Close clients that have not finished the handshake after this long (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    handshake_timeout: Option<Duration>,
     /// Connections open at once, in all, counted from accept (handshakes too); more are
-    /// closed at accept.
-    #[arg(long, default_value_t = 10_000)]
-    max_conns: usize,
-    /// Connections relayed at once per user; more are refused (reply 0x02).
-    #[arg(long, default_value_t = 1000)]
-    max_conns_per_user: usize,
+    /// closed at accept (default 10000).
+    #[arg(long)]
+    max_conns: Option<usize>,
+    /// Connections relayed at once per user; more are refused (reply 0x02; default 1000).
+    #[arg(long)]
+    max_conns_per_user: Option<usize>,
     /// Normal mode: bits per second per connection and direction (e.g. 100M).
     #[arg(long, value_parser = parse_rate)]
     rate: Option<f64>,
     /// Normal mode: bits per second per user, all connections together.
     #[arg(long, value_parser = parse_rate)]
     user_rate: Option<f64>,
-    /// On SIGINT/SIGTERM: stop accepting, let open connections finish for this long.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    drain: Duration,
+    /// On SIGINT/SIGTERM: stop accepting, let open connections finish for this long
+    /// (default 5s).
+    #[arg(long, value_parser = parse_duration)]
+    drain: Option<Duration>,
     /// Stop after this long (default: until a signal).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     #[arg(long)]
     json: bool,
+}
+
+/// `--config FILE`: every key optional; a flag given on the command line wins.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RelayFile {
+    listen: Option<SocketAddr>,
+    mode: Option<ModeArg>,
+    splice: Option<SpliceArg>,
+    workers: Option<usize>,
+    cores: Option<Vec<usize>>,
+    /// A credentials file, relative to this file's directory.
+    auth: Option<PathBuf>,
+    /// Credentials written here instead.
+    users: Option<BTreeMap<String, String>>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    connect_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    handshake_timeout: Option<String>,
+    max_conns: Option<usize>,
+    max_conns_per_user: Option<usize>,
+    rate: Option<Number>,
+    user_rate: Option<Number>,
+    drain: Option<String>,
+}
+
+/// A rate written as a number (bit/s) or with a unit (`"100M"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Number {
+    Plain(f64),
+    Text(String),
+}
+
+/// The settings the relay runs with: the flags over the file over the defaults.
+#[derive(Clone)]
+struct Settings {
+    cfg: RelayConfig,
+    /// Destinations refused besides the default ones (what a reload passes on).
+    extra_deny: Vec<Prefix>,
+    cores: Vec<usize>,
+    drain: Duration,
+    /// Where the credentials came from, for the log.
+    auth: Option<String>,
+}
+
+impl Settings {
+    /// Reads `--config` (if given) and resolves everything. Errors name the file, the key or
+    /// the flag.
+    fn load(a: &RelayArgs) -> Result<Settings> {
+        let file = match &a.config {
+            None => RelayFile::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("--config {}: cannot read it", p.display()))?;
+                toml::from_str(&text).map_err(|e| {
+                    // One line (the log's too): where, then what.
+                    let Some(r) = e.span() else {
+                        return anyhow!("--config {}: {}", p.display(), e.message().trim());
+                    };
+                    let line = text[..r.start].matches('\n').count() + 1;
+                    let src = text.lines().nth(line - 1).unwrap_or("").trim();
+                    anyhow!(
+                        "--config {} line {line} ({src}): {}",
+                        p.display(),
+                        e.message().trim()
+                    )
+                })?
+            }
+        };
+        let here = a
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new(""));
+        let in_file = |key: &str| match &a.config {
+            Some(p) => format!("{key} in {}", p.display()),
+            None => key.to_string(),
+        };
+        let dur = |flag: Option<Duration>, key: &str, text: &Option<String>, default: &str| match (
+            flag, text,
+        ) {
+            (Some(d), _) => Ok(d),
+            (None, Some(t)) => parse_duration(t).map_err(|e| anyhow!("{}: {e}", in_file(key))),
+            (None, None) => Ok(parse_duration(default).expect("a valid default")),
+        };
+        let rate = |flag: Option<f64>, key: &str, n: &Option<Number>| -> Result<Option<f64>> {
+            Ok(match (flag, n) {
+                (Some(r), _) => Some(r),
+                (None, Some(Number::Plain(r))) => Some(*r),
+                (None, Some(Number::Text(t))) => {
+                    Some(parse_rate(t).map_err(|e| anyhow!("{}: {e}", in_file(key)))?)
+                }
+                (None, None) => None,
+            })
+        };
+        let (users, auth) = match (&a.auth, &file.auth, &file.users) {
+            (Some(p), _, _) => (
+                Some(read_users("--auth", p)?),
+                Some(p.display().to_string()),
+            ),
+            (None, Some(_), Some(_)) => bail!(
+                "{}: give the credentials either as a file (auth) or inline ([users]), not both",
+                in_file("auth and users")
+            ),
+            (None, Some(p), None) => {
+                let p = here.join(p);
+                (
+                    Some(read_users(&in_file("auth"), &p)?),
+                    Some(p.display().to_string()),
+                )
+            }
+            (None, None, Some(u)) => {
+                let text: String = u.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
+                let users = parse_users(&text).map_err(|e| anyhow!("{}: {e}", in_file("users")))?;
+                (Some(users), Some(in_file("users")))
+            }
+            (None, None, None) => (None, None),
+        };
+        let list =
+            |flag: &Vec<String>, key: &str, v: &Option<Vec<String>>| -> Result<Vec<Prefix>> {
+                if !flag.is_empty() {
+                    prefixes(&format!("--{key}"), flag)
+                } else {
+                    prefixes(&in_file(key), v.as_deref().unwrap_or(&[]))
+                }
+            };
+        let allow = list(&a.allow, "allow", &file.allow)?;
+        let extra_deny = list(&a.deny, "deny", &file.deny)?;
+        let mut deny = RelayConfig::default_deny();
+        deny.extend_from_slice(&extra_deny);
+        let workers = (a.workers.or(file.workers))
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let mode = match a.mode.or(file.mode).unwrap_or(ModeArg::Max) {
+            ModeArg::Max => RelayMode::Max,
+            ModeArg::Normal => RelayMode::Normal,
+        };
+        let cfg = RelayConfig {
+            listen: (a.listen.or(file.listen))
+                .unwrap_or_else(|| "127.0.0.1:1080".parse().expect("a valid default")),
+            workers,
+            mode,
+            splice: match a.splice.or(file.splice).unwrap_or(SpliceArg::Syscall) {
+                SpliceArg::Uring => SpliceVia::Uring,
+                SpliceArg::Syscall => SpliceVia::Syscall,
+            },
+            users,
+            allow,
+            deny,
+            connect_timeout: dur(
+                a.connect_timeout,
+                "connect-timeout",
+                &file.connect_timeout,
+                "5s",
+            )?,
+            idle_timeout: dur(a.idle_timeout, "idle-timeout", &file.idle_timeout, "300s")?,
+            handshake_timeout: dur(
+                a.handshake_timeout,
+                "handshake-timeout",
+                &file.handshake_timeout,
+                "10s",
+            )?,
+            max_conns: a.max_conns.or(file.max_conns).unwrap_or(10_000),
+            max_conns_per_user: (a.max_conns_per_user.or(file.max_conns_per_user)).unwrap_or(1000),
+            rate: rate(a.rate, "rate", &file.rate)?,
+            user_rate: rate(a.user_rate, "user-rate", &file.user_rate)?,
+        };
+        if mode == RelayMode::Max && (cfg.rate.is_some() || cfg.user_rate.is_some()) {
+            bail!(
+                "--rate and --user-rate shape copies through user space: use them with --mode normal"
+            );
+        }
+        cfg.check().map_err(anyhow::Error::msg)?;
+        let cores = if a.cores.is_empty() {
+            file.cores.clone().unwrap_or_default()
+        } else {
+            a.cores.clone()
+        };
+        Ok(Settings {
+            cfg,
+            extra_deny,
+            cores,
+            drain: dur(a.drain, "drain", &file.drain, "5s")?,
+            auth,
+        })
+    }
+
+    /// The settings a reload cannot change that differ in `new`.
+    fn needs_restart(&self, new: &Settings) -> Vec<&'static str> {
+        let (a, b) = (&self.cfg, &new.cfg);
+        let mut out = Vec::new();
+        let mut differ = |name, d: bool| {
+            if d {
+                out.push(name)
+            }
+        };
+        differ("listen", a.listen != b.listen);
+        differ("workers", a.workers != b.workers);
+        differ("mode", a.mode != b.mode);
+        differ("splice", a.splice != b.splice);
+        differ("cores", self.cores != new.cores);
+        differ("connect-timeout", a.connect_timeout != b.connect_timeout);
+        differ("idle-timeout", a.idle_timeout != b.idle_timeout);
+        differ(
+            "handshake-timeout",
+            a.handshake_timeout != b.handshake_timeout,
+        );
+        differ("max-conns", a.max_conns != b.max_conns);
+        differ(
+            "max-conns-per-user",
+            a.max_conns_per_user != b.max_conns_per_user,
+        );
+        differ("rate", a.rate != b.rate);
+        differ("user-rate", a.user_rate != b.user_rate);
+        differ("drain", self.drain != new.drain);
+        out
+    }
+}
+
+fn read_users(what: &str, p: &Path) -> Result<HashMap<Vec<u8>, Vec<u8>>> {
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("{what} {}: cannot read it", p.display()))?;
+    parse_users(&text).map_err(|e| anyhow!("{what} {}: {e}", p.display()))
 }
 
 fn prefixes(flag: &str, list: &[String]) -> Result<Vec<Prefix>> {
@@ -146,80 +386,48 @@ fn json(t: &Totals, workers: &[Totals], secs: f64, listen: std::net::SocketAddr)
 }
 
 pub fn run(a: RelayArgs) -> Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = a.workers.unwrap_or(cores);
-    let pin = if a.cores.is_empty() {
+    let mut settings = Settings::load(&a)?;
+    let workers = settings.cfg.workers;
+    let pin = if settings.cores.is_empty() {
         None
     } else {
-        Some(super::cores_for(&a.cores, workers, "--cores")?)
+        Some(super::cores_for(&settings.cores, workers, "--cores")?)
     };
-    let users = match &a.auth {
-        None => None,
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("--auth {}: cannot read it", p.display()))?;
-            Some(parse_users(&text).map_err(|e| anyhow::anyhow!("--auth {}: {e}", p.display()))?)
-        }
-    };
-    let mode = match a.mode {
-        ModeArg::Max => RelayMode::Max,
-        ModeArg::Normal => RelayMode::Normal,
-    };
-    if mode == RelayMode::Max && (a.rate.is_some() || a.user_rate.is_some()) {
-        bail!(
-            "--rate and --user-rate shape copies through user space: use them with --mode normal"
-        );
-    }
-    let mut deny = RelayConfig::default_deny();
-    deny.extend(prefixes("--deny", &a.deny)?);
-    let cfg = RelayConfig {
-        listen: a.listen,
-        workers,
-        mode,
-        splice: match a.splice {
-            SpliceArg::Uring => SpliceVia::Uring,
-            SpliceArg::Syscall => SpliceVia::Syscall,
-        },
-        users,
-        allow: prefixes("--allow", &a.allow)?,
-        deny,
-        connect_timeout: a.connect_timeout,
-        idle_timeout: a.idle_timeout,
-        handshake_timeout: a.handshake_timeout,
-        max_conns: a.max_conns,
-        max_conns_per_user: a.max_conns_per_user,
-        rate: a.rate,
-        user_rate: a.user_rate,
-    };
-    cfg.check().map_err(anyhow::Error::msg)?;
-    let stop = super::stop_flag()?;
-    let relay = Relay::start(cfg, pin, stop.clone(), a.drain)
-        .with_context(|| format!("--listen {}", a.listen))?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let stop = super::stop_flag_on(&[SIGINT, SIGTERM])?;
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(SIGHUP, hup.clone()).context("installing the SIGHUP handler")?;
+    let mode = settings.cfg.mode;
+    let relay = Relay::start(settings.cfg.clone(), pin, stop.clone(), settings.drain)
+        .with_context(|| format!("--listen {}", settings.cfg.listen))?;
     let listen = relay.listen;
     // The address really listened on (the kernel's port when 0 was asked for): scripts and
     // tests read it from this line.
-    eprintln!(
-        "relay: SOCKS5 on {listen} ({} mode, {workers} worker(s){})",
+    tracing::info!(
+        %listen,
+        "relay: SOCKS5 on {listen} ({} mode, {workers} worker(s), {})",
         match mode {
             RelayMode::Max => "max",
             RelayMode::Normal => "normal",
         },
-        if a.auth.is_some() {
-            ", username/password"
-        } else {
-            ", no authentication"
+        match &settings.auth {
+            Some(from) => format!("username/password from {from}"),
+            None => "no authentication".into(),
         }
     );
     let live = Live::new();
     let start = Instant::now();
     let (mut before, mut last) = (Totals::default(), Instant::now());
     while !relay.finished() {
+        if hup.swap(false, Ordering::Relaxed) {
+            reload(&a, &relay, &mut settings);
+        }
         if a.duration.is_some_and(|d| start.elapsed() >= d) {
             stop.store(true, Ordering::Relaxed);
         }
         if !stop.load(Ordering::Relaxed) && relay.worker_ended() {
             // A worker that ended on its own has failed: stop the rest and say why (join).
-            eprintln!("relay: a worker stopped unexpectedly; stopping");
+            tracing::error!("relay: a worker stopped unexpectedly; stopping");
             stop.store(true, Ordering::Relaxed);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -269,4 +477,44 @@ pub fn run(a: RelayArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// SIGHUP: the file and the credentials read again. Users, allow and deny take effect for
+/// what comes next (open connections keep going); a setting that needs a restart is named and
+/// kept; a file that does not parse leaves everything as it was.
+fn reload(a: &RelayArgs, relay: &Relay, running: &mut Settings) {
+    let new = match Settings::load(a) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("relay: SIGHUP: {e:#}; still running with the previous settings");
+            return;
+        }
+    };
+    let kept = running.needs_restart(&new);
+    if !kept.is_empty() {
+        tracing::warn!(
+            "relay: SIGHUP: {} changed: that takes a restart; keeping the running value(s)",
+            kept.join(", ")
+        );
+    }
+    relay.reload(
+        new.cfg.users.clone(),
+        new.cfg.allow.clone(),
+        &new.extra_deny,
+    );
+    tracing::info!(
+        users = new.cfg.users.as_ref().map_or(0, |u| u.len()),
+        allow = new.cfg.allow.len(),
+        deny = new.extra_deny.len(),
+        "relay: SIGHUP: credentials, allow and deny lists re-read{}",
+        new.auth
+            .as_deref()
+            .map(|f| format!(" (users from {f})"))
+            .unwrap_or_default()
+    );
+    running.cfg.users = new.cfg.users;
+    running.cfg.allow = new.cfg.allow;
+    running.cfg.deny = new.cfg.deny;
+    running.extra_deny = new.extra_deny;
+    running.auth = new.auth;
 }

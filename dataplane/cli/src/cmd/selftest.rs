@@ -364,9 +364,12 @@ pub fn run(a: SelftestArgs) -> Result<()> {
     remove_leftovers();
     let exe = std::env::current_exe().context("locating the linerate binary")?;
     let topo = Topology::build().context("building the test topology")?;
-    eprintln!(
+    tracing::info!(
         "selftest: generator ns {} (gen0) -> {} [linerate fwd] {} -> sink ns {} (sink0)",
-        topo.gen_ns, topo.port0, topo.port1, topo.sink_ns
+        topo.gen_ns,
+        topo.port0,
+        topo.port1,
+        topo.sink_ns
     );
     let trial = Trial {
         exe,

@@ -108,7 +108,7 @@ pub fn run(a: SinkArgs) -> Result<()> {
         steer.bind_xsk(q, s.fd())?;
         socks.push(s);
     }
-    eprintln!(
+    tracing::info!(
         "sink: {} queue(s) on {}, {} mode; analysing UDP to port {}",
         queues,
         a.dev,
@@ -221,14 +221,16 @@ pub fn run(a: SinkArgs) -> Result<()> {
 
 fn attach(steer: &mut Steering, a: &SinkArgs) -> Result<()> {
     match steer.attach(&a.dev, a.xdp_mode)? {
-        Attached::Driver => eprintln!("sink: XDP attached to {} in driver mode", a.dev),
+        Attached::Driver => tracing::info!("sink: XDP attached to {} in driver mode", a.dev),
         Attached::Skb { why: Some(why) } => {
-            eprintln!(
+            tracing::warn!(
                 "sink: driver-mode XDP refused on {} ({why}); using skb (generic) mode",
                 a.dev
             )
         }
-        Attached::Skb { why: None } => eprintln!("sink: XDP attached to {} in skb mode", a.dev),
+        Attached::Skb { why: None } => {
+            tracing::info!("sink: XDP attached to {} in skb mode", a.dev)
+        }
     }
     Ok(())
 }
@@ -245,9 +247,10 @@ fn count_only(a: &SinkArgs) -> Result<()> {
     let test_traffic = Rule::any(Action::Drop).proto(17).dports(a.dport, a.dport);
     steer.set_rules(&[test_traffic], Action::Pass)?;
     attach(&mut steer, a)?;
-    eprintln!(
+    tracing::info!(
         "sink: counting UDP to port {} on {} in XDP (count-only)",
-        a.dport, a.dev
+        a.dport,
+        a.dev
     );
     let live = Live::new();
     let start = Instant::now();
