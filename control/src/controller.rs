@@ -96,7 +96,47 @@ pub struct ControllerStats {
     pub resyncs: AtomicU64,
     pub metrics_received: AtomicU64,
     pub store_errors: AtomicU64,
+    /// How long the store took to answer the sessions' reads (registrations, reloads).
+    pub store_latency: Latency,
     log: Mutex<VecDeque<String>>,
+}
+
+/// A latency histogram: counts per bucket (upper bounds in [`Latency::BOUNDS`], seconds),
+/// their sum and count, kept in atomics (no lock where it is observed).
+#[derive(Debug, Default)]
+pub struct Latency {
+    buckets: [AtomicU64; Latency::BOUNDS.len()],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Latency {
+    pub const BOUNDS: [f64; 12] = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+    ];
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = Self::BOUNDS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound, the sum in seconds, and the count.
+    pub fn read(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut total = 0;
+        let buckets = (Self::BOUNDS.iter().zip(&self.buckets))
+            .map(|(b, c)| {
+                total += c.load(Ordering::Relaxed);
+                (*b, total)
+            })
+            .collect();
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        (buckets, sum, self.count.load(Ordering::Relaxed))
+    }
 }
 
 impl ControllerStats {
@@ -559,11 +599,23 @@ async fn serve_node<S: Store>(
     behind: &AtomicBool,
 ) -> End {
     let opts = &shared.opts;
-    if let Err(e) = bounded(opts.store_timeout, shared.store.node_seen(node, caps)).await {
+    if let Err(e) = bounded(
+        &shared.stats.store_latency,
+        opts.store_timeout,
+        shared.store.node_seen(node, caps),
+    )
+    .await
+    {
         shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
         shared.log(format!("node '{node}': store: {e}"));
     }
-    let mut sent = match bounded(opts.store_timeout, shared.store.node_config(node)).await {
+    let mut sent = match bounded(
+        &shared.stats.store_latency,
+        opts.store_timeout,
+        shared.store.node_config(node),
+    )
+    .await
+    {
         Ok(c) => for_node(c, caps),
         Err(e) => {
             shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -707,13 +759,18 @@ async fn serve_node<S: Store>(
 }
 
 /// `call` unless it takes longer than `limit`, which is a store error.
+/// Observed in `latency` (a timeout as the limit).
 async fn bounded<T>(
+    latency: &Latency,
     limit: Duration,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, call)
+    let started = tokio::time::Instant::now();
+    let r = tokio::time::timeout(limit, call)
         .await
-        .unwrap_or(Err(StoreError::Timeout(limit)))
+        .unwrap_or(Err(StoreError::Timeout(limit)));
+    latency.observe(started.elapsed());
+    r
 }
 
 /// Reloads `node`'s configuration and returns what differs from `sent` (which becomes the
@@ -725,7 +782,13 @@ async fn resync<S: Store>(
     sent: &mut Config,
     behind: &AtomicBool,
 ) -> Option<Vec<Change>> {
-    match bounded(shared.opts.store_timeout, shared.store.node_config(node)).await {
+    match bounded(
+        &shared.stats.store_latency,
+        shared.opts.store_timeout,
+        shared.store.node_config(node),
+    )
+    .await
+    {
         Ok(c) => {
             behind.store(false, Ordering::Release);
             let now = for_node(c, caps);

@@ -245,6 +245,18 @@ impl Steering {
         }
     }
 
+    /// Every cached flow of the current generation (a walk of the map: for inspection).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>, XdpError> {
+        let mut out = Vec::new();
+        for item in self.flows.iter() {
+            let (k, e) = item.map_err(map_err("flows"))?;
+            if e.generation == self.cfg.generation {
+                out.push((k, e));
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes every cached flow `stale` says yes to (after a route change that touched only
     /// some destinations); returns how many went. Costs a walk of the map, so the caller
     /// prefers [`Steering::invalidate_flows`] when everything is stale.

@@ -15,7 +15,9 @@ pub const FWD: &str = "Examples:
   # drop DNS, forward the rest, for 30 seconds, with a JSON report at the end
   linerate fwd --port veth0 --port veth1 --filter 'deny udp any any dport 53' --duration 30s --json
   # the settings from a TOML file instead of options
-  linerate fwd --config fwd.toml";
+  linerate fwd --config fwd.toml
+  # Prometheus metrics on loopback port 9101, inspection socket of its own (linerate show)
+  linerate fwd --port veth0 --port veth1 --logic static --map 0:1,1:0 --metrics-listen 9101 --socket /run/linerate/edge.sock";
 
 pub const GEN: &str = "Examples:
   # 1 Mpps of 64-byte frames in 32 flows for 10 seconds
@@ -40,8 +42,21 @@ pub const RELAY: &str = "Examples:
   linerate relay --listen 127.0.0.1:1080
   # users from a file, 100 Mbit/s per connection and direction, copying through user space
   linerate relay --listen 0.0.0.0:1080 --mode normal --auth users.txt --rate 100M
+  # everything from a TOML file (SIGHUP re-reads users, allow and deny), metrics on :9102
+  linerate relay --config relay.toml --metrics-listen 9102
+  # JSON log lines for a collector, without the per-connection access lines
+  linerate --log-format json --log info,linerate_relay::access=off relay
   # then, from a client
   #   curl --socks5-hostname 127.0.0.1:1080 https://example.org/";
+
+pub const SHOW: &str = "Examples:
+  # the routing table of the fwd listening on the default socket
+  linerate show routes
+  # the flows max mode cached in the kernel, as JSON
+  linerate show flows --json
+  # counters of a second fwd started with --socket /run/linerate/edge.sock
+  linerate show ports --socket /run/linerate/edge.sock
+  linerate show steering";
 
 pub const CONTROLLER: &str = "Examples:
   # routes and flows from a TOML file, nodes present the token in the file

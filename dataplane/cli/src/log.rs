@@ -16,8 +16,19 @@ pub enum LogFormat {
     Json,
 }
 
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the log is JSON lines (then nothing else may be written on standard error).
+pub fn is_json() -> bool {
+    JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the global subscriber. `filter` follows `RUST_LOG`'s syntax.
 pub fn init(format: LogFormat, filter: &str) -> Result<()> {
+    JSON.store(
+        format == LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let filter = EnvFilter::builder().parse(filter).map_err(|e| {
         anyhow::anyhow!(
             "--log {filter:?} (or RUST_LOG): {e}; for example info or warn,linerate_relay=debug"

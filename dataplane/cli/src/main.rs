@@ -63,6 +63,10 @@ enum Cmd {
     /// in PostgreSQL, where triggers let any SQL client change routes live.
     #[command(after_help = examples::CONTROLLER)]
     Controller(cmd::controller::ControllerArgs),
+    /// Look inside a running `fwd` (root): its routes, the flows max mode cached in the kernel,
+    /// counters per worker, port and class, and the XDP programs' counters.
+    #[command(after_help = examples::SHOW)]
+    Show(cmd::show::ShowArgs),
     /// Build a network from a topology file (or --topo linear,4 ...) and run it: hosts in
     /// namespaces, routers, switches and links (rate, delay, loss, queues) emulated.
     #[command(after_help = examples::UP)]
@@ -149,6 +153,7 @@ fn main() {
         Cmd::Selftest(a) => cmd::selftest::run(a),
         Cmd::Relay(a) => cmd::relay::run(a),
         Cmd::Controller(a) => cmd::controller::run(a),
+        Cmd::Show(a) => cmd::show::run(a),
         Cmd::Up(a) => cmd::emu::up(a),
         Cmd::Down(a) => cmd::emu::down(a),
         Cmd::Exec(a) => cmd::emu::exec(a),

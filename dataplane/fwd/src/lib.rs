@@ -10,5 +10,6 @@
 pub mod config;
 pub mod fib;
 pub mod flowcache;
+pub mod inspect;
 pub mod node;
 pub mod run;

@@ -10,6 +10,7 @@
 
 use crate::config::{MappingArg, Settings, XskModeArg, acl_from, build_logic, port_traffic};
 use crate::flowcache::{FlowCache, invalidate_all, invalidate_stale};
+use crate::inspect::{self, Answer, Ask, What};
 use crate::node;
 use anyhow::{Context, Result, anyhow, bail};
 use linerate_agent::{Agent, AgentOptions};
@@ -31,13 +32,15 @@ use linerate_proto::Capability;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
 /// What the control loop is told from outside: stop, and re-read the settings (SIGHUP).
 pub struct Signals {
     pub stop: Arc<AtomicBool>,
     pub hangup: Arc<AtomicBool>,
+    /// Questions from the metrics endpoint and `linerate show` ([`crate::inspect`]).
+    pub inspect: Option<Receiver<Ask>>,
 }
 
 /// How the caller hears of progress: the live line each second, and notes (one line each).
@@ -399,6 +402,75 @@ pub fn run(
                 } else if reload(reread, &mut s, &handle, &mut steering, progress)? {
                     reloads += 1;
                 }
+            }
+            while let Some(ask) = signals.inspect.as_ref().and_then(|r| r.try_recv().ok()) {
+                let answer = match ask.what {
+                    What::Counters => {
+                        let mut c = inspect::Counters {
+                            uptime_s: start.elapsed().as_secs_f64(),
+                            logic_version: handle.version(),
+                            reloads,
+                            flows_installed: cache.cached,
+                            flows_aged: cache.aged,
+                            flows_refused: cache.refused,
+                            ..Default::default()
+                        };
+                        for (w, wc) in counters.iter().enumerate() {
+                            c.workers.push(inspect::WorkerCounters::new(w, &wc.read()));
+                        }
+                        c.classes = class_reports(&sched_counters)
+                            .into_iter()
+                            .map(Into::into)
+                            .collect();
+                        let mut failed = None;
+                        for (dev, st) in s.ports.iter().zip(&steering) {
+                            let read = |w| linerate_dataplane::sys::if_counter(dev, w).unwrap_or(0);
+                            let xdp = match st.counters() {
+                                Ok(x) => inspect::xdp_counts(&x),
+                                Err(e) => {
+                                    failed = Some(format!("{dev}: {e}"));
+                                    Vec::new()
+                                }
+                            };
+                            if s.max {
+                                c.flows_cached += st.flows().map_or(0, |f| f.len() as u64);
+                            }
+                            c.ports.push(inspect::PortCounters {
+                                port: dev.clone(),
+                                xdp,
+                                kernel_rx_dropped: read("rx_dropped") + read("rx_missed_errors"),
+                                kernel_tx_dropped: read("tx_dropped"),
+                            });
+                        }
+                        match failed {
+                            Some(error) => Answer::Failed { error },
+                            None => Answer::Counters(c),
+                        }
+                    }
+                    What::Routes => Answer::Routes(inspect::routes(
+                        handle.reloadable().current(),
+                        handle.version(),
+                        &s.ports,
+                    )),
+                    What::Flows => {
+                        let mut flows = Vec::new();
+                        let mut failed = None;
+                        for (i, st) in steering.iter().enumerate() {
+                            match st.flows() {
+                                Ok(f) => flows.extend(
+                                    f.iter().map(|(k, e)| inspect::flow(&s.ports, i, k, e)),
+                                ),
+                                Err(e) => failed = Some(format!("{}: {e}", s.ports[i])),
+                            }
+                        }
+                        match failed {
+                            Some(error) => Answer::Failed { error },
+                            None => Answer::Flows(flows),
+                        }
+                    }
+                };
+                // The asker may have given up waiting: nothing to do then.
+                let _ = ask.reply.try_send(answer);
             }
             let (updates, stale) = std::mem::take(
                 &mut *published

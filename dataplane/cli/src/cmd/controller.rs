@@ -7,7 +7,7 @@
 
 use super::parse_duration;
 use anyhow::{Context, Result, anyhow, bail};
-use linerate_controller::controller::{self, ControllerOptions};
+use linerate_controller::controller::{self, ControllerOptions, ControllerStats};
 use linerate_controller::store::MemStore;
 use linerate_proto::Config;
 use linerate_store_pg::PgStore;
@@ -49,6 +49,10 @@ pub struct ControllerArgs {
     /// Print only refusals and errors, not every registration.
     #[arg(long)]
     quiet: bool,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics; a port alone
+    /// means loopback.
+    #[arg(long, value_parser = super::metrics::parse_listen)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn token(a: &ControllerArgs) -> Result<String> {
@@ -112,6 +116,7 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                         .map_err(|e| anyhow!("--database: {e}"))?,
                 );
                 let ctl = controller::spawn(listener, store, opts)?;
+                serve_metrics(a.metrics_listen, ctl.stats())?;
                 tracing::info!(
                     "controller: listening on ws://{}/ (PostgreSQL store)",
                     ctl.local_addr()
@@ -135,6 +140,7 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                     apply_seed(&store, seed, &mut configured);
                 }
                 let ctl = controller::spawn(listener, store.clone(), opts)?;
+                serve_metrics(a.metrics_listen, ctl.stats())?;
                 tracing::info!(
                     "controller: listening on ws://{}/ (in-memory store{})",
                     ctl.local_addr(),
@@ -219,4 +225,89 @@ fn apply_seed(store: &MemStore, seed: BTreeMap<String, Config>, configured: &mut
         store.set_config(&node, config);
         configured.insert(node);
     }
+}
+
+fn serve_metrics(addr: Option<SocketAddr>, stats: &Arc<ControllerStats>) -> Result<()> {
+    if let Some(addr) = addr {
+        let stats = stats.clone();
+        super::metrics::serve(addr, Arc::new(move || controller_metrics(&stats)))?;
+    }
+    Ok(())
+}
+
+/// The controller's counters for Prometheus.
+fn controller_metrics(s: &ControllerStats) -> super::metrics::Metrics {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut m = super::metrics::Metrics::default();
+    m.gauge(
+        "linerate_controller_sessions",
+        "Nodes connected now.",
+        vec![],
+        s.sessions.load(Relaxed) as f64,
+    );
+    let counters = [
+        (
+            "linerate_controller_registrations",
+            "Nodes registered (hello accepted).",
+            &s.registrations,
+        ),
+        (
+            "linerate_controller_full_sent",
+            "Whole configurations sent.",
+            &s.full_sent,
+        ),
+        (
+            "linerate_controller_diffs_sent",
+            "Configuration differences sent.",
+            &s.diffs_sent,
+        ),
+        (
+            "linerate_controller_resyncs",
+            "Sessions reloaded from the store (behind, or told to).",
+            &s.resyncs,
+        ),
+        (
+            "linerate_controller_metrics_reports",
+            "Metrics reports received from nodes.",
+            &s.metrics_received,
+        ),
+        (
+            "linerate_controller_store_errors",
+            "Store calls that failed or timed out.",
+            &s.store_errors,
+        ),
+        (
+            "linerate_controller_dropped_idle",
+            "Nodes dropped for silence or for not reading.",
+            &s.dropped_idle,
+        ),
+    ];
+    for (name, help, c) in counters {
+        m.counter(name, help, vec![], c.load(Relaxed));
+    }
+    for (reason, c) in [
+        ("auth", &s.refused_auth),
+        ("version", &s.refused_version),
+        ("malformed", &s.refused_malformed),
+        ("too_large", &s.refused_too_large),
+        ("not_hello", &s.refused_not_hello),
+        ("busy", &s.refused_busy),
+    ] {
+        m.counter(
+            "linerate_controller_refusals",
+            "Connections refused, by reason.",
+            vec![("reason", reason.to_string())],
+            c.load(Relaxed),
+        );
+    }
+    let (buckets, sum, count) = s.store_latency.read();
+    m.histogram(
+        "linerate_controller_store_latency_seconds",
+        "How long the store took to answer a session's read.",
+        vec![],
+        buckets,
+        sum,
+        count,
+    );
+    m
 }

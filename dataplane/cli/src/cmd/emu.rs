@@ -51,6 +51,10 @@ pub struct UpArgs {
     /// Stop after this long (default: until Ctrl-C or `linerate down`).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics: per link
+    /// direction, node and flow; a port alone means loopback.
+    #[arg(long, value_parser = super::metrics::parse_listen)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Check the topology and print the plan's summary; build nothing.
     #[arg(long)]
     check: bool,
@@ -407,6 +411,30 @@ pub fn up(a: UpArgs) -> Result<()> {
             return Err(err.into());
         }
     };
+    if let Some(addr) = a.metrics_listen {
+        let name = e.plan.name.clone();
+        let served = super::metrics::serve(
+            addr,
+            std::sync::Arc::new(move || match ctl::call(&name, &Request::Status) {
+                Ok(Answer {
+                    status: Some(s), ..
+                }) => emu_metrics(&s),
+                Ok(a) => {
+                    tracing::warn!("metrics: status: {:?}", a.error);
+                    super::metrics::Metrics::default()
+                }
+                Err(err) => {
+                    tracing::warn!("metrics: status: {err}");
+                    super::metrics::Metrics::default()
+                }
+            }),
+        );
+        if let Err(err) = served {
+            control.stop();
+            let _ = e.stop();
+            return Err(err);
+        }
+    }
     tracing::info!("{}", summary(&e.plan, &e));
     let c = control.status();
     tracing::info!("control: controller {} ({})", c.controller, c.store);
@@ -1083,4 +1111,124 @@ pub fn link(a: LinkArgs) -> Result<()> {
         bail!("{}", ans.error.unwrap_or_default());
     }
     Ok(())
+}
+
+/// An emulation's counters for Prometheus: per link direction, node and synthetic flow.
+fn emu_metrics(s: &linerate_emu::emulator::Status) -> super::metrics::Metrics {
+    let mut m = super::metrics::Metrics::default();
+    let emu = || ("emulation", s.name.clone());
+    for l in &s.links {
+        for (i, d) in l.dirs.iter().enumerate() {
+            let (from, to) = if i == 0 { (&l.a, &l.b) } else { (&l.b, &l.a) };
+            let dl = || {
+                vec![
+                    emu(),
+                    ("link", l.name.clone()),
+                    ("from", from.clone()),
+                    ("to", to.clone()),
+                ]
+            };
+            m.counter(
+                "linerate_emu_link_delivered_frames",
+                "Frames a link direction delivered.",
+                dl(),
+                d.delivered,
+            );
+            m.counter(
+                "linerate_emu_link_delivered_bytes",
+                "Bytes a link direction delivered.",
+                dl(),
+                d.delivered_bytes,
+            );
+            m.gauge(
+                "linerate_emu_link_queued_frames",
+                "Frames waiting in a link direction's queue now.",
+                dl(),
+                d.queued as f64,
+            );
+            m.gauge(
+                "linerate_emu_link_in_flight_frames",
+                "Frames in a link direction's delay line now.",
+                dl(),
+                d.in_flight as f64,
+            );
+            m.gauge(
+                "linerate_emu_link_up",
+                "1 while the link direction is up.",
+                dl(),
+                if d.up { 1.0 } else { 0.0 },
+            );
+            m.counter(
+                "linerate_emu_link_late_frames",
+                "Frames delivered more than 50 us late.",
+                dl(),
+                d.late,
+            );
+            for (cause, n) in [
+                ("queue", d.drop_queue),
+                ("red", d.drop_red),
+                ("loss", d.drop_loss),
+                ("down", d.drop_down),
+                ("no_buffer", d.drop_nobuf),
+            ] {
+                let mut lab = dl();
+                lab.push(("cause", cause.to_string()));
+                m.counter(
+                    "linerate_emu_link_drops",
+                    "Frames a link direction dropped, by cause.",
+                    lab,
+                    n,
+                );
+            }
+        }
+    }
+    for n in &s.nodes {
+        let nl = || vec![emu(), ("node", n.name.clone()), ("kind", n.kind.clone())];
+        for (what, v) in [
+            ("sent", n.sent),
+            ("received", n.received),
+            ("forwarded", n.forwarded),
+            ("replies", n.replies),
+            ("dropped", n.dropped),
+            ("host_dropped", n.host_dropped),
+        ] {
+            let mut lab = nl();
+            lab.push(("event", what.to_string()));
+            m.counter(
+                "linerate_emu_node_frames",
+                "Frames a node sent, received, forwarded, answered or dropped.",
+                lab,
+                v,
+            );
+        }
+    }
+    for f in &s.flows {
+        let fl = || {
+            vec![
+                emu(),
+                ("flow", f.name.clone()),
+                ("src", f.src.clone()),
+                ("dst", f.dst.clone()),
+            ]
+        };
+        m.counter(
+            "linerate_emu_flow_sent_bytes",
+            "Bytes a synthetic flow sent.",
+            fl(),
+            f.sent_bytes,
+        );
+        m.counter(
+            "linerate_emu_flow_received_bytes",
+            "Bytes a synthetic flow's receiver got.",
+            fl(),
+            f.received_bytes,
+        );
+    }
+    m.gauge(
+        "linerate_emu_uptime_seconds",
+        "Seconds since the emulation was built.",
+        vec![emu()],
+        s.uptime_s,
+    );
+    m
 }

@@ -7,9 +7,11 @@ pub mod emu;
 mod emu_control;
 pub mod fwd;
 pub mod generate;
+pub mod metrics;
 pub mod pipeline;
 pub mod relay;
 pub mod selftest;
+pub mod show;
 pub mod sink;
 
 use anyhow::{Context, Result};
@@ -64,6 +66,11 @@ impl Live {
     }
 
     pub fn line(&self, t: Duration, text: &str) {
+        if crate::log::is_json() {
+            // Standard error holds JSON lines only: the progress line is an event too.
+            tracing::info!(target: "linerate::live", elapsed_s = t.as_secs(), "{text}");
+            return;
+        }
         let mut err = std::io::stderr().lock();
         let _ = if self.tty {
             write!(err, "\r\x1b[2K[{:>4.0}s] {text}", t.as_secs_f64())
@@ -73,18 +80,16 @@ impl Live {
         let _ = err.flush();
     }
 
-    /// A note on a line of its own (the live line, on a terminal, is cleared first).
-    pub fn done_line(&self, text: &str) {
-        let mut err = std::io::stderr().lock();
-        let _ = if self.tty {
-            writeln!(err, "\r\x1b[2K{text}")
-        } else {
-            writeln!(err, "{text}")
-        };
+    /// A note in the log (the live line, on a terminal, is cleared first).
+    pub fn note(&self, text: &str) {
+        if self.tty && !crate::log::is_json() {
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+        }
+        tracing::info!("{text}");
     }
 
     pub fn done(&self) {
-        if self.tty {
+        if self.tty && !crate::log::is_json() {
             eprintln!();
         }
     }

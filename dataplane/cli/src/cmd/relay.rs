@@ -2,20 +2,20 @@
 //! splices the two TCP connections together inside the kernel; normal mode copies through
 //! user space under per-connection and per-user rate limits.
 
-use super::{Live, parse_duration, parse_rate};
+use super::{Live, metrics, parse_duration, parse_rate};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::ValueEnum;
 use linerate_dataplane::logic::Prefix;
 use linerate_relay::proto::Reply;
-use linerate_relay::{Relay, RelayConfig, RelayMode, SpliceVia, Totals, parse_users};
+use linerate_relay::{Relay, RelayConfig, RelayMode, RelayStats, SpliceVia, Totals, parse_users};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum, Deserialize)]
@@ -101,6 +101,10 @@ pub struct RelayArgs {
     /// Stop after this long (default: until a signal).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics; a port alone
+    /// means loopback.
+    #[arg(long, value_parser = metrics::parse_listen)]
+    metrics_listen: Option<SocketAddr>,
     #[arg(long)]
     json: bool,
 }
@@ -128,6 +132,7 @@ struct RelayFile {
     rate: Option<Number>,
     user_rate: Option<Number>,
     drain: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 /// A rate written as a number (bit/s) or with a unit (`"100M"`).
@@ -148,6 +153,7 @@ struct Settings {
     drain: Duration,
     /// Where the credentials came from, for the log.
     auth: Option<String>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -288,6 +294,14 @@ impl Settings {
             cores,
             drain: dur(a.drain, "drain", &file.drain, "5s")?,
             auth,
+            metrics_listen: match (a.metrics_listen, &file.metrics_listen) {
+                (Some(m), _) => Some(m),
+                (None, Some(t)) => Some(
+                    metrics::parse_listen(t)
+                        .map_err(|e| anyhow!("{}: {e}", in_file("metrics-listen")))?,
+                ),
+                (None, None) => None,
+            },
         })
     }
 
@@ -319,6 +333,7 @@ impl Settings {
         differ("rate", a.rate != b.rate);
         differ("user-rate", a.user_rate != b.user_rate);
         differ("drain", self.drain != new.drain);
+        differ("metrics-listen", self.metrics_listen != new.metrics_listen);
         out
     }
 }
@@ -401,6 +416,11 @@ pub fn run(a: RelayArgs) -> Result<()> {
     let relay = Relay::start(settings.cfg.clone(), pin, stop.clone(), settings.drain)
         .with_context(|| format!("--listen {}", settings.cfg.listen))?;
     let listen = relay.listen;
+    let reloads = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    if let Some(addr) = settings.metrics_listen {
+        let (stats, reloads) = (relay.stats.clone(), reloads.clone());
+        metrics::serve(addr, Arc::new(move || relay_metrics(&stats, &reloads)))?;
+    }
     // The address really listened on (the kernel's port when 0 was asked for): scripts and
     // tests read it from this line.
     tracing::info!(
@@ -420,7 +440,8 @@ pub fn run(a: RelayArgs) -> Result<()> {
     let (mut before, mut last) = (Totals::default(), Instant::now());
     while !relay.finished() {
         if hup.swap(false, Ordering::Relaxed) {
-            reload(&a, &relay, &mut settings);
+            let ok = reload(&a, &relay, &mut settings);
+            reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
         }
         if a.duration.is_some_and(|d| start.elapsed() >= d) {
             stop.store(true, Ordering::Relaxed);
@@ -482,12 +503,12 @@ pub fn run(a: RelayArgs) -> Result<()> {
 /// SIGHUP: the file and the credentials read again. Users, allow and deny take effect for
 /// what comes next (open connections keep going); a setting that needs a restart is named and
 /// kept; a file that does not parse leaves everything as it was.
-fn reload(a: &RelayArgs, relay: &Relay, running: &mut Settings) {
+fn reload(a: &RelayArgs, relay: &Relay, running: &mut Settings) -> bool {
     let new = match Settings::load(a) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("relay: SIGHUP: {e:#}; still running with the previous settings");
-            return;
+            return false;
         }
     };
     let kept = running.needs_restart(&new);
@@ -517,4 +538,83 @@ fn reload(a: &RelayArgs, relay: &Relay, running: &mut Settings) {
     running.cfg.deny = new.cfg.deny;
     running.extra_deny = new.extra_deny;
     running.auth = new.auth;
+    true
+}
+
+/// The relay's counters for Prometheus, per worker.
+fn relay_metrics(stats: &RelayStats, reloads: &[AtomicU64; 2]) -> metrics::Metrics {
+    let mut m = metrics::Metrics::default();
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    for (i, w) in stats.workers.iter().enumerate() {
+        let worker = || vec![("worker", i.to_string())];
+        let with = |k: &'static str, v: &str| vec![("worker", i.to_string()), (k, v.to_string())];
+        m.counter(
+            "linerate_relay_connections_accepted",
+            "Client connections accepted (and kept past the allow-list and --max-conns).",
+            worker(),
+            load(&w.total),
+        );
+        m.gauge(
+            "linerate_relay_connections_active",
+            "Client connections open now.",
+            worker(),
+            w.active.load(Ordering::Relaxed) as f64,
+        );
+        for (r, c) in Reply::ALL.iter().zip(&w.replies) {
+            m.counter(
+                "linerate_relay_replies",
+                "SOCKS5 replies sent (and handshake failures) by their code's name.",
+                with("reply", r.name()),
+                load(c),
+            );
+        }
+        for (reason, c) in [
+            ("client_not_allowed", &w.refused_clients),
+            ("over_max_conns", &w.refused_over_limit),
+        ] {
+            m.counter(
+                "linerate_relay_connections_refused",
+                "Client connections closed at accept, by reason.",
+                with("reason", reason),
+                load(c),
+            );
+        }
+        m.counter(
+            "linerate_relay_timeouts",
+            "Connections closed by the handshake or idle timeout.",
+            worker(),
+            load(&w.timeouts),
+        );
+        m.counter(
+            "linerate_relay_accept_errors",
+            "Accepts that failed (out of descriptors, usually).",
+            worker(),
+            load(&w.accept_errors),
+        );
+        for (d, dir) in ["up", "down"].iter().enumerate() {
+            m.counter(
+                "linerate_relay_bytes",
+                "Bytes relayed: up is client to destination, down the way back.",
+                with("direction", dir),
+                load(&w.bytes[d]),
+            );
+        }
+        for (result, c) in [("relayed", &w.udp_datagrams), ("dropped", &w.udp_dropped)] {
+            m.counter(
+                "linerate_relay_udp_datagrams",
+                "UDP ASSOCIATE datagrams, relayed or dropped.",
+                with("result", result),
+                load(c),
+            );
+        }
+    }
+    for (result, c) in ["ok", "failed"].iter().zip(reloads) {
+        m.counter(
+            "linerate_relay_reloads",
+            "SIGHUP reloads of the configuration, by result.",
+            vec![("result", result.to_string())],
+            load(c),
+        );
+    }
+    m
 }

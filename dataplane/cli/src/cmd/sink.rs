@@ -53,8 +53,135 @@ pub struct SinkArgs {
     /// kernel counts `rx_ring_full`.
     #[arg(long, default_value_t = 2048, value_parser = ring_size)]
     ring: u32,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics, refreshed each
+    /// second; a port alone means loopback.
+    #[arg(long, value_parser = super::metrics::parse_listen)]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[arg(long)]
     json: bool,
+}
+
+/// What a scrape sees: the counts as of the last second.
+#[derive(Default, Clone)]
+struct View {
+    received: u64,
+    bytes: u64,
+    lost: u64,
+    reordered: u64,
+    duplicates: u64,
+    foreign: u64,
+    flows: u64,
+    to_kernel: u64,
+    /// (rx_ring_full, no buffer, port rx_dropped)
+    kernel: (u64, u64, u64),
+    /// p50, p99, p99.9, max one-way latency in nanoseconds.
+    latency: Option<[u64; 4]>,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<View>>;
+
+fn publish(shared: &Shared, v: View) {
+    *shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = v;
+}
+
+/// Serves the view on `--metrics-listen`, if given.
+fn serve_metrics(a: &SinkArgs) -> Result<Shared> {
+    let shared = Shared::default();
+    if let Some(addr) = a.metrics_listen {
+        let (view, dev) = (shared.clone(), a.dev.clone());
+        super::metrics::serve(
+            addr,
+            std::sync::Arc::new(move || {
+                let v = view
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                sink_metrics(&v, &dev)
+            }),
+        )?;
+    }
+    Ok(shared)
+}
+
+fn sink_metrics(v: &View, dev: &str) -> super::metrics::Metrics {
+    let mut m = super::metrics::Metrics::default();
+    let on = |extra: Option<(&'static str, &str)>| {
+        let mut l = vec![("dev", dev.to_string())];
+        l.extend(extra.map(|(k, v)| (k, v.to_string())));
+        l
+    };
+    m.counter(
+        "linerate_sink_frames",
+        "Test frames received.",
+        on(None),
+        v.received,
+    );
+    m.counter(
+        "linerate_sink_bytes",
+        "Bytes of test frames received.",
+        on(None),
+        v.bytes,
+    );
+    for (name, help, c) in [
+        (
+            "linerate_sink_lost",
+            "Test frames missing from their flow's sequence.",
+            v.lost,
+        ),
+        (
+            "linerate_sink_reordered",
+            "Test frames that arrived after a later one.",
+            v.reordered,
+        ),
+        (
+            "linerate_sink_duplicates",
+            "Test frames received twice.",
+            v.duplicates,
+        ),
+        (
+            "linerate_sink_foreign",
+            "Frames that were not test traffic.",
+            v.foreign,
+        ),
+        (
+            "linerate_sink_to_kernel",
+            "Frames passed to the kernel (count-only mode).",
+            v.to_kernel,
+        ),
+    ] {
+        m.counter(name, help, on(None), c);
+    }
+    m.gauge(
+        "linerate_sink_flows",
+        "Test flows seen.",
+        on(None),
+        v.flows as f64,
+    );
+    for (cause, c) in [
+        ("rx_ring_full", v.kernel.0),
+        ("no_buffer", v.kernel.1),
+        ("port_rx_dropped", v.kernel.2),
+    ] {
+        m.counter(
+            "linerate_sink_kernel_drops",
+            "Frames the kernel dropped before the sink saw them, by cause.",
+            on(Some(("cause", cause))),
+            c,
+        );
+    }
+    if let Some(q) = v.latency {
+        for (stat, ns) in ["p50", "p99", "p999", "max"].iter().zip(q) {
+            m.gauge(
+                "linerate_sink_latency_seconds",
+                "One-way latency of test frames since the start: percentiles and maximum.",
+                on(Some(("stat", stat))),
+                ns as f64 / 1e9,
+            );
+        }
+    }
+    m
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -126,6 +253,8 @@ pub fn run(a: SinkArgs) -> Result<()> {
         s.fill((base..base + per_queue).map(|i| i * CHUNK as u64));
     }
     let mut stats = SinkStats::with_flows(1024);
+    let view = serve_metrics(&a)?;
+    let mut kernel_total = (0, 0, 0);
     let live = Live::new();
     let start = Instant::now();
     let mut last = (Instant::now(), 0u64, 0u64);
@@ -188,6 +317,28 @@ pub fn run(a: SinkArgs) -> Result<()> {
                 k.2.saturating_sub(kernel_before.2),
             );
             kernel_before = k;
+            kernel_total = (
+                kernel_total.0 + d.0,
+                kernel_total.1 + d.1,
+                kernel_total.2 + d.2,
+            );
+            let q = |p| stats.latency.quantile(p).unwrap_or(0);
+            publish(
+                &view,
+                View {
+                    received: t.received,
+                    bytes: stats.bytes,
+                    lost: t.lost,
+                    reordered: t.reordered,
+                    duplicates: t.duplicates,
+                    foreign: stats.foreign,
+                    flows: t.flows as u64,
+                    to_kernel: 0,
+                    kernel: kernel_total,
+                    latency: (stats.latency.count() > 0)
+                        .then(|| [q(0.5), q(0.99), q(0.999), stats.latency.max()]),
+                },
+            );
             live.line(
                 start.elapsed(),
                 &format!(
@@ -252,13 +403,24 @@ fn count_only(a: &SinkArgs) -> Result<()> {
         a.dport,
         a.dev
     );
+    let view = serve_metrics(a)?;
     let live = Live::new();
     let start = Instant::now();
     let mut last = (Instant::now(), Counter::default());
     while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| start.elapsed() < d) {
         std::thread::sleep(Duration::from_millis(20));
         if last.0.elapsed() >= Duration::from_secs(1) {
-            let now = steer.counters()?[Action::Drop as usize];
+            let c = steer.counters()?;
+            let now = c[Action::Drop as usize];
+            publish(
+                &view,
+                View {
+                    received: now.packets,
+                    bytes: now.bytes,
+                    to_kernel: c[Action::Pass as usize].packets,
+                    ..View::default()
+                },
+            );
             let dt = last.0.elapsed().as_secs_f64();
             live.line(
                 start.elapsed(),

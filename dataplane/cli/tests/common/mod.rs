@@ -236,3 +236,84 @@ pub fn ws_addr(line: &str) -> std::net::SocketAddr {
         .unwrap_or_else(|| panic!("no ws:// address in '{line}'"));
     rest.split('/').next().unwrap().parse().unwrap()
 }
+
+/// The address in a "metrics on http://ADDR/metrics" line.
+pub fn metrics_addr(line: &str) -> std::net::SocketAddr {
+    let rest = line
+        .split("http://")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no http:// address in '{line}'"));
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+/// `GET /metrics` from `addr`: the status line and the body.
+pub fn scrape(addr: std::net::SocketAddr) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// One sample of an exposition: name, labels, value.
+pub type Sample = (String, std::collections::BTreeMap<String, String>, f64);
+
+/// Parses an OpenMetrics exposition with the reference parser (Python's prometheus_client,
+/// which checks names, types, label syntax, `_total` suffixes and the final `# EOF`);
+/// panics with its complaint if it refuses the text.
+pub fn openmetrics(text: &str) -> Vec<Sample> {
+    use std::io::Write;
+    let script = "import sys, json\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = []\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       out.append([s.name, s.labels, s.value])\n\
+        print(json.dumps(out))\n";
+    // Debian's interpreter: the one python3-prometheus-client installs into.
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/run-tests installs it with python3-prometheus-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The sum of the samples named `name` whose labels include `labels`.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<&Sample> = samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    assert!(
+        !matching.is_empty(),
+        "no sample {name} {labels:?} among {} samples",
+        samples.len()
+    );
+    matching.iter().map(|(_, _, v)| v).sum()
+}

@@ -1,0 +1,479 @@
+//! Running linerate as a service: the Prometheus endpoints of the controller, the relay, fwd
+//! and the sink (parsed by the reference OpenMetrics parser, counters moving with traffic),
+//! the controller's JSON log with its per-session spans, and `linerate show` against a running
+//! fwd (its routes, cached flows, counters; root only).
+
+mod common;
+
+use common::{
+    gen_frames, linerate, metric, metrics_addr, openmetrics, scrape, start_until, ws_addr,
+};
+use linerate_tests::{VethPair, privileged, run};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// A WebSocket upgrade presenting `token`; returns the HTTP status line.
+fn upgrade_with(addr: SocketAddr, token: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Scrapes until `check` holds (the sink publishes once a second), or fails with the last
+/// exposition.
+fn scrape_until(addr: SocketAddr, what: &str, check: impl Fn(&[common::Sample]) -> bool) {
+    let t = Instant::now();
+    loop {
+        let (status, body) = scrape(addr);
+        assert!(status.contains("200"), "{status}");
+        let samples = openmetrics(&body);
+        if check(&samples) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{what}:\n{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_controllers_metrics_parse_and_count_a_refused_node_and_its_log_is_json_with_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "the-right-token\n").unwrap();
+    let mut cmd = linerate();
+    cmd.args([
+        "--log-format",
+        "json",
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--token-file", token.to_str().unwrap()])
+    .args(["--metrics-listen", "127.0.0.1:0"]);
+    let job = start_until(cmd, "metrics on");
+    let maddr = metrics_addr(&job.ready);
+    let addr = ws_addr(&job.wait_line("listening on", Duration::from_secs(10)));
+    let (status, body) = scrape(maddr);
+    assert!(status.contains("200"), "{status}");
+    let before = openmetrics(&body);
+    assert_eq!(
+        metric(
+            &before,
+            "linerate_controller_refusals_total",
+            &[("reason", "auth")]
+        ),
+        0.0
+    );
+    assert!(upgrade_with(addr, "not-the-token").contains("401"));
+    let refused = job.wait_line("wrong bearer token", Duration::from_secs(10));
+    let v: serde_json::Value = serde_json::from_str(&refused).unwrap();
+    assert_eq!(v["level"], "INFO", "{refused}");
+    assert_eq!(v["span"]["name"], "session", "{refused}");
+    assert!(
+        v["span"]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{refused}"
+    );
+    let after = openmetrics(&scrape(maddr).1);
+    assert_eq!(
+        metric(
+            &after,
+            "linerate_controller_refusals_total",
+            &[("reason", "auth")]
+        ),
+        1.0
+    );
+    assert_eq!(metric(&after, "linerate_controller_sessions", &[]), 0.0);
+    for name in [
+        "linerate_controller_store_latency_seconds_count",
+        "linerate_controller_registrations_total",
+    ] {
+        metric(&after, name, &[]);
+    }
+    // Anything but GET /metrics is refused politely.
+    let mut s = TcpStream::connect(maddr).unwrap();
+    write!(
+        s,
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+    let pid = job.child.id().to_string();
+    run("kill", &["-TERM", &pid]).unwrap();
+    job.finish();
+}
+
+fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_relays_metrics_move_with_its_traffic() {
+    if !privileged("operability::the_relays_metrics_move_with_its_traffic") {
+        return;
+    }
+    let mut cmd = linerate();
+    cmd.args([
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--drain", "1s"]);
+    let job = start_until(cmd, "metrics on");
+    let maddr = metrics_addr(&job.ready);
+    let line = job.wait_line("SOCKS5 on", Duration::from_secs(10));
+    let relay: SocketAddr = line
+        .split("SOCKS5 on ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let before = openmetrics(&scrape(maddr).1);
+    assert_eq!(
+        metric(
+            &before,
+            "linerate_relay_bytes_total",
+            &[("direction", "up")]
+        ),
+        0.0
+    );
+    let echo = echo_server();
+    let mut s = TcpStream::connect(relay).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).unwrap();
+    let SocketAddr::V4(e) = echo else { panic!() };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&e.ip().octets());
+    req.extend_from_slice(&e.port().to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[1], 0);
+    let payload = vec![42u8; 100_000];
+    s.write_all(&payload).unwrap();
+    let mut back = vec![0u8; payload.len()];
+    s.read_exact(&mut back).unwrap();
+    let during = openmetrics(&scrape(maddr).1);
+    assert_eq!(
+        metric(&during, "linerate_relay_connections_active", &[]),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &during,
+            "linerate_relay_replies_total",
+            &[("reply", "succeeded")]
+        ),
+        1.0
+    );
+    drop(s);
+    // The counters are added as bytes move: at least what the client got back.
+    assert!(
+        metric(
+            &during,
+            "linerate_relay_bytes_total",
+            &[("direction", "up")]
+        ) >= 100_000.0
+    );
+    assert!(
+        metric(
+            &during,
+            "linerate_relay_bytes_total",
+            &[("direction", "down")]
+        ) >= 100_000.0
+    );
+    let pid = job.child.id().to_string();
+    run("kill", &["-TERM", &pid]).unwrap();
+    job.finish();
+}
+
+const SINK_MAC: &str = "02:00:00:00:00:99";
+
+#[test]
+fn show_lists_a_running_fwds_routes_flows_and_counters_and_fwd_and_sink_serve_metrics() {
+    if !privileged(
+        "operability::show_lists_a_running_fwds_routes_flows_and_counters_and_fwd_and_sink_serve_metrics",
+    ) {
+        return;
+    }
+    let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
+    for p in [&left, &right] {
+        for end in [&p.a, &p.b] {
+            run("ip", &["link", "set", end, "up"]).unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("fwd.sock");
+    let sock = sock.to_str().unwrap();
+    let mut scmd = linerate();
+    scmd.args(["sink", "--dev", &right.b, "--duration", "30s", "--json"])
+        .args(["--metrics-listen", "127.0.0.1:0"]);
+    let sink = start_until(scmd, "metrics on");
+    // The sink serves its metrics once its sockets are bound ("analysing" came before).
+    let sink_metrics = metrics_addr(&sink.ready);
+    let mut cmd = linerate();
+    let v4 = format!("198.51.100.0/24=1,{SINK_MAC}");
+    let v6 = format!("2001:db8::/32=1,{SINK_MAC}");
+    cmd.args([
+        "fwd", "--port", &left.b, "--port", &right.a, "--logic", "router",
+    ])
+    .args([
+        "--route",
+        &v4,
+        "--route",
+        &v6,
+        "--max",
+        "--duration",
+        "30s",
+        "--json",
+    ])
+    .args(["--socket", sock, "--metrics-listen", "127.0.0.1:0"]);
+    let fwd = start_until(cmd, "metrics on");
+    let fwd_metrics = metrics_addr(&fwd.ready);
+    fwd.wait_line("forwarding among", Duration::from_secs(20));
+    let show = |what: &str| {
+        let out = linerate()
+            .args(["show", what, "--socket", sock, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "show {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let routes = show("routes");
+    assert_eq!(routes["schema"], 1, "{routes}");
+    assert_eq!(routes["logic"], "router", "{routes}");
+    let prefixes: Vec<&str> = (routes["routes"].as_array().unwrap().iter())
+        .map(|r| r["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(prefixes, ["198.51.100.0/24", "2001:db8::/32"], "{routes}");
+    assert_eq!(routes["routes"][0]["via"][0]["port"], right.a.as_str());
+    assert_eq!(routes["routes"][0]["via"][0]["dst_mac"], SINK_MAC);
+    let text = linerate()
+        .args(["show", "ROUTES", "--socket", sock])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("198.51.100.0/24") && text.contains(SINK_MAC),
+        "{text}"
+    );
+
+    gen_frames(linerate(), &left.a, "198.51.100.1", 5000, &[]);
+    let flows = show("flows");
+    let items = flows["items"].as_array().unwrap();
+    assert!(!items.is_empty(), "max mode caches the flows: {flows}");
+    for f in items {
+        assert_eq!(f["dst"], "198.51.100.1", "{f}");
+        assert_eq!(
+            (f["in_port"].as_str(), f["out_port"].as_str()),
+            (Some(left.b.as_str()), Some(right.a.as_str()))
+        );
+    }
+    let counters = show("ports");
+    assert!(
+        counters["workers"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty()),
+        "{counters}"
+    );
+    let steering = String::from_utf8_lossy(
+        &linerate()
+            .args(["show", "steering", "--socket", sock])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        steering.contains("fastpath") && steering.contains("flow cache"),
+        "{steering}"
+    );
+
+    // fwd's exposition parses, and its counters saw the 5,000 frames (by the workers, or by
+    // the XDP program once the flows were cached).
+    let m = openmetrics(&scrape(fwd_metrics).1);
+    let by_workers = metric(&m, "linerate_fwd_rx_frames_total", &[]);
+    let in_kernel = metric(
+        &m,
+        "linerate_fwd_xdp_packets_total",
+        &[("action", "fastpath"), ("port", &left.b)],
+    );
+    // (The interface's own chatter, IPv6 multicast listener reports, may add a frame or two.)
+    let seen = metric(
+        &m,
+        "linerate_fwd_xdp_packets_total",
+        &[("action", "xsk"), ("port", &left.b)],
+    ) + in_kernel;
+    assert!((5000.0..5010.0).contains(&seen), "{seen}");
+    assert!((1.0..=5010.0).contains(&by_workers), "{by_workers}");
+    assert!(metric(&m, "linerate_fwd_flows_cached", &[]) >= 1.0);
+    scrape_until(sink_metrics, "the sink counts 5,000 frames", |s| {
+        metric(s, "linerate_sink_frames_total", &[]) == 5000.0
+            && metric(s, "linerate_sink_lost_total", &[]) == 0.0
+    });
+
+    // Only root (or fwd's own user) may ask.
+    let nobody = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_linerate"))
+        .args(["show", "routes", "--socket", sock])
+        .output()
+        .unwrap();
+    assert!(!nobody.status.success());
+    let err = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        err.contains("are you root") && !err.contains("panicked"),
+        "{err}"
+    );
+
+    for job in [fwd, sink] {
+        let pid = job.child.id().to_string();
+        run("kill", &["-TERM", &pid]).unwrap();
+        job.finish();
+    }
+    assert!(
+        !std::path::Path::new(sock).exists(),
+        "fwd removes its socket when it ends"
+    );
+}
+
+#[test]
+fn show_without_a_running_fwd_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    let out = linerate()
+        .args(["show", "routes", "--socket", sock.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no running fwd answers there"), "{err}");
+}
+
+#[test]
+fn the_sink_metrics_name_its_device() {
+    if !privileged("operability::the_sink_metrics_name_its_device") {
+        return;
+    }
+    let p = VethPair::new().unwrap();
+    for end in [&p.a, &p.b] {
+        run("ip", &["link", "set", end, "up"]).unwrap();
+    }
+    let mut cmd = linerate();
+    cmd.args([
+        "sink",
+        "--dev",
+        &p.b,
+        "--count-only",
+        "--duration",
+        "20s",
+        "--json",
+    ])
+    .args(["--metrics-listen", "127.0.0.1:0"]);
+    let sink = start_until(cmd, "metrics on");
+    // Served once the program is attached ("counting" came before).
+    let addr = metrics_addr(&sink.ready);
+    gen_frames(linerate(), &p.a, "198.51.100.1", 2000, &[]);
+    scrape_until(addr, "count-only sink counts 2,000 frames", |s| {
+        metric(s, "linerate_sink_frames_total", &[("dev", &p.b)]) == 2000.0
+    });
+    let pid = sink.child.id().to_string();
+    run("kill", &["-TERM", &pid]).unwrap();
+    sink.finish();
+}
+
+#[test]
+fn the_emulators_metrics_count_each_link_directions_frames() {
+    if !privileged("operability::the_emulators_metrics_count_each_link_directions_frames") {
+        return;
+    }
+    let name = format!("om{:05x}", std::process::id() & 0xfffff);
+    let mut cmd = linerate();
+    cmd.args([
+        "up",
+        "--topo",
+        "linear,2",
+        "--name",
+        &name,
+        "--duration",
+        "120s",
+    ])
+    .args(["--metrics-listen", "127.0.0.1:0"]);
+    let up = start_until(cmd, "metrics on");
+    let addr = metrics_addr(&up.ready);
+    let ping = linerate()
+        .args(["ping", "h1", "h2", "--name", &name])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    let m = openmetrics(&scrape(addr).1);
+    assert!(
+        metric(
+            &m,
+            "linerate_emu_link_delivered_frames_total",
+            &[("emulation", &name)]
+        ) > 0.0
+    );
+    assert_eq!(
+        metric(&m, "linerate_emu_link_up", &[("emulation", &name)]),
+        // every direction of every link is up: two per link
+        (m.iter()
+            .filter(|(n, _, _)| n == "linerate_emu_link_up")
+            .count()) as f64
+    );
+    metric(&m, "linerate_emu_link_drops_total", &[("cause", "loss")]);
+    let down = linerate().args(["down", "--name", &name]).output().unwrap();
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    up.finish();
+}
