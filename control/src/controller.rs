@@ -11,6 +11,7 @@
 //! a hello of our protocol version; an oversized, garbled or text frame closes that connection
 //! with a reason, is logged and counted, and touches no other session.
 
+use crate::auth::{Auth, NODE_HEADER, Verdict};
 use crate::store::{Store, StoreError, StoreEvent};
 use futures_util::{SinkExt, StreamExt};
 use linerate_proto::{
@@ -21,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
@@ -40,8 +42,11 @@ const LOG_KEPT: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
-    /// Nodes must send `Authorization: Bearer <token>`.
-    pub token: String,
+    /// Nodes must send `Authorization: Bearer <token>`: one for all, or one per node (then
+    /// also `Linerate-Node: <id>`, and the hello must name that node).
+    pub auth: Auth,
+    /// TLS (`wss://`) when set; plain WebSocket otherwise.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// How long a new connection may take to say hello.
     pub hello_timeout: Duration,
     /// The largest WebSocket message accepted from a node.
@@ -62,9 +67,16 @@ pub struct ControllerOptions {
 }
 
 impl ControllerOptions {
+    /// Plain WebSocket and one token for every node (loopback tests, the emulator's own
+    /// controller); see [`ControllerOptions::with_auth`].
     pub fn new(token: impl Into<String>) -> Self {
+        Self::with_auth(Auth::Shared(token.into()), None)
+    }
+
+    pub fn with_auth(auth: Auth, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         ControllerOptions {
-            token: token.into(),
+            auth,
+            tls,
             hello_timeout: Duration::from_secs(5),
             max_frame: proto::MAX_NODE_FRAME,
             max_connections: 16_384,
@@ -83,6 +95,11 @@ pub struct ControllerStats {
     pub sessions: AtomicU64,
     pub registrations: AtomicU64,
     pub refused_auth: AtomicU64,
+    /// Nodes that presented another node's token, or said hello as another node than the one
+    /// their token is for.
+    pub refused_wrong_node: AtomicU64,
+    /// Connections that did not complete a TLS handshake (a `ws://` client, a wrong name).
+    pub refused_tls: AtomicU64,
     pub refused_version: AtomicU64,
     pub refused_malformed: AtomicU64,
     pub refused_too_large: AtomicU64,
@@ -302,7 +319,8 @@ async fn accept<S: Store>(shared: Arc<Shared<S>>, listener: TcpListener) {
                     let shared = shared.clone();
                     sessions.spawn(async move {
                         let span = tracing::info_span!("session", %peer);
-                        tracing::Instrument::instrument(session(shared, stream, peer), span).await;
+                        tracing::Instrument::instrument(serve_conn(shared, stream, peer), span)
+                            .await;
                         drop(slot);
                     });
                 }
@@ -313,6 +331,25 @@ async fn accept<S: Store>(shared: Arc<Shared<S>>, listener: TcpListener) {
                 }
             },
             Some(_) = sessions.join_next() => {}
+        }
+    }
+}
+
+/// TLS first when configured (within the hello timeout), then the WebSocket session.
+async fn serve_conn<S: Store>(shared: Arc<Shared<S>>, stream: TcpStream, peer: SocketAddr) {
+    let Some(tls) = shared.opts.tls.clone() else {
+        return session(shared, stream, peer).await;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    match tokio::time::timeout(shared.opts.hello_timeout, accept).await {
+        Ok(Ok(s)) => session(shared, s, peer).await,
+        Ok(Err(e)) => {
+            shared.stats.refused_tls.fetch_add(1, Ordering::Relaxed);
+            shared.log(format!("{peer}: refused: TLS handshake: {e}"));
+        }
+        Err(_) => {
+            shared.stats.refused_tls.fetch_add(1, Ordering::Relaxed);
+            shared.log(format!("{peer}: refused: no TLS handshake in time"));
         }
     }
 }
@@ -328,9 +365,11 @@ fn unauthorized(msg: &str) -> ErrorResponse {
     r
 }
 
-type Ws = WebSocketStream<TcpStream>;
+/// What a node's connection runs over: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-async fn refuse(ws: &mut Ws, refusal: Refusal, message: String) {
+async fn refuse<T: Io>(ws: &mut WebSocketStream<T>, refusal: Refusal, message: String) {
     let err = ControllerMsg::Error(ErrorMsg {
         refusal,
         message: message.chars().take(1000).collect(),
@@ -353,7 +392,11 @@ async fn refuse(ws: &mut Ws, refusal: Refusal, message: String) {
     let _ = tokio::time::timeout(limit, close).await;
 }
 
-async fn send(ws: &mut Ws, msg: &ControllerMsg, limit: Duration) -> Result<(), String> {
+async fn send<T: Io>(
+    ws: &mut WebSocketStream<T>,
+    msg: &ControllerMsg,
+    limit: Duration,
+) -> Result<(), String> {
     let frame = proto::encode(msg).map_err(|e| format!("encoding its update: {e}"))?;
     match tokio::time::timeout(limit, ws.send(Message::binary(frame))).await {
         Ok(r) => r.map_err(|e| format!("sending: {e}")),
@@ -433,15 +476,52 @@ fn change_for_node(change: Change, caps: &[Capability]) -> Option<Change> {
     }
 }
 
-async fn session<S: Store>(shared: Arc<Shared<S>>, stream: TcpStream, peer: SocketAddr) {
-    let want = format!("Bearer {}", shared.opts.token);
+async fn session<S: Store, T: Io>(shared: Arc<Shared<S>>, stream: T, peer: SocketAddr) {
+    // The node the token was checked for (per-node tokens), and whether a refusal was for
+    // presenting another node's token.
+    let mut claimed: Option<String> = None;
+    let mut other_node = false;
     // tungstenite's handshake callback returns its (large) HTTP response type as the error.
     #[allow(clippy::result_large_err)]
     let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        match req.headers().get(header::AUTHORIZATION) {
-            Some(v) if token_matches(v.as_bytes(), want.as_bytes()) => Ok(resp),
-            Some(_) => Err(unauthorized("wrong bearer token")),
-            None => Err(unauthorized("missing bearer token")),
+        let token = match req.headers().get(header::AUTHORIZATION) {
+            None => return Err(unauthorized("missing bearer token")),
+            Some(v) => v.as_bytes(),
+        };
+        match &shared.opts.auth {
+            Auth::Shared(want) => {
+                if token_matches(token, format!("Bearer {want}").as_bytes()) {
+                    Ok(resp)
+                } else {
+                    Err(unauthorized("wrong bearer token"))
+                }
+            }
+            Auth::PerNode(tokens) => {
+                let Some(node) = (req.headers().get(NODE_HEADER)).and_then(|v| v.to_str().ok())
+                else {
+                    return Err(unauthorized("missing Linerate-Node header"));
+                };
+                let Some(token) =
+                    (std::str::from_utf8(token).ok()).and_then(|t| t.strip_prefix("Bearer "))
+                else {
+                    return Err(unauthorized("wrong bearer token"));
+                };
+                match tokens.check(node, token) {
+                    Verdict::Ok => {
+                        claimed = Some(node.to_string());
+                        Ok(resp)
+                    }
+                    Verdict::Unknown => Err(unauthorized(&format!(
+                        "wrong bearer token for node '{node}'"
+                    ))),
+                    Verdict::OtherNode(owner) => {
+                        other_node = true;
+                        Err(unauthorized(&format!(
+                            "node '{node}' presented the token of node '{owner}'"
+                        )))
+                    }
+                }
+            }
         }
     };
     // tungstenite zero-fills its whole read buffer before each read: 128 KiB by default, which
@@ -461,7 +541,15 @@ async fn session<S: Store>(shared: Arc<Shared<S>>, stream: TcpStream, peer: Sock
     let mut ws = match handshake {
         Ok(ws) => ws,
         Err(tungstenite::Error::Http(resp)) if resp.status() == StatusCode::UNAUTHORIZED => {
-            shared.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+            // Disjoint counts: a token of another node is counted as that, not as a bad token.
+            if other_node {
+                shared
+                    .stats
+                    .refused_wrong_node
+                    .fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+            }
             let why = (resp.body().as_deref())
                 .map_or("unauthorized".into(), String::from_utf8_lossy)
                 .into_owned();
@@ -494,6 +582,20 @@ async fn session<S: Store>(shared: Arc<Shared<S>>, stream: TcpStream, peer: Sock
                 frame_kind(&other)
             ),
         )),
+    };
+    // A node's token is for that node only: it cannot say hello as another.
+    let hello = match (hello, claimed) {
+        (Ok(h), Some(c)) if h.node != c => {
+            shared
+                .stats
+                .refused_wrong_node
+                .fetch_add(1, Ordering::Relaxed);
+            Err((
+                Refusal::Malformed,
+                format!("hello as node '{}' with the token of node '{c}'", h.node),
+            ))
+        }
+        (h, _) => h,
     };
     let hello = match hello {
         Ok(h) => h,
@@ -590,9 +692,9 @@ fn ws_error_refusal(e: &tungstenite::Error) -> (Refusal, String) {
     }
 }
 
-async fn serve_node<S: Store>(
+async fn serve_node<S: Store, T: Io>(
     shared: &Shared<S>,
-    ws: &mut Ws,
+    ws: &mut WebSocketStream<T>,
     node: &str,
     caps: &[Capability],
     rx: &mut mpsc::Receiver<SessionEvent>,

@@ -7,6 +7,7 @@
 //! (`linerate-agent`) hands configuration to whatever implements its `Dataplane` trait.
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod controller;
 pub mod seed;
 pub mod store;

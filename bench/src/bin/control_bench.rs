@@ -355,6 +355,8 @@ fn fleet(
     cmd.env("LINERATE_TOKEN", TOKEN)
         .args([
             "controller",
+            // The controller's own work is measured: plain WebSocket on loopback.
+            "--insecure-shared-token",
             "--quiet",
             "--listen",
             &format!("127.0.0.1:{port}"),

@@ -41,7 +41,7 @@ pub trait Dataplane: Send + 'static {
 }
 
 pub struct AgentOptions {
-    /// `ws://host:port/` of the controller.
+    /// `wss://host:port/` of the controller (`ws://` only to a loopback address).
     pub url: String,
     pub token: String,
     pub node: String,
@@ -62,6 +62,67 @@ pub struct AgentOptions {
     pub on_thread_start: Option<Box<dyn FnOnce() + Send>>,
     /// Print log lines to stderr (they are always kept in [`AgentStats::last_error`]).
     pub verbose: bool,
+    /// For `wss://`: whom to trust ([`tls_client`]).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A TLS client configuration trusting the certificates in `ca_pem` (the controller's own, or
+/// the CA that signed it).
+pub fn tls_client(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| format!("the CA file: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("the CA file: a certificate rustls refuses: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA file holds no certificate".into());
+    }
+    // *ring*, as the controller (see linerate_controller::auth::ring_provider).
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Whether `url` may be used: `wss://` with a trust configuration, or `ws://` to loopback
+/// (the token would cross a network in clear otherwise).
+pub fn check_url(url: &str, tls: bool) -> Result<(), String> {
+    let req = url
+        .into_client_request()
+        .map_err(|e| format!("controller URL '{url}': {e}"))?;
+    let uri = req.uri();
+    match uri.scheme_str() {
+        Some("wss") if tls => Ok(()),
+        Some("wss") => Err(format!(
+            "controller URL '{url}': wss:// needs the certificate to trust (the controller's or its CA's)"
+        )),
+        Some("ws") => {
+            let host = uri
+                .host()
+                .unwrap_or("")
+                .trim_matches(|c| c == '[' || c == ']');
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "controller URL '{url}': ws:// would send the token in clear beyond this host; use wss://"
+                ))
+            }
+        }
+        _ => Err(format!("controller URL '{url}': expected ws:// or wss://")),
+    }
 }
 
 impl AgentOptions {
@@ -78,6 +139,7 @@ impl AgentOptions {
             connect_timeout: Duration::from_secs(10),
             on_thread_start: None,
             verbose: true,
+            tls: None,
         }
     }
 }
@@ -126,6 +188,7 @@ impl Agent {
     pub fn start(mut opts: AgentOptions, dataplane: impl Dataplane) -> std::io::Result<Agent> {
         let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
         proto::check_name("node", &opts.node).map_err(|e| bad(e.to_string()))?;
+        check_url(&opts.url, opts.tls.is_some()).map_err(bad)?;
         if HeaderValue::from_str(&format!("Bearer {}", opts.token)).is_err() {
             return Err(bad(
                 "the token holds characters an HTTP header cannot".into()
@@ -347,10 +410,19 @@ async fn connected<D: Dataplane>(node: &mut Node<D>, attempt: &mut u32) -> Resul
     let auth = HeaderValue::from_str(&format!("Bearer {}", node.opts.token))
         .map_err(|_| "the token holds characters a header cannot".to_string())?;
     req.headers_mut().insert("authorization", auth);
+    // The node this token is for: a controller with per-node tokens checks the pair.
+    let id =
+        HeaderValue::from_str(&node.opts.node).map_err(|_| "node id in a header".to_string())?;
+    req.headers_mut().insert("linerate-node", id);
     let cfg = WebSocketConfig::default()
         .max_message_size(Some(proto::MAX_FRAME))
         .max_frame_size(Some(proto::MAX_FRAME));
-    let dial = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
+    let connector = node
+        .opts
+        .tls
+        .clone()
+        .map(tokio_tungstenite::Connector::Rustls);
+    let dial = tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, connector);
     let (mut ws, _) = tokio::time::timeout(node.opts.connect_timeout, dial)
         .await
         .map_err(|_| {

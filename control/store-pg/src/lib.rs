@@ -59,6 +59,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -313,6 +314,26 @@ impl PgStore {
                 .map_err(Db::from)?;
         }
         Ok(())
+    }
+
+    /// The per-node token table (`node_tokens`: token digest -> node), for
+    /// `linerate_controller::auth::NodeTokens`. A digest that is not 64 hex digits cannot be
+    /// in the table (its CHECK refuses it).
+    pub async fn node_tokens(&self) -> Result<HashMap<[u8; 32], String>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT token_sha256, node FROM node_tokens")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Db::from)?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for (hex, node) in rows {
+            let mut d = [0u8; 32];
+            for (i, b) in d.iter_mut().enumerate() {
+                *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("zz"), 16).unwrap_or(0);
+            }
+            out.insert(d, node);
+        }
+        Ok(out)
     }
 
     /// Metrics reports dropped because the writer was behind, they held more than

@@ -280,3 +280,49 @@ async fn reroute_py_moves_a_flow_with_one_statement() {
     ctl.stop().await;
     drop_schema(&s, &schema).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_tokens_inserted_with_sql_bind_each_token_to_its_node() {
+    use linerate_controller::auth::{Auth, NodeTokens, Verdict};
+    let Some(url) =
+        privileged("controller_pg::node_tokens_inserted_with_sql_bind_each_token_to_its_node")
+    else {
+        return;
+    };
+    let (s, schema) = store(&url, "tokens").await;
+    // As an operator would: the digest computed by PostgreSQL itself.
+    sql(
+        &s,
+        "INSERT INTO node_tokens (node, token_sha256) VALUES \
+         ('a', encode(sha256(convert_to('token-of-node-a-0001', 'UTF8')), 'hex')), \
+         ('b', encode(sha256(convert_to('token-of-node-b-0002', 'UTF8')), 'hex'))",
+    )
+    .await;
+    let bad = sqlx::query("INSERT INTO node_tokens (node, token_sha256) VALUES ('c', 'clear')")
+        .execute(s.pool())
+        .await;
+    assert!(bad.is_err(), "a token in clear is refused by the table");
+    let tokens = Arc::new(NodeTokens::new(s.node_tokens().await.unwrap()));
+    assert_eq!(tokens.check("a", "token-of-node-a-0001"), Verdict::Ok);
+    assert_eq!(
+        tokens.check("b", "token-of-node-a-0001"),
+        Verdict::OtherNode("a".into())
+    );
+    let ctl = start_controller_with(s.clone(), None, |o| {
+        o.auth = Auth::PerNode(tokens.clone());
+    })
+    .await;
+    let (_a, rec) = start_agent_with(ctl.local_addr(), "a", "token-of-node-a-0001", |_| {});
+    until("a registers with its token", || rec.updates() >= 1).await;
+    let (_b, _) = start_agent_with(ctl.local_addr(), "b", "token-of-node-a-0001", |_| {});
+    until("b with a's token is refused", || {
+        ctl.stats().refused_wrong_node.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    // Rotation: the row goes; the table is read again; the token no longer registers.
+    sql(&s, "DELETE FROM node_tokens WHERE node = 'a'").await;
+    tokens.replace(s.node_tokens().await.unwrap());
+    assert_eq!(tokens.check("a", "token-of-node-a-0001"), Verdict::Unknown);
+    ctl.stop().await;
+    drop_schema(&s, &schema).await;
+}

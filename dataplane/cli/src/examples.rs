@@ -45,7 +45,7 @@ pub const RELAY: &str = "Examples:
   # everything from a TOML file (SIGHUP re-reads users, allow and deny), metrics on :9102
   linerate relay --config relay.toml --metrics-listen 9102
   # JSON log lines for a collector, without the per-connection access lines
-  linerate --log-format json --log info,linerate_relay::access=off relay
+  linerate relay --log-format json --log info,linerate_relay::access=off
   # then, from a client
   #   curl --socks5-hostname 127.0.0.1:1080 https://example.org/";
 
@@ -59,10 +59,14 @@ pub const SHOW: &str = "Examples:
   linerate show steering";
 
 pub const CONTROLLER: &str = "Examples:
-  # routes and flows from a TOML file, nodes present the token in the file
-  linerate controller --token-file token --config routes.toml
-  # state in PostgreSQL: change routes with SQL while nodes run
-  linerate controller --token-file token --database postgres://linerate:linerate@127.0.0.1/linerate";
+  # wss:// with a self-signed pair made in /etc/linerate/tls, one token per node, routes from a file
+  linerate controller --tls-self-signed /etc/linerate/tls --node-tokens /etc/linerate/tokens --config routes.toml
+  # state and node tokens (table node_tokens) in PostgreSQL: change routes with SQL while nodes run
+  linerate controller --tls-cert cert.pem --tls-key key.pem --database postgres://linerate:linerate@127.0.0.1/linerate
+  # the plain mode for a test on this host: ws:// and one token for all
+  linerate controller --insecure-shared-token --token-file token --config routes.toml
+  # a node: its own token, trusting the controller's certificate
+  #   linerate fwd ... --controller wss://ctl.example:7878/ --node r1 --token-file r1.token --controller-ca cert.pem";
 
 pub const UP: &str = "Examples:
   # four routers in a line, each with a host, links of 10 Mbit/s and 1 ms

@@ -40,7 +40,7 @@ enum Cmd {
     /// Forward among interfaces through AF_XDP sockets owned by pinned workers, with static,
     /// bridge or router logic, optional TTL decrement and filter.
     #[command(after_help = examples::FWD)]
-    Fwd(cmd::fwd::FwdArgs),
+    Fwd(Box<cmd::fwd::FwdArgs>),
     /// Generate UDP test traffic out of an interface: prebuilt frames stamped with flow,
     /// per-flow sequence number and send time, at a fixed rate or as fast as possible.
     #[command(after_help = examples::GEN)]
@@ -147,7 +147,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Pipeline(a) => cmd::pipeline::run(a),
         Cmd::Bench(a) => cmd::bench::run(a),
-        Cmd::Fwd(a) => cmd::fwd::run(a),
+        Cmd::Fwd(a) => cmd::fwd::run(*a),
         Cmd::Gen(a) => cmd::generate::run(a),
         Cmd::Sink(a) => cmd::sink::run(a),
         Cmd::Selftest(a) => cmd::selftest::run(a),

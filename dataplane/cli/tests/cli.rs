@@ -126,10 +126,36 @@ fn controller_and_fwd_controller_refuse_what_cannot_work() {
     };
     let url = ["--controller", "ws://127.0.0.1:1/"];
     for (args, needle) in [
-        (vec!["controller"], "needs a bearer token"),
+        (vec!["controller"], "the controller speaks TLS"),
+        (
+            vec!["controller", "--insecure-shared-token"],
+            "needs a bearer token",
+        ),
         (
             vec!["controller", "--token-file", "/nonexistent/token"],
+            "add --insecure-shared-token",
+        ),
+        (
+            vec![
+                "controller",
+                "--insecure-shared-token",
+                "--token-file",
+                "/nonexistent/token",
+            ],
             "--token-file /nonexistent/token",
+        ),
+        (
+            vec![
+                "controller",
+                "--insecure-shared-token",
+                "--listen",
+                "0.0.0.0:7878",
+            ],
+            "loopback only",
+        ),
+        (
+            vec!["controller", "--tls-self-signed", "/nonexistent/dir/x"],
+            "nodes need their own tokens",
         ),
         (
             vec!["fwd", "--port", "a", "--port", "b", url[0], url[1]],
@@ -167,8 +193,33 @@ fn controller_and_fwd_controller_refuse_what_cannot_work() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
     // A token that is too short, a node id that is not a name.
+    // ws:// beyond loopback would send the token in clear; wss:// needs what to trust.
+    for (url, needle) in [
+        ("ws://192.0.2.1:7878/", "use wss://"),
+        ("wss://192.0.2.1:7878/", "needs the certificate to trust"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_linerate"))
+            .args([
+                "fwd",
+                "--port",
+                "lo",
+                "--port",
+                "lo2",
+                "--controller",
+                url,
+                "--no-socket",
+            ])
+            .env("LINERATE_TOKEN", "long-enough-token")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{url}: {stderr}"
+        );
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_linerate"))
-        .args(["controller"])
+        .args(["controller", "--insecure-shared-token"])
         .env("LINERATE_TOKEN", "short")
         .output()
         .unwrap();

@@ -404,7 +404,12 @@ fn multipath_spreads_sixteen_flows_over_two_routes() {
 fn start_controller(seed: &std::path::Path) -> (Job, std::net::SocketAddr) {
     let mut cmd = linerate();
     cmd.env("LINERATE_TOKEN", "fwd-paths-token")
-        .args(["controller", "--listen", "127.0.0.1:0"])
+        .args([
+            "controller",
+            "--insecure-shared-token",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .args(["--config", seed.to_str().unwrap()]);
     let job = start_until(cmd, "listening on");
     let addr = ws_addr(&job.ready);

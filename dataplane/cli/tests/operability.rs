@@ -59,6 +59,7 @@ fn the_controllers_metrics_parse_and_count_a_refused_node_and_its_log_is_json_wi
         "--log-format",
         "json",
         "controller",
+        "--insecure-shared-token",
         "--listen",
         "127.0.0.1:0",
     ])
@@ -476,4 +477,141 @@ fn the_emulators_metrics_count_each_link_directions_frames() {
         String::from_utf8_lossy(&down.stderr)
     );
     up.finish();
+}
+
+/// An agent's dataplane that only counts updates.
+#[derive(Clone, Default)]
+struct Updates(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl linerate_agent::Dataplane for Updates {
+    fn apply(&mut self, _: &linerate_proto::Config, _: &[linerate_proto::Change]) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn agent(
+    url: &str,
+    node: &str,
+    token: &str,
+    ca: Option<&std::path::Path>,
+) -> (linerate_agent::Agent, Updates) {
+    let mut o = linerate_agent::AgentOptions::new(url, token, node);
+    o.backoff_min = Duration::from_millis(50);
+    o.backoff_max = Duration::from_millis(200);
+    o.metrics_every = None;
+    if let Some(ca) = ca {
+        o.tls = Some(linerate_agent::tls_client(&std::fs::read(ca).unwrap()).unwrap());
+    }
+    let u = Updates::default();
+    (linerate_agent::Agent::start(o, u.clone()).unwrap(), u)
+}
+
+fn until(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "gave up waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn wss_with_per_node_tokens_refuses_another_nodes_token_and_plain_ws_and_rotates_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let tokens = dir.path().join("tokens");
+    let (t1, t2, t3) = (
+        "r1-token-aaaaaaaaaaaaaaaa",
+        "r2-token-bbbbbbbbbbbbbbbb",
+        "r1-token-cccccccccccccccc",
+    );
+    std::fs::write(&tokens, format!("r1 {t1}\nr2 {t2}\n")).unwrap();
+    let seed = dir.path().join("routes.toml");
+    std::fs::write(
+        &seed,
+        "[[route]]\nnode = \"r1\"\nid = 1\nprefix = \"10.0.0.0/8\"\nport = \"eth0\"\nnext_hop = \"02:00:00:00:00:01\"\n",
+    )
+    .unwrap();
+    let mut cmd = linerate();
+    cmd.args([
+        "--log-format",
+        "json",
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--tls-self-signed", tls.to_str().unwrap()])
+    .args(["--node-tokens", tokens.to_str().unwrap()])
+    .args(["--config", seed.to_str().unwrap()])
+    .args(["--metrics-listen", "127.0.0.1:0"]);
+    let job = start_until(cmd, "metrics on");
+    let maddr = metrics_addr(&job.ready);
+    let line = job.wait_line("listening on", Duration::from_secs(10));
+    let port = line
+        .split("wss://127.0.0.1:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a wss:// address in {line}"))
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let wss = format!("wss://127.0.0.1:{port}/");
+    let ca = tls.join("cert.pem");
+    let refusals = |reason: &str| {
+        metric(
+            &openmetrics(&scrape(maddr).1),
+            "linerate_controller_refusals_total",
+            &[("reason", reason)],
+        )
+    };
+
+    // r1 with its own token, over TLS, trusting the generated certificate: configured.
+    let (r1, r1_updates) = agent(&wss, "r1", t1, Some(&ca));
+    until("r1 registers over wss://", || {
+        r1_updates.0.load(std::sync::atomic::Ordering::Relaxed) >= 1
+    });
+    assert_eq!(r1.snapshot().config.routes.len(), 1);
+
+    // r2 presenting r1's token: refused and counted; r1 is untouched.
+    let (r2, _) = agent(&wss, "r2", t1, Some(&ca));
+    until("r2 with r1's token is refused", || {
+        refusals("wrong_node") >= 1.0
+    });
+    assert!(
+        !r2.stats()
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    drop(r2);
+    assert!(
+        r1.stats()
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+
+    // Plain ws:// to the TLS listener: no TLS handshake, refused and counted.
+    let (plain, _) = agent(&format!("ws://127.0.0.1:{port}/"), "r2", t2, None);
+    until("plain ws:// is refused", || refusals("tls") >= 1.0);
+    drop(plain);
+
+    // Rotation: r1's token is replaced in the file; the open session stays, the old token no
+    // longer registers, the new one does.
+    std::fs::write(&tokens, format!("r1 {t3}\nr2 {t2}\n")).unwrap();
+    job.wait_line("node tokens read", Duration::from_secs(10));
+    let auth_before = refusals("auth");
+    let (old, _) = agent(&wss, "r1", t1, Some(&ca));
+    until("the rotated-out token is refused", || {
+        refusals("auth") > auth_before
+    });
+    drop(old);
+    let (new, new_updates) = agent(&wss, "r1", t3, Some(&ca));
+    until("the new token registers", || {
+        new_updates.0.load(std::sync::atomic::Ordering::Relaxed) >= 1
+    });
+    drop((r1, new));
+    let pid = job.child.id().to_string();
+    run("kill", &["-TERM", &pid]).unwrap();
+    job.finish();
 }

@@ -162,7 +162,8 @@ options! {
     /// Print the final report as JSON; --json=false turns a file's off.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     json: bool,
-    /// Take routes and flow pins from a linerate controller, e.g. ws://127.0.0.1:7878/: each
+    /// Take routes and flow pins from a linerate controller, e.g. wss://ctl.example:7878/
+    /// (ws:// only to a loopback address): each
     /// update replaces the router's routes (the last ones stay while the controller is away).
     /// Excludes --logic other than router, --route, --map and --rewrite.
     #[arg(long)]
@@ -170,9 +171,13 @@ options! {
     /// This node's id at the controller (default: the host name).
     #[arg(long)]
     node: String,
-    /// File holding the controller's bearer token (default: $LINERATE_TOKEN).
+    /// File holding this node's bearer token at the controller (default: $LINERATE_TOKEN).
     #[arg(long)]
     token_file: PathBuf,
+    /// For wss://: the certificate to trust (PEM): the controller's own (e.g. the one
+    /// `controller --tls-self-signed DIR` made) or its CA's.
+    #[arg(long)]
+    controller_ca: PathBuf,
     /// How often to report counters to the controller (default 1s).
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
@@ -212,6 +217,7 @@ pub struct ControllerSpec {
     pub url: String,
     pub node: Option<String>,
     pub token_file: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
     pub report_every: Duration,
 }
 
@@ -252,17 +258,23 @@ impl Settings {
 
     /// Merged options with the defaults filled in, checked.
     pub fn from_options(o: Options) -> Result<Settings> {
+        if let Some(url) = &o.controller {
+            linerate_agent::check_url(url, o.controller_ca.is_some())
+                .map_err(|e| anyhow!("--controller: {e}"))?;
+        }
         let controller = match o.controller {
             Some(url) => Some(ControllerSpec {
                 url,
                 node: o.node,
                 token_file: o.token_file,
+                ca: o.controller_ca,
                 report_every: o.report_every.unwrap_or(Duration::from_secs(1)),
             }),
             None => {
                 for (key, given) in [
                     ("node", o.node.is_some()),
                     ("token-file", o.token_file.is_some()),
+                    ("controller-ca", o.controller_ca.is_some()),
                     ("report-every", o.report_every.is_some()),
                 ] {
                     if given {

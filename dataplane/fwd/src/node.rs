@@ -94,15 +94,14 @@ impl FwdNode {
             };
             match cell.publish(discipline, shaper) {
                 Ok(_) => tracing::info!(
-                    port = %name,
-                    "controller: {} applied",
+                    "controller: port {name}: {} applied",
                     if want.is_some() {
                         "new settings"
                     } else {
                         "startup settings"
                     }
                 ),
-                Err(e) => tracing::warn!(port = %name, "controller: settings refused: {e}"),
+                Err(e) => tracing::warn!("controller: port {name}: settings refused: {e}"),
             }
             match want {
                 Some(p) => self.applied_ports.insert(name.clone(), p),

@@ -166,6 +166,13 @@ fn agent_options(s: &Settings) -> Result<Option<AgentOptions>> {
     };
     linerate_proto::check_name("--node", &node).map_err(|e| anyhow!("{e}"))?;
     let mut opts = AgentOptions::new(url, token, node);
+    if let Some(ca) = &c.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("--controller-ca {}", ca.display()))?;
+        opts.tls = Some(
+            linerate_agent::tls_client(&pem)
+                .map_err(|e| anyhow!("--controller-ca {}: {e}", ca.display()))?,
+        );
+    }
     opts.capabilities = node::CAPABILITIES.to_vec();
     opts.metrics_every = Some(c.report_every);
     Ok(Some(opts))

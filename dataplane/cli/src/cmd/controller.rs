@@ -7,6 +7,7 @@
 
 use super::parse_duration;
 use anyhow::{Context, Result, anyhow, bail};
+use linerate_controller::auth::{self, Auth, NodeTokens};
 use linerate_controller::controller::{self, ControllerOptions, ControllerStats};
 use linerate_controller::store::MemStore;
 use linerate_proto::Config;
@@ -29,7 +30,27 @@ pub struct ControllerArgs {
     /// Address to listen on. Loopback by default: expose it on purpose.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
-    /// File holding the bearer token nodes must present (default: $LINERATE_TOKEN).
+    /// TLS certificate chain (PEM) nodes see at wss://; with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Use DIR/cert.pem and DIR/key.pem, first generating a self-signed pair there if missing
+    /// (for localhost, 127.0.0.1, ::1 and the --listen address). Nodes trust it with
+    /// `fwd --controller-ca DIR/cert.pem`.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_self_signed: Option<PathBuf>,
+    /// Per-node tokens: `NODE TOKEN` lines (a node may have several while rotating). Re-read
+    /// when the file changes (checked every 2 s) and on SIGHUP. With --database and no file,
+    /// tokens come from the table node_tokens (see docs/CONTROL.md).
+    #[arg(long)]
+    node_tokens: Option<PathBuf>,
+    /// The plain mode: ws:// and one token for every node (--token-file or $LINERATE_TOKEN),
+    /// whose hello is taken on trust. Loopback only.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_self_signed", "node_tokens"])]
+    insecure_shared_token: bool,
+    /// --insecure-shared-token: the file holding the one token (default: $LINERATE_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// Keep state in PostgreSQL (postgres://USER:PASS@HOST/DB; default $LINERATE_DATABASE_URL);
@@ -75,17 +96,190 @@ fn token(a: &ControllerArgs) -> Result<String> {
     Ok(t)
 }
 
+/// Where per-node tokens come from.
+enum TokenSource {
+    File(PathBuf),
+    Database,
+}
+
+/// How nodes are authenticated and whether TLS is spoken: the flags checked together.
+fn security(
+    a: &ControllerArgs,
+    database: bool,
+) -> Result<(Auth, Option<Arc<rustls::ServerConfig>>, Option<TokenSource>)> {
+    if a.insecure_shared_token {
+        if !a.listen.ip().is_loopback() {
+            bail!(
+                "--insecure-shared-token --listen {}: the plain mode sends tokens in clear and \
+                 trusts every hello, so it listens on loopback only",
+                a.listen
+            );
+        }
+        return Ok((Auth::Shared(token(a)?), None, None));
+    }
+    if a.token_file.is_some() {
+        bail!(
+            "--token-file is the shared-token mode: add --insecure-shared-token (loopback only), \
+             or give each node its own token with --node-tokens FILE"
+        );
+    }
+    if a.tls_cert.is_none() && a.tls_self_signed.is_none() {
+        bail!(
+            "the controller speaks TLS (wss://): give --tls-cert FILE --tls-key FILE, or \
+             --tls-self-signed DIR; the plain mode needs --insecure-shared-token (loopback only)"
+        );
+    }
+    // Tokens before the certificate: a refused start writes nothing.
+    let (tokens, source) = match &a.node_tokens {
+        Some(p) => (read_tokens(p)?, TokenSource::File(p.clone())),
+        None if database => (Default::default(), TokenSource::Database),
+        None => bail!(
+            "nodes need their own tokens: --node-tokens FILE (NODE TOKEN lines), or --database \
+             (the node_tokens table)"
+        ),
+    };
+    let (cert, key) = match (&a.tls_cert, &a.tls_key, &a.tls_self_signed) {
+        (Some(c), Some(k), _) => (c.clone(), k.clone()),
+        (_, _, Some(dir)) => self_signed(dir, a.listen)?,
+        _ => unreachable!("checked above: a certificate and key, or a directory"),
+    };
+    let read = |flag: &str, p: &Path| {
+        std::fs::read(p).with_context(|| format!("{flag} {}: cannot read it", p.display()))
+    };
+    let tls =
+        auth::tls_server(&read("--tls-cert", &cert)?, &read("--tls-key", &key)?).map_err(|e| {
+            anyhow!(
+                "--tls-cert {} / --tls-key {}: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    let tokens = Arc::new(NodeTokens::new(tokens));
+    Ok((Auth::PerNode(tokens), Some(tls), Some(source)))
+}
+
+fn read_tokens(p: &Path) -> Result<std::collections::HashMap<[u8; 32], String>> {
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("--node-tokens {}: cannot read it", p.display()))?;
+    auth::parse_token_file(&text).map_err(|e| anyhow!("--node-tokens {}: {e}", p.display()))
+}
+
+/// DIR/cert.pem and DIR/key.pem, made (self-signed, mode 0600 for the key) if missing.
+fn self_signed(dir: &Path, listen: SocketAddr) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--tls-self-signed {}: making it", dir.display()))?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if !listen.ip().is_unspecified() && !names.contains(&listen.ip().to_string()) {
+        names.push(listen.ip().to_string());
+    }
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| anyhow!("--tls-self-signed: generating the pair: {e}"))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&key)
+        .with_context(|| format!("writing {}", key.display()))?;
+    std::io::Write::write_all(&mut f, made.signing_key.serialize_pem().as_bytes())
+        .with_context(|| format!("writing {}", key.display()))?;
+    std::fs::write(&cert, made.cert.pem())
+        .with_context(|| format!("writing {}", cert.display()))?;
+    tracing::info!(
+        "controller: a self-signed certificate in {}",
+        cert.display()
+    );
+    Ok((cert, key))
+}
+
+/// Keeps per-node tokens current: the file when it changes (or on `reload`), the table every
+/// 2 s. A file or table that cannot be read keeps the tokens as they were.
+async fn watch_tokens(
+    source: TokenSource,
+    tokens: Arc<NodeTokens>,
+    store: Option<Arc<PgStore>>,
+    mut reload: tokio::sync::watch::Receiver<()>,
+) {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = match &source {
+        TokenSource::File(p) => mtime(p),
+        TokenSource::Database => None,
+    };
+    let mut first = true;
+    loop {
+        let forced = if first {
+            first = false;
+            true
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+                r = reload.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    true
+                }
+            }
+        };
+        match &source {
+            TokenSource::File(p) => {
+                let now = mtime(p);
+                if !forced && now == seen {
+                    continue;
+                }
+                seen = now;
+                match read_tokens(p) {
+                    Ok(t) => {
+                        let n = t.len();
+                        tokens.replace(t);
+                        tracing::info!(
+                            tokens = n,
+                            "controller: node tokens read from {}",
+                            p.display()
+                        );
+                    }
+                    Err(e) => tracing::error!("controller: {e:#}; keeping the tokens in use"),
+                }
+            }
+            TokenSource::Database => {
+                let Some(store) = &store else { return };
+                match store.node_tokens().await {
+                    Ok(t) => {
+                        if forced {
+                            tracing::info!(
+                                tokens = t.len(),
+                                "controller: node tokens from the node_tokens table"
+                            );
+                        }
+                        tokens.replace(t);
+                    }
+                    Err(e) => linerate_proto::warn_every!(
+                        Duration::from_secs(30),
+                        "controller: reading node_tokens: {e}; keeping the tokens in use"
+                    ),
+                }
+            }
+        }
+    }
+}
+
 pub fn run(a: ControllerArgs) -> Result<()> {
     if !(1..=256).contains(&a.threads) {
         bail!("--threads {}: must be between 1 and 256", a.threads);
     }
-    let token = token(&a)?;
     raise_fd_limit();
     let database = a
         .database
         .clone()
         .or_else(|| std::env::var("LINERATE_DATABASE_URL").ok())
         .filter(|_| a.config.is_none());
+    let (auth, tls, token_source) = security(&a, database.is_some())?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let seed = a.config.as_deref().map(read_seed).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.threads)
@@ -99,7 +293,12 @@ pub fn run(a: ControllerArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("--listen {}", a.listen))?;
-        let mut opts = ControllerOptions::new(token);
+        let tokens = match &auth {
+            Auth::PerNode(t) => Some(t.clone()),
+            Auth::Shared(_) => None,
+        };
+        let mut opts = ControllerOptions::with_auth(auth, tls);
+        let (reload_tokens, reload_rx) = tokio::sync::watch::channel(());
         opts.verbose = !a.quiet;
         let deadline = async {
             match a.duration {
@@ -115,20 +314,27 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                         .await
                         .map_err(|e| anyhow!("--database: {e}"))?,
                 );
+                if let (Some(src), Some(t)) = (token_source, tokens) {
+                    let rx = reload_rx.clone();
+                    tokio::spawn(watch_tokens(src, t, Some(store.clone()), rx));
+                }
                 let ctl = controller::spawn(listener, store, opts)?;
                 serve_metrics(a.metrics_listen, ctl.stats())?;
                 tracing::info!(
-                    "controller: listening on ws://{}/ (PostgreSQL store)",
+                    "controller: listening on {scheme}://{}/ (PostgreSQL store)",
                     ctl.local_addr()
                 );
                 loop {
                     tokio::select! {
                         _ = &mut deadline => break,
                         _ = signals.stop() => break,
-                        _ = hup.recv() => tracing::info!(
-                            "controller: SIGHUP: nothing to re-read: the database is the \
-                             configuration, and its changes apply as they commit"
-                        ),
+                        _ = hup.recv() => {
+                            let _ = reload_tokens.send(());
+                            tracing::info!(
+                                "controller: SIGHUP: node tokens re-read; the configuration is \
+                                 the database's, and its changes apply as they commit"
+                            )
+                        }
                     }
                 }
                 ctl.stop().await;
@@ -139,10 +345,13 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                 if let Some(seed) = seed {
                     apply_seed(&store, seed, &mut configured);
                 }
+                if let (Some(src), Some(t)) = (token_source, tokens) {
+                    tokio::spawn(watch_tokens(src, t, None, reload_rx.clone()));
+                }
                 let ctl = controller::spawn(listener, store.clone(), opts)?;
                 serve_metrics(a.metrics_listen, ctl.stats())?;
                 tracing::info!(
-                    "controller: listening on ws://{}/ (in-memory store{})",
+                    "controller: listening on {scheme}://{}/ (in-memory store{})",
                     ctl.local_addr(),
                     a.config
                         .as_ref()
@@ -153,9 +362,9 @@ pub fn run(a: ControllerArgs) -> Result<()> {
                     tokio::select! {
                         _ = &mut deadline => break,
                         _ = signals.stop() => break,
-                        _ = hup.recv() => match a.config.as_deref() {
-                            None => tracing::info!("controller: SIGHUP: no --config to re-read"),
-                            Some(p) => match read_seed(p) {
+                        _ = hup.recv() => match (reload_tokens.send(()), a.config.as_deref()) {
+                            (_, None) => tracing::info!("controller: SIGHUP: no --config to re-read"),
+                            (_, Some(p)) => match read_seed(p) {
                                 Ok(seed) => {
                                     apply_seed(&store, seed, &mut configured);
                                     tracing::info!("controller: re-read {}", p.display());
@@ -287,6 +496,8 @@ fn controller_metrics(s: &ControllerStats) -> super::metrics::Metrics {
     }
     for (reason, c) in [
         ("auth", &s.refused_auth),
+        ("wrong_node", &s.refused_wrong_node),
+        ("tls", &s.refused_tls),
         ("version", &s.refused_version),
         ("malformed", &s.refused_malformed),
         ("too_large", &s.refused_too_large),
