@@ -125,8 +125,13 @@ impl PipelineReport {
         s
     }
 
-    /// The same results as one JSON object.
+    /// The same results as one JSON object (as text).
     pub fn json(&self) -> String {
+        self.to_json().to_string()
+    }
+
+    /// The same results as one JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
         use serde_json::{Value, json};
         let counts = |c: &Counts| {
             let drops: serde_json::Map<String, Value> = DropReason::ALL
@@ -187,8 +192,38 @@ impl PipelineReport {
             "kernel": kernel,
             "classes": classes,
         })
-        .to_string()
     }
+}
+
+/// One interval from two readings `dt` apart, for `--json-stream`: what moved in it, rates,
+/// and drops by cause (`extra`: the caller's own drop counters).
+pub fn interval_json(
+    now: &Counts,
+    before: &Counts,
+    dt: Duration,
+    extra: &[(&str, u64)],
+) -> serde_json::Value {
+    let d = now.since(before);
+    let s = dt.as_secs_f64().max(1e-9);
+    let mut drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+        .iter()
+        .map(|r| (r.name().to_string(), d.drops_of(*r).into()))
+        .collect();
+    for &(name, n) in extra {
+        drops.insert(name.to_string(), n.into());
+    }
+    serde_json::json!({
+        "interval_s": round3(s),
+        "rx": d.rx,
+        "tx": d.tx,
+        "rx_bytes": d.rx_bytes,
+        "tx_bytes": d.tx_bytes,
+        "handoff_out": d.handoff_out,
+        "rx_mpps": round3(d.rx as f64 / s / 1e6),
+        "tx_mpps": round3(d.tx as f64 / s / 1e6),
+        "tx_gbps": round3(d.tx_bytes as f64 * 8.0 / s / 1e9),
+        "drops": drops,
+    })
 }
 
 /// `x` to three decimals, as reports print rates.

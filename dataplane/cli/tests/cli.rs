@@ -32,7 +32,10 @@ fn pipeline_runs_and_reports_json() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.starts_with("{\"elapsed_s\":"), "{stdout}");
+    assert!(
+        stdout.starts_with("{\"schema\":1,\"kind\":\"pipeline.report\",\"elapsed_s\":"),
+        "{stdout}"
+    );
     assert_eq!(
         stdout.matches("\"frames_accounted\":true").count(),
         2,

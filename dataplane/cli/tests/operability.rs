@@ -265,7 +265,7 @@ fn show_lists_a_running_fwds_routes_flows_and_counters_and_fwd_and_sink_serve_me
         "--max",
         "--duration",
         "30s",
-        "--json",
+        "--json-stream",
     ])
     .args(["--socket", sock, "--metrics-listen", "127.0.0.1:0"]);
     let fwd = start_until(cmd, "metrics on");
@@ -370,11 +370,23 @@ fn show_lists_a_running_fwds_routes_flows_and_counters_and_fwd_and_sink_serve_me
         "{err}"
     );
 
+    let mut outs = Vec::new();
     for job in [fwd, sink] {
         let pid = job.child.id().to_string();
         run("kill", &["-TERM", &pid]).unwrap();
-        job.finish();
+        outs.push(job.finish());
     }
+    // fwd --json-stream: documents only, intervals then the report.
+    let docs: Vec<serde_json::Value> = (outs[0].lines())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let (report, intervals) = docs.split_last().unwrap();
+    assert_eq!(report["kind"], "fwd.report", "{report}");
+    assert!(
+        intervals
+            .iter()
+            .all(|d| d["kind"] == "fwd.interval" && d["schema"] == 1)
+    );
     assert!(
         !std::path::Path::new(sock).exists(),
         "fwd removes its socket when it ends"
@@ -614,4 +626,68 @@ fn wss_with_per_node_tokens_refuses_another_nodes_token_and_plain_ws_and_rotates
     let pid = job.child.id().to_string();
     run("kill", &["-TERM", &pid]).unwrap();
     job.finish();
+}
+
+/// Every stdout line of `args` as a JSON document.
+fn documents(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = linerate().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn json_stream_prints_a_document_per_second_then_the_report() {
+    let docs = documents(&[
+        "pipeline",
+        "--workers",
+        "1",
+        "--cores",
+        "none",
+        "--duration",
+        "3s",
+        "--json-stream",
+    ]);
+    assert!(docs.len() >= 3, "{docs:?}");
+    for d in &docs {
+        assert_eq!(d["schema"], 1, "{d}");
+    }
+    let (last, intervals) = docs.split_last().unwrap();
+    assert_eq!(last["kind"], "pipeline.report", "{last}");
+    let mut tx = 0;
+    for d in intervals {
+        assert_eq!(d["kind"], "pipeline.interval", "{d}");
+        assert!(
+            d["elapsed_s"].as_f64().unwrap() > 0.0 && d["rx_mpps"].is_number(),
+            "{d}"
+        );
+        tx += d["tx"].as_u64().unwrap();
+    }
+    // The intervals add up to (at most) what the report counts in all.
+    assert!(
+        tx > 0 && tx <= last["total"]["tx"].as_u64().unwrap(),
+        "{tx} {last}"
+    );
+    // --json alone: the report only, the same kind.
+    let once = documents(&[
+        "pipeline",
+        "--workers",
+        "1",
+        "--cores",
+        "none",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(once.len(), 1);
+    assert_eq!(
+        (once[0]["schema"].as_u64(), once[0]["kind"].as_str()),
+        (Some(1), Some("pipeline.report"))
+    );
 }

@@ -19,7 +19,9 @@ use linerate_dataplane::fastpath::FlowLearner;
 use linerate_dataplane::frame::BufferPool;
 use linerate_dataplane::logic::ReloadHandle;
 use linerate_dataplane::port::{LiveSettings, Port, SchedCounters, ScheduledPort, XskPort};
-use linerate_dataplane::report::{ClassReport, KernelPath, PipelineReport, live_line_with};
+use linerate_dataplane::report::{
+    ClassReport, KernelPath, PipelineReport, interval_json, live_line_with,
+};
 use linerate_dataplane::sched::{Scheduler, TokenBucket};
 use linerate_dataplane::shard::Mapping;
 use linerate_dataplane::sys::monotonic_ns;
@@ -47,6 +49,11 @@ pub struct Signals {
 pub trait Progress {
     fn live(&mut self, elapsed: Duration, line: &str);
     fn note(&mut self, line: &str);
+    /// The same interval as figures (`report::interval_json` and the kernel path's), for a
+    /// JSON stream.
+    fn interval(&mut self, elapsed: Duration, figures: serde_json::Value) {
+        let _ = (elapsed, figures);
+    }
 }
 
 /// A finished run.
@@ -508,6 +515,7 @@ pub fn run(
                 ];
                 kernel_before = kernel;
                 let mut line = live_line_with(&now, &before, dt, &extra);
+                let mut figures = interval_json(&now, &before, dt, &extra);
                 if s.max {
                     let fast = kernel_count(&steering, Action::Fastpath)?.0;
                     line.push_str(&format!(
@@ -517,6 +525,8 @@ pub fn run(
                     if cache.refused > 0 {
                         line.push_str(&format!("  not cached {}", cache.refused));
                     }
+                    figures["kernel_fastpath"] = (fast - fast_before).into();
+                    figures["flows_not_cached"] = cache.refused.into();
                     fast_before = fast;
                     if let Err(e) = cache.age(&mut steering, monotonic_ns()) {
                         progress.note(&format!("fwd: max mode: {e}"));
@@ -529,6 +539,7 @@ pub fn run(
                     ));
                 }
                 progress.live(start.elapsed(), &line);
+                progress.interval(start.elapsed(), figures);
                 (before, last) = (now, Instant::now());
             }
         }

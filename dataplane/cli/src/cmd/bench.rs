@@ -1092,8 +1092,8 @@ fn compare_cmd(a: CompareArgs) -> Result<()> {
     if a.json {
         for c in &rows {
             let r = &c.result;
-            println!(
-                "{}",
+            super::print_document(
+                "bench.compare",
                 serde_json::json!({
                     "metric": c.key.to_string(),
                     "unit": c.unit,
@@ -1104,7 +1104,7 @@ fn compare_cmd(a: CompareArgs) -> Result<()> {
                     "change_ci": [r.change_ci.0, r.change_ci.1],
                     "p_value": r.p_value,
                     "verdict": verdict_name(r.verdict),
-                })
+                }),
             );
         }
         return Ok(());
@@ -1149,10 +1149,10 @@ fn history_cmd(a: HistoryArgs) -> Result<()> {
                         "after": s.after, "change": s.change, "p_value": s.p_value})
                 })
                 .collect();
-            println!(
-                "{}",
+            super::print_document(
+                "bench.history",
                 serde_json::json!({"metric": h.key.to_string(), "unit": h.unit,
-                    "points": h.points.len(), "steps": steps})
+                    "points": h.points.len(), "steps": steps}),
             );
             continue;
         }

@@ -816,10 +816,11 @@ pub fn iperf(a: IperfArgs) -> Result<()> {
     };
     let _ = server.kill();
     let _ = server.wait();
-    if a.json {
-        println!("{}", out.1);
-    }
     let v: serde_json::Value = serde_json::from_str(&out.1).unwrap_or_default();
+    if a.json {
+        // iperf3's own report, on one line, as the `iperf` document.
+        super::print_document("iperf", v.clone());
+    }
     if !out.0.success() {
         bail!(
             "iperf3 {} -> {}: {}",
@@ -995,7 +996,7 @@ pub fn status(a: StatusArgs) -> Result<()> {
     loop {
         let s = fetch_status(&emu)?;
         if a.json {
-            println!("{}", serde_json::to_string(&s)?);
+            super::print_document("status", serde_json::to_value(&s)?);
         } else {
             let prev = before.as_ref().map(|(b, t)| (b, t.elapsed().as_secs_f64()));
             let text = table(&s, prev);

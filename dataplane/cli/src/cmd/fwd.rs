@@ -26,6 +26,10 @@ pub struct FwdArgs {
     /// No inspection socket.
     #[arg(long, conflicts_with = "socket")]
     no_socket: bool,
+    /// One JSON line per second on standard output (`fwd.interval`), then the report
+    /// (`fwd.report`): a run a tool can follow (docs/JSON.md).
+    #[arg(long)]
+    json_stream: bool,
     /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics; a port alone
     /// means loopback.
     #[arg(long, value_parser = super::metrics::parse_listen)]
@@ -44,12 +48,15 @@ impl Progress for Stderr {
     fn note(&mut self, line: &str) {
         self.0.note(line);
     }
+    fn interval(&mut self, elapsed: Duration, figures: serde_json::Value) {
+        self.0.interval(elapsed, figures);
+    }
 }
 
 pub fn run(a: FwdArgs) -> Result<()> {
     let file = a.config.as_deref();
     let s = Settings::resolve(&a.options, file)?;
-    let json = s.json;
+    let json = s.json || a.json_stream;
     let hangup = Arc::new(AtomicBool::new(false));
     let stop = if file.is_some() {
         use signal_hook::consts::{SIGINT, SIGTERM};
@@ -59,7 +66,7 @@ pub fn run(a: FwdArgs) -> Result<()> {
         super::stop_flag()?
     };
     let reread = || Settings::resolve(&a.options, file);
-    let mut progress = Stderr(Live::new());
+    let mut progress = Stderr(Live::new().streaming("fwd", a.json_stream));
     // The control loop answers questions from the socket and the metrics endpoint.
     let (tx, rx) = std::sync::mpsc::sync_channel(16);
     let inspect = if a.no_socket && a.metrics_listen.is_none() {
@@ -106,7 +113,7 @@ pub fn run(a: FwdArgs) -> Result<()> {
     progress.0.done();
     let out = out?;
     if json {
-        println!("{}", out.report.json());
+        super::print_document("fwd.report", out.report.to_json());
     } else {
         print!("{}", out.report.table());
     }

@@ -83,9 +83,13 @@ pub struct GenArgs {
     /// Engine xsk: frames per TX batch, 1 to 256.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// Print the result as JSON.
+    /// Print the result as JSON (`gen.report`).
     #[arg(long)]
     json: bool,
+    /// One JSON line per second on standard output (`gen.interval`), then the report
+    /// (`gen.report`): a run a tool can follow (docs/JSON.md).
+    #[arg(long)]
+    json_stream: bool,
 }
 
 pub fn run(a: GenArgs) -> Result<()> {
@@ -207,7 +211,7 @@ pub fn run(a: GenArgs) -> Result<()> {
     }
     ready.wait();
     let start = Instant::now();
-    let live = Live::new();
+    let live = Live::new().streaming("gen", a.json_stream);
     let mut last = (Instant::now(), 0u64);
     while handles.iter().any(|h| !h.is_finished()) {
         std::thread::sleep(Duration::from_millis(50));
@@ -223,6 +227,15 @@ pub fn run(a: GenArgs) -> Result<()> {
                     r * wire_bits / 1e9
                 ),
             );
+            live.interval(
+                start.elapsed(),
+                serde_json::json!({
+                    "interval_s": round3(dt),
+                    "sent": total - last.1,
+                    "mpps": round3(r / 1e6),
+                    "gbps": round3(r * wire_bits / 1e9),
+                }),
+            );
             last = (Instant::now(), total);
         }
     }
@@ -234,7 +247,7 @@ pub fn run(a: GenArgs) -> Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     let total: u64 = sent.iter().map(|s| s.load(Ordering::Relaxed)).sum();
     let mpps = total as f64 / elapsed / 1e6;
-    if a.json {
+    if a.json || a.json_stream {
         let j = serde_json::json!({
             "sent": total,
             "elapsed_s": round3(elapsed),
@@ -244,7 +257,7 @@ pub fn run(a: GenArgs) -> Result<()> {
             "flows": a.flows,
             "threads": a.threads,
         });
-        println!("{j}");
+        super::print_document("gen.report", j);
     } else {
         println!(
             "sent {total} frames in {elapsed:.2} s: {mpps:.3} Mpps, {:.3} Gbps",

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+pub use linerate_dataplane::report::round3;
 pub use linerate_dataplane::units::{parse_duration, parse_mac, parse_rate};
 
 /// `--xdp-mode`: how to attach linerate's XDP program.
@@ -52,17 +53,67 @@ pub fn stop_flag_on(signals: &[i32]) -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// The version of every JSON document linerate prints (`--json`, `--json-stream`, `show
+/// --json`, `status --json`); docs/JSON.md describes each kind. Raised when a field changes
+/// meaning or goes away; new fields may appear within a version.
+pub const JSON_SCHEMA: u64 = 1;
+
+/// `v` (an object) with `schema` and `kind` first: every JSON document we print.
+pub fn document(kind: &str, v: serde_json::Value) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("schema".into(), JSON_SCHEMA.into());
+    m.insert("kind".into(), kind.into());
+    match v {
+        serde_json::Value::Object(o) => m.extend(o.into_iter().filter(|(k, _)| k != "schema")),
+        other => {
+            m.insert("value".into(), other);
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+/// Prints one JSON document on a line of standard output, flushed (a follower reads it now).
+pub fn print_document(kind: &str, v: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", document(kind, v));
+    let _ = out.flush();
+}
+
 /// The once-a-second progress line: rewritten in place on a terminal, one line each
-/// otherwise (logs, CI).
+/// otherwise (logs, CI). With `--json-stream`, each interval is also one JSON line on standard
+/// output (`<job>.interval`), as iperf3's `--json-stream`.
 pub struct Live {
     tty: bool,
+    /// The job's name, when intervals are streamed as JSON.
+    stream: Option<&'static str>,
 }
 
 impl Live {
     pub fn new() -> Live {
         Live {
             tty: std::io::stderr().is_terminal(),
+            stream: None,
         }
+    }
+
+    /// Streams intervals as `<job>.interval` documents when `on`.
+    pub fn streaming(mut self, job: &'static str, on: bool) -> Live {
+        self.stream = on.then_some(job);
+        self
+    }
+
+    /// One interval's figures, when streaming: `elapsed_s` is added.
+    pub fn interval(&self, t: Duration, v: serde_json::Value) {
+        let Some(job) = self.stream else { return };
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "elapsed_s".into(),
+            serde_json::json!(round3(t.as_secs_f64())),
+        );
+        if let serde_json::Value::Object(o) = v {
+            m.extend(o);
+        }
+        print_document(&format!("{job}.interval"), serde_json::Value::Object(m));
     }
 
     pub fn line(&self, t: Duration, text: &str) {

@@ -56,9 +56,12 @@ pub struct PipelineArgs {
     /// Seed for routes and flows.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Print the result as one JSON object instead of a table.
+    /// Print the result as one JSON object instead of a table (`pipeline.report`).
     #[arg(long)]
     json: bool,
+    /// One JSON line per second on standard output (`pipeline.interval`), then the report.
+    #[arg(long)]
+    json_stream: bool,
 }
 
 pub fn run(a: PipelineArgs) -> Result<()> {
@@ -118,7 +121,7 @@ pub fn run(a: PipelineArgs) -> Result<()> {
         },
         cfg.duration
     );
-    let live = Live::new();
+    let live = Live::new().streaming("pipeline", a.json_stream);
     let mut before = Counts::default();
     let mut last = Duration::ZERO;
     let report = pipeline::run(&cfg, stop, |counters, t| {
@@ -130,12 +133,16 @@ pub fn run(a: PipelineArgs) -> Result<()> {
             t,
             &linerate_dataplane::report::live_line(&now, &before, t - last),
         );
+        live.interval(
+            t,
+            linerate_dataplane::report::interval_json(&now, &before, t - last, &[]),
+        );
         before = now;
         last = t;
     })?;
     live.done();
-    if a.json {
-        println!("{}", report.json());
+    if a.json || a.json_stream {
+        super::print_document("pipeline.report", report.to_json());
     } else {
         print!("{}", report.table());
     }

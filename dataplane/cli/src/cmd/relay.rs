@@ -2,7 +2,7 @@
 //! splices the two TCP connections together inside the kernel; normal mode copies through
 //! user space under per-connection and per-user rate limits.
 
-use super::{Live, metrics, parse_duration, parse_rate};
+use super::{Live, metrics, parse_duration, parse_rate, round3};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::ValueEnum;
 use linerate_dataplane::logic::Prefix;
@@ -105,8 +105,13 @@ pub struct RelayArgs {
     /// means loopback.
     #[arg(long, value_parser = metrics::parse_listen)]
     metrics_listen: Option<SocketAddr>,
+    /// Print the report as JSON (`relay.report`).
     #[arg(long)]
     json: bool,
+    /// One JSON line per second on standard output (`relay.interval`), then the report
+    /// (`relay.report`): a run a tool can follow (docs/JSON.md).
+    #[arg(long)]
+    json_stream: bool,
 }
 
 /// `--config FILE`: every key optional; a flag given on the command line wins.
@@ -387,7 +392,12 @@ fn counts_json(t: &Totals) -> serde_json::Map<String, serde_json::Value> {
 }
 
 /// The totals, then one object per worker (same fields) under `workers`.
-fn json(t: &Totals, workers: &[Totals], secs: f64, listen: std::net::SocketAddr) -> String {
+fn json(
+    t: &Totals,
+    workers: &[Totals],
+    secs: f64,
+    listen: std::net::SocketAddr,
+) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     m.insert(
         "elapsed_s".into(),
@@ -397,7 +407,7 @@ fn json(t: &Totals, workers: &[Totals], secs: f64, listen: std::net::SocketAddr)
     m.extend(counts_json(t));
     let w: Vec<serde_json::Value> = workers.iter().map(|w| counts_json(w).into()).collect();
     m.insert("workers".into(), w.into());
-    serde_json::Value::Object(m).to_string()
+    serde_json::Value::Object(m)
 }
 
 pub fn run(a: RelayArgs) -> Result<()> {
@@ -435,7 +445,7 @@ pub fn run(a: RelayArgs) -> Result<()> {
             None => "no authentication".into(),
         }
     );
-    let live = Live::new();
+    let live = Live::new().streaming("relay", a.json_stream);
     let start = Instant::now();
     let (mut before, mut last) = (Totals::default(), Instant::now());
     while !relay.finished() {
@@ -454,9 +464,19 @@ pub fn run(a: RelayArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
         if last.elapsed() >= Duration::from_secs(1) {
             let t = relay.stats.totals();
-            live.line(
+            let dt = last.elapsed().as_secs_f64();
+            live.line(start.elapsed(), &line(&t, &before, dt));
+            live.interval(
                 start.elapsed(),
-                &line(&t, &before, last.elapsed().as_secs_f64()),
+                serde_json::json!({
+                    "interval_s": round3(dt),
+                    "active": t.active,
+                    "new": t.total - before.total,
+                    "bytes_up": t.bytes[0] - before.bytes[0],
+                    "bytes_down": t.bytes[1] - before.bytes[1],
+                    "failed": t.replies[1..].iter().sum::<u64>()
+                        - before.replies[1..].iter().sum::<u64>(),
+                }),
             );
             (before, last) = (t, Instant::now());
         }
@@ -466,8 +486,8 @@ pub fn run(a: RelayArgs) -> Result<()> {
     relay.join()?;
     let t = stats.totals();
     let secs = start.elapsed().as_secs_f64();
-    if a.json {
-        println!("{}", json(&t, &stats.per_worker(), secs, listen));
+    if a.json || a.json_stream {
+        super::print_document("relay.report", json(&t, &stats.per_worker(), secs, listen));
     } else {
         println!(
             "connections {} ({} still open at exit), bytes up {} down {}, timeouts {}, refused clients {}, refused over --max-conns {}",

@@ -34,7 +34,7 @@ pub struct SelftestArgs {
     /// Flows offered (source ports).
     #[arg(long, default_value_t = 32)]
     flows: u32,
-    /// Print the results as JSON lines instead of a table.
+    /// Print the results as JSON lines instead of a table (`selftest.row`, one per row).
     #[arg(long)]
     json: bool,
     /// Count the paced trials in the sink's XDP program too, as the full-load ones are (no
@@ -399,7 +399,7 @@ pub fn run(a: SelftestArgs) -> Result<()> {
                 "p99_us": r.p99_us.map(one),
                 "kernel_share_pct": one(r.kernel_share_pct),
             });
-            println!("{j}");
+            super::print_document("selftest.row", j);
         }
         return Ok(());
     }

@@ -20,8 +20,8 @@ use std::time::Duration;
 /// Where `fwd` listens and `show` asks by default.
 pub const DEFAULT_SOCKET: &str = "/run/linerate/fwd.sock";
 
-/// The version of the answers' JSON (docs/OPERATIONS.md).
-pub const SCHEMA: u64 = 1;
+/// The version of the answers' JSON (docs/JSON.md).
+pub const SCHEMA: u64 = super::JSON_SCHEMA;
 
 /// How long a question waits for the control loop (it answers within 20 ms when healthy).
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
@@ -60,17 +60,14 @@ pub fn ask(tx: &SyncSender<Ask>, what: What) -> Result<Answer> {
         .map_err(|_| anyhow!("fwd did not answer within {ANSWER_WAIT:?}"))
 }
 
-/// The answer as the socket sends it: a JSON object with `schema` and `kind`.
-fn answer_json(kind: &str, a: &Answer) -> Value {
-    let mut v = match serde_json::to_value(a) {
+/// The answer as the socket sends it: a document `fwd.<word>` (docs/JSON.md).
+fn answer_json(word: &str, a: &Answer) -> Value {
+    let v = match serde_json::to_value(a) {
         Ok(Value::Object(m)) => Value::Object(m),
         Ok(other) => serde_json::json!({ "items": other }),
         Err(e) => serde_json::json!({ "error": e.to_string() }),
     };
-    let m = v.as_object_mut().expect("an object");
-    m.insert("schema".into(), SCHEMA.into());
-    m.insert("kind".into(), kind.into());
-    v
+    super::document(&format!("fwd.{word}"), v)
 }
 
 /// The socket's file, removed when dropped (when fwd ends).

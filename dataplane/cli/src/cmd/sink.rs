@@ -57,8 +57,13 @@ pub struct SinkArgs {
     /// second; a port alone means loopback.
     #[arg(long, value_parser = super::metrics::parse_listen)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Print the report as JSON (`sink.report`).
     #[arg(long)]
     json: bool,
+    /// One JSON line per second on standard output (`sink.interval`), then the report
+    /// (`sink.report`): a run a tool can follow (docs/JSON.md).
+    #[arg(long)]
+    json_stream: bool,
 }
 
 /// What a scrape sees: the counts as of the last second.
@@ -255,7 +260,7 @@ pub fn run(a: SinkArgs) -> Result<()> {
     let mut stats = SinkStats::with_flows(1024);
     let view = serve_metrics(&a)?;
     let mut kernel_total = (0, 0, 0);
-    let live = Live::new();
+    let live = Live::new().streaming("sink", a.json_stream);
     let start = Instant::now();
     let mut last = (Instant::now(), 0u64, 0u64);
     // What the kernel dropped before frames reached us, as last read: on the sockets (ring
@@ -355,6 +360,20 @@ pub fn run(a: SinkArgs) -> Result<()> {
                     d.2
                 ),
             );
+            live.interval(
+                start.elapsed(),
+                serde_json::json!({
+                    "interval_s": round3(dt),
+                    "received": t.received - last.1,
+                    "bytes": stats.bytes - last.2,
+                    "mpps": round3((t.received - last.1) as f64 / dt / 1e6),
+                    "gbps": round3((stats.bytes - last.2) as f64 * 8.0 / dt / 1e9),
+                    "lost_total": t.lost,
+                    "reordered_total": t.reordered,
+                    "p99_latency_ns": stats.latency.quantile(0.99).unwrap_or(0),
+                    "kernel_drops": {"rx_ring_full": d.0, "no_buffer": d.1, "port_rx_dropped": d.2},
+                }),
+            );
             last = (Instant::now(), t.received, stats.bytes);
         }
     }
@@ -366,7 +385,7 @@ pub fn run(a: SinkArgs) -> Result<()> {
         kernel.rx_ring_full += st.rx_ring_full;
         kernel.fill_ring_empty += st.rx_fill_ring_empty_descs;
     }
-    report(&stats, &kernel, start.elapsed(), a.json);
+    report(&stats, &kernel, start.elapsed(), a.json || a.json_stream);
     Ok(())
 }
 
@@ -404,7 +423,7 @@ fn count_only(a: &SinkArgs) -> Result<()> {
         a.dev
     );
     let view = serve_metrics(a)?;
-    let live = Live::new();
+    let live = Live::new().streaming("sink", a.json_stream);
     let start = Instant::now();
     let mut last = (Instant::now(), Counter::default());
     while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| start.elapsed() < d) {
@@ -431,6 +450,15 @@ fn count_only(a: &SinkArgs) -> Result<()> {
                     now.packets
                 ),
             );
+            live.interval(
+                start.elapsed(),
+                serde_json::json!({
+                    "interval_s": round3(dt),
+                    "received": now.packets - last.1.packets,
+                    "bytes": now.bytes - last.1.bytes,
+                    "mpps": round3((now.packets - last.1.packets) as f64 / dt / 1e6),
+                }),
+            );
             last = (Instant::now(), now);
         }
     }
@@ -440,7 +468,7 @@ fn count_only(a: &SinkArgs) -> Result<()> {
     let got = c[Action::Drop as usize];
     let to_kernel = c[Action::Pass as usize].packets;
     let mpps = got.packets as f64 / secs / 1e6;
-    if a.json {
+    if a.json || a.json_stream {
         let j = serde_json::json!({
             "elapsed_s": round3(secs),
             "received": got.packets,
@@ -449,7 +477,7 @@ fn count_only(a: &SinkArgs) -> Result<()> {
             "to_kernel": to_kernel,
             "count_only": true,
         });
-        println!("{j}");
+        super::print_document("sink.report", j);
     } else {
         println!(
             "received   {} frames, {} bytes in {secs:.2} s ({mpps:.3} Mpps)",
@@ -497,7 +525,7 @@ fn report(s: &SinkStats, k: &KernelDrops, elapsed: Duration, json: bool) {
                 "max": s.latency.max(),
             },
         });
-        println!("{j}");
+        super::print_document("sink.report", j);
         return;
     }
     println!(
