@@ -74,6 +74,8 @@ impl FwdNode {
             }
         }
         for (name, cell, startup) in &self.live {
+            // What is logged about this port carries it as a span.
+            let _port = tracing::info_span!("port", port = %name).entered();
             let want = config.ports.get(name).map(unused);
             if want.as_ref() == self.applied_ports.get(name) {
                 continue;
