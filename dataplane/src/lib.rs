@@ -12,6 +12,7 @@ pub mod fabric;
 pub mod fastpath;
 pub mod flowtable;
 pub mod frame;
+pub mod hostcheck;
 pub mod logic;
 pub mod measure;
 pub mod port;

@@ -57,6 +57,10 @@ pub fn run(a: FwdArgs) -> Result<()> {
     let file = a.config.as_deref();
     let s = Settings::resolve(&a.options, file)?;
     let json = s.json || a.json_stream;
+    if let Ok(cores) = super::cores_for(&s.cores, s.workers, "--cores") {
+        let devs: Vec<&str> = s.ports.iter().map(String::as_str).collect();
+        super::warn_host(&devs, &cores);
+    }
     let hangup = Arc::new(AtomicBool::new(false));
     let stop = if file.is_some() {
         use signal_hook::consts::{SIGINT, SIGTERM};

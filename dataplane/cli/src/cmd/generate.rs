@@ -104,6 +104,7 @@ pub fn run(a: GenArgs) -> Result<()> {
         bail!("--count 0: nothing to send");
     }
     let cores = super::cores_for(&a.cores, a.threads, "--cores")?;
+    super::warn_host(&[a.dev.as_str()], &cores);
     let ifindex = ifindex("--dev", &a.dev)?;
     if !(1..=256).contains(&a.batch) {
         bail!("--batch {}: must be between 1 and 256", a.batch);

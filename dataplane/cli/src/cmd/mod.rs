@@ -146,6 +146,19 @@ impl Live {
     }
 }
 
+/// One warning line when the host has a setting `tuning/check` flags as costing throughput
+/// (docs/DEPLOY.md; `tuning/apply` changes it, `tuning/revert` undoes that).
+pub fn warn_host(devs: &[&str], cores: &[usize]) {
+    let flags = linerate_dataplane::hostcheck::flags(devs, cores);
+    if !flags.is_empty() {
+        let dev = devs.first().map_or("NIC".to_string(), |d| d.to_string());
+        tracing::warn!(
+            "host: {}; `tuning/check --dev {dev}` says what to change",
+            flags.join("; ")
+        );
+    }
+}
+
 /// The interface index of `dev`, given by option `flag`, or a clear error naming both.
 pub fn ifindex(flag: &str, dev: &str) -> Result<u32> {
     linerate_dataplane::units::ifindex(flag, dev).map_err(anyhow::Error::msg)

@@ -423,6 +423,10 @@ pub fn run(a: RelayArgs) -> Result<()> {
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(SIGHUP, hup.clone()).context("installing the SIGHUP handler")?;
     let mode = settings.cfg.mode;
+    super::warn_host(
+        &[],
+        pin.as_deref().unwrap_or(&(0..workers).collect::<Vec<_>>()),
+    );
     let relay = Relay::start(settings.cfg.clone(), pin, stop.clone(), settings.drain)
         .with_context(|| format!("--listen {}", settings.cfg.listen))?;
     let listen = relay.listen;
