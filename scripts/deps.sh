@@ -79,3 +79,19 @@ need_psycopg() {
     fi
     export LINERATE_PYTHON="$venv/bin/python"
 }
+
+# Python with kubernetes-validate (and PyYAML) for checking deploy/kubernetes/, in the same
+# virtual environment; exports LINERATE_DEPLOY_PYTHON.
+need_deploy_tools() {
+    local root venv
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    venv=$root/target/pyenv
+    if ! "$venv/bin/python" -c "import kubernetes_validate, yaml" 2>/dev/null; then
+        command -v python3 >/dev/null || need_apt python3 || return 1
+        [ -x "$venv/bin/python" ] || python3 -m venv "$venv" 2>/dev/null \
+            || { need_apt python3-venv && python3 -m venv "$venv"; } || return 1
+        echo "installing kubernetes-validate into $venv" >&2
+        "$venv/bin/pip" install -q -r "$root/deploy/requirements.txt" || return 1
+    fi
+    export LINERATE_DEPLOY_PYTHON="$venv/bin/python"
+}
