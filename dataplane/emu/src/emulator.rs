@@ -41,6 +41,9 @@ pub struct StateNode {
     /// Whether it has a namespace (`linerate exec` can enter it).
     pub namespace: bool,
     pub addr: Option<String>,
+    /// With `[placement]`: the host that builds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 pub fn state_file(name: &str) -> PathBuf {
@@ -105,6 +108,8 @@ pub struct Emulation {
     pub build_time: Duration,
     /// Host limits raised for this run (a line each; put back at `down`).
     pub raised: Vec<String>,
+    /// With `[placement]`: the thread carrying frames between hosts (ends with the workers).
+    tunnel_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Removes the leftovers of a previous run of `name` (namespaces, state), unless its `up` is
@@ -132,20 +137,24 @@ impl Emulation {
         // What working the plan out freed goes back before the network takes its share.
         crate::sys::release_free_memory();
         clear_leftovers(&plan.name)?;
-        let host_ifaces = plan
-            .nodes
-            .iter()
-            .filter(|n| n.role == Role::Namespace)
-            .map(|n| n.ifaces.len())
+        let local = |id: &usize| plan.is_local(*id);
+        let host_ifaces = (0..plan.nodes.len())
+            .filter(local)
+            .filter(|&n| plan.nodes[n].role == Role::Namespace)
+            .map(|n| plan.nodes[n].ifaces.len())
             .sum();
         let raised = crate::limits::raise(&plan.name, host_ifaces)?;
         std::fs::create_dir_all(netns::run_dir(&plan.name))?;
         write_state(&plan)?;
-        let total = plan
-            .nodes
-            .iter()
-            .filter(|n| n.role == Role::Namespace)
+        let total = (0..plan.nodes.len())
+            .filter(local)
+            .filter(|&n| plan.nodes[n].role == Role::Namespace)
             .count();
+        // Bound before anything is built: a taken port fails the start at once.
+        let tunnel = match &plan.placement {
+            Some(p) => Some(Arc::new(crate::tunnel::Tunnel::bind(p)?)),
+            None => None,
+        };
         let done = AtomicUsize::new(0);
         let ends: io::Result<Vec<HostEnd>> = std::thread::scope(|s| {
             let h = s.spawn(|| netns::build(&plan, o.host_io, o.build_threads, &done));
@@ -183,7 +192,7 @@ impl Emulation {
                 let (prog, ports) = crate::hostport::open(&plan.name, &veths)?;
                 (Some(prog), ports)
             };
-            let built = engine::build(&plan, taps, ports)?;
+            let built = engine::build(&plan, taps, ports, tunnel.clone())?;
             let shared = built.shared.clone();
             let frames = frames_per_worker(&plan);
             let handles = built.start(&plan, frames, o.cores.as_deref())?;
@@ -197,6 +206,17 @@ impl Emulation {
             }
         };
         let plan = Arc::new(plan);
+        let tunnel_thread = match tunnel {
+            Some(t) => match t.spawn(shared.clone(), plan.clone()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    shared.stop();
+                    let _ = netns::destroy(&plan.name, Duration::from_millis(200));
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         crate::sys::release_free_memory();
         Ok(Emulation {
             flows: Arc::new(crate::flows::FlowCtl::new(shared.clone(), plan.clone())),
@@ -205,6 +225,7 @@ impl Emulation {
             handles,
             children: Vec::new(),
             _xdp: xdp,
+            tunnel_thread,
             raised,
             started: Instant::now(),
             build_time: t0.elapsed(),
@@ -217,6 +238,9 @@ impl Emulation {
         let logs = netns::run_dir(&self.plan.name).join("logs");
         std::fs::create_dir_all(&logs)?;
         for (id, n) in self.plan.nodes.iter().enumerate() {
+            if !self.plan.is_local(id) {
+                continue;
+            }
             for cmd in &n.run {
                 let log = std::fs::OpenOptions::new()
                     .create(true)
@@ -316,6 +340,9 @@ impl Emulation {
             if first.is_ok() {
                 first = r;
             }
+        }
+        if let Some(t) = self.tunnel_thread.take() {
+            let _ = t.join();
         }
         for (_, c) in &mut self.children {
             let _ = c.kill();
@@ -418,8 +445,10 @@ fn write_state(plan: &Plan) -> io::Result<()> {
                     crate::topo::Kind::Switch => "switch",
                 }
                 .into(),
-                namespace: n.role == Role::Namespace,
+                // Another host's node has no namespace here (`exec` runs on its host).
+                namespace: n.role == Role::Namespace && plan.is_local(id),
                 addr: plan.address_of(id).map(|a| a.to_string()),
+                host: plan.host_name(id).map(str::to_string),
             })
             .collect(),
     };
@@ -466,6 +495,31 @@ pub struct Status {
     /// The control plane (filled in by `up`, which runs it).
     #[serde(default)]
     pub control: Option<crate::control::ControlStatus>,
+    /// With `[placement]`: every host of the emulation, this one marked, peers up or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub name: String,
+    pub tunnel: String,
+    /// This emulator's host.
+    pub local: bool,
+    /// Its emulator answers (always, for this one).
+    pub up: bool,
+    /// Nodes it builds.
+    pub nodes: usize,
+}
+
+/// Frames carried between hosts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -482,6 +536,9 @@ pub struct NodeStatus {
     /// Frames to a host over `--host-io xdp` that found no buffer or room on its ring.
     #[serde(default)]
     pub host_dropped: u64,
+    /// With `[placement]`: the host that builds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -542,6 +599,7 @@ fn status(e: &Emulation) -> Status {
                 replies: sum(|x| &x.replies),
                 dropped: sum(|x| &x.dropped),
                 host_dropped: sum(|x| &x.host_dropped),
+                host: p.host_name(id).map(str::to_string),
             }
         })
         .collect();
@@ -605,5 +663,22 @@ fn status(e: &Emulation) -> Status {
             s.flows.all().iter().map(|f| f.status(p, now)).collect()
         },
         control: None,
+        hosts: match (&p.placement, &s.tunnel) {
+            (Some(pl), Some(t)) => (pl.hosts.iter().enumerate())
+                .map(|(i, (name, addr))| HostStatus {
+                    name: name.clone(),
+                    tunnel: addr.to_string(),
+                    local: i == pl.local,
+                    up: i == pl.local || t.peers[i].up.load(Ordering::Relaxed),
+                    nodes: pl.host_of.iter().filter(|&&h| h == i).count(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+        tunnel: s.tunnel.as_ref().map(|t| TunnelStatus {
+            frames_sent: ld(&t.frames_sent),
+            frames_received: ld(&t.frames_received),
+            dropped: ld(&t.dropped),
+        }),
     }
 }

@@ -52,6 +52,8 @@ pub struct Topo {
 pub struct TNode {
     pub role: Role,
     pub worker: usize,
+    /// With `[placement]`, the host of a node another emulator builds: frames to it go there.
+    pub remote: Option<usize>,
     /// Per interface: the direction that leaves it.
     pub out: Vec<DirId>,
 }
@@ -79,9 +81,12 @@ impl Topo {
         let nodes = p
             .nodes
             .iter()
-            .map(|n| TNode {
+            .enumerate()
+            .map(|(id, n)| TNode {
                 role: n.role,
                 worker: n.worker,
+                remote: (!p.is_local(id))
+                    .then(|| p.placement.as_ref().map_or(0, |pl| pl.host_of[id])),
                 out: n.ifaces.iter().map(|i| 2 * i.link + i.side).collect(),
             })
             .collect();
@@ -222,6 +227,8 @@ pub struct Shared {
     /// flow asked to stop). `inbox_gen` moves when any is posted.
     inbox: Vec<std::sync::Mutex<Vec<Msg>>>,
     inbox_gen: AtomicU64,
+    /// With `[placement]`: frames to other hosts' nodes go through it.
+    pub tunnel: Option<Arc<crate::tunnel::Tunnel>>,
 }
 
 /// What the control side posts to a worker about flows.
@@ -235,6 +242,13 @@ pub enum Msg {
     },
     /// Look at `node`'s flows now (one was asked to stop).
     Poke(usize),
+    /// A frame another host's emulator delivered to `node`'s interface `iface` (the link
+    /// direction was emulated there).
+    Frame {
+        node: usize,
+        iface: usize,
+        data: Vec<u8>,
+    },
 }
 
 impl Shared {
@@ -389,7 +403,12 @@ pub struct Built {
 
 /// Builds the shared state for `plan` with the TAPs `taps` ((node, iface) -> descriptor) and
 /// the AF_XDP host ports `ports`.
-pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>, ports: Vec<HostPort>) -> io::Result<Built> {
+pub fn build(
+    plan: &Plan,
+    taps: Vec<crate::netns::Tap>,
+    ports: Vec<HostPort>,
+    tunnel: Option<Arc<crate::tunnel::Tunnel>>,
+) -> io::Result<Built> {
     let topo = Topo::from_plan(plan);
     let workers = topo.workers;
     let dirs: Vec<Arc<LinkParams>> = plan
@@ -443,6 +462,7 @@ pub fn build(plan: &Plan, taps: Vec<crate::netns::Tap>, ports: Vec<HostPort>) ->
             .map(|_| std::sync::Mutex::new(Vec::new()))
             .collect(),
         inbox_gen: AtomicU64::new(0),
+        tunnel,
         topo,
     });
     let mut rings: Vec<Vec<RingEnds>> = (0..workers)
@@ -564,7 +584,7 @@ enum EmuNode {
 fn emulated_nodes(plan: &Plan, w: usize) -> Vec<(usize, EmuNode)> {
     let mut out = Vec::new();
     for (id, n) in plan.nodes.iter().enumerate() {
-        if n.worker != w {
+        if n.worker != w || !plan.is_local(id) {
             continue;
         }
         match n.role {
@@ -801,6 +821,14 @@ impl Worker {
     /// Delivers `frame` arriving on `node`'s interface `iface`.
     fn deliver(&mut self, node: usize, iface: usize, frame: Frame, now: u64) {
         let topo = &self.shared.topo;
+        if let Some(host) = topo.nodes[node].remote {
+            // Another host's node: the link direction was emulated here; its host delivers.
+            if let Some(t) = &self.shared.tunnel {
+                t.send_frame(host, node, iface, self.pool.data(&frame));
+            }
+            self.pool.free(frame);
+            return;
+        }
         let owner = topo.nodes[node].worker;
         match topo.nodes[node].role {
             // Any worker writes any TAP; an AF_XDP port (no TAPs) is its owner's.
@@ -1321,6 +1349,13 @@ impl Worker {
                         self.mark_vhost(k);
                     }
                 }
+                Msg::Frame { node, iface, data } => match self.pool.alloc() {
+                    Some(mut frame) => {
+                        self.pool.fill(&mut frame, &data);
+                        self.deliver(node, iface, frame, now);
+                    }
+                    None => self.count(node, |c| c.dropped += 1),
+                },
             }
         }
     }

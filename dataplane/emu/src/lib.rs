@@ -21,4 +21,5 @@ pub mod router;
 pub mod stack;
 mod sys;
 pub mod topo;
+pub mod tunnel;
 mod uring;

@@ -147,8 +147,9 @@ pub fn build(
         HostIo::Xdp => Some(make_ports_ns(&plan.name)?),
     };
     let ports = ports.as_ref().map(|f| f.as_raw_fd());
+    // With `[placement]`, only this host's nodes: the others are their hosts' to build.
     let todo: Vec<NodeId> = (0..plan.nodes.len())
-        .filter(|&n| plan.nodes[n].role == Role::Namespace)
+        .filter(|&n| plan.nodes[n].role == Role::Namespace && plan.is_local(n))
         .collect();
     let taps = Mutex::new(Vec::new());
     let next = AtomicUsize::new(0);

@@ -5,7 +5,8 @@
 //! without root, and a topology it refuses creates nothing.
 
 use crate::topo::{
-    self, Forward, Kind, LinkParams, RoutingMode, TopoError, Topology, check_name, parse_cidr,
+    self, Forward, Kind, LinkParams, PlacementMode, RoutingMode, TopoError, Topology, check_name,
+    parse_cidr,
 };
 use std::collections::{BinaryHeap, HashMap};
 use std::net::Ipv4Addr;
@@ -134,9 +135,52 @@ pub struct Plan {
     /// Buffers the emulator gives its queues and delay lines, in bytes: what they can hold
     /// together, at most `--memory`.
     pub buffer_bytes: u64,
+    /// Several hosts (`[placement]`): which builds which node, and which host this is.
+    pub placement: Option<Placement>,
+}
+
+/// The emulation spread over hosts: each emulator builds its own nodes and carries the links
+/// cut between hosts over its tunnel.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Host names (sorted) and their tunnels' addresses.
+    pub hosts: Vec<(String, std::net::SocketAddr)>,
+    /// Per node: its host.
+    pub host_of: Vec<usize>,
+    /// This emulator's host.
+    pub local: usize,
 }
 
 impl Plan {
+    /// Whether this emulator builds node `n` (always, on one host).
+    pub fn is_local(&self, n: NodeId) -> bool {
+        self.placement
+            .as_ref()
+            .is_none_or(|p| p.host_of[n] == p.local)
+    }
+
+    /// The name of the host that builds node `n`, with `[placement]`.
+    pub fn host_name(&self, n: NodeId) -> Option<&str> {
+        (self.placement.as_ref()).map(|p| p.hosts[p.host_of[n]].0.as_str())
+    }
+
+    /// Links with one end here and the other on another host: (link, local side, host).
+    pub fn cut_links(&self) -> Vec<(LinkId, usize, usize)> {
+        let Some(p) = &self.placement else {
+            return Vec::new();
+        };
+        (self.links.iter().enumerate())
+            .filter_map(|(l, link)| {
+                let (ha, hb) = (p.host_of[link.ends[0].0], p.host_of[link.ends[1].0]);
+                match (ha == p.local, hb == p.local) {
+                    (true, false) => Some((l, 0, hb)),
+                    (false, true) => Some((l, 1, ha)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     pub fn node(&self, name: &str) -> Option<NodeId> {
         self.by_name.get(name).copied()
     }
@@ -205,6 +249,8 @@ pub struct Options {
     /// routers get only static routes and pinned paths (a check that builds nothing: the
     /// paths cannot fail, and are most of a large plan's time).
     pub paths: bool,
+    /// With `[placement]`: the host this emulator is (`--host`).
+    pub host: Option<String>,
 }
 
 /// Unshaped links are taken to carry this much when buffers are sized (bit/s).
@@ -466,6 +512,7 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
             human(o.memory)
         ));
     }
+    let placement = place(t, &nodes, &links, o.host.as_deref())?;
     let mut plan = Plan {
         name,
         nodes,
@@ -475,9 +522,141 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
         flows: Vec::new(),
         workers: o.workers,
         buffer_bytes: buffer_bytes.min(o.memory),
+        placement,
     };
     plan.flows = crate::flows::resolve_all(&plan, &t.flows)?;
     Ok(plan)
+}
+
+/// `[placement]` worked out, or `None` for one host. Every emulator of the emulation computes
+/// the same placement from the same file.
+fn place(
+    t: &Topology,
+    nodes: &[Node],
+    links: &[Link],
+    host: Option<&str>,
+) -> Result<Option<Placement>, TopoError> {
+    let Some(p) = &t.placement else {
+        if let Some(h) = host {
+            return err(format!(
+                "--host {h}: the topology has no [placement] (it runs on one host)"
+            ));
+        }
+        if let Some(n) = t.nodes.iter().find(|n| n.host.is_some()) {
+            return err(format!(
+                "node '{}': host = needs a [placement] section",
+                n.name
+            ));
+        }
+        return Ok(None);
+    };
+    if p.hosts.is_empty() || p.hosts.len() > 64 {
+        return err("[placement] hosts: 1 to 64 hosts, each `name = \"ADDR:PORT\"`");
+    }
+    let mut hosts = Vec::with_capacity(p.hosts.len());
+    for (name, addr) in &p.hosts {
+        check_name(name, "[placement] host")?;
+        let a: std::net::SocketAddr = addr.parse().map_err(|_| {
+            TopoError(format!(
+                "[placement] hosts: {name} = \"{addr}\": expected the tunnel's ADDR:PORT"
+            ))
+        })?;
+        if a.port() == 0 || a.ip().is_unspecified() {
+            return err(format!(
+                "[placement] hosts: {name} = \"{addr}\": the address peers send to (not 0)"
+            ));
+        }
+        hosts.push((name.clone(), a));
+    }
+    let names: Vec<&str> = hosts.iter().map(|(n, _)| n.as_str()).collect();
+    let Some(h) = host else {
+        return err(format!(
+            "the topology spans hosts {}: say which one this is with --host",
+            names.join(", ")
+        ));
+    };
+    let local = names.iter().position(|n| *n == h).ok_or_else(|| {
+        TopoError(format!(
+            "--host {h}: not one of the [placement] hosts ({})",
+            names.join(", ")
+        ))
+    })?;
+    let mut host_of: Vec<Option<usize>> = vec![None; nodes.len()];
+    for (i, spec) in t.nodes.iter().enumerate() {
+        if let Some(h) = &spec.host {
+            host_of[i] = Some(names.iter().position(|n| n == h).ok_or_else(|| {
+                TopoError(format!(
+                    "node '{}': host = \"{h}\" is not one of the [placement] hosts",
+                    spec.name
+                ))
+            })?);
+        }
+    }
+    let free: Vec<NodeId> = match p.mode {
+        PlacementMode::Key => {
+            if let Some(i) = host_of.iter().position(Option::is_none) {
+                return err(format!(
+                    "node '{}': [placement] mode = \"key\" needs host = on every node",
+                    nodes[i].name
+                ));
+            }
+            Vec::new()
+        }
+        PlacementMode::RoundRobin => (0..nodes.len()).filter(|&i| host_of[i].is_none()).collect(),
+        PlacementMode::Block => {
+            // Breadth-first over the nodes with several links (routers, switches), each
+            // followed by the nodes hanging off it alone (its hosts): neighbours come
+            // together, so contiguous blocks cut few links, and never a host from its router.
+            let mut adj = vec![Vec::new(); nodes.len()];
+            for l in links {
+                let (a, b) = (l.ends[0].0, l.ends[1].0);
+                adj[a].push(b);
+                adj[b].push(a);
+            }
+            let leaf = |n: usize| adj[n].len() == 1 && adj[adj[n][0]].len() > 1;
+            let mut seen = vec![false; nodes.len()];
+            let mut order = Vec::with_capacity(nodes.len());
+            for start in (0..nodes.len()).filter(|&n| !leaf(n)) {
+                if seen[start] {
+                    continue;
+                }
+                seen[start] = true;
+                let mut q = std::collections::VecDeque::from([start]);
+                while let Some(n) = q.pop_front() {
+                    order.push(n);
+                    for &m in &adj[n] {
+                        if leaf(m) && !seen[m] {
+                            seen[m] = true;
+                            order.push(m);
+                        }
+                    }
+                    for &m in &adj[n] {
+                        if !seen[m] {
+                            seen[m] = true;
+                            q.push_back(m);
+                        }
+                    }
+                }
+            }
+            order.extend((0..nodes.len()).filter(|&n| !seen[n]));
+            order
+                .into_iter()
+                .filter(|&i| host_of[i].is_none())
+                .collect()
+        }
+    };
+    let per = free.len().div_ceil(hosts.len()).max(1);
+    for (k, &n) in free.iter().enumerate() {
+        host_of[n] = Some(match p.mode {
+            PlacementMode::RoundRobin => k % hosts.len(),
+            PlacementMode::Block | PlacementMode::Key => (k / per).min(hosts.len() - 1),
+        });
+    }
+    Ok(Some(Placement {
+        hosts,
+        host_of: host_of.into_iter().map(|h| h.unwrap_or(0)).collect(),
+        local,
+    }))
 }
 
 /// The buffer a frame of this MTU needs (Ethernet header and slack; a power of two).
@@ -1682,6 +1861,7 @@ mod tests {
             memory: 1 << 30,
             name: "t".into(),
             max_namespaces: 10_000,
+            host: None,
         }
     }
 
@@ -2094,6 +2274,97 @@ mod tests {
                 let without = without.unwrap();
                 assert_eq!(all_hops(&with), all_hops(&without), "{mode:?}");
             }
+        }
+    }
+
+    fn ring_with(placement: &str, extra: &str) -> String {
+        let mut t = format!("{placement}\n");
+        for r in ["r1", "r2", "r3", "r4"] {
+            t += &format!(
+                "[[nodes]]\nname = \"{r}\"\nkind = \"router\"\n{}",
+                if r == "r3" { extra } else { "" }
+            );
+        }
+        for h in ["h1", "h2", "h3", "h4"] {
+            t += &format!("[[nodes]]\nname = \"{h}\"\nkind = \"host\"\n");
+        }
+        for (a, b) in [("r1", "r2"), ("r2", "r3"), ("r3", "r4"), ("r4", "r1")] {
+            t += &format!("[[links]]\na = \"{a}\"\nb = \"{b}\"\n");
+        }
+        for i in 1..=4 {
+            t += &format!("[[links]]\na = \"h{i}\"\nb = \"r{i}\"\n");
+        }
+        t
+    }
+
+    fn placed(text: &str, host: &str) -> Result<Plan, TopoError> {
+        let mut o = opts();
+        o.host = Some(host.into());
+        plan(&parse(text)?, &o)
+    }
+
+    #[test]
+    fn block_placement_halves_a_ring_and_keeps_hosts_with_their_routers() {
+        let two = "[placement]\nhosts = { a = \"10.0.0.1:7100\", b = \"10.0.0.2:7100\" }";
+        let p = placed(&ring_with(two, ""), "b").unwrap();
+        let pl = p.placement.as_ref().unwrap();
+        let on = |h: usize| -> Vec<&str> {
+            (0..p.nodes.len())
+                .filter(|&n| pl.host_of[n] == h)
+                .map(|n| p.nodes[n].name.as_str())
+                .collect()
+        };
+        assert_eq!(on(0), ["r1", "r2", "h1", "h2"]);
+        assert_eq!(on(1), ["r3", "r4", "h3", "h4"]);
+        assert_eq!(pl.local, 1);
+        assert!(p.is_local(p.node("h3").unwrap()) && !p.is_local(p.node("h1").unwrap()));
+        // Two ring links cut, each seen from this host's side.
+        let cut: Vec<String> = p.cut_links().iter().map(|c| p.link_name(c.0)).collect();
+        assert_eq!(cut.len(), 2, "{cut:?}");
+        // Round-robin, and a pinned node.
+        let rr = "[placement]\nmode = \"round-robin\"\nhosts = { a = \"10.0.0.1:7100\", b = \"10.0.0.2:7100\" }";
+        let p = placed(&ring_with(rr, "host = \"a\"\n"), "a").unwrap();
+        let pl = p.placement.as_ref().unwrap();
+        assert_eq!(pl.host_of[p.node("r3").unwrap()], 0, "pinned by host =");
+        assert_eq!(pl.host_of[p.node("r1").unwrap()], 0);
+        assert_eq!(pl.host_of[p.node("r2").unwrap()], 1);
+    }
+
+    #[test]
+    fn placement_mistakes_are_named() {
+        let two = "[placement]\nhosts = { a = \"10.0.0.1:7100\", b = \"10.0.0.2:7100\" }";
+        for (text, host, want) in [
+            (
+                ring_with(two, ""),
+                None,
+                "say which one this is with --host",
+            ),
+            (ring_with(two, ""), Some("c"), "--host c: not one of"),
+            (ring_with("", ""), Some("a"), "has no [placement]"),
+            (
+                ring_with(two, "host = \"z\"\n"),
+                Some("a"),
+                "node 'r3': host = \"z\"",
+            ),
+            (ring_with("", "host = \"a\"\n"), None, "needs a [placement]"),
+            (
+                ring_with("[placement]\nhosts = { a = \"nowhere\" }", ""),
+                Some("a"),
+                "expected the tunnel's ADDR:PORT",
+            ),
+            (
+                ring_with(
+                    "[placement]\nmode = \"key\"\nhosts = { a = \"10.0.0.1:7100\" }",
+                    "",
+                ),
+                Some("a"),
+                "needs host = on every node",
+            ),
+        ] {
+            let mut o = opts();
+            o.host = host.map(String::from);
+            let e = plan(&parse(&text).unwrap(), &o).unwrap_err();
+            assert!(e.0.contains(want), "{want}: {}", e.0);
         }
     }
 }

@@ -41,6 +41,31 @@ pub struct Topology {
     /// Synthetic flows started once the network is up.
     #[serde(default)]
     pub flows: Vec<crate::flows::FlowToml>,
+    /// Several hosts: which emulator builds which nodes.
+    pub placement: Option<PlacementSection>,
+}
+
+/// `[placement]`: the hosts an emulation spans, each emulator's tunnel address, and how nodes
+/// are spread over them (a node's `host =` key pins it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSection {
+    /// Host name -> the UDP address its emulator's tunnel listens on: `{ a = "10.9.0.1:7100" }`.
+    pub hosts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub mode: PlacementMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementMode {
+    /// Contiguous blocks of a breadth-first walk: neighbours stay together, few links cut.
+    #[default]
+    Block,
+    /// Node i on host i mod hosts.
+    RoundRobin,
+    /// Every node's own `host =` key.
+    Key,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -104,6 +129,8 @@ pub struct NodeSpec {
     /// A switch's or router's MAC base is derived; a host interface's MAC can be given.
     #[serde(default)]
     pub macs: HashMap<String, String>,
+    /// With `[placement]`: the host whose emulator builds this node.
+    pub host: Option<String>,
 }
 
 /// A link's settings as written: every key optional, so defaults and per-direction overrides
@@ -705,6 +732,7 @@ pub mod generate {
             gateway: None,
             run: Vec::new(),
             macs: HashMap::new(),
+            host: None,
         }
     }
 
@@ -882,6 +910,7 @@ pub mod generate {
             routing: RoutingSection::default(),
             routes: Vec::new(),
             flows: Vec::new(),
+            placement: None,
         })
     }
 }

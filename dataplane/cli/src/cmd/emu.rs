@@ -51,6 +51,10 @@ pub struct UpArgs {
     /// Stop after this long (default: until Ctrl-C or `linerate down`).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// With a [placement] section: the host this emulator is (it builds that host's nodes and
+    /// carries the links cut to the others over its tunnel; docs/TOPOLOGY.md).
+    #[arg(long)]
+    host: Option<String>,
     /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics: per link
     /// direction, node and flow; a port alone means loopback.
     #[arg(long, value_parser = super::metrics::parse_listen)]
@@ -313,6 +317,7 @@ fn plan_of(a: &UpArgs) -> Result<Plan> {
         memory,
         name: default_name,
         max_namespaces: 20_000,
+        host: a.host.clone(),
         // A `--detach` parent only checks: the emulator it starts works the paths out.
         paths: !a.detach || a.daemon,
     };
@@ -335,6 +340,28 @@ impl emulator::Progress for Building {
     }
 }
 
+/// `placement: a (this one): r1 h1 r2 h2; b: r3 h3 r4 h4; 2 links cut`.
+fn placement_line(p: &Plan) -> Option<String> {
+    let pl = p.placement.as_ref()?;
+    let hosts: Vec<String> = (pl.hosts.iter().enumerate())
+        .map(|(i, (name, _))| {
+            let nodes: Vec<&str> = (0..p.nodes.len())
+                .filter(|&n| pl.host_of[n] == i)
+                .map(|n| p.nodes[n].name.as_str())
+                .collect();
+            let me = if i == pl.local { " (this one)" } else { "" };
+            format!("{name}{me}: {}", nodes.join(" "))
+        })
+        .collect();
+    let cut = (p.links.iter())
+        .filter(|l| pl.host_of[l.ends[0].0] != pl.host_of[l.ends[1].0])
+        .count();
+    Some(format!(
+        "placement: {}; {cut} link(s) cut",
+        hosts.join("; ")
+    ))
+}
+
 fn summary(p: &Plan, e: &Emulation) -> String {
     let count = |k: topo::Kind| p.nodes.iter().filter(|n| n.kind == k).count();
     format!(
@@ -354,6 +381,9 @@ fn summary(p: &Plan, e: &Emulation) -> String {
         .iter()
         .map(|r| format!("\nup: raised for this run (put back at `down`): {r}"))
         .collect::<String>()
+        + &placement_line(p)
+            .map(|l| format!("\nup: {l}"))
+            .unwrap_or_default()
 }
 
 pub fn up(a: UpArgs) -> Result<()> {
@@ -367,6 +397,9 @@ pub fn up(a: UpArgs) -> Result<()> {
             plan.segments.len(),
             plan::human(plan.buffer_bytes)
         );
+        if let Some(line) = placement_line(&plan) {
+            println!("{line}");
+        }
         return Ok(());
     }
     need_root()?;
@@ -665,11 +698,25 @@ pub fn down(a: DownArgs) -> Result<()> {
 pub fn exec(a: ExecArgs) -> Result<()> {
     need_root()?;
     let emu = which(&a.name)?;
+    on_this_host(&emu, &a.node)?;
     let mut c = Command::new(&a.cmd[0]);
     c.args(&a.cmd[1..]);
     emulator::inside(&mut c, &emu, &a.node)?;
     let e = c.exec();
     bail!("{}: {e}", a.cmd[0])
+}
+
+/// A node another host builds (`[placement]`) is entered on that host.
+fn on_this_host(emu: &str, node: &str) -> Result<()> {
+    if let Ok(state) = emulator::read_state(emu)
+        && let Some(n) = state.nodes.iter().find(|n| n.name == node)
+        && let Some(h) = &n.host
+        && !n.namespace
+        && n.kind == "host"
+    {
+        bail!("node '{node}' is built on host {h}: run this on that host's emulator");
+    }
+    Ok(())
 }
 
 fn address(state: &emulator::State, node: &str) -> Result<String> {
@@ -688,6 +735,7 @@ pub fn ping(a: PingArgs) -> Result<()> {
     let emu = which(&a.name)?;
     let state = emulator::read_state(&emu)?;
     let to = address(&state, &a.b)?;
+    on_this_host(&emu, &a.a)?;
     let mut c = Command::new("ping");
     c.args(["-c", &a.count.to_string(), &to]);
     emulator::inside(&mut c, &emu, &a.a)?;
@@ -889,6 +937,29 @@ fn table(s: &Status, before: Option<(&Status, f64)>) -> String {
             } else {
                 String::new()
             }
+        ));
+    }
+    for h in &s.hosts {
+        let nodes: Vec<&str> = (s.nodes.iter())
+            .filter(|n| n.host.as_deref() == Some(h.name.as_str()))
+            .map(|n| n.name.as_str())
+            .collect();
+        out.push_str(&format!(
+            "host {} ({}, tunnel {}): {}\n",
+            h.name,
+            match (h.local, h.up) {
+                (true, _) => "this one",
+                (false, true) => "up",
+                (false, false) => "LOST",
+            },
+            h.tunnel,
+            nodes.join(" ")
+        ));
+    }
+    if let Some(t) = &s.tunnel {
+        out.push_str(&format!(
+            "tunnel: {} frames sent, {} received, {} dropped\n",
+            t.frames_sent, t.frames_received, t.dropped
         ));
     }
     out.push_str(&format!(

@@ -1,0 +1,237 @@
+//! One emulation over two hosts (`[placement]`), on one machine: two emulator processes in
+//! two network namespaces joined by a veth pair stand for two hosts. A ring split across them
+//! passes pingall from both sides; iperf3 across a cut link is shaped as configured; killing
+//! one emulator marks its cut links down on the other, and restarting it restores the ring.
+
+mod common;
+
+use common::{Job, linerate, start_until};
+use linerate_tests::{NetNs, VethPair, privileged};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn ring(tunnel_a: &str, tunnel_b: &str) -> String {
+    let mut t = format!(
+        "[defaults]\nrate = \"100M\"\ndelay = \"1ms\"\n\n[placement]\n\
+         hosts = {{ a = \"{tunnel_a}\", b = \"{tunnel_b}\" }}\n\n"
+    );
+    for r in ["r1", "r2", "r3", "r4"] {
+        t += &format!("[[nodes]]\nname = \"{r}\"\nkind = \"router\"\n");
+    }
+    for h in ["h1", "h2", "h3", "h4"] {
+        t += &format!("[[nodes]]\nname = \"{h}\"\nkind = \"host\"\n");
+    }
+    // The two ring links the placement cuts (r2-r3, r4-r1) run at 10 Mbit/s.
+    for (a, b, rate) in [
+        ("r1", "r2", None),
+        ("r2", "r3", Some("10M")),
+        ("r3", "r4", None),
+        ("r4", "r1", Some("10M")),
+        ("h1", "r1", None),
+        ("h2", "r2", None),
+        ("h3", "r3", None),
+        ("h4", "r4", None),
+    ] {
+        t += &format!("[[links]]\na = \"{a}\"\nb = \"{b}\"\n");
+        if let Some(r) = rate {
+            t += &format!("rate = \"{r}\"\n");
+        }
+    }
+    t
+}
+
+/// `linerate up FILE --host HOST --name NAME` inside network namespace `ns` (only the network
+/// namespace: the node namespaces it mounts stay visible to `linerate exec`).
+fn emulator(ns: &NetNs, file: &std::path::Path, host: &str, name: &str) -> Job {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", ns.name()))
+        .arg(env!("CARGO_BIN_EXE_linerate"))
+        .arg("up")
+        .arg(file)
+        .args(["--host", host, "--name", name, "--workers", "1"]);
+    start_until(cmd, &format!("up: '{name}'"))
+}
+
+fn status(name: &str) -> serde_json::Value {
+    let out = linerate()
+        .args(["status", "--name", name, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn until(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "gave up waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn peer_up(name: &str, peer: &str) -> bool {
+    let s = status(name);
+    s["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["name"] == peer && h["up"] == true)
+}
+
+fn pingall(name: &str) -> (bool, String) {
+    let out = linerate()
+        .args(["pingall", "--name", name])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+struct Down(Vec<String>);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = linerate().args(["down", "--name", n]).output();
+        }
+    }
+}
+
+#[test]
+fn a_ring_split_over_two_hosts_pings_shapes_and_survives_a_lost_emulator() {
+    if !privileged(
+        "emu_hosts::a_ring_split_over_two_hosts_pings_shapes_and_survives_a_lost_emulator",
+    ) {
+        return;
+    }
+    let (ha, hb) = (NetNs::new().unwrap(), NetNs::new().unwrap());
+    let pair = VethPair::new().unwrap();
+    let net = std::process::id() % 200 + 20;
+    let (ta, tb) = (format!("10.254.{net}.1"), format!("10.254.{net}.2"));
+    pair.place(&pair.a.clone(), &ha, &format!("{ta}/24"))
+        .unwrap();
+    pair.place(&pair.b.clone(), &hb, &format!("{tb}/24"))
+        .unwrap();
+    // Each host binds its own tunnel address: the port is the file's, in a namespace of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ring.toml");
+    std::fs::write(&file, ring(&format!("{ta}:7100"), &format!("{tb}:7100"))).unwrap();
+    let id = std::process::id() & 0xffff;
+    let (na, nb) = (format!("ha{id:04x}"), format!("hb{id:04x}"));
+    let _down = Down(vec![na.clone(), nb.clone()]);
+
+    let a = emulator(&ha, &file, "a", &na);
+    let b = emulator(&hb, &file, "b", &nb);
+    until("each emulator hears the other", || {
+        peer_up(&na, "b") && peer_up(&nb, "a")
+    });
+    let s = status(&na);
+    let here: Vec<&str> = (s["nodes"].as_array().unwrap().iter())
+        .filter(|n| n["host"] == "a")
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        here,
+        ["r1", "r2", "h1", "h2"],
+        "block placement keeps hosts with routers"
+    );
+    for n in [&na, &nb] {
+        let (ok, text) = pingall(n);
+        assert!(ok && text.contains("0% dropped"), "{n}: {text}");
+    }
+
+    // iperf3 from h1 (host a) to h3 (host b): every path crosses a 10 Mbit/s cut link, shaped
+    // once, on the sending side.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("/run/linerate/{nb}/state.json")).unwrap(),
+    )
+    .unwrap();
+    let h3 = (state["nodes"].as_array().unwrap().iter())
+        .find(|n| n["name"] == "h3")
+        .and_then(|n| n["addr"].as_str())
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let server = linerate()
+        .args(["exec", "h3", "--name", &nb, "--", "iperf3", "-s", "-1"])
+        .spawn()
+        .unwrap();
+    let mut got = None;
+    let t = Instant::now();
+    while got.is_none() && t.elapsed() < Duration::from_secs(10) {
+        let out = linerate()
+            .args([
+                "exec", "h1", "--name", &na, "--", "iperf3", "-c", &h3, "-t", "3", "-J",
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            got = v["end"]["sum_received"]["bits_per_second"].as_f64();
+        } else {
+            std::thread::sleep(Duration::from_millis(200)); // the server is not up yet
+        }
+    }
+    drop(server);
+    let bps = got.expect("iperf3 ran");
+    assert!(
+        (5e6..11e6).contains(&bps),
+        "{bps} bit/s across a 10 Mbit/s cut link"
+    );
+    // A node of the other host is entered on that host.
+    let other = linerate()
+        .args(["exec", "h3", "--name", &na, "--", "true"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&other.stderr).contains("built on host b"));
+
+    // Host b's emulator dies: a marks b lost and its cut links down.
+    let pid = b.child.id().to_string();
+    linerate_tests::run("kill", &["-KILL", &pid]).unwrap();
+    drop(b);
+    until("a sees b lost", || !peer_up(&na, "b"));
+    let s = status(&na);
+    let down: Vec<&str> = (s["links"].as_array().unwrap().iter())
+        .filter(|l| {
+            l["dirs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["up"] == false)
+        })
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(down.len(), 2, "the two cut links: {down:?}");
+    assert!(!pingall(&na).0, "h3 and h4 are gone with host b");
+
+    // b comes back: it rebuilds its part (clearing what the dead one left) and the ring is whole.
+    let b = emulator(&hb, &file, "b", &nb);
+    until("a hears b again", || peer_up(&na, "b") && peer_up(&nb, "a"));
+    for n in [&na, &nb] {
+        let (ok, text) = pingall(n);
+        assert!(
+            ok && text.contains("0% dropped"),
+            "{n} after the restart: {text}"
+        );
+    }
+    for (job, name) in [(a, &na), (b, &nb)] {
+        let out = linerate().args(["down", "--name", name]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        job.finish();
+    }
+}
