@@ -65,33 +65,31 @@ need_postgres() {
     export LINERATE_TEST_DATABASE_URL="postgres://linerate:linerate@127.0.0.1:$port/linerate"
 }
 
-# Python with psycopg for the example scripts (control/examples/*.py), in a virtual
-# environment under target/ so the system's Python stays as it is; exports LINERATE_PYTHON.
-need_psycopg() {
-    local root venv
+# A virtual environment under target/ (the system's Python stays as it is) holding what
+# REQUIREMENTS lists, made or completed when `import MODULES` fails there.
+need_venv() {
+    local reqs=$1 modules=$2 root venv
     root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
     venv=$root/target/pyenv
-    if ! "$venv/bin/python" -c "import psycopg" 2>/dev/null; then
-        command -v python3 >/dev/null || need_apt python3 || return 1
-        python3 -m venv "$venv" 2>/dev/null || { need_apt python3-venv && python3 -m venv "$venv"; } || return 1
-        echo "installing psycopg into $venv" >&2
-        "$venv/bin/pip" install -q -r "$root/control/examples/requirements.txt" || return 1
-    fi
-    export LINERATE_PYTHON="$venv/bin/python"
-}
-
-# Python with kubernetes-validate (and PyYAML) for checking deploy/kubernetes/, in the same
-# virtual environment; exports LINERATE_DEPLOY_PYTHON.
-need_deploy_tools() {
-    local root venv
-    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-    venv=$root/target/pyenv
-    if ! "$venv/bin/python" -c "import kubernetes_validate, yaml" 2>/dev/null; then
+    if ! "$venv/bin/python" -c "import $modules" 2>/dev/null; then
         command -v python3 >/dev/null || need_apt python3 || return 1
         [ -x "$venv/bin/python" ] || python3 -m venv "$venv" 2>/dev/null \
             || { need_apt python3-venv && python3 -m venv "$venv"; } || return 1
-        echo "installing kubernetes-validate into $venv" >&2
-        "$venv/bin/pip" install -q -r "$root/deploy/requirements.txt" || return 1
+        echo "installing $reqs into $venv" >&2
+        "$venv/bin/pip" install -q -r "$root/$reqs" || return 1
     fi
-    export LINERATE_DEPLOY_PYTHON="$venv/bin/python"
+    VENV_PYTHON="$venv/bin/python"
+}
+
+# Python with psycopg for the example scripts (control/examples/*.py); exports LINERATE_PYTHON.
+need_psycopg() {
+    need_venv control/examples/requirements.txt psycopg || return 1
+    export LINERATE_PYTHON="$VENV_PYTHON"
+}
+
+# Python with kubernetes-validate (and PyYAML) for checking deploy/kubernetes/; exports
+# LINERATE_DEPLOY_PYTHON.
+need_deploy_tools() {
+    need_venv deploy/requirements.txt "kubernetes_validate, yaml" || return 1
+    export LINERATE_DEPLOY_PYTHON="$VENV_PYTHON"
 }

@@ -6,11 +6,12 @@
 mod common;
 
 use common::{
-    gen_frames, linerate, metric, metrics_addr, openmetrics, scrape, start_until, ws_addr,
+    echo_server, gen_frames, linerate, metric, metrics_addr, openmetrics, scrape, start_until,
+    ws_addr,
 };
 use linerate_tests::{VethPair, privileged, run};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// A WebSocket upgrade presenting `token`; returns the HTTP status line.
@@ -120,24 +121,6 @@ fn the_controllers_metrics_parse_and_count_a_refused_node_and_its_log_is_json_wi
     let pid = job.child.id().to_string();
     run("kill", &["-TERM", &pid]).unwrap();
     job.finish();
-}
-
-fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut b = [0u8; 4096];
-                while let Ok(n) = s.read(&mut b) {
-                    if n == 0 || s.write_all(&b[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 #[test]

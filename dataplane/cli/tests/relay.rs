@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Job, field, linerate, linerate_in, start_until};
+use common::{Job, echo_server, field, linerate, linerate_in, start_until};
 use linerate_tests::{NetNs, privileged};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -520,24 +520,6 @@ fn iperf3_runs_unmodified_through_proxychains() {
         "control and data connections: {r}"
     );
     assert!(field(&r, "bytes_up") > 1_000_000, "{r}");
-}
-
-fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut b = [0u8; 256];
-                while let Ok(n) = s.read(&mut b) {
-                    if n == 0 || s.write_all(&b[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 fn echo_once(s: &mut TcpStream, what: &[u8]) {

@@ -207,29 +207,21 @@ pub fn routes(logic: &AnyLogic, version: u64, ports: &[String]) -> Routes {
             None => one(id, 1).into_iter().collect(),
         }
     };
-    let mut routes: Vec<(IpAddr, u8, Route)> = Vec::new();
-    for (p, len, id) in r.lpm4().routes() {
-        let prefix = format!("{p}/{len}");
-        routes.push((
-            p.into(),
-            len,
-            Route {
-                prefix,
-                via: via(id),
-            },
-        ));
-    }
-    for (p, len, id) in r.lpm6().routes() {
-        let prefix = format!("{p}/{len}");
-        routes.push((
-            p.into(),
-            len,
-            Route {
-                prefix,
-                via: via(id),
-            },
-        ));
-    }
+    let v4 = (r.lpm4().routes()).map(|(p, len, id)| (IpAddr::from(p), len, id));
+    let v6 = (r.lpm6().routes()).map(|(p, len, id)| (IpAddr::from(p), len, id));
+    let mut routes: Vec<(IpAddr, u8, Route)> = (v4.chain(v6))
+        .map(|(p, len, id)| {
+            let prefix = format!("{p}/{len}");
+            (
+                p,
+                len,
+                Route {
+                    prefix,
+                    via: via(id),
+                },
+            )
+        })
+        .collect();
     routes.sort_by_key(|a| (a.0, a.1));
     Routes {
         logic: "router",
