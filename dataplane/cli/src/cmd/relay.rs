@@ -175,7 +175,7 @@ impl Settings {
                     let Some(r) = e.span() else {
                         return anyhow!("--config {}: {}", p.display(), e.message().trim());
                     };
-                    let line = text.get(..r.start).unwrap_or(text).matches('\n').count() + 1;
+                    let line = text.get(..r.start).unwrap_or(&text).matches('\n').count() + 1;
                     let src = text.lines().nth(line - 1).unwrap_or("").trim();
                     anyhow!(
                         "--config {} line {line} ({src}): {}",
