@@ -278,6 +278,19 @@ impl Shared {
         let _ = self.wakers[w].fd.write(1);
     }
 
+    /// Posts messages to worker `w` under one lock, and wakes it once.
+    pub fn post_all(&self, w: usize, msgs: &mut Vec<Msg>) {
+        if msgs.is_empty() {
+            return;
+        }
+        self.inbox[w]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .append(msgs);
+        self.inbox_gen.fetch_add(1, Ordering::Release);
+        let _ = self.wakers[w].fd.write(1);
+    }
+
     /// Wakes every worker to look at new settings.
     pub fn poke(&self) {
         for w in 0..self.wakers.len() {

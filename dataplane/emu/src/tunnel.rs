@@ -29,6 +29,10 @@ const KIND_HEARTBEAT: u8 = 1;
 /// How often heartbeats go out, and how long a silent peer is taken for gone.
 const HEARTBEAT: Duration = Duration::from_millis(200);
 const SILENCE: Duration = Duration::from_secs(1);
+/// The tunnel socket's receive and send buffers, bytes.
+const SOCKET_BUFFER: usize = 8 << 20;
+/// Datagrams read before the frames go to their workers (one lock and one wake-up each).
+const BATCH: usize = 64;
 
 /// One peer host, as this emulator sees it.
 pub struct Peer {
@@ -61,7 +65,19 @@ impl Tunnel {
                 format!("[placement] host {name}: binding its tunnel on {addr}: {e}"),
             )
         })?;
-        sock.set_read_timeout(Some(HEARTBEAT / 2))?;
+        // Workers send without waiting; the tunnel's thread polls before it reads.
+        sock.set_nonblocking(true)?;
+        // A burst of a fast TCP flow must not overflow the default 208 KiB: as root the
+        // buffers may pass rmem_max/wmem_max (the kernel doubles what is asked).
+        {
+            use nix::sys::socket::{setsockopt, sockopt};
+            if setsockopt(&sock, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+                let _ = setsockopt(&sock, sockopt::RcvBuf, &SOCKET_BUFFER);
+            }
+            if setsockopt(&sock, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+                let _ = setsockopt(&sock, sockopt::SndBuf, &SOCKET_BUFFER);
+            }
+        }
         Ok(Tunnel {
             sock,
             local: p.local,
@@ -126,6 +142,7 @@ impl Tunnel {
         let mut held: Vec<Option<Vec<(usize, bool)>>> = vec![None; self.peers.len()];
         let mut next_beat = Instant::now();
         let mut buf = vec![0u8; 65536];
+        let mut pending: Vec<Vec<Msg>> = (0..shared.topo.workers).map(|_| Vec::new()).collect();
         while !shared.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= next_beat {
@@ -143,49 +160,54 @@ impl Tunnel {
                     }
                 }
             }
-            let (n, from) = match self.sock.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            let Some((kind, host, iface, node)) = self.parse(&buf[..n], from) else {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+            if !self.readable(HEARTBEAT / 2) {
                 continue;
-            };
-            if heard[host].is_none() || held[host].is_some() {
-                // Back (or here for the first time): its cut links come up as they were.
+            }
+            // Up to BATCH datagrams, then their frames go to their workers together.
+            for _ in 0..BATCH {
+                let (n, from) = match self.sock.recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(_) => break, // WouldBlock: all read
+                };
+                let Some((kind, host, iface, node)) = self.parse(&buf[..n], from) else {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 if let Some(before) = held[host].take() {
+                    // Back (or here for the first time): its cut links come up as they were.
                     self.peer_back(shared, host, before);
                 }
-            }
-            heard[host] = Some(Instant::now());
-            if kind == KIND_HEARTBEAT {
-                continue;
-            }
-            let ok = node < plan.nodes.len()
-                && plan.is_local(node)
-                && iface < plan.nodes[node].ifaces.len();
-            if !ok {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            self.frames_received.fetch_add(1, Ordering::Relaxed);
-            shared.post(
-                node,
-                Msg::Frame {
+                heard[host] = Some(Instant::now());
+                if kind == KIND_HEARTBEAT {
+                    continue;
+                }
+                let ok = node < plan.nodes.len()
+                    && plan.is_local(node)
+                    && iface < plan.nodes[node].ifaces.len();
+                if !ok {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                self.frames_received.fetch_add(1, Ordering::Relaxed);
+                pending[shared.topo.nodes[node].worker].push(Msg::Frame {
                     node,
                     iface,
                     data: buf[HEADER..n].to_vec(),
-                },
-            );
+                });
+            }
+            for (w, msgs) in pending.iter_mut().enumerate() {
+                shared.post_all(w, msgs);
+            }
         }
+    }
+
+    /// Waits up to `limit` for a datagram.
+    fn readable(&self, limit: Duration) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+        let ms = PollTimeout::try_from(limit.as_millis() as u32).unwrap_or(PollTimeout::NONE);
+        poll(&mut fds, ms).is_ok_and(|n| n > 0)
     }
 
     /// A datagram's (kind, sender host, iface, node), if it is one of ours from that host's
