@@ -42,14 +42,40 @@ fn ring(tunnel_a: &str, tunnel_b: &str) -> String {
 
 /// `linerate up FILE --host HOST --name NAME` inside network namespace `ns` (only the network
 /// namespace: the node namespaces it mounts stay visible to `linerate exec`).
-fn emulator(ns: &NetNs, file: &std::path::Path, host: &str, name: &str) -> Job {
+/// Host `host`'s part of emulation `name` (`name.host` here).
+fn emulator(ns: &NetNs, file: &std::path::Path, host: &str, name: &str, extra: &[&str]) -> Job {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", ns.name()))
         .arg(env!("CARGO_BIN_EXE_linerate"))
         .arg("up")
         .arg(file)
-        .args(["--host", host, "--name", name, "--workers", "1"]);
-    start_until(cmd, &format!("up: '{name}'"))
+        .args(["--host", host, "--name", name, "--workers", "1"])
+        .args(extra);
+    start_until(cmd, &format!("up: '{name}.{host}'"))
+}
+
+/// Two "hosts" (network namespaces joined by a veth pair) and the ring's file naming their
+/// tunnels.
+fn two_hosts() -> (
+    NetNs,
+    NetNs,
+    VethPair,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let (ha, hb) = (NetNs::new().unwrap(), NetNs::new().unwrap());
+    let pair = VethPair::new().unwrap();
+    let net = std::process::id() % 200 + 20;
+    let (ta, tb) = (format!("10.254.{net}.1"), format!("10.254.{net}.2"));
+    pair.place(&pair.a.clone(), &ha, &format!("{ta}/24"))
+        .unwrap();
+    pair.place(&pair.b.clone(), &hb, &format!("{tb}/24"))
+        .unwrap();
+    // Each host binds its own tunnel address: the port is the file's, in a namespace of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ring.toml");
+    std::fs::write(&file, ring(&format!("{ta}:7100"), &format!("{tb}:7100"))).unwrap();
+    (ha, hb, pair, dir, file)
 }
 
 fn status(name: &str) -> serde_json::Value {
@@ -113,24 +139,14 @@ fn a_ring_split_over_two_hosts_pings_shapes_and_survives_a_lost_emulator() {
     ) {
         return;
     }
-    let (ha, hb) = (NetNs::new().unwrap(), NetNs::new().unwrap());
-    let pair = VethPair::new().unwrap();
-    let net = std::process::id() % 200 + 20;
-    let (ta, tb) = (format!("10.254.{net}.1"), format!("10.254.{net}.2"));
-    pair.place(&pair.a.clone(), &ha, &format!("{ta}/24"))
-        .unwrap();
-    pair.place(&pair.b.clone(), &hb, &format!("{tb}/24"))
-        .unwrap();
-    // Each host binds its own tunnel address: the port is the file's, in a namespace of its own.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("ring.toml");
-    std::fs::write(&file, ring(&format!("{ta}:7100"), &format!("{tb}:7100"))).unwrap();
-    let id = std::process::id() & 0xffff;
-    let (na, nb) = (format!("ha{id:04x}"), format!("hb{id:04x}"));
+    let (ha, hb, _pair, _dir, file) = two_hosts();
+    // One emulation, two parts: `lab.a` and `lab.b` on this machine.
+    let lab = format!("m{:04x}", std::process::id() & 0xffff);
+    let (na, nb) = (format!("{lab}.a"), format!("{lab}.b"));
     let _down = Down(vec![na.clone(), nb.clone()]);
 
-    let a = emulator(&ha, &file, "a", &na);
-    let b = emulator(&hb, &file, "b", &nb);
+    let a = emulator(&ha, &file, "a", &lab, &[]);
+    let b = emulator(&hb, &file, "b", &lab, &[]);
     until("each emulator hears the other", || {
         peer_up(&na, "b") && peer_up(&nb, "a")
     });
@@ -195,6 +211,21 @@ fn a_ring_split_over_two_hosts_pings_shapes_and_survives_a_lost_emulator() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&other.stderr).contains("built on host b"));
+    // The emulation's name finds the part that builds the node; without a node it asks.
+    let by_name = linerate()
+        .args(["exec", "h3", "--name", &lab, "--", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        by_name.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_name.stderr)
+    );
+    let ask = linerate()
+        .args(["status", "--name", &lab])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ask.stderr).contains("runs here in parts"));
 
     // Host b's emulator dies: a marks b lost and its cut links down.
     let pid = b.child.id().to_string();
@@ -216,7 +247,7 @@ fn a_ring_split_over_two_hosts_pings_shapes_and_survives_a_lost_emulator() {
     assert!(!pingall(&na).0, "h3 and h4 are gone with host b");
 
     // b comes back: it rebuilds its part (clearing what the dead one left) and the ring is whole.
-    let b = emulator(&hb, &file, "b", &nb);
+    let b = emulator(&hb, &file, "b", &lab, &[]);
     until("a hears b again", || peer_up(&na, "b") && peer_up(&nb, "a"));
     for n in [&na, &nb] {
         let (ok, text) = pingall(n);
@@ -234,4 +265,129 @@ fn a_ring_split_over_two_hosts_pings_shapes_and_survives_a_lost_emulator() {
         );
         job.finish();
     }
+}
+
+/// A TCP port on 127.0.0.1 inside `ns` that reaches `to` (the database, on this machine's
+/// own loopback, which a namespace cannot see): accepted there, connected from here.
+fn bridge(ns: &NetNs, to: std::net::SocketAddr) -> u16 {
+    use std::net::{TcpListener, TcpStream};
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let (conn_tx, conn_rx) = std::sync::mpsc::channel::<TcpStream>();
+    let path = format!("/run/netns/{}", ns.name());
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        port_tx.send(l.local_addr().unwrap().port()).unwrap();
+        for c in l.incoming().flatten() {
+            if conn_tx.send(c).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for down in conn_rx {
+            let Ok(up) = TcpStream::connect(to) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                (up, down),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    port_rx.recv().unwrap()
+}
+
+#[test]
+fn an_sql_change_to_a_cut_link_reaches_the_host_that_emulates_it() {
+    let Some(url) = linerate_tests::privileged_db(
+        "emu_hosts::an_sql_change_to_a_cut_link_reaches_the_host_that_emulates_it",
+    ) else {
+        return;
+    };
+    let (ha, hb, _pair, _dir, file) = two_hosts();
+    let lab = format!("q{:04x}", std::process::id() & 0xffff);
+    let (na, nb) = (format!("{lab}.a"), format!("{lab}.b"));
+    let _down = Down(vec![na.clone(), nb.clone()]);
+    let schema = format!("emu_hosts_{}", std::process::id());
+    // Each "host" reaches the database through a bridge into its namespace.
+    let (pg_host, rest) = url.rsplit_once('@').unwrap();
+    let (pg_addr, db_name) = rest.split_once('/').unwrap();
+    let pg: std::net::SocketAddr = pg_addr.parse().unwrap();
+    let url_in = |ns: &NetNs| format!("{pg_host}@127.0.0.1:{}/{db_name}", bridge(ns, pg));
+    let (url_a, url_b) = (url_in(&ha), url_in(&hb));
+    let db = |u: &str| {
+        [
+            "--database".to_string(),
+            u.to_string(),
+            "--database-schema".into(),
+            schema.clone(),
+        ]
+    };
+    let (db_a, db_b) = (db(&url_a), db(&url_b));
+    let a = emulator(
+        &ha,
+        &file,
+        "a",
+        &lab,
+        &db_a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let b = emulator(
+        &hb,
+        &file,
+        "b",
+        &lab,
+        &db_b.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    until("each emulator hears the other", || {
+        peer_up(&na, "b") && peer_up(&nb, "a")
+    });
+    // r2 -> r3 (r2 on host a): its row, shared by both parts, changed once with SQL.
+    let rate = |name: &str| -> Option<u64> {
+        let s = status(name);
+        let l = (s["links"].as_array().unwrap().iter())
+            .find(|l| {
+                l["a"].as_str().is_some_and(|a| a.starts_with("r2:"))
+                    && l["b"].as_str().is_some_and(|b| b.starts_with("r3:"))
+            })
+            .cloned()
+            .unwrap();
+        l["dirs"][0]["rate_bps"].as_u64()
+    };
+    assert_eq!(rate(&na), Some(10_000_000));
+    let sql = format!(
+        "SET search_path TO {schema}; UPDATE links SET rate_bps = 3000000 \
+         WHERE node = '{lab}' AND src LIKE 'r2:%' AND dst LIKE 'r3:%'"
+    );
+    let out = Command::new("psql")
+        .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-c", &sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until("host a, which emulates r2 -> r3, applies the row", || {
+        rate(&na) == Some(3_000_000)
+    });
+    until("host b takes the row too", || rate(&nb) == Some(3_000_000));
+    for (job, name) in [(a, &na), (b, &nb)] {
+        let out = linerate().args(["down", "--name", name]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        job.finish();
+    }
+    let _ = Command::new("psql")
+        .args([url.as_str(), "-c", &format!("DROP SCHEMA {schema} CASCADE")])
+        .output();
 }

@@ -124,7 +124,11 @@ pub struct Segment {
 
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// This emulator's name: the emulation's, or with `[placement]` `<emulation>.<host>`
+    /// (its part). It prefixes the namespaces and names the run directory and control socket.
     pub name: String,
+    /// The emulation's name, the same on every host: its controller node and database rows.
+    pub emulation: String,
     pub nodes: Vec<Node>,
     pub links: Vec<Link>,
     pub segments: Vec<Segment>,
@@ -513,8 +517,13 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
         ));
     }
     let placement = place(t, &nodes, &links, o.host.as_deref())?;
+    let instance = match &placement {
+        Some(p) => format!("{name}.{}", p.hosts[p.local].0),
+        None => name.clone(),
+    };
     let mut plan = Plan {
-        name,
+        name: instance,
+        emulation: name,
         nodes,
         links,
         segments,

@@ -201,8 +201,41 @@ pub struct FlowArgs {
 
 /// The emulation a command means: `--name`, or the only one running.
 fn which(n: &NameArg) -> Result<String> {
+    which_for(n, None)
+}
+
+/// The emulator `--name` means: an emulation, or with `[placement]` one host's part
+/// (`lab.a`). `--name lab` finds the part running here; where several run on one machine,
+/// the one that builds `node` (when a node is named), else it asks.
+fn which_for(n: &NameArg, node: Option<&str>) -> Result<String> {
     if let Some(name) = &n.name {
-        return Ok(name.clone());
+        if emulator::state_file(name).exists() {
+            return Ok(name.clone());
+        }
+        let parts: Vec<emulator::State> = (emulator::running().into_iter())
+            .filter(|s| {
+                s.name
+                    .strip_prefix(name.as_str())
+                    .is_some_and(|r| r.starts_with('.'))
+            })
+            .collect();
+        let builds = |s: &emulator::State| {
+            node.is_some_and(|node| s.nodes.iter().any(|x| x.name == node && x.namespace))
+        };
+        return match parts.as_slice() {
+            [] => Ok(name.clone()),
+            [one] => Ok(one.name.clone()),
+            many => match many.iter().find(|s| builds(s)) {
+                Some(s) => Ok(s.name.clone()),
+                None => bail!(
+                    "emulation '{name}' runs here in parts ({}): say which with --name",
+                    many.iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+        };
     }
     let running = emulator::running();
     match running.as_slice() {
@@ -697,7 +730,7 @@ pub fn down(a: DownArgs) -> Result<()> {
 
 pub fn exec(a: ExecArgs) -> Result<()> {
     need_root()?;
-    let emu = which(&a.name)?;
+    let emu = which_for(&a.name, Some(&a.node))?;
     on_this_host(&emu, &a.node)?;
     let mut c = Command::new(&a.cmd[0]);
     c.args(&a.cmd[1..]);
@@ -732,7 +765,7 @@ fn address(state: &emulator::State, node: &str) -> Result<String> {
 
 pub fn ping(a: PingArgs) -> Result<()> {
     need_root()?;
-    let emu = which(&a.name)?;
+    let emu = which_for(&a.name, Some(&a.a))?;
     let state = emulator::read_state(&emu)?;
     let to = address(&state, &a.b)?;
     on_this_host(&emu, &a.a)?;
@@ -829,7 +862,7 @@ pub fn pingall(a: PingallArgs) -> Result<()> {
 
 pub fn iperf(a: IperfArgs) -> Result<()> {
     need_root()?;
-    let emu = which(&a.name)?;
+    let emu = which_for(&a.name, Some(&a.a))?;
     let state = emulator::read_state(&emu)?;
     let to = address(&state, &a.b)?;
     // The server has the namespace to itself: iperf3's default port cannot collide there.

@@ -29,6 +29,9 @@ pub struct Control {
     rt: tokio::runtime::Runtime,
     backing: Backing,
     node: String,
+    /// At `down`, whether the database forgets the emulation's rows: not when it spans hosts
+    /// (the other hosts' emulators still use them).
+    forget: bool,
     controller: Option<ControllerHandle>,
     agent: Option<Agent>,
     status: Arc<Mutex<ControlStatus>>,
@@ -52,7 +55,8 @@ impl Control {
             .enable_all()
             .build()
             .context("starting the control plane's runtime")?;
-        let node = e.plan.name.clone();
+        // With `[placement]` every host's emulator is this one node (its rows are shared).
+        let node = e.plan.emulation.clone();
         linerate_proto::check_name("emulation name", &node)
             .map_err(|err| anyhow!("the emulation's name cannot name a controller node: {err}"))?;
         // The link rows go to a database, where SQL may change them. The in-memory store
@@ -128,6 +132,7 @@ impl Control {
         Ok(Control {
             rt,
             backing,
+            forget: e.plan.placement.is_none(),
             node,
             controller: Some(controller),
             agent: Some(agent),
@@ -195,7 +200,9 @@ impl Control {
         if let Some(c) = self.controller.take() {
             self.rt.block_on(c.stop());
         }
-        if let Backing::Pg(s) = &self.backing {
+        if let Backing::Pg(s) = &self.backing
+            && self.forget
+        {
             let r = self.rt.block_on(async {
                 tokio::time::timeout(APPLY_WAIT, s.forget_emulation(&self.node)).await
             });
