@@ -291,6 +291,55 @@ impl PgStore {
         Ok(())
     }
 
+    /// Like [`PgStore::replace_emulation`] for one host's part of an emulation that spans
+    /// hosts: the rows are shared, so the first part to start writes them and the others
+    /// (and a part that restarts) leave them as they are, changes made with SQL included.
+    /// Parts starting at once are serialized by a transaction lock on the emulation's name.
+    /// Returns whether this part wrote them.
+    pub async fn join_emulation(
+        &self,
+        node: &str,
+        links: &[LinkDir],
+        nodes: &[(String, String, Option<IpAddr>)],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(Db::from)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('linerate-emulation:' || $1))")
+            .bind(node)
+            .execute(&mut *tx)
+            .await
+            .map_err(Db::from)?;
+        let (present,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM links WHERE node = $1)")
+                .bind(node)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(Db::from)?;
+        if present {
+            tx.commit().await.map_err(Db::from)?;
+            return Ok(false);
+        }
+        for l in links {
+            write_link(&mut tx, node, l, false)
+                .await
+                .map_err(Db::from)?;
+        }
+        for (name, kind, addr) in nodes {
+            sqlx::query(
+                "INSERT INTO emu_nodes (node, name, kind, address) VALUES ($1, $2, $3, $4::inet)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(node)
+            .bind(name)
+            .bind(kind)
+            .bind(addr.map(|a| a.to_string()))
+            .execute(&mut *tx)
+            .await
+            .map_err(Db::from)?;
+        }
+        tx.commit().await.map_err(Db::from)?;
+        Ok(true)
+    }
+
     /// Writes link direction `link` of emulation `node` (`linerate link ... set`), putting
     /// the row back if it was deleted.
     pub async fn update_link(&self, node: &str, link: &LinkDir) -> Result<(), StoreError> {
@@ -313,6 +362,57 @@ impl PgStore {
                 .await
                 .map_err(Db::from)?;
         }
+        Ok(())
+    }
+
+    /// Registers (or refreshes) host `host` of emulation `emulation` and its tunnel address.
+    pub async fn register_emu_host(
+        &self,
+        emulation: &str,
+        host: &str,
+        tunnel: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO emu_hosts (emulation, host, tunnel, pid, seen) VALUES ($1, $2, $3, $4, now())
+             ON CONFLICT (emulation, host) DO UPDATE
+                 SET tunnel = excluded.tunnel, pid = excluded.pid, seen = now()",
+        )
+        .bind(emulation)
+        .bind(host)
+        .bind(tunnel)
+        .bind(std::process::id() as i32)
+        .execute(&self.pool)
+        .await
+        .map_err(Db::from)?;
+        Ok(())
+    }
+
+    /// The hosts of `emulation` heard from within `fresh`: (host, tunnel).
+    pub async fn emu_hosts(
+        &self,
+        emulation: &str,
+        fresh: Duration,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT host, tunnel FROM emu_hosts WHERE emulation = $1
+                 AND seen > now() - make_interval(secs => $2) ORDER BY host",
+        )
+        .bind(emulation)
+        .bind(fresh.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Db::from)?;
+        Ok(rows)
+    }
+
+    /// Removes host `host`'s registration (`down`).
+    pub async fn forget_emu_host(&self, emulation: &str, host: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM emu_hosts WHERE emulation = $1 AND host = $2")
+            .bind(emulation)
+            .bind(host)
+            .execute(&self.pool)
+            .await
+            .map_err(Db::from)?;
         Ok(())
     }
 

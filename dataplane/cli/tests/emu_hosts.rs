@@ -378,6 +378,30 @@ fn an_sql_change_to_a_cut_link_reaches_the_host_that_emulates_it() {
         rate(&na) == Some(3_000_000)
     });
     until("host b takes the row too", || rate(&nb) == Some(3_000_000));
+    // b's part stops and starts again: the shared rows (the change included) stay as they are.
+    let out = linerate().args(["down", "--name", &nb]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.finish();
+    let b = emulator(
+        &hb,
+        &file,
+        "b",
+        &lab,
+        &db_b.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    until("b is back", || peer_up(&na, "b") && peer_up(&nb, "a"));
+    until("b's part takes the changed row", || {
+        rate(&nb) == Some(3_000_000)
+    });
+    assert_eq!(
+        rate(&na),
+        Some(3_000_000),
+        "a's part was not reset by b's start"
+    );
     for (job, name) in [(a, &na), (b, &nb)] {
         let out = linerate().args(["down", "--name", name]).output().unwrap();
         assert!(
@@ -387,6 +411,101 @@ fn an_sql_change_to_a_cut_link_reaches_the_host_that_emulates_it() {
         );
         job.finish();
     }
+    let _ = Command::new("psql")
+        .args([url.as_str(), "-c", &format!("DROP SCHEMA {schema} CASCADE")])
+        .output();
+}
+
+#[test]
+fn hosts_that_register_their_tunnels_are_placed_once_all_have() {
+    let Some(url) = linerate_tests::privileged_db(
+        "emu_hosts::hosts_that_register_their_tunnels_are_placed_once_all_have",
+    ) else {
+        return;
+    };
+    let (ha, hb, _pair, dir, file) = two_hosts();
+    // The same ring, its hosts named but not addressed: each registers its own tunnel.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let hosts_line = text
+        .lines()
+        .find(|l| l.starts_with("hosts = "))
+        .unwrap()
+        .to_string();
+    let tunnel = |h: &str| -> String {
+        let at = hosts_line.find(&format!("{h} = \"")).unwrap() + 5;
+        hosts_line[at..].split('"').next().unwrap().to_string()
+    };
+    let (ta, tb) = (tunnel("a"), tunnel("b"));
+    let registered = dir.path().join("registered.toml");
+    std::fs::write(
+        &registered,
+        text.replace(&hosts_line, "hosts = [\"a\", \"b\"]"),
+    )
+    .unwrap();
+    let lab = format!("j{:04x}", std::process::id() & 0xffff);
+    let (na, nb) = (format!("{lab}.a"), format!("{lab}.b"));
+    let _down = Down(vec![na.clone(), nb.clone()]);
+    let schema = format!("emu_join_{}", std::process::id());
+    let (pg_host, rest) = url.rsplit_once('@').unwrap();
+    let (pg_addr, db_name) = rest.split_once('/').unwrap();
+    let pg: std::net::SocketAddr = pg_addr.parse().unwrap();
+    let url_in = |ns: &NetNs| format!("{pg_host}@127.0.0.1:{}/{db_name}", bridge(ns, pg));
+    let start = |ns: &NetNs, host: &str, tunnel: &str, ready: &str| {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(env!("CARGO_BIN_EXE_linerate"))
+            .arg("up")
+            .arg(&registered)
+            .args([
+                "--host",
+                host,
+                "--name",
+                &lab,
+                "--workers",
+                "1",
+                "--tunnel",
+                tunnel,
+            ])
+            .args(["--database", &url_in(ns), "--database-schema", &schema]);
+        start_until(cmd, ready)
+    };
+    // a registers and waits for b; b's arrival places both.
+    let a = start(&ha, "a", &ta, "waiting for b");
+    let b = start(&hb, "b", &tb, &format!("up: '{nb}'"));
+    a.wait_line(&format!("up: '{na}'"), Duration::from_secs(30));
+    until("each emulator hears the other", || {
+        peer_up(&na, "b") && peer_up(&nb, "a")
+    });
+    for n in [&na, &nb] {
+        let (ok, text) = pingall(n);
+        assert!(ok && text.contains("0% dropped"), "{n}: {text}");
+    }
+    let rows = |sql: &str| {
+        let out = Command::new("psql")
+            .args([
+                url.as_str(),
+                "-qAt",
+                "-c",
+                &format!("SET search_path TO {schema}; {sql}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let q = format!(
+        "SELECT host || ' ' || tunnel FROM emu_hosts WHERE emulation = '{lab}' ORDER BY host"
+    );
+    assert_eq!(rows(&q), format!("a {ta}\nb {tb}"));
+    for (job, name) in [(a, &na), (b, &nb)] {
+        let out = linerate().args(["down", "--name", name]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        job.finish();
+    }
+    assert_eq!(rows(&q), "", "down removes each host's registration");
     let _ = Command::new("psql")
         .args([url.as_str(), "-c", &format!("DROP SCHEMA {schema} CASCADE")])
         .output();

@@ -5,8 +5,8 @@
 //! without root, and a topology it refuses creates nothing.
 
 use crate::topo::{
-    self, Forward, Kind, LinkParams, PlacementMode, RoutingMode, TopoError, Topology, check_name,
-    parse_cidr,
+    self, Forward, Kind, LinkParams, PlacementHosts, PlacementMode, RoutingMode, TopoError,
+    Topology, check_name, parse_cidr,
 };
 use std::collections::{BinaryHeap, HashMap};
 use std::net::Ipv4Addr;
@@ -255,6 +255,8 @@ pub struct Options {
     pub paths: bool,
     /// With `[placement]`: the host this emulator is (`--host`).
     pub host: Option<String>,
+    /// With `hosts = [...]`: each host's tunnel as it registered (`up --tunnel`).
+    pub tunnels: std::collections::BTreeMap<String, std::net::SocketAddr>,
 }
 
 /// Unshaped links are taken to carry this much when buffers are sized (bit/s).
@@ -516,7 +518,7 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
             human(o.memory)
         ));
     }
-    let placement = place(t, &nodes, &links, o.host.as_deref())?;
+    let placement = place(t, &nodes, &links, o.host.as_deref(), &o.tunnels)?;
     let instance = match &placement {
         Some(p) => format!("{name}.{}", p.hosts[p.local].0),
         None => name.clone(),
@@ -544,6 +546,7 @@ fn place(
     nodes: &[Node],
     links: &[Link],
     host: Option<&str>,
+    tunnels: &std::collections::BTreeMap<String, std::net::SocketAddr>,
 ) -> Result<Option<Placement>, TopoError> {
     let Some(p) = &t.placement else {
         if let Some(h) = host {
@@ -559,20 +562,43 @@ fn place(
         }
         return Ok(None);
     };
-    if p.hosts.is_empty() || p.hosts.len() > 64 {
-        return err("[placement] hosts: 1 to 64 hosts, each `name = \"ADDR:PORT\"`");
+    let written: Vec<(String, Option<String>)> = match &p.hosts {
+        PlacementHosts::Addresses(m) => m
+            .iter()
+            .map(|(n, a)| (n.clone(), Some(a.clone())))
+            .collect(),
+        PlacementHosts::Registered(v) => {
+            let mut v = v.clone();
+            v.sort();
+            v.into_iter().map(|n| (n, None)).collect()
+        }
+    };
+    if written.is_empty() || written.len() > 64 {
+        return err(
+            "[placement] hosts: 1 to 64 hosts, `{ name = \"ADDR:PORT\" }` or `[\"name\", ...]`",
+        );
     }
-    let mut hosts = Vec::with_capacity(p.hosts.len());
-    for (name, addr) in &p.hosts {
+    let mut hosts: Vec<(String, std::net::SocketAddr)> = Vec::with_capacity(written.len());
+    for (name, addr) in &written {
         check_name(name, "[placement] host")?;
-        let a: std::net::SocketAddr = addr.parse().map_err(|_| {
-            TopoError(format!(
-                "[placement] hosts: {name} = \"{addr}\": expected the tunnel's ADDR:PORT"
-            ))
-        })?;
+        if hosts.iter().any(|(n, _)| n == name) {
+            return err(format!("[placement] hosts: {name} is named twice"));
+        }
+        let a: std::net::SocketAddr = match addr {
+            Some(addr) => addr.parse().map_err(|_| {
+                TopoError(format!(
+                    "[placement] hosts: {name} = \"{addr}\": expected the tunnel's ADDR:PORT"
+                ))
+            })?,
+            None => *tunnels.get(name).ok_or_else(|| {
+                TopoError(format!(
+                    "[placement] host {name} has not registered its tunnel (up --database URL --tunnel ADDR on that host)"
+                ))
+            })?,
+        };
         if a.port() == 0 || a.ip().is_unspecified() {
             return err(format!(
-                "[placement] hosts: {name} = \"{addr}\": the address peers send to (not 0)"
+                "[placement] hosts: {name} at {a}: the address peers send to (not 0)"
             ));
         }
         hosts.push((name.clone(), a));
@@ -1871,6 +1897,7 @@ mod tests {
             name: "t".into(),
             max_namespaces: 10_000,
             host: None,
+            tunnels: Default::default(),
         }
     }
 

@@ -50,10 +50,26 @@ pub struct Topology {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlacementSection {
-    /// Host name -> the UDP address its emulator's tunnel listens on: `{ a = "10.9.0.1:7100" }`.
-    pub hosts: std::collections::BTreeMap<String, String>,
+    pub hosts: PlacementHosts,
     #[serde(default)]
     pub mode: PlacementMode,
+}
+
+/// Which hosts, and where their tunnels are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PlacementHosts {
+    /// `{ a = "10.9.0.1:7100" }`: every host's tunnel written here.
+    Addresses(std::collections::BTreeMap<String, String>),
+    /// `["a", "b"]`: each host's emulator registers its tunnel with the controller's database
+    /// (`up --database URL --tunnel ADDR`); the topology is placed once they all have.
+    Registered(Vec<String>),
+}
+
+impl Default for PlacementHosts {
+    fn default() -> Self {
+        PlacementHosts::Addresses(Default::default())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -55,6 +55,13 @@ pub struct UpArgs {
     /// carries the links cut to the others over its tunnel; docs/TOPOLOGY.md).
     #[arg(long)]
     host: Option<String>,
+    /// With `[placement] hosts = [...]`: this host's tunnel address (UDP ADDR:PORT peers send
+    /// to), registered in --database; the emulation is placed once every host has registered.
+    #[arg(long, requires = "host")]
+    tunnel: Option<std::net::SocketAddr>,
+    /// How long to wait for the other hosts to register.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    join_timeout: Duration,
     /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics: per link
     /// direction, node and flow; a port alone means loopback.
     #[arg(long, value_parser = super::metrics::parse_listen)]
@@ -290,7 +297,9 @@ fn mem_available() -> u64 {
 }
 
 /// Reads or generates the topology and plans it.
-fn plan_of(a: &UpArgs) -> Result<Plan> {
+/// The plan, and with `[placement] hosts = [...]` this host's registration with the
+/// controller's database (kept fresh until dropped, then removed).
+fn plan_and_registration(a: &UpArgs) -> Result<(Plan, Option<Registration>)> {
     let (mut t, default_name) = match (&a.file, &a.topo) {
         (Some(f), _) => {
             let text = std::fs::read_to_string(f)
@@ -353,12 +362,165 @@ fn plan_of(a: &UpArgs) -> Result<Plan> {
         host: a.host.clone(),
         // A `--detach` parent only checks: the emulator it starts works the paths out.
         paths: !a.detach || a.daemon,
+        tunnels: Default::default(),
     };
     if let Some(n) = &a.name {
         o.name = n.clone();
         t.network.name = Some(n.clone());
     }
-    Ok(plan::plan(&t, &o)?)
+    let mut registration = None;
+    if let Some(p) = &t.placement
+        && let topo::PlacementHosts::Registered(names) = &p.hosts
+    {
+        if a.check || (a.detach && !a.daemon) {
+            // Checking only (or a `--detach` parent): stand-in addresses; the emulator that
+            // runs registers and waits.
+            for (i, n) in names.iter().enumerate() {
+                let last = (i % 250 + 1) as u8;
+                o.tunnels.insert(
+                    n.clone(),
+                    std::net::SocketAddr::from(([192, 0, 2, last], 7100)),
+                );
+            }
+        } else {
+            let emulation = t.network.name.clone().unwrap_or_else(|| o.name.clone());
+            let r = Registration::join(a, &emulation, names)?;
+            o.tunnels = r.tunnels.clone();
+            registration = Some(r);
+        }
+    }
+    Ok((plan::plan(&t, &o)?, registration))
+}
+
+/// This host's row in the controller's database (`emu_hosts`), for an emulation whose
+/// `[placement]` names its hosts and lets them register their tunnels.
+struct Registration {
+    rt: tokio::runtime::Runtime,
+    store: std::sync::Arc<linerate_store_pg::PgStore>,
+    emulation: String,
+    host: String,
+    tunnels: std::collections::BTreeMap<String, std::net::SocketAddr>,
+    /// Refreshes the row every 2 s (on `rt`, with the store's own tasks).
+    keep: tokio::task::JoinHandle<()>,
+}
+
+/// A registration older than this is a dead emulator's.
+const FRESH: Duration = Duration::from_secs(10);
+
+impl Registration {
+    /// Registers `--host` with its `--tunnel`, then waits (up to `--join-timeout`) until every
+    /// host of `names` has registered; keeps the row fresh from then on.
+    fn join(a: &UpArgs, emulation: &str, names: &[String]) -> Result<Registration> {
+        let (Some(host), Some(url), Some(tunnel)) = (&a.host, &a.database, a.tunnel) else {
+            bail!(
+                "[placement] hosts = [...]: the hosts register their tunnels with the controller's \
+                 database: give --host, --database and --tunnel"
+            );
+        };
+        if !names.contains(host) {
+            bail!(
+                "--host {host}: not one of the [placement] hosts ({})",
+                names.join(", ")
+            );
+        }
+        // One thread of its own: the store's tasks and the refresh run while `up` does.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("emu-register")
+            .enable_all()
+            .build()
+            .context("starting the registration's runtime")?;
+        let store = std::sync::Arc::new(
+            rt.block_on(linerate_store_pg::PgStore::connect_in_schema(
+                url,
+                &a.database_schema,
+            ))
+            .map_err(|e| anyhow!("--database: {e}"))?,
+        );
+        let t0 = Instant::now();
+        let mut said = Instant::now() - Duration::from_secs(60);
+        let tunnels = loop {
+            rt.block_on(store.register_emu_host(emulation, host, &tunnel.to_string()))
+                .map_err(|e| anyhow!("--database: registering host {host}: {e}"))?;
+            let rows = rt
+                .block_on(store.emu_hosts(emulation, FRESH))
+                .map_err(|e| anyhow!("--database: reading emu_hosts: {e}"))?;
+            let mut got = std::collections::BTreeMap::new();
+            for (h, t) in rows {
+                if let Ok(addr) = t.parse() {
+                    got.insert(h, addr);
+                }
+            }
+            let missing: Vec<&str> = (names.iter())
+                .filter(|n| !got.contains_key(*n))
+                .map(String::as_str)
+                .collect();
+            if missing.is_empty() {
+                break got;
+            }
+            if t0.elapsed() > a.join_timeout {
+                let _ = rt.block_on(store.forget_emu_host(emulation, host));
+                bail!(
+                    "host {} of emulation '{emulation}' did not register within {:?}",
+                    missing.join(", "),
+                    a.join_timeout
+                );
+            }
+            if said.elapsed() >= Duration::from_secs(5) {
+                tracing::info!(
+                    "up: host {host} registered ({tunnel}); waiting for {}",
+                    missing.join(", ")
+                );
+                said = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let keep = {
+            let store = store.clone();
+            let (emulation, host, tunnel) =
+                (emulation.to_string(), host.clone(), tunnel.to_string());
+            rt.spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(2));
+                loop {
+                    every.tick().await;
+                    if let Err(e) = store.register_emu_host(&emulation, &host, &tunnel).await {
+                        linerate_proto::warn_every!(
+                            Duration::from_secs(30),
+                            "up: refreshing host {host}'s registration: {e}"
+                        );
+                    }
+                }
+            })
+        };
+        Ok(Registration {
+            rt,
+            store,
+            emulation: emulation.to_string(),
+            host: host.clone(),
+            tunnels,
+            keep,
+        })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.keep.abort();
+        let (store, emulation, host) = (&self.store, &self.emulation, &self.host);
+        let r = (self.rt).block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                store.forget_emu_host(emulation, host),
+            )
+            .await
+        });
+        if !matches!(r, Ok(Ok(()))) {
+            tracing::warn!(
+                "down: host {}'s registration stays in emu_hosts (the database did not answer)",
+                self.host
+            );
+        }
+    }
 }
 
 struct Building(Live);
@@ -420,7 +582,7 @@ fn summary(p: &Plan, e: &Emulation) -> String {
 }
 
 pub fn up(a: UpArgs) -> Result<()> {
-    let plan = plan_of(&a)?;
+    let (plan, _registration) = plan_and_registration(&a)?;
     if a.check {
         println!(
             "{}: {} nodes, {} links, {} segments, {} of buffers; nothing built",

@@ -99,8 +99,14 @@ impl Control {
                         })
                         .collect();
                     let links: Vec<LinkDir> = seed.links.values().cloned().collect();
-                    rt.block_on(store.replace_emulation(&node, &links, &nodes))
-                        .context("--database: writing the emulation's links")?;
+                    if e.plan.placement.is_some() {
+                        // Rows shared by every host's part: the first part writes them.
+                        rt.block_on(store.join_emulation(&node, &links, &nodes))
+                            .context("--database: writing the emulation's links")?;
+                    } else {
+                        rt.block_on(store.replace_emulation(&node, &links, &nodes))
+                            .context("--database: writing the emulation's links")?;
+                    }
                     let store = Arc::new(store);
                     let c = controller::spawn(listener, store.clone(), opts)?;
                     (
