@@ -405,6 +405,78 @@ impl PgStore {
         Ok(rows)
     }
 
+    /// The controller's placement of `emulation`: its hosts with their tunnels, and each
+    /// node's host. `None` until it has been made.
+    #[allow(clippy::type_complexity)]
+    pub async fn emu_plan(
+        &self,
+        emulation: &str,
+    ) -> Result<Option<(Vec<(String, String)>, Vec<(String, String)>)>, StoreError> {
+        let row: Option<(serde_json::Value,)> =
+            sqlx::query_as("SELECT hosts FROM emu_plans WHERE emulation = $1")
+                .bind(emulation)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(Db::from)?;
+        let Some((hosts,)) = row else {
+            return Ok(None);
+        };
+        let hosts: Vec<(String, String)> = serde_json::from_value(hosts).unwrap_or_default();
+        let nodes: Vec<(String, String)> =
+            sqlx::query_as("SELECT node, host FROM emu_placement WHERE emulation = $1")
+                .bind(emulation)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Db::from)?;
+        Ok(Some((hosts, nodes)))
+    }
+
+    /// Writes the controller's placement of `emulation`, unless one exists (then false).
+    pub async fn write_emu_plan(
+        &self,
+        emulation: &str,
+        hosts: &[(String, String)],
+        nodes: &[(String, String)],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(Db::from)?;
+        let hosts = serde_json::to_value(hosts).unwrap_or_default();
+        let made = sqlx::query(
+            "INSERT INTO emu_plans (emulation, hosts) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(emulation)
+        .bind(hosts)
+        .execute(&mut *tx)
+        .await
+        .map_err(Db::from)?
+        .rows_affected()
+            == 1;
+        if made {
+            for (node, host) in nodes {
+                sqlx::query(
+                    "INSERT INTO emu_placement (emulation, node, host) VALUES ($1, $2, $3)",
+                )
+                .bind(emulation)
+                .bind(node)
+                .bind(host)
+                .execute(&mut *tx)
+                .await
+                .map_err(Db::from)?;
+            }
+        }
+        tx.commit().await.map_err(Db::from)?;
+        Ok(made)
+    }
+
+    /// Forgets the placement of `emulation` (no host of it runs any more).
+    pub async fn forget_emu_plan(&self, emulation: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM emu_plans WHERE emulation = $1")
+            .bind(emulation)
+            .execute(&self.pool)
+            .await
+            .map_err(Db::from)?;
+        Ok(())
+    }
+
     /// Removes host `host`'s registration (`down`).
     pub async fn forget_emu_host(&self, emulation: &str, host: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM emu_hosts WHERE emulation = $1 AND host = $2")

@@ -417,9 +417,9 @@ fn an_sql_change_to_a_cut_link_reaches_the_host_that_emulates_it() {
 }
 
 #[test]
-fn hosts_that_register_their_tunnels_are_placed_once_all_have() {
+fn the_controller_places_an_emulation_over_the_hosts_that_registered() {
     let Some(url) = linerate_tests::privileged_db(
-        "emu_hosts::hosts_that_register_their_tunnels_are_placed_once_all_have",
+        "emu_hosts::the_controller_places_an_emulation_over_the_hosts_that_registered",
     ) else {
         return;
     };
@@ -469,10 +469,28 @@ fn hosts_that_register_their_tunnels_are_placed_once_all_have() {
             .args(["--database", &url_in(ns), "--database-schema", &schema]);
         start_until(cmd, ready)
     };
-    // a registers and waits for b; b's arrival places both.
-    let a = start(&ha, "a", &ta, "waiting for b");
+    // The controller places the emulation once both hosts have registered.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-token-for-this-test\n").unwrap();
+    let mut ctl = linerate();
+    ctl.args([
+        "controller",
+        "--insecure-shared-token",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--token-file", token.to_str().unwrap()])
+    .args(["--database", &url, "--database-schema", &schema])
+    .args(["--emulation", &format!("{lab}={}", registered.display())]);
+    let ctl = start_until(ctl, "listening on");
+    let a = start(&ha, "a", &ta, "waiting for the controller");
     let b = start(&hb, "b", &tb, &format!("up: '{nb}'"));
     a.wait_line(&format!("up: '{na}'"), Duration::from_secs(30));
+    let placed = ctl.wait_line("placed emulation", Duration::from_secs(10));
+    assert!(
+        placed.contains("hosts a, b") && placed.contains("2 link(s) cut"),
+        "{placed}"
+    );
     until("each emulator hears the other", || {
         peer_up(&na, "b") && peer_up(&nb, "a")
     });
@@ -506,6 +524,9 @@ fn hosts_that_register_their_tunnels_are_placed_once_all_have() {
         job.finish();
     }
     assert_eq!(rows(&q), "", "down removes each host's registration");
+    let pid = ctl.child.id().to_string();
+    linerate_tests::run("kill", &["-TERM", &pid]).unwrap();
+    ctl.finish();
     let _ = Command::new("psql")
         .args([url.as_str(), "-c", &format!("DROP SCHEMA {schema} CASCADE")])
         .output();

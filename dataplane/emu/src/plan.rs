@@ -257,6 +257,8 @@ pub struct Options {
     pub host: Option<String>,
     /// With `hosts = [...]`: each host's tunnel as it registered (`up --tunnel`).
     pub tunnels: std::collections::BTreeMap<String, std::net::SocketAddr>,
+    /// The controller's placement (node -> host), when it made one: taken as it is.
+    pub assigned: std::collections::BTreeMap<String, String>,
 }
 
 /// Unshaped links are taken to carry this much when buffers are sized (bit/s).
@@ -518,7 +520,7 @@ pub fn plan(t: &Topology, o: &Options) -> Result<Plan, TopoError> {
             human(o.memory)
         ));
     }
-    let placement = place(t, &nodes, &links, o.host.as_deref(), &o.tunnels)?;
+    let placement = place(t, &nodes, &links, o)?;
     let instance = match &placement {
         Some(p) => format!("{name}.{}", p.hosts[p.local].0),
         None => name.clone(),
@@ -545,9 +547,9 @@ fn place(
     t: &Topology,
     nodes: &[Node],
     links: &[Link],
-    host: Option<&str>,
-    tunnels: &std::collections::BTreeMap<String, std::net::SocketAddr>,
+    o: &Options,
 ) -> Result<Option<Placement>, TopoError> {
+    let (host, tunnels) = (o.host.as_deref(), &o.tunnels);
     let Some(p) = &t.placement else {
         if let Some(h) = host {
             return err(format!(
@@ -571,6 +573,15 @@ fn place(
             let mut v = v.clone();
             v.sort();
             v.into_iter().map(|n| (n, None)).collect()
+        }
+        PlacementHosts::Count(n) => {
+            if tunnels.len() != *n {
+                return err(format!(
+                    "[placement] hosts = {n}: {} host(s) registered",
+                    tunnels.len()
+                ));
+            }
+            tunnels.keys().map(|h| (h.clone(), None)).collect()
         }
     };
     if written.is_empty() || written.len() > 64 {
@@ -616,6 +627,26 @@ fn place(
             names.join(", ")
         ))
     })?;
+    if !o.assigned.is_empty() {
+        // The controller's placement: every node on one of the hosts.
+        let mut host_of = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let h = o.assigned.get(&n.name).ok_or_else(|| {
+                TopoError(format!(
+                    "node '{}': the controller's placement leaves it out",
+                    n.name
+                ))
+            })?;
+            host_of.push(names.iter().position(|x| x == h).ok_or_else(|| {
+                TopoError(format!("node '{}': placed on unknown host {h}", n.name))
+            })?);
+        }
+        return Ok(Some(Placement {
+            hosts,
+            host_of,
+            local,
+        }));
+    }
     let mut host_of: Vec<Option<usize>> = vec![None; nodes.len()];
     for (i, spec) in t.nodes.iter().enumerate() {
         if let Some(h) = &spec.host {
@@ -1898,6 +1929,7 @@ mod tests {
             max_namespaces: 10_000,
             host: None,
             tunnels: Default::default(),
+            assigned: Default::default(),
         }
     }
 

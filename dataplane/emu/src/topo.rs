@@ -62,8 +62,18 @@ pub enum PlacementHosts {
     /// `{ a = "10.9.0.1:7100" }`: every host's tunnel written here.
     Addresses(std::collections::BTreeMap<String, String>),
     /// `["a", "b"]`: each host's emulator registers its tunnel with the controller's database
-    /// (`up --database URL --tunnel ADDR`); the topology is placed once they all have.
+    /// (`up --database URL --tunnel ADDR`); the controller places the topology once they all
+    /// have (`linerate controller --emulation FILE`).
     Registered(Vec<String>),
+    /// `2`: the first this many emulators to register, whatever their names.
+    Count(usize),
+}
+
+impl PlacementHosts {
+    /// Whether the hosts register their tunnels (and the controller places the emulation).
+    pub fn registered(&self) -> bool {
+        !matches!(self, PlacementHosts::Addresses(_))
+    }
 }
 
 impl Default for PlacementHosts {

@@ -74,6 +74,15 @@ pub struct ControllerArgs {
     /// means loopback.
     #[arg(long, value_parser = super::metrics::parse_listen)]
     metrics_listen: Option<SocketAddr>,
+    /// Place this emulation over the hosts that register for it (its `[placement]` names
+    /// them, `hosts = ["a", "b"]`, or counts them, `hosts = 2`): `FILE` or `NAME=FILE` (the
+    /// name as `up --name` gives it; default the file's [network] name or stem). With
+    /// --database (the registrations and the placement are rows). Repeatable.
+    #[arg(long)]
+    emulation: Vec<String>,
+    /// The database schema (created when missing), as `up --database-schema`.
+    #[arg(long, default_value = "public", requires = "database")]
+    database_schema: String,
 }
 
 fn token(a: &ControllerArgs) -> Result<String> {
@@ -279,6 +288,12 @@ pub fn run(a: ControllerArgs) -> Result<()> {
         .or_else(|| std::env::var("LINERATE_DATABASE_URL").ok())
         .filter(|_| a.config.is_none());
     let (auth, tls, token_source) = security(&a, database.is_some())?;
+    if !a.emulation.is_empty() && database.is_none() {
+        bail!("--emulation: the hosts register and the placement is written in --database");
+    }
+    let emulations = (a.emulation.iter())
+        .map(|spec| super::emu::placement_spec(spec))
+        .collect::<Result<Vec<_>>>()?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let seed = a.config.as_deref().map(read_seed).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -310,13 +325,16 @@ pub fn run(a: ControllerArgs) -> Result<()> {
         match database {
             Some(url) => {
                 let store = Arc::new(
-                    PgStore::connect(&url)
+                    PgStore::connect_in_schema(&url, &a.database_schema)
                         .await
                         .map_err(|e| anyhow!("--database: {e}"))?,
                 );
                 if let (Some(src), Some(t)) = (token_source, tokens) {
                     let rx = reload_rx.clone();
                     tokio::spawn(watch_tokens(src, t, Some(store.clone()), rx));
+                }
+                for (name, topo) in emulations {
+                    tokio::spawn(super::emu::place_emulation(store.clone(), name, topo));
                 }
                 let ctl = controller::spawn(listener, store, opts)?;
                 serve_metrics(a.metrics_listen, ctl.stats())?;

@@ -363,6 +363,7 @@ fn plan_and_registration(a: &UpArgs) -> Result<(Plan, Option<Registration>)> {
         // A `--detach` parent only checks: the emulator it starts works the paths out.
         paths: !a.detach || a.daemon,
         tunnels: Default::default(),
+        assigned: Default::default(),
     };
     if let Some(n) = &a.name {
         o.name = n.clone();
@@ -370,11 +371,16 @@ fn plan_and_registration(a: &UpArgs) -> Result<(Plan, Option<Registration>)> {
     }
     let mut registration = None;
     if let Some(p) = &t.placement
-        && let topo::PlacementHosts::Registered(names) = &p.hosts
+        && p.hosts.registered()
     {
         if a.check || (a.detach && !a.daemon) {
-            // Checking only (or a `--detach` parent): stand-in addresses; the emulator that
-            // runs registers and waits.
+            // Checking only (or a `--detach` parent): stand-in hosts and addresses; the
+            // emulator that runs registers and waits for the controller's placement.
+            let names: Vec<String> = match &p.hosts {
+                topo::PlacementHosts::Registered(v) => v.clone(),
+                topo::PlacementHosts::Count(n) => (0..*n).map(|i| format!("host{i}")).collect(),
+                topo::PlacementHosts::Addresses(_) => Vec::new(),
+            };
             for (i, n) in names.iter().enumerate() {
                 let last = (i % 250 + 1) as u8;
                 o.tunnels.insert(
@@ -382,10 +388,14 @@ fn plan_and_registration(a: &UpArgs) -> Result<(Plan, Option<Registration>)> {
                     std::net::SocketAddr::from(([192, 0, 2, last], 7100)),
                 );
             }
+            if o.host.is_none() {
+                o.host = names.first().cloned();
+            }
         } else {
             let emulation = t.network.name.clone().unwrap_or_else(|| o.name.clone());
-            let r = Registration::join(a, &emulation, names)?;
+            let r = Registration::join(a, &emulation)?;
             o.tunnels = r.tunnels.clone();
+            o.assigned = r.assigned.clone();
             registration = Some(r);
         }
     }
@@ -400,6 +410,8 @@ struct Registration {
     emulation: String,
     host: String,
     tunnels: std::collections::BTreeMap<String, std::net::SocketAddr>,
+    /// The controller's placement: node -> host.
+    assigned: std::collections::BTreeMap<String, String>,
     /// Refreshes the row every 2 s (on `rt`, with the store's own tasks).
     keep: tokio::task::JoinHandle<()>,
 }
@@ -408,21 +420,17 @@ struct Registration {
 const FRESH: Duration = Duration::from_secs(10);
 
 impl Registration {
-    /// Registers `--host` with its `--tunnel`, then waits (up to `--join-timeout`) until every
-    /// host of `names` has registered; keeps the row fresh from then on.
-    fn join(a: &UpArgs, emulation: &str, names: &[String]) -> Result<Registration> {
+    /// Registers `--host` with its `--tunnel`, then waits (up to `--join-timeout`) for the
+    /// controller's placement (`linerate controller --emulation FILE`); keeps the row fresh
+    /// from then on.
+    fn join(a: &UpArgs, emulation: &str) -> Result<Registration> {
         let (Some(host), Some(url), Some(tunnel)) = (&a.host, &a.database, a.tunnel) else {
             bail!(
-                "[placement] hosts = [...]: the hosts register their tunnels with the controller's \
-                 database: give --host, --database and --tunnel"
+                "[placement] hosts = [...] or a count: the hosts register their tunnels with the \
+                 controller's database, which places the emulation: give --host, --database and \
+                 --tunnel"
             );
         };
-        if !names.contains(host) {
-            bail!(
-                "--host {host}: not one of the [placement] hosts ({})",
-                names.join(", ")
-            );
-        }
         // One thread of its own: the store's tasks and the refresh run while `up` does.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -439,42 +447,51 @@ impl Registration {
         );
         let t0 = Instant::now();
         let mut said = Instant::now() - Duration::from_secs(60);
-        let tunnels = loop {
+        let (hosts, nodes) = loop {
             rt.block_on(store.register_emu_host(emulation, host, &tunnel.to_string()))
                 .map_err(|e| anyhow!("--database: registering host {host}: {e}"))?;
-            let rows = rt
-                .block_on(store.emu_hosts(emulation, FRESH))
-                .map_err(|e| anyhow!("--database: reading emu_hosts: {e}"))?;
-            let mut got = std::collections::BTreeMap::new();
-            for (h, t) in rows {
-                if let Ok(addr) = t.parse() {
-                    got.insert(h, addr);
-                }
-            }
-            let missing: Vec<&str> = (names.iter())
-                .filter(|n| !got.contains_key(*n))
-                .map(String::as_str)
-                .collect();
-            if missing.is_empty() {
-                break got;
+            let plan = rt
+                .block_on(store.emu_plan(emulation))
+                .map_err(|e| anyhow!("--database: reading emu_plans: {e}"))?;
+            if let Some(p) = plan {
+                break p;
             }
             if t0.elapsed() > a.join_timeout {
                 let _ = rt.block_on(store.forget_emu_host(emulation, host));
                 bail!(
-                    "host {} of emulation '{emulation}' did not register within {:?}",
-                    missing.join(", "),
+                    "emulation '{emulation}' was not placed within {:?}: is a controller running \
+                     with --emulation for it, and have all its hosts registered?",
                     a.join_timeout
                 );
             }
             if said.elapsed() >= Duration::from_secs(5) {
+                let regs = rt
+                    .block_on(store.emu_hosts(emulation, FRESH))
+                    .map(|r| r.into_iter().map(|(h, _)| h).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default();
                 tracing::info!(
-                    "up: host {host} registered ({tunnel}); waiting for {}",
-                    missing.join(", ")
+                    "up: host {host} registered ({tunnel}); waiting for the controller to place \
+                     '{emulation}' (registered: {regs})"
                 );
                 said = Instant::now();
             }
             std::thread::sleep(Duration::from_millis(200));
         };
+        let mut tunnels = std::collections::BTreeMap::new();
+        for (h, t) in hosts {
+            let addr = t
+                .parse()
+                .map_err(|_| anyhow!("emu_plans: host {h}'s tunnel '{t}' is not ADDR:PORT"))?;
+            tunnels.insert(h, addr);
+        }
+        if !tunnels.contains_key(host) {
+            let _ = rt.block_on(store.forget_emu_host(emulation, host));
+            bail!(
+                "the controller placed '{emulation}' on hosts {}, not on {host}",
+                tunnels.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        let assigned = nodes.into_iter().collect();
         let keep = {
             let store = store.clone();
             let (emulation, host, tunnel) =
@@ -498,6 +515,7 @@ impl Registration {
             emulation: emulation.to_string(),
             host: host.clone(),
             tunnels,
+            assigned,
             keep,
         })
     }
@@ -1498,4 +1516,145 @@ fn emu_metrics(s: &linerate_emu::emulator::Status) -> super::metrics::Metrics {
         s.uptime_s,
     );
     m
+}
+
+/// `--emulation FILE` or `NAME=FILE` of `linerate controller`: the emulation's name and its
+/// topology, which must let its hosts register (`hosts = [...]` or a count).
+pub fn placement_spec(spec: &str) -> Result<(String, topo::Topology)> {
+    let (name, file) = match spec.split_once('=') {
+        Some((n, f)) => (Some(n.to_string()), std::path::PathBuf::from(f)),
+        None => (None, std::path::PathBuf::from(spec)),
+    };
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("--emulation {}: cannot read it", file.display()))?;
+    let t = topo::parse(&text).map_err(|e| anyhow!("--emulation {}: {e}", file.display()))?;
+    if !t.placement.as_ref().is_some_and(|p| p.hosts.registered()) {
+        bail!(
+            "--emulation {}: its [placement] must let the hosts register (hosts = [\"a\", \"b\"] or hosts = N)",
+            file.display()
+        );
+    }
+    let stem: String = (file.file_stem())
+        .map(|s| {
+            s.to_string_lossy()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(8)
+                .collect()
+        })
+        .unwrap_or_default();
+    let name = name
+        .or_else(|| t.network.name.clone())
+        .unwrap_or(if stem.is_empty() { "lr".into() } else { stem });
+    Ok((name, t))
+}
+
+/// The controller's side of an emulation spanning hosts: once its hosts have registered, the
+/// placement (which host builds which node) is worked out here and written for them; it stays
+/// while any of them runs, and goes 30 s after the last one was heard from.
+pub async fn place_emulation(
+    store: std::sync::Arc<linerate_store_pg::PgStore>,
+    name: String,
+    mut t: topo::Topology,
+) {
+    t.network.name = Some(name.clone());
+    let Some(wanted) = t.placement.as_ref().map(|p| p.hosts.clone()) else {
+        return;
+    };
+    let mut silent_since: Option<Instant> = None;
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let (regs, plan) = match (
+            store.emu_hosts(&name, FRESH).await,
+            store.emu_plan(&name).await,
+        ) {
+            (Ok(r), Ok(p)) => (r, p),
+            (Err(e), _) | (_, Err(e)) => {
+                linerate_proto::warn_every!(
+                    Duration::from_secs(30),
+                    "controller: emulation '{name}': {e}"
+                );
+                continue;
+            }
+        };
+        if plan.is_some() {
+            if regs.is_empty() {
+                let since = *silent_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(30) {
+                    if store.forget_emu_plan(&name).await.is_ok() {
+                        tracing::info!(
+                            "controller: emulation '{name}': every host is gone; its placement forgotten"
+                        );
+                    }
+                    silent_since = None;
+                }
+            } else {
+                silent_since = None;
+            }
+            continue;
+        }
+        let chosen: Vec<(String, String)> = match &wanted {
+            topo::PlacementHosts::Registered(names) => {
+                if !names.iter().all(|n| regs.iter().any(|(h, _)| h == n)) {
+                    continue;
+                }
+                regs.into_iter()
+                    .filter(|(h, _)| names.contains(h))
+                    .collect()
+            }
+            topo::PlacementHosts::Count(n) => {
+                if regs.len() < *n {
+                    continue;
+                }
+                regs.into_iter().take(*n).collect()
+            }
+            topo::PlacementHosts::Addresses(_) => return,
+        };
+        let mut tunnels = std::collections::BTreeMap::new();
+        for (h, tun) in &chosen {
+            if let Ok(a) = tun.parse() {
+                tunnels.insert(h.clone(), a);
+            }
+        }
+        let o = plan::Options {
+            workers: 1,
+            memory: 1 << 40,
+            name: name.clone(),
+            max_namespaces: usize::MAX,
+            paths: false,
+            host: chosen.first().map(|(h, _)| h.clone()),
+            tunnels,
+            assigned: Default::default(),
+        };
+        let p = match plan::plan(&t, &o) {
+            Ok(p) => p,
+            Err(e) => {
+                linerate_proto::warn_every!(
+                    Duration::from_secs(30),
+                    "controller: emulation '{name}': cannot place it: {e}"
+                );
+                continue;
+            }
+        };
+        let Some(pl) = &p.placement else { continue };
+        let nodes: Vec<(String, String)> = (p.nodes.iter().zip(&pl.host_of))
+            .map(|(n, &h)| (n.name.clone(), pl.hosts[h].0.clone()))
+            .collect();
+        let cut = (p.links.iter())
+            .filter(|l| pl.host_of[l.ends[0].0] != pl.host_of[l.ends[1].0])
+            .count();
+        match store.write_emu_plan(&name, &chosen, &nodes).await {
+            Ok(true) => tracing::info!(
+                "controller: placed emulation '{name}' over hosts {} ({cut} link(s) cut)",
+                chosen
+                    .iter()
+                    .map(|(h, _)| h.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("controller: emulation '{name}': writing its placement: {e}"),
+        }
+    }
 }
