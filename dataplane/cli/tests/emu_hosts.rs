@@ -122,6 +122,27 @@ fn pingall(name: &str) -> (bool, String) {
     )
 }
 
+/// Both parts answer every ping.
+fn pingall_both(a: &str, b: &str) {
+    for n in [a, b] {
+        let (ok, text) = pingall(n);
+        assert!(ok && text.contains("0% dropped"), "{n}: {text}");
+    }
+}
+
+/// `down` of each part; each `up` ends cleanly.
+fn down_both(parts: [(Job, &String); 2]) {
+    for (job, name) in parts {
+        let out = linerate().args(["down", "--name", name]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        job.finish();
+    }
+}
+
 struct Down(Vec<String>);
 
 impl Drop for Down {
@@ -160,10 +181,7 @@ fn a_ring_split_over_two_hosts_pings_shapes_and_survives_a_lost_emulator() {
         ["r1", "r2", "h1", "h2"],
         "block placement keeps hosts with routers"
     );
-    for n in [&na, &nb] {
-        let (ok, text) = pingall(n);
-        assert!(ok && text.contains("0% dropped"), "{n}: {text}");
-    }
+    pingall_both(&na, &nb);
 
     // iperf3 from h1 (host a) to h3 (host b): every path crosses a 10 Mbit/s cut link, shaped
     // once, on the sending side.
@@ -249,22 +267,8 @@ fn a_ring_split_over_two_hosts_pings_shapes_and_survives_a_lost_emulator() {
     // b comes back: it rebuilds its part (clearing what the dead one left) and the ring is whole.
     let b = emulator(&hb, &file, "b", &lab, &[]);
     until("a hears b again", || peer_up(&na, "b") && peer_up(&nb, "a"));
-    for n in [&na, &nb] {
-        let (ok, text) = pingall(n);
-        assert!(
-            ok && text.contains("0% dropped"),
-            "{n} after the restart: {text}"
-        );
-    }
-    for (job, name) in [(a, &na), (b, &nb)] {
-        let out = linerate().args(["down", "--name", name]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        job.finish();
-    }
+    pingall_both(&na, &nb);
+    down_both([(a, &na), (b, &nb)]);
 }
 
 /// A TCP port on 127.0.0.1 inside `ns` that reaches `to` (the database, on this machine's
@@ -402,15 +406,7 @@ fn an_sql_change_to_a_cut_link_reaches_the_host_that_emulates_it() {
         Some(3_000_000),
         "a's part was not reset by b's start"
     );
-    for (job, name) in [(a, &na), (b, &nb)] {
-        let out = linerate().args(["down", "--name", name]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        job.finish();
-    }
+    down_both([(a, &na), (b, &nb)]);
     let _ = Command::new("psql")
         .args([url.as_str(), "-c", &format!("DROP SCHEMA {schema} CASCADE")])
         .output();
@@ -494,10 +490,7 @@ fn the_controller_places_an_emulation_over_the_hosts_that_registered() {
     until("each emulator hears the other", || {
         peer_up(&na, "b") && peer_up(&nb, "a")
     });
-    for n in [&na, &nb] {
-        let (ok, text) = pingall(n);
-        assert!(ok && text.contains("0% dropped"), "{n}: {text}");
-    }
+    pingall_both(&na, &nb);
     let rows = |sql: &str| {
         let out = Command::new("psql")
             .args([
@@ -514,15 +507,7 @@ fn the_controller_places_an_emulation_over_the_hosts_that_registered() {
         "SELECT host || ' ' || tunnel FROM emu_hosts WHERE emulation = '{lab}' ORDER BY host"
     );
     assert_eq!(rows(&q), format!("a {ta}\nb {tb}"));
-    for (job, name) in [(a, &na), (b, &nb)] {
-        let out = linerate().args(["down", "--name", name]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        job.finish();
-    }
+    down_both([(a, &na), (b, &nb)]);
     assert_eq!(rows(&q), "", "down removes each host's registration");
     let pid = ctl.child.id().to_string();
     linerate_tests::run("kill", &["-TERM", &pid]).unwrap();
