@@ -242,12 +242,11 @@ pub enum Msg {
     },
     /// Look at `node`'s flows now (one was asked to stop).
     Poke(usize),
-    /// A frame another host's emulator delivered to `node`'s interface `iface` (the link
-    /// direction was emulated there).
-    Frame {
-        node: usize,
-        iface: usize,
+    /// Frames other hosts' emulators delivered (their link directions were emulated there),
+    /// one batch: each `(node, iface, start, len)` of `data`.
+    Frames {
         data: Vec<u8>,
+        frames: Vec<(usize, usize, usize, usize)>,
     },
 }
 
@@ -269,24 +268,15 @@ impl Shared {
 
     /// Posts `m` to the worker owning `node` and wakes it.
     pub fn post(&self, node: usize, m: Msg) {
-        let w = self.topo.nodes[node].worker;
+        self.post_to(self.topo.nodes[node].worker, m);
+    }
+
+    /// Posts `m` to worker `w` and wakes it.
+    pub fn post_to(&self, w: usize, m: Msg) {
         self.inbox[w]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(m);
-        self.inbox_gen.fetch_add(1, Ordering::Release);
-        let _ = self.wakers[w].fd.write(1);
-    }
-
-    /// Posts messages to worker `w` under one lock, and wakes it once.
-    pub fn post_all(&self, w: usize, msgs: &mut Vec<Msg>) {
-        if msgs.is_empty() {
-            return;
-        }
-        self.inbox[w]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .append(msgs);
         self.inbox_gen.fetch_add(1, Ordering::Release);
         let _ = self.wakers[w].fd.write(1);
     }
@@ -1362,13 +1352,17 @@ impl Worker {
                         self.mark_vhost(k);
                     }
                 }
-                Msg::Frame { node, iface, data } => match self.pool.alloc() {
-                    Some(mut frame) => {
-                        self.pool.fill(&mut frame, &data);
-                        self.deliver(node, iface, frame, now);
+                Msg::Frames { data, frames } => {
+                    for (node, iface, start, len) in frames {
+                        match self.pool.alloc() {
+                            Some(mut frame) => {
+                                self.pool.fill(&mut frame, &data[start..start + len]);
+                                self.deliver(node, iface, frame, now);
+                            }
+                            None => self.count(node, |c| c.dropped += 1),
+                        }
                     }
-                    None => self.count(node, |c| c.dropped += 1),
-                },
+                }
             }
         }
     }

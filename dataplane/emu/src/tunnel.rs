@@ -142,7 +142,9 @@ impl Tunnel {
         let mut held: Vec<Option<Vec<(usize, bool)>>> = vec![None; self.peers.len()];
         let mut next_beat = Instant::now();
         let mut buf = vec![0u8; 65536];
-        let mut pending: Vec<Vec<Msg>> = (0..shared.topo.workers).map(|_| Vec::new()).collect();
+        // Per worker, the batch's frames: their bytes end to end, and (node, iface, start, len).
+        type Batch = (Vec<u8>, Vec<(usize, usize, usize, usize)>);
+        let mut pending: Vec<Batch> = (0..shared.topo.workers).map(|_| Batch::default()).collect();
         while !shared.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= next_beat {
@@ -189,14 +191,16 @@ impl Tunnel {
                     continue;
                 }
                 self.frames_received.fetch_add(1, Ordering::Relaxed);
-                pending[shared.topo.nodes[node].worker].push(Msg::Frame {
-                    node,
-                    iface,
-                    data: buf[HEADER..n].to_vec(),
-                });
+                let (data, frames) = &mut pending[shared.topo.nodes[node].worker];
+                frames.push((node, iface, data.len(), n - HEADER));
+                data.extend_from_slice(&buf[HEADER..n]);
             }
-            for (w, msgs) in pending.iter_mut().enumerate() {
-                shared.post_all(w, msgs);
+            // One message, one lock and one wake-up per worker per batch.
+            for (w, (data, frames)) in pending.iter_mut().enumerate() {
+                if !frames.is_empty() {
+                    let (data, frames) = (std::mem::take(data), std::mem::take(frames));
+                    shared.post_to(w, Msg::Frames { data, frames });
+                }
             }
         }
     }
