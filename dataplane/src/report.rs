@@ -31,6 +31,20 @@ pub struct ClassReport {
     pub red_drops: u64,
 }
 
+impl ClassReport {
+    /// The class's counts as a JSON object (reports, `linerate show`).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "port": self.port,
+            "class": self.class,
+            "sent": self.sent,
+            "sent_bytes": self.sent_bytes,
+            "tail_drops": self.tail_drops,
+            "red_drops": self.red_drops,
+        })
+    }
+}
+
 /// Packets that `linerate fwd`'s XDP programs handled without the workers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelPath {
@@ -173,18 +187,7 @@ impl PipelineReport {
                 "reloads": k.reloads,
             })
         });
-        let classes: Vec<Value> = (self.classes.iter())
-            .map(|c| {
-                json!({
-                    "port": c.port,
-                    "class": c.class,
-                    "sent": c.sent,
-                    "sent_bytes": c.sent_bytes,
-                    "tail_drops": c.tail_drops,
-                    "red_drops": c.red_drops,
-                })
-            })
-            .collect();
+        let classes: Vec<Value> = self.classes.iter().map(ClassReport::json).collect();
         json!({
             "elapsed_s": round3(self.elapsed.as_secs_f64()),
             "total": counts(&self.total()),

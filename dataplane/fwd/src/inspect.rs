@@ -51,13 +51,19 @@ pub struct Counters {
     pub reloads: u64,
     pub workers: Vec<WorkerCounters>,
     pub ports: Vec<PortCounters>,
-    pub classes: Vec<ClassCounters>,
+    /// Per port and class: as `ClassReport::json` writes it.
+    #[serde(serialize_with = "classes_json")]
+    pub classes: Vec<ClassReport>,
     /// Max mode: flows cached in the kernel now, and since start: installed, aged out,
     /// refused by a full map.
     pub flows_cached: u64,
     pub flows_installed: u64,
     pub flows_aged: u64,
     pub flows_refused: u64,
+}
+
+fn classes_json<S: serde::Serializer>(c: &[ClassReport], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(c.iter().map(ClassReport::json))
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -98,29 +104,6 @@ pub struct PortCounters {
     pub xdp: Vec<(&'static str, u64, u64)>,
     pub kernel_rx_dropped: u64,
     pub kernel_tx_dropped: u64,
-}
-
-#[derive(Debug, Serialize, Default)]
-pub struct ClassCounters {
-    pub port: String,
-    pub class: usize,
-    pub sent: u64,
-    pub sent_bytes: u64,
-    pub tail_drops: u64,
-    pub red_drops: u64,
-}
-
-impl From<ClassReport> for ClassCounters {
-    fn from(r: ClassReport) -> Self {
-        ClassCounters {
-            port: r.port,
-            class: r.class,
-            sent: r.sent,
-            sent_bytes: r.sent_bytes,
-            tail_drops: r.tail_drops,
-            red_drops: r.red_drops,
-        }
-    }
 }
 
 /// The routing table of the logic in use.

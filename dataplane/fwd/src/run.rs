@@ -432,10 +432,7 @@ pub fn run(
                         for (w, wc) in counters.iter().enumerate() {
                             c.workers.push(inspect::WorkerCounters::new(w, &wc.read()));
                         }
-                        c.classes = class_reports(&sched_counters)
-                            .into_iter()
-                            .map(Into::into)
-                            .collect();
+                        c.classes = class_reports(&sched_counters);
                         let mut failed = None;
                         for (dev, st) in s.ports.iter().zip(&steering) {
                             let read = |w| linerate_dataplane::sys::if_counter(dev, w).unwrap_or(0);
