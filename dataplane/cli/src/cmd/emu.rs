@@ -296,31 +296,35 @@ fn mem_available() -> u64 {
         .map_or(4 << 30, |k| k * 1024)
 }
 
-/// Reads or generates the topology and plans it.
-/// The plan, and with `[placement] hosts = [...]` this host's registration with the
-/// controller's database (kept fresh until dropped, then removed).
+/// The emulation's name when neither the file nor `--name` gives one: the file's stem, up to 8
+/// letters and digits, lower case, or `lr`.
+fn name_from_file(f: &std::path::Path) -> String {
+    let stem: String = (f.file_stem())
+        .map(|s| {
+            s.to_string_lossy()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(8)
+                .collect()
+        })
+        .unwrap_or_default();
+    if stem.is_empty() || !stem.as_bytes()[0].is_ascii_alphabetic() {
+        "lr".to_string()
+    } else {
+        stem.to_ascii_lowercase()
+    }
+}
+
+/// Reads or generates the topology and plans it; with `[placement] hosts = [...]` (or a
+/// count), also this host's registration with the controller's database (kept fresh until
+/// dropped, then removed).
 fn plan_and_registration(a: &UpArgs) -> Result<(Plan, Option<Registration>)> {
     let (mut t, default_name) = match (&a.file, &a.topo) {
         (Some(f), _) => {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("{}: cannot read it", f.display()))?;
             let t = topo::parse(&text).map_err(|e| anyhow!("{}: {e}", f.display()))?;
-            let stem: String = f
-                .file_stem()
-                .map(|s| {
-                    s.to_string_lossy()
-                        .chars()
-                        .filter(|c| c.is_ascii_alphanumeric())
-                        .take(8)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let stem = if stem.is_empty() || !stem.as_bytes()[0].is_ascii_alphabetic() {
-                "lr".to_string()
-            } else {
-                stem.to_ascii_lowercase()
-            };
-            (t, stem)
+            (t, name_from_file(f))
         }
         (None, Some(spec)) => {
             let d = generate::link_defaults(a.link.as_deref().unwrap_or(""))?;
@@ -1534,18 +1538,9 @@ pub fn placement_spec(spec: &str) -> Result<(String, topo::Topology)> {
             file.display()
         );
     }
-    let stem: String = (file.file_stem())
-        .map(|s| {
-            s.to_string_lossy()
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric())
-                .take(8)
-                .collect()
-        })
-        .unwrap_or_default();
     let name = name
         .or_else(|| t.network.name.clone())
-        .unwrap_or(if stem.is_empty() { "lr".into() } else { stem });
+        .unwrap_or_else(|| name_from_file(&file));
     Ok((name, t))
 }
 
