@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Job, linerate, start_until};
+use common::{Job, linerate, start_until, until};
 use linerate_tests::{NetNs, VethPair, privileged};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -65,8 +65,9 @@ fn two_hosts() -> (
 ) {
     let (ha, hb) = (NetNs::new().unwrap(), NetNs::new().unwrap());
     let pair = VethPair::new().unwrap();
-    let net = std::process::id() % 200 + 20;
-    let (ta, tb) = (format!("10.254.{net}.1"), format!("10.254.{net}.2"));
+    // The two namespaces are this test's alone: their addresses and the tunnel's fixed port
+    // cannot meet anyone else's.
+    let (ta, tb) = ("10.254.0.1".to_string(), "10.254.0.2".to_string());
     pair.place(&pair.a.clone(), &ha, &format!("{ta}/24"))
         .unwrap();
     pair.place(&pair.b.clone(), &hb, &format!("{tb}/24"))
@@ -89,17 +90,6 @@ fn status(name: &str) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn until(what: &str, f: impl Fn() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "gave up waiting: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn peer_up(name: &str, peer: &str) -> bool {
@@ -294,15 +284,7 @@ fn bridge(ns: &NetNs, to: std::net::SocketAddr) -> u16 {
             let Ok(up) = TcpStream::connect(to) else {
                 continue;
             };
-            for (mut from, mut into) in [
-                (down.try_clone().unwrap(), up.try_clone().unwrap()),
-                (up, down),
-            ] {
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from, &mut into);
-                    let _ = into.shutdown(std::net::Shutdown::Both);
-                });
-            }
+            common::pump(down, up);
         }
     });
     port_rx.recv().unwrap()

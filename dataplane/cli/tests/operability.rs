@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     echo_server, gen_frames, linerate, metric, metrics_addr, openmetrics, scrape, start_until,
-    ws_addr,
+    until, ws_addr,
 };
 use linerate_tests::{VethPair, privileged, run};
 use std::io::{Read, Write};
@@ -499,17 +499,6 @@ fn agent(
     }
     let u = Updates::default();
     (linerate_agent::Agent::start(o, u.clone()).unwrap(), u)
-}
-
-fn until(what: &str, f: impl Fn() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "gave up waiting: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

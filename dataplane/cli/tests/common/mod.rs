@@ -208,16 +208,7 @@ impl Forwarder {
                 let Ok(up) = TcpStream::connect(to) else {
                     continue;
                 };
-                for (mut from, mut into) in [
-                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
-                    (up, down),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut into);
-                        let _ = into.shutdown(std::net::Shutdown::Both);
-                        let _ = from.shutdown(std::net::Shutdown::Both);
-                    });
-                }
+                pump(down, up);
             }
         });
         Forwarder { addr, target }
@@ -225,6 +216,33 @@ impl Forwarder {
 
     pub fn set_target(&self, to: std::net::SocketAddr) {
         *self.target.lock().unwrap() = to;
+    }
+}
+
+/// Copies bytes both ways between two connections, a thread each way, closing both when
+/// either side ends.
+pub fn pump(down: std::net::TcpStream, up: std::net::TcpStream) {
+    for (mut from, mut into) in [
+        (down.try_clone().unwrap(), up.try_clone().unwrap()),
+        (up, down),
+    ] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut into);
+            let _ = into.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+        });
+    }
+}
+
+/// Waits until `f` holds, failing the test after 30 s (a deadline, not a measurement).
+pub fn until(what: &str, f: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "gave up waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
