@@ -190,20 +190,16 @@ fn the_relays_metrics_move_with_its_traffic() {
         1.0
     );
     drop(s);
-    // The counters are added as bytes move: at least what the client got back.
-    assert!(
-        metric(
-            &during,
-            "linerate_relay_bytes_total",
-            &[("direction", "up")]
-        ) >= 100_000.0
-    );
-    assert!(
-        metric(
-            &during,
-            "linerate_relay_bytes_total",
-            &[("direction", "down")]
-        ) >= 100_000.0
+    // A worker counts bytes when it handles its write's completion, which can come after the
+    // client has read them: wait for the counters to reach what the client got back.
+    scrape_until(
+        maddr,
+        "the relay's byte counters reach 100,000 each way",
+        |now| {
+            ["up", "down"].iter().all(|d| {
+                metric(now, "linerate_relay_bytes_total", &[("direction", d)]) >= 100_000.0
+            })
+        },
     );
     let pid = job.child.id().to_string();
     run("kill", &["-TERM", &pid]).unwrap();
@@ -286,6 +282,12 @@ fn show_lists_a_running_fwds_routes_flows_and_counters_and_fwd_and_sink_serve_me
     );
 
     gen_frames(linerate(), &left.a, "198.51.100.1", 5000, &[]);
+    // Once the sink has them all, fwd's counters and flow cache have seen every frame (veth
+    // hands frames over asynchronously: the generator's return proves nothing).
+    scrape_until(sink_metrics, "the sink counts 5,000 frames", |s| {
+        metric(s, "linerate_sink_frames_total", &[]) == 5000.0
+            && metric(s, "linerate_sink_lost_total", &[]) == 0.0
+    });
     let flows = show("flows");
     let items = flows["items"].as_array().unwrap();
     assert!(!items.is_empty(), "max mode caches the flows: {flows}");
@@ -334,10 +336,6 @@ fn show_lists_a_running_fwds_routes_flows_and_counters_and_fwd_and_sink_serve_me
     assert!((5000.0..5010.0).contains(&seen), "{seen}");
     assert!((1.0..=5010.0).contains(&by_workers), "{by_workers}");
     assert!(metric(&m, "linerate_fwd_flows_cached", &[]) >= 1.0);
-    scrape_until(sink_metrics, "the sink counts 5,000 frames", |s| {
-        metric(s, "linerate_sink_frames_total", &[]) == 5000.0
-            && metric(s, "linerate_sink_lost_total", &[]) == 0.0
-    });
 
     // Only root (or fwd's own user) may ask.
     let nobody = std::process::Command::new("setpriv")
@@ -449,14 +447,16 @@ fn the_emulators_metrics_count_each_link_directions_frames() {
         "{}",
         String::from_utf8_lossy(&ping.stderr)
     );
-    let m = openmetrics(&scrape(addr).1);
-    assert!(
+    // (A link direction counts a frame once it has handed it on, which may be just after
+    // the ping's last reply arrived.)
+    scrape_until(addr, "the links count delivered frames", |m| {
         metric(
-            &m,
+            m,
             "linerate_emu_link_delivered_frames_total",
-            &[("emulation", &name)]
+            &[("emulation", &name)],
         ) > 0.0
-    );
+    });
+    let m = openmetrics(&scrape(addr).1);
     assert_eq!(
         metric(&m, "linerate_emu_link_up", &[("emulation", &name)]),
         // every direction of every link is up: two per link
