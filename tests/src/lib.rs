@@ -168,6 +168,18 @@ impl VethPair {
         Ok(VethPair { a, b })
     }
 
+    /// Brings both ends up with IPv6 off, so that their kernel sends nothing of its own
+    /// (no multicast listener reports, router solicitations or address probes): what crosses
+    /// the pair is only what a test puts on it.
+    pub fn quiet_up(&self) -> Result<()> {
+        for end in [&self.a, &self.b] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{end}/disable_ipv6"), "1")
+                .with_context(|| format!("disabling IPv6 on {end}"))?;
+            run("ip", &["link", "set", end, "up"])?;
+        }
+        Ok(())
+    }
+
     /// Moves one end into a namespace, gives it an address and brings it up.
     pub fn place(&self, end: &str, ns: &NetNs, cidr: &str) -> Result<()> {
         run("ip", &["link", "set", end, "netns", ns.name()])?;

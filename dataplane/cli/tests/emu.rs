@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::linerate;
+use common::{linerate, until};
 use linerate_tests::privileged;
 use serde_json::Value;
 use std::process::Output;
@@ -119,15 +119,15 @@ impl Emu {
         panic!("no link {from} -> {to}");
     }
 
-    /// The average RTT of `count` pings from `a` to `b`, and the share lost. One ping goes
-    /// first, unmeasured: it waits for ARP on both sides.
+    /// The median RTT of `count` pings from `a` to `b` (one stall of a loaded host does not
+    /// move it; an emulator that delivers early or late does), and the share lost. One ping
+    /// goes first, unmeasured: it waits for ARP on both sides.
     fn ping(&self, a: &str, b: &str, count: u32, interval: &str) -> (f64, f64) {
         let _ = self.exec(a, &["ping", "-q", "-c", "1", "-W", "2", b]);
         let out = self.exec(
             a,
             &[
                 "ping",
-                "-q",
                 "-c",
                 &count.to_string(),
                 "-i",
@@ -143,14 +143,18 @@ impl Emu {
             .find(|p| p.ends_with("packet loss"))
             .and_then(|p| p.trim_end_matches("% packet loss").parse::<f64>().ok())
             .unwrap_or_else(|| panic!("ping {a} {b}: {text}"));
-        let avg = text
-            .lines()
-            .find(|l| l.starts_with("rtt"))
-            .and_then(|l| l.split('=').nth(1))
-            .and_then(|v| v.trim().split('/').nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN);
-        (avg, loss / 100.0)
+        // "64 bytes from 10.0.0.2: icmp_seq=1 ttl=62 time=20.3 ms"
+        let mut rtts: Vec<f64> = (text.lines())
+            .filter_map(|l| l.split(" time=").nth(1))
+            .filter_map(|v| v.trim_end_matches(" ms").parse().ok())
+            .collect();
+        rtts.sort_by(f64::total_cmp);
+        let median = match rtts.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => rtts[n / 2],
+            n => (rtts[n / 2 - 1] + rtts[n / 2]) / 2.0,
+        };
+        (median, loss / 100.0)
     }
 }
 
@@ -175,15 +179,24 @@ fn nothing_left(name: &str) {
         .unwrap_or(0);
     assert_eq!(ns, 0, "namespaces of {name} left behind");
     assert!(!std::path::Path::new(&format!("/run/linerate/{name}")).exists());
+    let left = pgrep(&format!("--name {name}( |$)"));
+    assert!(left.is_empty(), "processes left: {left}");
+}
+
+/// The processes whose command line matches the extended regular expression `pattern`, one
+/// "PID COMMAND LINE" per line (pgrep's own failures fail the test: a pattern it refuses
+/// must not read as "none").
+fn pgrep(pattern: &str) -> String {
     let ps = std::process::Command::new("pgrep")
-        .args(["-f", &format!("--name {name}")])
+        .args(["-a", "-f", "--", pattern])
         .output()
         .unwrap();
     assert!(
-        ps.stdout.is_empty(),
-        "processes left: {}",
-        String::from_utf8_lossy(&ps.stdout)
+        matches!(ps.status.code(), Some(0 | 1)),
+        "pgrep {pattern}: {}",
+        String::from_utf8_lossy(&ps.stderr)
     );
+    String::from_utf8_lossy(&ps.stdout).into_owned()
 }
 
 #[test]
@@ -208,10 +221,9 @@ fn pingall_on_a_tree_and_a_ring_and_traffic_takes_the_shortest_path() {
     let (via_r2, via_r6) = (ring.delivered("r1", "r2"), ring.delivered("r1", "r6"));
     let (rtt, lost) = ring.ping("h1", "h3", 50, "0.01");
     assert!(rtt > 0.0 && lost == 0.0);
-    assert!(
-        ring.delivered("r1", "r2") >= via_r2 + 50,
-        "h1 -> h3 crosses r1 -> r2"
-    );
+    until("h1 -> h3 crosses r1 -> r2", || {
+        ring.delivered("r1", "r2") >= via_r2 + 50
+    });
     assert_eq!(ring.delivered("r1", "r6"), via_r6, "and not r1 -> r6");
     let name = ring.name.clone();
     drop(ring);
@@ -412,11 +424,11 @@ fn down_removes_everything_also_after_kill_9() {
     e.ok(&["pingall"]);
     drop(e);
     nothing_left(&name);
-    let sleepers = std::process::Command::new("pgrep")
-        .args(["-f", "sleep 300"])
-        .output()
-        .unwrap();
-    assert!(sleepers.stdout.is_empty(), "a node's process outlived down");
+    let sleepers = pgrep("^sleep 300$");
+    assert!(
+        sleepers.is_empty(),
+        "a node's process outlived down: {sleepers}"
+    );
 }
 
 #[test]
@@ -581,6 +593,16 @@ fn a_route_changed_in_postgresql_moves_a_running_iperf3_flow() {
     sql(&format!(
         "UPDATE links SET delay_us = 11000 WHERE node = '{name}' AND (src LIKE 'h1:%' OR dst LIKE 'h1:%')"
     ));
+    // The change travels by NOTIFY, the controller and the agent: wait until both directions
+    // of h1's link run with it (status reads the settings the workers use).
+    until("h1's link takes the delay written in SQL", || {
+        let s = e.status();
+        let link = (s["links"].as_array().unwrap().iter())
+            .find(|l| l["a"].as_str().unwrap().starts_with("h1:"))
+            .cloned()
+            .unwrap();
+        (0..2).all(|d| link["dirs"][d]["delay_us"].as_f64() == Some(11000.0))
+    });
     let (after, _) = e.ping("h1", "h2", 5, "0.05");
     assert!(
         (after - before - 20.0).abs() < 2.0,
@@ -589,25 +611,30 @@ fn a_route_changed_in_postgresql_moves_a_running_iperf3_flow() {
 
     // A running TCP flow, moved from b to c by a route written in SQL.
     let iperf = linerate()
-        .args(["iperf", "h1", "h2", "-t", "6", "--json", "--name", &name])
+        .args(["iperf", "h1", "h2", "-t", "8", "--json", "--name", &name])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let (b0, c0) = (e.delivered("a", "b"), e.delivered("a", "c"));
-    assert!(
-        b0 > 1000,
-        "the flow is not on b before the change: {b0} packets"
-    );
+    let b_start = e.delivered("a", "b");
+    until("the flow runs via b", || {
+        e.delivered("a", "b") > b_start + 1000
+    });
+    let c0 = e.delivered("a", "c");
     sql(&format!(
         "INSERT INTO emu_routes (node, router, prefix, via) VALUES ('{name}', 'a', '{h2_net}', 'c')"
     ));
-    // Counted from half a second after the statement returned: by then the change is in
-    // (it takes milliseconds), and what the flow sent while psql started and committed is
-    // not charged to it.
-    std::thread::sleep(Duration::from_millis(500));
-    let b_in = e.delivered("a", "b");
+    // The route arrives by NOTIFY: once the flow shows up on c it is in. What a->b still
+    // held then drains; counted from when a->b has stopped moving.
+    until("the flow shows up on c", || {
+        e.delivered("a", "c") > c0 + 100
+    });
+    let mut b_in = e.delivered("a", "b");
+    until("a->b drains", || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = e.delivered("a", "b");
+        std::mem::replace(&mut b_in, now) == now
+    });
     std::thread::sleep(Duration::from_millis(1500));
     let (b1, c1) = (e.delivered("a", "b"), e.delivered("a", "c"));
     let out = iperf.wait_with_output().unwrap();
@@ -636,8 +663,10 @@ fn a_route_changed_in_postgresql_moves_a_running_iperf3_flow() {
     // Deleting the row brings the computed route back.
     sql(&format!("DELETE FROM emu_routes WHERE node = '{name}'"));
     let b2 = e.delivered("a", "b");
-    e.ping("h1", "h2", 5, "0.02");
-    assert!(e.delivered("a", "b") - b2 >= 5, "pings did not return to b");
+    until("pings return to b", || {
+        e.ping("h1", "h2", 5, "0.02");
+        e.delivered("a", "b") - b2 >= 5
+    });
     // The emulator's counters reached the metrics table (reports go every second).
     let reported = sql(&format!(
         "SELECT coalesce(max(value), 0) FROM metrics WHERE node = '{name}' AND name = 'link_tx_packets'"
@@ -1002,7 +1031,10 @@ start = "1s"
         flows.iter().all(|f| f["name"] != "x"),
         "a bad file started x"
     );
-    assert_eq!(flow(flows, "more")["state"], "running");
+    // Added means waiting for its sockets; it runs once its first packet goes.
+    until("the added flow runs", || {
+        flow(e.status()["flows"].as_array().unwrap(), "more")["state"] == "running"
+    });
     e.ok(&["flow", "stop", "more"]);
     assert_eq!(
         flow(e.status()["flows"].as_array().unwrap(), "more")["state"],

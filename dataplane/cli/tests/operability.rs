@@ -6,13 +6,13 @@
 mod common;
 
 use common::{
-    echo_server, gen_frames, linerate, metric, metrics_addr, openmetrics, scrape, start_until,
-    until, ws_addr,
+    echo_server, gen_frames, linerate, metric, metrics_addr, openmetrics, scrape, scrape_until,
+    start_until, until, ws_addr,
 };
 use linerate_tests::{VethPair, privileged, run};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A WebSocket upgrade presenting `token`; returns the HTTP status line.
 fn upgrade_with(addr: SocketAddr, token: &str) -> String {
@@ -32,22 +32,6 @@ fn upgrade_with(addr: SocketAddr, token: &str) -> String {
         .next()
         .unwrap_or("")
         .to_string()
-}
-
-/// Scrapes until `check` holds (the sink publishes once a second), or fails with the last
-/// exposition.
-fn scrape_until(addr: SocketAddr, what: &str, check: impl Fn(&[common::Sample]) -> bool) {
-    let t = Instant::now();
-    loop {
-        let (status, body) = scrape(addr);
-        assert!(status.contains("200"), "{status}");
-        let samples = openmetrics(&body);
-        if check(&samples) {
-            return;
-        }
-        assert!(t.elapsed() < Duration::from_secs(15), "{what}:\n{body}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -583,7 +567,7 @@ fn wss_with_per_node_tokens_refuses_another_nodes_token_and_plain_ws_and_rotates
     // Rotation: r1's token is replaced in the file; the open session stays, the old token no
     // longer registers, the new one does.
     std::fs::write(&tokens, format!("r1 {t3}\nr2 {t2}\n")).unwrap();
-    job.wait_line("node tokens read", Duration::from_secs(10));
+    job.wait_line("node tokens reloaded", Duration::from_secs(10));
     let auth_before = refusals("auth");
     let (old, _) = agent(&wss, "r1", t1, Some(&ca));
     until("the rotated-out token is refused", || {

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{assert_refused, field, gen_frames, linerate, start_until};
+use common::{
+    assert_refused, field, gen_frames, linerate, metric, metrics_addr, scrape_until, start_until,
+};
 use linerate_tests::{VethPair, privileged, run};
 
 /// `linerate gen` out of `dev`: `count` frames over 8 flows to UDP port `dport`.
@@ -28,13 +30,25 @@ fn count_only_counts_exactly_the_test_traffic() {
         run("ip", &["link", "set", end, "up"]).unwrap();
     }
     let mut cmd = linerate();
-    cmd.args(["sink", "--dev", &pair.b, "--count-only", "--json"]);
-    let sink = start_until(cmd, "count-only");
+    cmd.args(["sink", "--dev", &pair.b, "--count-only", "--json"])
+        .args(["--metrics-listen", "127.0.0.1:0"]);
+    // Served once the program is attached.
+    let sink = start_until(cmd, "metrics on");
+    let addr = metrics_addr(&sink.ready);
     gen_to_port(&pair.a, 3000, 9);
     // Other UDP traffic reaches the kernel and is not received test traffic.
     gen_to_port(&pair.a, 500, 10);
-    // On veth the peer's XDP program runs in the sender's context: every frame has been
-    // counted by the time gen exits, so stopping now loses nothing.
+    // veth hands frames to its peer's NAPI, which may run after gen has exited: stop the sink
+    // only once it has counted them all.
+    scrape_until(
+        addr,
+        "the sink counts 3,000 test frames and 500 others",
+        |s| {
+            let on = [("dev", pair.b.as_str())];
+            metric(s, "linerate_sink_frames_total", &on) >= 3000.0
+                && metric(s, "linerate_sink_to_kernel_total", &on) >= 500.0
+        },
+    );
     run("kill", &["-INT", &sink.child.id().to_string()]).unwrap();
     let s = sink.finish();
     assert_eq!(field(&s, "received"), 3000, "{s}");

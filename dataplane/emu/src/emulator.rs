@@ -603,6 +603,20 @@ fn status(e: &Emulation) -> Status {
             }
         })
         .collect();
+    // Hosts before links: a peer is marked lost after its cut links went down, so a host
+    // read as lost comes with its links read as down.
+    let hosts = match (&p.placement, &s.tunnel) {
+        (Some(pl), Some(t)) => (pl.hosts.iter().enumerate())
+            .map(|(i, (name, addr))| HostStatus {
+                name: name.clone(),
+                tunnel: addr.to_string(),
+                local: i == pl.local,
+                up: i == pl.local || t.peers[i].up.load(Ordering::Acquire),
+                nodes: pl.host_of.iter().filter(|&&h| h == i).count(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let params = s.live.dirs();
     let links = p
         .links
@@ -663,18 +677,7 @@ fn status(e: &Emulation) -> Status {
             s.flows.all().iter().map(|f| f.status(p, now)).collect()
         },
         control: None,
-        hosts: match (&p.placement, &s.tunnel) {
-            (Some(pl), Some(t)) => (pl.hosts.iter().enumerate())
-                .map(|(i, (name, addr))| HostStatus {
-                    name: name.clone(),
-                    tunnel: addr.to_string(),
-                    local: i == pl.local,
-                    up: i == pl.local || t.peers[i].up.load(Ordering::Relaxed),
-                    nodes: pl.host_of.iter().filter(|&&h| h == i).count(),
-                })
-                .collect(),
-            _ => Vec::new(),
-        },
+        hosts,
         tunnel: s.tunnel.as_ref().map(|t| TunnelStatus {
             frames_sent: ld(&t.frames_sent),
             frames_received: ld(&t.frames_received),

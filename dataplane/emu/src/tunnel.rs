@@ -241,7 +241,6 @@ impl Tunnel {
         cut: &[(LinkId, usize, usize)],
         host: usize,
     ) -> Vec<(usize, bool)> {
-        let was_up = self.peers[host].up.swap(false, Ordering::Relaxed);
         let mut before = Vec::new();
         let _ = shared.live.update(|dirs, _| {
             for &(l, side, h) in cut {
@@ -257,6 +256,9 @@ impl Tunnel {
             Ok::<_, ()>(())
         });
         shared.poke();
+        // Marked lost only once its links are down: whoever sees the peer lost (status, a
+        // test) sees its links down too.
+        let was_up = self.peers[host].up.swap(false, Ordering::Release);
         if was_up || self.peers[host].seen.load(Ordering::Relaxed) {
             tracing::warn!(
                 host = %self.peers[host].name,
@@ -287,7 +289,7 @@ impl Tunnel {
             Ok::<_, ()>(())
         });
         shared.poke();
-        self.peers[host].up.store(true, Ordering::Relaxed);
+        self.peers[host].up.store(true, Ordering::Release);
         self.peers[host].seen.store(true, Ordering::Relaxed);
         tracing::info!(
             host = %self.peers[host].name,

@@ -221,6 +221,7 @@ async fn watch_tokens(
     };
     let mut first = true;
     loop {
+        let at_start = first;
         let forced = if first {
             first = false;
             true
@@ -246,9 +247,10 @@ async fn watch_tokens(
                     Ok(t) => {
                         let n = t.len();
                         tokens.replace(t);
+                        let how = if at_start { "read" } else { "reloaded" };
                         tracing::info!(
                             tokens = n,
-                            "controller: node tokens read from {}",
+                            "controller: node tokens {how} from {}",
                             p.display()
                         );
                     }

@@ -416,8 +416,9 @@ struct Registration {
     tunnels: std::collections::BTreeMap<String, std::net::SocketAddr>,
     /// The controller's placement: node -> host.
     assigned: std::collections::BTreeMap<String, String>,
-    /// Refreshes the row every 2 s (on `rt`, with the store's own tasks).
+    /// Refreshes the row every 2 s (on `rt`, with the store's own tasks) until told to stop.
     keep: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A registration older than this is a dead emulator's.
@@ -496,6 +497,7 @@ impl Registration {
             );
         }
         let assigned = nodes.into_iter().collect();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let keep = {
             let store = store.clone();
             let (emulation, host, tunnel) =
@@ -503,7 +505,12 @@ impl Registration {
             rt.spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(2));
                 loop {
-                    every.tick().await;
+                    // Stopped only between refreshes: one cut off after its statement went
+                    // out could still commit after the row was forgotten, and bring it back.
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        _ = every.tick() => {}
+                    }
                     if let Err(e) = store.register_emu_host(&emulation, &host, &tunnel).await {
                         linerate_proto::warn_every!(
                             Duration::from_secs(30),
@@ -521,19 +528,24 @@ impl Registration {
             tunnels,
             assigned,
             keep,
+            stop: Some(stop),
         })
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.keep.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         let (store, emulation, host) = (&self.store, &self.emulation, &self.host);
+        let keep = &mut self.keep;
         let r = (self.rt).block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                store.forget_emu_host(emulation, host),
-            )
+            tokio::time::timeout(Duration::from_secs(4), async {
+                // The refresh in progress, if any, ends first.
+                let _ = keep.await;
+                store.forget_emu_host(emulation, host).await
+            })
             .await
         });
         if !matches!(r, Ok(Ok(()))) {

@@ -235,7 +235,7 @@ pub fn pump(down: std::net::TcpStream, up: std::net::TcpStream) {
 }
 
 /// Waits until `f` holds, failing the test after 30 s (a deadline, not a measurement).
-pub fn until(what: &str, f: impl Fn() -> bool) {
+pub fn until(what: &str, mut f: impl FnMut() -> bool) {
     let t = std::time::Instant::now();
     while !f() {
         assert!(
@@ -315,6 +315,21 @@ pub fn openmetrics(text: &str) -> Vec<Sample> {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Scrapes `addr` until `check` holds (a sink publishes once a second; counters are added
+/// when a worker handles a completion), or fails after 30 s with the last exposition.
+pub fn scrape_until(addr: std::net::SocketAddr, what: &str, check: impl Fn(&[Sample]) -> bool) {
+    let t = std::time::Instant::now();
+    loop {
+        let (status, body) = scrape(addr);
+        assert!(status.contains("200"), "{status}");
+        if check(&openmetrics(&body)) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{what}:\n{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The sum of the samples named `name` whose labels include `labels`.
