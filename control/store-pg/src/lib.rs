@@ -200,9 +200,12 @@ impl PgStore {
         let listener = open_listener(&listen_opts, &channel).await?;
         let (shutdown_tx, shutdown_rx) = watch::channel(());
         tokio::spawn(heartbeat(
+            // A heartbeat need not be durable: its commit does not wait for the disk, so a
+            // slow disk does not turn into a false alarm of silence.
             listen_opts
                 .clone()
-                .application_name("linerate-controller-heartbeat"),
+                .application_name("linerate-controller-heartbeat")
+                .options([("synchronous_commit", "off")]),
             channel.clone(),
             timing.heartbeat,
             shutdown_rx.clone(),

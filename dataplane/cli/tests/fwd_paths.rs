@@ -128,7 +128,7 @@ fn routes_send_prefixes_to_their_ports_and_reloads_move_flows() {
     std::fs::write(&path, routes(2, 1)).unwrap();
     let pid = fwd.child.id().to_string();
     run("kill", &["-HUP", &pid]).unwrap();
-    fwd.wait_line("reloaded", Duration::from_secs(5));
+    fwd.wait_line("reloaded", Duration::from_secs(20));
     gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
     let f = fwd.finish();
     let _ = std::fs::remove_file(&path);
@@ -470,10 +470,10 @@ fn controller_routes_move_flows_live_and_survive_a_controller_restart() {
             "100ms",
         ]);
     let fwd = start_until(cmd, "forwarding among");
-    fwd.wait_line("2 route(s), 0 flow pin(s) applied", Duration::from_secs(5));
+    fwd.wait_line("2 route(s), 0 flow pin(s) applied", Duration::from_secs(20));
     fwd.wait_line(
         &format!("port {}: new settings applied", one.a),
-        Duration::from_secs(5),
+        Duration::from_secs(20),
     );
     gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
     gen_frames(linerate(), &left.a, "198.51.100.200", 10000, &[]);
@@ -482,11 +482,11 @@ fn controller_routes_move_flows_live_and_survive_a_controller_restart() {
     // program, must now leave by port 2.
     std::fs::write(&path, seed(&two.a, &one.a, "")).unwrap();
     run("kill", &["-HUP", &ctl.child.id().to_string()]).unwrap();
-    ctl.wait_line("re-read", Duration::from_secs(5));
-    fwd.wait_line("applied (logic version 2)", Duration::from_secs(5));
+    ctl.wait_line("re-read", Duration::from_secs(20));
+    fwd.wait_line("applied (logic version 2)", Duration::from_secs(20));
     fwd.wait_line(
         &format!("port {}: startup settings applied", one.a),
-        Duration::from_secs(5),
+        Duration::from_secs(20),
     );
     gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
 

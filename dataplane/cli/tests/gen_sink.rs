@@ -7,11 +7,20 @@ mod common;
 use common::{assert_refused, field, gen_frames, linerate, start_sink, start_until};
 use linerate_tests::{VethPair, privileged, run};
 
+/// One at a time: each runs a generator and a sink (and a forwarder) on timers, and with
+/// no `--cores` they all share core 0.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn generated_frames_all_arrive_at_the_sink() {
     if !privileged("gen_sink::generated_frames_all_arrive_at_the_sink") {
         return;
     }
+    let _one = serial();
     let pair = VethPair::new().unwrap();
     for end in [&pair.a, &pair.b] {
         run("ip", &["link", "set", end, "up"]).unwrap();
@@ -38,6 +47,7 @@ fn gen_through_fwd_to_sink_loses_nothing_and_leaves_no_program() {
     if !privileged("gen_sink::gen_through_fwd_to_sink_loses_nothing_and_leaves_no_program") {
         return;
     }
+    let _one = serial();
     let (left, right) = (VethPair::new().unwrap(), VethPair::new().unwrap());
     for end in [&left.a, &left.b, &right.a, &right.b] {
         run("ip", &["link", "set", end, "up"]).unwrap();
@@ -232,6 +242,7 @@ fn the_af_xdp_engine_sends_stamped_frames_that_all_arrive() {
     if !privileged("gen_sink::the_af_xdp_engine_sends_stamped_frames_that_all_arrive") {
         return;
     }
+    let _one = serial();
     let pair = VethPair::new().unwrap();
     for end in [&pair.a, &pair.b] {
         run("ip", &["link", "set", end, "up"]).unwrap();

@@ -974,7 +974,7 @@ fn a_dropped_job_leaves_no_process_behind() {
     );
 }
 
-/// Stops the relay; returns its report and every stderr line it wrote after the ready one.
+/// Stops the relay; returns its report and every stderr line it wrote but the ready one.
 fn stop_with_log(job: Job) -> (String, Vec<String>) {
     let pid = job.child.id().to_string();
     linerate_tests::run("kill", &["-TERM", &pid]).unwrap();

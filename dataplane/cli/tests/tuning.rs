@@ -36,6 +36,16 @@ fn check(ns: &NetNs, dev: &str) -> BTreeMap<String, (serde_json::Value, String)>
         .collect()
 }
 
+struct RevertOnDrop<'a>(&'a NetNs, &'a str, &'a str);
+
+impl Drop for RevertOnDrop<'_> {
+    fn drop(&mut self) {
+        if std::path::Path::new(self.2).exists() {
+            let _ = (self.0).exec(&script("revert"), &["--dev", self.1, "--state", self.2]);
+        }
+    }
+}
+
 #[test]
 fn apply_then_revert_leaves_every_setting_as_it_was() {
     if !privileged("tuning::apply_then_revert_leaves_every_setting_as_it_was") {
@@ -51,6 +61,9 @@ fn apply_then_revert_leaves_every_setting_as_it_was() {
     let state = tempfile::tempdir().unwrap();
     let state = state.path().join("state.json");
     let state = state.to_str().unwrap();
+    // A failing assertion must not leave the host tuned (irqbalance stopped, huge pages
+    // reserved): revert whatever apply recorded. (Before `ns` in drop order.)
+    let _revert = RevertOnDrop(&ns, dev, state);
     let before = check(&ns, dev);
     let applied = ns
         .exec(

@@ -237,9 +237,17 @@ pub fn run(a: SinkArgs) -> Result<()> {
     let mut socks: Vec<XskSocket> = Vec::new();
     for q in 0..queues {
         let s = XskSocket::bind(&area, socks.first(), &a.dev, q, &cfg)?;
-        steer.bind_xsk(q, s.fd())?;
         socks.push(s);
     }
+    // Each socket gets its own share of chunks on its FILL ring; a received chunk goes back
+    // to the FILL ring of the socket it arrived on. Filled before the program may steer
+    // frames to it, so that none find it without buffers.
+    for (q, s) in socks.iter_mut().enumerate() {
+        let base = q as u64 * per_queue;
+        s.fill((base..base + per_queue).map(|i| i * CHUNK as u64));
+        steer.bind_xsk(q as u32, s.fd())?;
+    }
+    // Said once frames can be received (the FILL rings hold buffers): tests wait for it.
     tracing::info!(
         "sink: {} queue(s) on {}, {} mode; analysing UDP to port {}",
         queues,
@@ -251,12 +259,6 @@ pub fn run(a: SinkArgs) -> Result<()> {
         },
         a.dport
     );
-    // Each socket gets its own share of chunks on its FILL ring; a received chunk goes back
-    // to the FILL ring of the socket it arrived on.
-    for (q, s) in socks.iter_mut().enumerate() {
-        let base = q as u64 * per_queue;
-        s.fill((base..base + per_queue).map(|i| i * CHUNK as u64));
-    }
     let mut stats = SinkStats::with_flows(1024);
     let view = serve_metrics(&a)?;
     let mut kernel_total = (0, 0, 0);

@@ -75,7 +75,7 @@ impl Drop for Proc {
     }
 }
 
-/// A background `linerate` job: its stderr lines after the ready line arrive on `lines`.
+/// A background `linerate` job: its stderr lines, but the ready line, arrive on `lines`.
 pub struct Job {
     pub child: Proc,
     /// The line it was waited for (it may carry an address the job chose).
@@ -126,6 +126,7 @@ pub fn start_until(mut cmd: Command, ready: &str) -> Job {
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     let mut seen = String::new();
+    let (tx, rx) = channel();
     while !line.contains(ready) {
         line.clear();
         assert!(
@@ -133,8 +134,13 @@ pub fn start_until(mut cmd: Command, ready: &str) -> Job {
             "{cmd:?} exited before '{ready}': {seen}"
         );
         seen.push_str(&line);
+        // What came before the ready line can be waited for too: a job may do things in
+        // parallel with getting ready (fwd's control agent applies its routes while the
+        // workers start).
+        if !line.contains(ready) {
+            let _ = tx.send(line.trim_end_matches('\n').to_string());
+        }
     }
-    let (tx, rx) = channel();
     std::thread::spawn(move || {
         for l in err.lines() {
             let Ok(l) = l else { break };
