@@ -266,37 +266,32 @@ fn classes(f: &str) -> Vec<(u64, u64, u64)> {
 fn shaped_run(args: &[&str], bps: &str) -> (String, String) {
     let mut all = vec!["--cores", "1"];
     all.extend_from_slice(args);
-    let (f, s, _) = through_fwd_with(&all, |dev| {
-        let out = linerate()
-            .args([
-                "gen",
-                "--dev",
-                dev,
-                "--src",
-                "192.0.2.1",
-                "--dst",
-                "198.51.100.1",
-            ])
-            .args([
-                "--flows",
-                "8",
-                "--len",
-                "1500",
-                "--bps",
-                bps,
-                "--duration",
-                "3s",
-            ])
-            .args(["--cores", "0", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    let (f, s, _) = through_fwd_with(&all, |dev| gen_at_rate(dev, bps, "3s"));
     (f, s)
+}
+
+/// `linerate gen` out of `dev` on core 0: 1500-byte frames over 8 flows at `bps` for
+/// `duration`; must succeed.
+fn gen_at_rate(dev: &str, bps: &str, duration: &str) {
+    let out = linerate()
+        .args([
+            "gen",
+            "--dev",
+            dev,
+            "--src",
+            "192.0.2.1",
+            "--dst",
+            "198.51.100.1",
+        ])
+        .args(["--flows", "8", "--len", "1500", "--bps", bps])
+        .args(["--duration", duration, "--cores", "0", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -356,36 +351,7 @@ fn wrr_one_to_two_splits_a_shaped_port_one_to_two() {
     ]);
     let maddr = metrics_addr(&fwd.wait_line("metrics on", Duration::from_secs(20)));
     let dev = left.a.clone();
-    let generator = std::thread::spawn(move || {
-        let out = linerate()
-            .args([
-                "gen",
-                "--dev",
-                &dev,
-                "--src",
-                "192.0.2.1",
-                "--dst",
-                "198.51.100.1",
-            ])
-            .args([
-                "--flows",
-                "8",
-                "--len",
-                "1500",
-                "--bps",
-                "40M",
-                "--duration",
-                "5s",
-            ])
-            .args(["--cores", "0", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    let generator = std::thread::spawn(move || gen_at_rate(&dev, "40M", "5s"));
     let port = right.a.as_str();
     let read = |m: &[common::Sample], name: &str, class: &str| {
         metric(m, name, &[("port", port), ("class", class)])
