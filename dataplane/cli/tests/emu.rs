@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{linerate, until};
+use common::{linerate, psql, until};
 use linerate_tests::privileged;
 use serde_json::Value;
 use std::process::Output;
@@ -503,21 +503,6 @@ fn each_bad_topology_gets_its_sentence_and_creates_nothing() {
         assert!(!err.contains("panicked"));
         nothing_left(&name);
     }
-}
-
-/// `psql` on `url` with `search_path` set to `schema`.
-fn psql(url: &str, schema: &str, sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args([url, "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGOPTIONS", format!("-csearch_path={schema}"))
-        .output()
-        .expect("psql (Debian's postgresql-client)");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Job, linerate, start_until, until};
+use common::{Job, linerate, linerate_ok, psql, start_until, until};
 use linerate_tests::{NetNs, VethPair, privileged};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -44,6 +44,18 @@ fn ring(tunnel_a: &str, tunnel_b: &str) -> String {
 /// namespace: the node namespaces it mounts stay visible to `linerate exec`).
 /// Host `host`'s part of emulation `name` (`name.host` here).
 fn emulator(ns: &NetNs, file: &std::path::Path, host: &str, name: &str, extra: &[&str]) -> Job {
+    emulator_until(ns, file, host, name, extra, &format!("up: '{name}.{host}'"))
+}
+
+/// [`emulator`], ready once it prints `ready`.
+fn emulator_until(
+    ns: &NetNs,
+    file: &std::path::Path,
+    host: &str,
+    name: &str,
+    extra: &[&str],
+    ready: &str,
+) -> Job {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", ns.name()))
         .arg(env!("CARGO_BIN_EXE_linerate"))
@@ -51,7 +63,7 @@ fn emulator(ns: &NetNs, file: &std::path::Path, host: &str, name: &str, extra: &
         .arg(file)
         .args(["--host", host, "--name", name, "--workers", "1"])
         .args(extra);
-    start_until(cmd, &format!("up: '{name}.{host}'"))
+    start_until(cmd, ready)
 }
 
 /// Two "hosts" (network namespaces joined by a veth pair) and the ring's file naming their
@@ -80,16 +92,7 @@ fn two_hosts() -> (
 }
 
 fn status(name: &str) -> serde_json::Value {
-    let out = linerate()
-        .args(["status", "--name", name, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&linerate_ok(&["status", "--name", name, "--json"])).unwrap()
 }
 
 fn peer_up(name: &str, peer: &str) -> bool {
@@ -123,12 +126,7 @@ fn pingall_both(a: &str, b: &str) {
 /// `down` of each part; each `up` ends cleanly.
 fn down_both(parts: [(Job, &String); 2]) {
     for (job, name) in parts {
-        let out = linerate().args(["down", "--name", name]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        linerate_ok(&["down", "--name", name]);
         job.finish();
     }
 }
@@ -261,6 +259,25 @@ fn a_ring_split_over_two_hosts_pings_shapes_and_survives_a_lost_emulator() {
     down_both([(a, &na), (b, &nb)]);
 }
 
+/// `--database URL --database-schema SCHEMA` for an emulator in `ns`: `url` (this machine's
+/// database) reached through a [`bridge`] into the namespace.
+fn database_in(ns: &NetNs, url: &str, schema: &str) -> Vec<String> {
+    let (user, rest) = url.rsplit_once('@').unwrap();
+    let (addr, db_name) = rest.split_once('/').unwrap();
+    let port = bridge(ns, addr.parse().unwrap());
+    vec![
+        "--database".into(),
+        format!("{user}@127.0.0.1:{port}/{db_name}"),
+        "--database-schema".into(),
+        schema.into(),
+    ]
+}
+
+/// The arguments in `v` as `&str`s.
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// A TCP port on 127.0.0.1 inside `ns` that reaches `to` (the database, on this machine's
 /// own loopback, which a namespace cannot see): accepted there, connected from here.
 fn bridge(ns: &NetNs, to: std::net::SocketAddr) -> u16 {
@@ -303,34 +320,12 @@ fn an_sql_change_to_a_cut_link_reaches_the_host_that_emulates_it() {
     let _down = Down(vec![na.clone(), nb.clone()]);
     let schema = format!("emu_hosts_{}", std::process::id());
     // Each "host" reaches the database through a bridge into its namespace.
-    let (pg_host, rest) = url.rsplit_once('@').unwrap();
-    let (pg_addr, db_name) = rest.split_once('/').unwrap();
-    let pg: std::net::SocketAddr = pg_addr.parse().unwrap();
-    let url_in = |ns: &NetNs| format!("{pg_host}@127.0.0.1:{}/{db_name}", bridge(ns, pg));
-    let (url_a, url_b) = (url_in(&ha), url_in(&hb));
-    let db = |u: &str| {
-        [
-            "--database".to_string(),
-            u.to_string(),
-            "--database-schema".into(),
-            schema.clone(),
-        ]
-    };
-    let (db_a, db_b) = (db(&url_a), db(&url_b));
-    let a = emulator(
-        &ha,
-        &file,
-        "a",
-        &lab,
-        &db_a.iter().map(String::as_str).collect::<Vec<_>>(),
+    let (db_a, db_b) = (
+        database_in(&ha, &url, &schema),
+        database_in(&hb, &url, &schema),
     );
-    let b = emulator(
-        &hb,
-        &file,
-        "b",
-        &lab,
-        &db_b.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let a = emulator(&ha, &file, "a", &lab, &strs(&db_a));
+    let b = emulator(&hb, &file, "b", &lab, &strs(&db_b));
     until("each emulator hears the other", || {
         peer_up(&na, "b") && peer_up(&nb, "a")
     });
@@ -347,38 +342,22 @@ fn an_sql_change_to_a_cut_link_reaches_the_host_that_emulates_it() {
         l["dirs"][0]["rate_bps"].as_u64()
     };
     assert_eq!(rate(&na), Some(10_000_000));
-    let sql = format!(
-        "SET search_path TO {schema}; UPDATE links SET rate_bps = 3000000 \
-         WHERE node = '{lab}' AND src LIKE 'r2:%' AND dst LIKE 'r3:%'"
-    );
-    let out = Command::new("psql")
-        .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-c", &sql])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    psql(
+        &url,
+        &schema,
+        &format!(
+            "UPDATE links SET rate_bps = 3000000 \
+             WHERE node = '{lab}' AND src LIKE 'r2:%' AND dst LIKE 'r3:%'"
+        ),
     );
     until("host a, which emulates r2 -> r3, applies the row", || {
         rate(&na) == Some(3_000_000)
     });
     until("host b takes the row too", || rate(&nb) == Some(3_000_000));
     // b's part stops and starts again: the shared rows (the change included) stay as they are.
-    let out = linerate().args(["down", "--name", &nb]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    linerate_ok(&["down", "--name", &nb]);
     b.finish();
-    let b = emulator(
-        &hb,
-        &file,
-        "b",
-        &lab,
-        &db_b.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let b = emulator(&hb, &file, "b", &lab, &strs(&db_b));
     until("b is back", || peer_up(&na, "b") && peer_up(&nb, "a"));
     until("b's part takes the changed row", || {
         rate(&nb) == Some(3_000_000)
@@ -424,28 +403,10 @@ fn the_controller_places_an_emulation_over_the_hosts_that_registered() {
     let (na, nb) = (format!("{lab}.a"), format!("{lab}.b"));
     let _down = Down(vec![na.clone(), nb.clone()]);
     let schema = format!("emu_join_{}", std::process::id());
-    let (pg_host, rest) = url.rsplit_once('@').unwrap();
-    let (pg_addr, db_name) = rest.split_once('/').unwrap();
-    let pg: std::net::SocketAddr = pg_addr.parse().unwrap();
-    let url_in = |ns: &NetNs| format!("{pg_host}@127.0.0.1:{}/{db_name}", bridge(ns, pg));
     let start = |ns: &NetNs, host: &str, tunnel: &str, ready: &str| {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", ns.name()))
-            .arg(env!("CARGO_BIN_EXE_linerate"))
-            .arg("up")
-            .arg(&registered)
-            .args([
-                "--host",
-                host,
-                "--name",
-                &lab,
-                "--workers",
-                "1",
-                "--tunnel",
-                tunnel,
-            ])
-            .args(["--database", &url_in(ns), "--database-schema", &schema]);
-        start_until(cmd, ready)
+        let mut extra = vec!["--tunnel".to_string(), tunnel.to_string()];
+        extra.extend(database_in(ns, &url, &schema));
+        emulator_until(ns, &registered, host, &lab, &strs(&extra), ready)
     };
     // The controller places the emulation once both hosts have registered.
     let token = dir.path().join("token");
@@ -473,27 +434,14 @@ fn the_controller_places_an_emulation_over_the_hosts_that_registered() {
         peer_up(&na, "b") && peer_up(&nb, "a")
     });
     pingall_both(&na, &nb);
-    let rows = |sql: &str| {
-        let out = Command::new("psql")
-            .args([
-                url.as_str(),
-                "-qAt",
-                "-c",
-                &format!("SET search_path TO {schema}; {sql}"),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let rows = |sql: &str| psql(&url, &schema, sql);
     let q = format!(
         "SELECT host || ' ' || tunnel FROM emu_hosts WHERE emulation = '{lab}' ORDER BY host"
     );
     assert_eq!(rows(&q), format!("a {ta}\nb {tb}"));
     down_both([(a, &na), (b, &nb)]);
     assert_eq!(rows(&q), "", "down removes each host's registration");
-    let pid = ctl.child.id().to_string();
-    linerate_tests::run("kill", &["-TERM", &pid]).unwrap();
-    ctl.finish();
+    ctl.stop();
     let _ = Command::new("psql")
         .args([url.as_str(), "-c", &format!("DROP SCHEMA {schema} CASCADE")])
         .output();

@@ -374,10 +374,8 @@ fn wrr_one_to_two_splits_a_shaped_port_one_to_two() {
     });
     let ratio = (b.1 - a.1) / (b.0 - a.0);
     generator.join().unwrap();
-    run("kill", &["-TERM", &fwd.child.id().to_string()]).unwrap();
-    let f = fwd.finish();
-    run("kill", &["-TERM", &sink.child.id().to_string()]).unwrap();
-    sink.finish();
+    let f = fwd.stop();
+    sink.stop();
     assert_eq!(classes(&f).len(), 2, "{f}");
     assert!(
         (ratio - 2.0).abs() <= 0.05,
@@ -525,8 +523,7 @@ fn controller_routes_move_flows_live_and_survive_a_controller_restart() {
     gen_frames(linerate(), &left.a, "198.51.100.1", 10000, &[]);
 
     // The controller goes away: fwd keeps forwarding with what it holds.
-    run("kill", &["-TERM", &ctl.child.id().to_string()]).unwrap();
-    let _ = ctl.finish();
+    let _ = ctl.stop();
     gen_frames(linerate(), &left.a, "198.51.100.200", 10000, &[]);
     // It comes back with the same routes: the node reconnects, and nothing is re-applied.
     let (ctl, at) = start_controller(&path);
@@ -539,14 +536,10 @@ fn controller_routes_move_flows_live_and_survive_a_controller_restart() {
             metric(m, "linerate_sink_frames_total", &[]) >= want
         });
     }
-    let stop = |job: Job| {
-        run("kill", &["-TERM", &job.child.id().to_string()]).unwrap();
-        job.finish()
-    };
-    let f = stop(fwd);
-    let c = stop(ctl);
+    let f = fwd.stop();
+    let c = ctl.stop();
     let _ = std::fs::remove_file(&path);
-    let (s1, s2) = (stop(sink1), stop(sink2));
+    let (s1, s2) = (sink1.stop(), sink2.stop());
     assert_eq!(
         field(&s1, "received"),
         20000,

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    echo_server, gen_frames, linerate, metric, metrics_addr, openmetrics, scrape, scrape_until,
-    start_until, until, ws_addr,
+    echo_server, gen_frames, linerate, linerate_ok, metric, metrics_addr, openmetrics, scrape,
+    scrape_until, start_until, until, ws_addr,
 };
 use linerate_tests::{VethPair, privileged, run};
 use std::io::{Read, Write};
@@ -102,9 +102,7 @@ fn the_controllers_metrics_parse_and_count_a_refused_node_and_its_log_is_json_wi
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 405"), "{text}");
-    let pid = job.child.id().to_string();
-    run("kill", &["-TERM", &pid]).unwrap();
-    job.finish();
+    job.stop();
 }
 
 #[test]
@@ -185,9 +183,7 @@ fn the_relays_metrics_move_with_its_traffic() {
             })
         },
     );
-    let pid = job.child.id().to_string();
-    run("kill", &["-TERM", &pid]).unwrap();
-    job.finish();
+    job.stop();
 }
 
 const SINK_MAC: &str = "02:00:00:00:00:99";
@@ -235,16 +231,10 @@ fn show_lists_a_running_fwds_routes_flows_and_counters_and_fwd_and_sink_serve_me
     let fwd_metrics = metrics_addr(&fwd.ready);
     fwd.wait_line("forwarding among", Duration::from_secs(20));
     let show = |what: &str| {
-        let out = linerate()
-            .args(["show", what, "--socket", sock, "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "show {what}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        serde_json::from_str::<serde_json::Value>(&linerate_ok(&[
+            "show", what, "--socket", sock, "--json",
+        ]))
+        .unwrap()
     };
     let routes = show("routes");
     assert_eq!(routes["schema"], 1, "{routes}");
@@ -337,9 +327,7 @@ fn show_lists_a_running_fwds_routes_flows_and_counters_and_fwd_and_sink_serve_me
 
     let mut outs = Vec::new();
     for job in [fwd, sink] {
-        let pid = job.child.id().to_string();
-        run("kill", &["-TERM", &pid]).unwrap();
-        outs.push(job.finish());
+        outs.push(job.stop());
     }
     // fwd --json-stream: documents only, intervals then the report.
     let docs: Vec<serde_json::Value> = (outs[0].lines())
@@ -398,9 +386,7 @@ fn the_sink_metrics_name_its_device() {
     scrape_until(addr, "count-only sink counts 2,000 frames", |s| {
         metric(s, "linerate_sink_frames_total", &[("dev", &p.b)]) == 2000.0
     });
-    let pid = sink.child.id().to_string();
-    run("kill", &["-TERM", &pid]).unwrap();
-    sink.finish();
+    sink.stop();
 }
 
 #[test]
@@ -422,15 +408,7 @@ fn the_emulators_metrics_count_each_link_directions_frames() {
     .args(["--metrics-listen", "127.0.0.1:0"]);
     let up = start_until(cmd, "metrics on");
     let addr = metrics_addr(&up.ready);
-    let ping = linerate()
-        .args(["ping", "h1", "h2", "--name", &name])
-        .output()
-        .unwrap();
-    assert!(
-        ping.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ping.stderr)
-    );
+    linerate_ok(&["ping", "h1", "h2", "--name", &name]);
     // (A link direction counts a frame once it has handed it on, which may be just after
     // the ping's last reply arrived.)
     scrape_until(addr, "the links count delivered frames", |m| {
@@ -449,12 +427,7 @@ fn the_emulators_metrics_count_each_link_directions_frames() {
             .count()) as f64
     );
     metric(&m, "linerate_emu_link_drops_total", &[("cause", "loss")]);
-    let down = linerate().args(["down", "--name", &name]).output().unwrap();
-    assert!(
-        down.status.success(),
-        "{}",
-        String::from_utf8_lossy(&down.stderr)
-    );
+    linerate_ok(&["down", "--name", &name]);
     up.finish();
 }
 
@@ -579,20 +552,12 @@ fn wss_with_per_node_tokens_refuses_another_nodes_token_and_plain_ws_and_rotates
         new_updates.0.load(std::sync::atomic::Ordering::Relaxed) >= 1
     });
     drop((r1, new));
-    let pid = job.child.id().to_string();
-    run("kill", &["-TERM", &pid]).unwrap();
-    job.finish();
+    job.stop();
 }
 
 /// Every stdout line of `args` as a JSON document.
 fn documents(args: &[&str]) -> Vec<serde_json::Value> {
-    let out = linerate().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    linerate_ok(args)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()

@@ -40,12 +40,6 @@ fn start_relay(extra: &[&str]) -> (Job, SocketAddr) {
     start_relay_with(linerate(), extra)
 }
 
-fn stop(job: Job) -> String {
-    let pid = job.child.id().to_string();
-    linerate_tests::run("kill", &["-TERM", &pid]).unwrap();
-    job.finish()
-}
-
 /// A tiny HTTP/1.0 server: `/small` is 5 bytes, `/big` 8 MB of a fixed pattern.
 fn http_server() -> (SocketAddr, Vec<u8>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -173,7 +167,7 @@ fn curl_fetches_small_and_large_through_both_modes() {
             "{mode:?}: {} bytes differ",
             large.stdout.len()
         );
-        let out = stop(relay);
+        let out = relay.stop();
         assert_eq!(field(&out, "succeeded"), 2, "{out}");
         assert!(field(&out, "bytes_down") >= big.len() as u64, "{out}");
         assert_eq!(field(&out, "active"), 0, "{out}");
@@ -196,7 +190,7 @@ fn username_and_password_are_checked() {
     assert!(!bad.status.success() && bad.stdout.is_empty());
     let none = curl(&["--socks5", &addr.to_string(), &url]);
     assert!(!none.status.success());
-    let out = stop(relay);
+    let out = relay.stop();
     let _ = std::fs::remove_file(&users);
     assert_eq!(field(&out, "succeeded"), 1, "{out}");
     assert_eq!(field(&out, "not_allowed"), 1, "the wrong password: {out}");
@@ -258,7 +252,7 @@ fn bad_handshakes_get_the_right_reply_and_the_relay_keeps_serving() {
         &format!("http://{web}/small"),
     ]);
     assert_eq!(small.stdout, b"hello", "still serving");
-    let out = stop(relay);
+    let out = relay.stop();
     assert_eq!(field(&out, "command_not_supported"), 2, "{out}");
     assert_eq!(field(&out, "address_type_not_supported"), 1, "{out}");
     assert_eq!(field(&out, "host_unreachable"), 2, "{out}");
@@ -291,7 +285,7 @@ fn half_close_still_delivers_the_whole_response() {
         s.read_to_end(&mut got).unwrap();
         assert_eq!(got.len(), 1 << 20, "{mode}");
         assert_eq!(&got[..6], b"cbacba", "{mode}");
-        stop(relay);
+        relay.stop();
     }
 }
 
@@ -333,7 +327,7 @@ fn udp_associate_round_trip() {
     assert_eq!(&b[..10], &dgram[..10], "the header names the echo server");
     assert_eq!(&b[10..n], b"ping through socks");
     drop(control);
-    let out = stop(relay);
+    let out = relay.stop();
     assert_eq!(field(&out, "udp_datagrams"), 2, "{out}");
 }
 
@@ -439,7 +433,7 @@ fn two_thousand_concurrent_connections_leak_nothing() {
         pipes_idle, pipes_before,
         "{pooled} pooled pipe descriptors still open 30 s after the burst"
     );
-    let out = stop(relay);
+    let out = relay.stop();
     assert_eq!(field(&out, "succeeded"), 2000, "{out}");
     assert_eq!(field(&out, "active"), 0, "{out}");
     // Per worker: SO_REUSEPORT spread the connections over both workers' listeners.
@@ -515,7 +509,7 @@ fn iperf3_runs_unmodified_through_proxychains() {
     let _ = std::fs::remove_file(&conf);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "iperf3: {report}");
-    let r = stop(relay);
+    let r = relay.stop();
     assert!(
         field(&r, "succeeded") >= 2,
         "control and data connections: {r}"
@@ -580,7 +574,7 @@ fn connections_past_max_conns_are_closed_at_accept_even_before_their_handshake()
     }
     assert!(ok, "slots come back when clients close");
     drop(relayed);
-    let out = stop(relay);
+    let out = relay.stop();
     assert!(field(&out, "refused_over_limit") >= 1, "{out}");
 }
 
@@ -634,7 +628,7 @@ fn a_users_connections_past_its_limit_are_refused_with_not_allowed() {
         0,
         "bob has his own"
     );
-    let out = stop(relay);
+    let out = relay.stop();
     let _ = std::fs::remove_file(&users);
     assert_eq!(field(&out, "not_allowed"), 1, "{out}");
 }
@@ -685,7 +679,7 @@ fn the_deny_list_holds_for_every_spelling_of_a_connect_destination() {
     assert_eq!(connect_reply(me, &ip("127.0.0.3", port)), 0);
     assert_eq!(connect_reply(me, &ip("::ffff:127.0.0.3", port)), 0);
     assert_eq!(connect_reply(me, &name_request("127.0.0.3", port)), 0);
-    let out = stop(relay);
+    let out = relay.stop();
     assert_eq!(field(&out, "not_allowed"), refused.len() as u64, "{out}");
     unspecified_destinations_reach_loopback(port);
 }
@@ -701,7 +695,7 @@ fn unspecified_destinations_reach_loopback(port: u16) {
     ] {
         assert_eq!(connect_reply(me, &req), 2, "{req:?}");
     }
-    stop(relay);
+    relay.stop();
 }
 
 /// A UDP ASSOCIATE from `client`; returns the control connection and the relay's UDP address.
@@ -766,7 +760,7 @@ fn the_deny_list_holds_for_every_spelling_of_a_udp_destination() {
     }
     assert_eq!(got, ["mapped", "plain"]);
     drop(_control);
-    let out = stop(relay);
+    let out = relay.stop();
     assert_eq!(field(&out, "udp_dropped"), denied.len() as u64, "{out}");
 }
 
@@ -834,7 +828,7 @@ fn a_udp_association_in_use_outlives_the_idle_timeout_and_resolves_names() {
         matches!(end, Ok(0)) || end.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
         "the idle association is closed"
     );
-    let out = stop(relay);
+    let out = relay.stop();
     assert_eq!(field(&out, "udp_datagrams"), 2 * i as u64, "{out}");
     assert_eq!(field(&out, "timeouts"), 1, "{out}");
 }
@@ -953,7 +947,7 @@ fn a_closed_connections_leftover_bytes_never_reach_the_next_one() {
                 String::from_utf8_lossy(&got[..got.len().min(16)])
             );
         }
-        stop(relay);
+        relay.stop();
     }
 }
 
@@ -1122,7 +1116,7 @@ fn a_sighup_with_changed_credentials_lets_the_new_user_in_and_keeps_an_open_conn
     );
     assert!(login("bob", "hunter2").is_some());
     drop((open, bob));
-    let out = stop(relay);
+    let out = relay.stop();
     // alice, then bob twice; bob before the reload and alice after it were refused.
     assert_eq!(field(&out, "succeeded"), 3, "{out}");
     assert_eq!(field(&out, "not_allowed"), 2, "{out}");

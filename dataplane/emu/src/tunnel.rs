@@ -38,6 +38,8 @@ const BATCH: usize = 64;
 pub struct Peer {
     pub name: String,
     pub addr: SocketAddr,
+    /// `addr` as `sendmsg` takes it, made once rather than per frame.
+    sockaddr: SockaddrStorage,
     pub up: AtomicBool,
     /// Heard from at least once since this emulator started.
     pub seen: AtomicBool,
@@ -85,6 +87,7 @@ impl Tunnel {
                 .map(|(name, addr)| Peer {
                     name: name.clone(),
                     addr: *addr,
+                    sockaddr: SockaddrStorage::from(*addr),
                     up: AtomicBool::new(false),
                     seen: AtomicBool::new(false),
                 })
@@ -109,14 +112,13 @@ impl Tunnel {
     /// workers; never waits (a datagram the socket cannot take is dropped and counted).
     pub fn send_frame(&self, host: usize, node: usize, iface: usize, frame: &[u8]) {
         let h = self.header(KIND_FRAME, node as u32, iface as u16);
-        let to = SockaddrStorage::from(self.peers[host].addr);
         let iov = [IoSlice::new(&h), IoSlice::new(frame)];
         match sendmsg(
             self.sock.as_raw_fd(),
             &iov,
             &[],
             MsgFlags::MSG_DONTWAIT,
-            Some(&to),
+            Some(&self.peers[host].sockaddr),
         ) {
             Ok(_) => self.frames_sent.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.dropped.fetch_add(1, Ordering::Relaxed),
@@ -165,7 +167,9 @@ impl Tunnel {
             if !self.readable(HEARTBEAT / 2) {
                 continue;
             }
-            // Up to BATCH datagrams, then their frames go to their workers together.
+            // Up to BATCH datagrams, then their frames go to their workers together. One
+            // clock read per batch, which is read in microseconds.
+            let arrived = Instant::now();
             for _ in 0..BATCH {
                 let (n, from) = match self.sock.recv_from(&mut buf) {
                     Ok(x) => x,
@@ -179,7 +183,7 @@ impl Tunnel {
                     // Back (or here for the first time): its cut links come up as they were.
                     self.peer_back(shared, host, before);
                 }
-                heard[host] = Some(Instant::now());
+                heard[host] = Some(arrived);
                 if kind == KIND_HEARTBEAT {
                     continue;
                 }

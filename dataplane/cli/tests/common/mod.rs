@@ -11,6 +11,18 @@ pub fn linerate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_linerate"))
 }
 
+/// `linerate ARGS`, which must succeed; its standard output.
+pub fn linerate_ok(args: &[&str]) -> String {
+    let out = linerate().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "linerate {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `linerate` run inside network namespace `ns`.
 pub fn linerate_in(ns: &str) -> Command {
     let mut c = Command::new("ip");
@@ -99,6 +111,13 @@ impl Job {
             }
             seen.push(line);
         }
+    }
+
+    /// Asks the job to stop (SIGTERM) and [`finish`](Job::finish)es it.
+    pub fn stop(self) -> String {
+        let pid = self.child.id().to_string();
+        linerate_tests::run("kill", &["-TERM", &pid]).unwrap();
+        self.finish()
     }
 
     /// Waits for the job to exit successfully; returns its stdout.
@@ -375,4 +394,19 @@ pub fn echo_server() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// `psql` on `url` with `search_path` set to `schema`.
+pub fn psql(url: &str, schema: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGOPTIONS", format!("-csearch_path={schema}"))
+        .output()
+        .expect("psql (Debian's postgresql-client)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
